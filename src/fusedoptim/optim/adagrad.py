@@ -1,0 +1,52 @@
+import numpy as np
+
+from .. import _kernels
+from ..optimizer import Optimizer, _check_real
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad (torch.optim.Adagrad).
+
+    Symbols: :math:`\gamma` = ``lr``, :math:`\eta` = ``lr_decay``, :math:`\epsilon` =
+    ``eps``, :math:`\lambda` = ``weight_decay``, :math:`\tau` = ``initial_accumulator_value``.
+
+    .. math::
+
+        \tilde\gamma &\leftarrow \gamma / (1 + (t - 1)\eta) \\
+        g_t &\leftarrow g_t + \lambda\theta_{t-1} \text{ if } \lambda \ne 0 \\
+        s_t &\leftarrow s_{t-1} + g_t^2 \quad (s_0 = \tau) \\
+        \theta_t &\leftarrow \theta_{t-1} - \tilde\gamma\, g_t / (\sqrt{s_t} + \epsilon)
+
+    State: ``step``, ``sum``.
+
+    References: Duchi et al., "Adaptive Subgradient Methods", JMLR 2011.
+    """
+
+    _kernel = _kernels.ADAGRAD
+
+    def __init__(self, params=None, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+
+    def _check_group(self, g, where):
+        super()._check_group(g, where)
+        _check_real(g["lr_decay"], f"{where}: lr_decay value", lo=0.0)
+        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
+        _check_real(g["initial_accumulator_value"], f"{where}: initial_accumulator_value value", lo=0.0)
+        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
+
+    def _state_names(self, g):
+        return ("sum",)
+
+    def _all_state_names(self):
+        return ("sum",)
+
+    def _new_buffer(self, name, p, g):
+        return np.full_like(p, g["initial_accumulator_value"])
+
+    def _hyper(self, g, scal, fresh):
+        scal["step"] = t = scal["step"] + 1
+        clr = g["lr"] / (1.0 + (t - 1) * g["lr_decay"])
+        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], -clr, g["eps"])

@@ -1,0 +1,43 @@
+from .. import _kernels
+from ..optimizer import Optimizer, _check_betas, _check_real
+
+
+class Adamax(Optimizer):
+    r"""Adamax, the infinity-norm variant of Adam (torch.optim.Adamax).
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda\theta_{t-1} \text{ if } \lambda \ne 0 \\
+        m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        u_t &\leftarrow \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \\
+        \theta_t &\leftarrow \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t} \frac{m_t}{u_t}
+
+    State: ``step``, ``exp_avg``, ``exp_inf``.
+
+    References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2015, sec. 7.
+    """
+
+    _kernel = _kernels.ADAMAX
+
+    def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 *, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _check_group(self, g, where):
+        super()._check_group(g, where)
+        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
+        _check_betas(g, where)
+        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
+
+    def _state_names(self, g):
+        return ("exp_avg", "exp_inf")
+
+    def _all_state_names(self):
+        return ("exp_avg", "exp_inf")
+
+    def _hyper(self, g, scal, fresh):
+        scal["step"] = t = scal["step"] + 1
+        b1, b2 = g["betas"]
+        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], 1.0 - b1, b2, g["eps"],
+                -(g["lr"] / (1.0 - b1 ** t)))

@@ -1,0 +1,62 @@
+import math
+
+from .. import _kernels
+from ..optimizer import Optimizer, _check_betas, _check_real
+
+
+class RAdam(Optimizer):
+    r"""Rectified Adam (torch.optim.RAdam).
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda\theta_{t-1} \text{ (or decoupled: }
+            \theta_{t-1} \leftarrow \theta_{t-1}(1 - \gamma\lambda)) \\
+        m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad
+        v_t \leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \rho_\infty &\leftarrow 2 / (1 - \beta_2) - 1, \quad
+        \rho_t \leftarrow \rho_\infty - 2 t \beta_2^t / (1 - \beta_2^t) \\
+        r_t &\leftarrow \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}{(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+        \theta_t &\leftarrow \theta_{t-1} - \gamma \frac{m_t}{1 - \beta_1^t}
+            \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon} r_t \text{ if } \rho_t > 5,
+            \text{ else } \theta_{t-1} - \gamma \frac{m_t}{1 - \beta_1^t}
+
+    State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+
+    References: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", 2020.
+    """
+
+    _kernel = _kernels.RADAM
+
+    def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+
+    def _check_group(self, g, where):
+        super()._check_group(g, where)
+        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
+        _check_betas(g, where)
+        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
+
+    def _state_names(self, g):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _all_state_names(self):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _hyper(self, g, scal, fresh):
+        scal["step"] = t = scal["step"] + 1
+        lr, (b1, b2), wd = g["lr"], g["betas"], g["weight_decay"]
+        decoupled = g["decoupled_weight_decay"]
+        bc1 = 1.0 - b1 ** t
+        bc2 = 1.0 - b2 ** t
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * (b2 ** t) / bc2
+        rectified = rho_t > 5.0
+        rect = (math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                if rectified else 0.0)
+        return (-1.0 if g["maximize"] else 1.0,
+                0.0 if decoupled else wd,
+                1.0 - lr * wd if decoupled else 1.0,
+                1.0 - b1, b2, 1.0 - b2, bc1, lr, 1.0 if rectified else 0.0,
+                math.sqrt(bc2), g["eps"], rect)

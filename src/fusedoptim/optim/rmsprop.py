@@ -1,0 +1,51 @@
+from .. import _kernels
+from ..optimizer import Optimizer, _check_real
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop (torch.optim.RMSprop).
+
+    Symbols: :math:`\gamma` = ``lr``, :math:`\alpha` = ``alpha``, :math:`\epsilon` =
+    ``eps``, :math:`\mu` = ``momentum``, :math:`\lambda` = ``weight_decay``.
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda\theta_{t-1} \text{ if } \lambda \ne 0 \\
+        v_t &\leftarrow \alpha v_{t-1} + (1 - \alpha) g_t^2 \\
+        \bar g_t &\leftarrow \alpha \bar g_{t-1} + (1 - \alpha) g_t \text{ (centered)} \\
+        d_t &\leftarrow \sqrt{v_t - \bar g_t^2} + \epsilon \text{ (centered), else } \sqrt{v_t} + \epsilon \\
+        b_t &\leftarrow \mu b_{t-1} + g_t / d_t,\ \theta_t \leftarrow \theta_{t-1} - \gamma b_t
+            \text{ if } \mu > 0, \text{ else } \theta_t \leftarrow \theta_{t-1} - \gamma g_t / d_t
+
+    State: ``step``, ``square_avg``, ``grad_avg`` (centered), ``momentum_buffer`` (momentum > 0).
+
+    References: Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
+    """
+
+    _kernel = _kernels.RMSPROP
+
+    def __init__(self, params=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize))
+
+    def _check_group(self, g, where):
+        super()._check_group(g, where)
+        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
+        _check_real(g["momentum"], f"{where}: momentum value", lo=0.0)
+        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
+        _check_real(g["alpha"], f"{where}: alpha value", lo=0.0)
+
+    def _state_names(self, g):
+        return (("square_avg",) + (("grad_avg",) if g["centered"] else ())
+                + (("momentum_buffer",) if g["momentum"] > 0 else ()))
+
+    def _all_state_names(self):
+        return ("square_avg", "grad_avg", "momentum_buffer")
+
+    def _hyper(self, g, scal, fresh):
+        scal["step"] += 1
+        a = g["alpha"]
+        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], a, 1.0 - a, g["eps"],
+                g["momentum"], -g["lr"], 1.0 if g["centered"] else 0.0,
+                1.0 if g["momentum"] > 0 else 0.0)

@@ -1,0 +1,51 @@
+from .. import _kernels
+from ..optimizer import Optimizer, _check_real
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with optional momentum (torch.optim.SGD).
+
+    Symbols: :math:`\gamma` = ``lr``, :math:`\mu` = ``momentum``, :math:`\tau` =
+    ``dampening``, :math:`\lambda` = ``weight_decay``.
+
+    .. math::
+
+        g_t &\leftarrow -g_t \text{ if maximize} \\
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \text{ if } \lambda \ne 0 \\
+        b_t &\leftarrow g_t \text{ (first step)}, \quad \mu b_{t-1} + (1 - \tau) g_t \text{ (later)} \\
+        g_t &\leftarrow g_t + \mu b_t \text{ if nesterov, else } b_t \\
+        \theta_t &\leftarrow \theta_{t-1} - \gamma g_t
+
+    The "SGDM" of many tutorials, :math:`m \leftarrow \beta m + (1-\beta) g`, is
+    ``SGD(momentum=beta, dampening=beta)`` (torch's first step copies the gradient
+    into the buffer instead of scaling it by :math:`1-\beta`).
+
+    State: ``momentum_buffer`` (only when momentum != 0), ``step``.
+    """
+
+    _kernel = _kernels.SGD
+
+    def __init__(self, params=None, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov, maximize=maximize))
+
+    def _check_group(self, g, where):
+        super()._check_group(g, where)
+        _check_real(g["momentum"], f"{where}: momentum value", lo=0.0)
+        _check_real(g["dampening"], f"{where}: dampening", lo=0.0, hi=1.0)
+        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
+        if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
+            raise ValueError(f"{where}: Nesterov momentum requires a momentum and zero dampening")
+
+    def _state_names(self, g):
+        return ("momentum_buffer",) if g["momentum"] != 0 else ()
+
+    def _all_state_names(self):
+        return ("momentum_buffer",)
+
+    def _hyper(self, g, scal, fresh):
+        scal["step"] += 1
+        return (g["lr"], g["weight_decay"], g["momentum"], 1.0 - g["dampening"],
+                1.0 if g["nesterov"] else 0.0, -1.0 if g["maximize"] else 1.0,
+                1.0 if "momentum_buffer" in fresh else 0.0)

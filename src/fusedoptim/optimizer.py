@@ -1,0 +1,490 @@
+"""The optimizer base class: param groups, per-parameter state, validation, state_dict.
+
+The built-in optimizers set ``_kernel`` and compute their per-step scalars in
+``_hyper``; the arithmetic runs in one native call per bucket of parameters that share
+hyperparameters and step count.  A custom optimizer sets ``_kernel = None`` and writes a
+NumPy ``update`` method instead (see ``Optimizer.update``).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["Optimizer", "required"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _Required()
+
+
+class _StateView:
+    """``opt.state[param]`` -> that parameter's state dict (keyed by identity)."""
+
+    def __init__(self, store: Dict[int, dict]):
+        self._store = store
+
+    def __getitem__(self, param):
+        return self._store[id(param)]
+
+    def __contains__(self, param) -> bool:
+        return id(param) in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __iter__(self):
+        return iter(self._store.values())
+
+    def get(self, param, default=None):
+        return self._store.get(id(param), default)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+class Optimizer:
+    """Base class of every fusedoptim optimizer.
+
+    ``params`` is an iterable of arrays, or of dicts (param groups) with a ``"params"``
+    entry and per-group hyperparameters, exactly as in ``torch.optim``.  It may be
+    omitted for the Keras style, where ``apply_gradients`` discovers the variables.
+
+    Subclass API
+    ------------
+    defaults            hyperparameter names and default values (set via __init__)
+    _kernel             native kernel id from ``fusedoptim._kernels``; None for NumPy
+    _scalar_state       names of per-parameter scalar state (always includes "step")
+    _check_group(g, where)      raise ValueError for invalid hyperparameters
+    _state_names(g)     names of the array buffers the group's flags need, in kernel order
+    _new_buffer(name, p, g)     initial value of a buffer (default: zeros)
+    _hyper(g, scal, fresh)      advance ``scal`` (dict of scalar state) by one step and
+                        return the tuple of per-step scalars the kernel expects; ``fresh``
+                        is the set of buffers created for this step
+    update(p, grad, state, g)   NumPy fallback used when ``_kernel`` is None
+    """
+
+    _kernel: Optional[int] = None
+    _scalar_state: Sequence[str] = ("step",)
+
+    def __init__(self, params, defaults: Dict[str, Any]):
+        self.defaults = dict(defaults)
+        self.param_groups: List[dict] = []
+        self._state: Dict[int, dict] = {}
+        self.state = _StateView(self._state)
+        self.iterations = 0  # steps taken (Keras' optimizer.iterations)
+        self._params: List[np.ndarray] = []
+        self._labels: List[str] = []
+        self._index: Dict[int, int] = {}
+        if params is None:
+            return
+        if isinstance(params, np.ndarray):
+            raise TypeError("params should be an iterable of arrays or dicts, got a single ndarray; "
+                            "wrap it in a list: [param]")
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        # validate every group before adding any, so a bad group leaves nothing behind
+        staged = [self._prepare_group(g, len(self.param_groups) + i, extra=[p for s in groups[:i] for p in self._group_params(s)])
+                  for i, g in enumerate(groups)]
+        for g in staged:
+            self._add_group(g)
+
+    # ------------------------------------------------------------------ groups
+    @staticmethod
+    def _group_params(group) -> list:
+        ps = group.get("params") if isinstance(group, dict) else None
+        if isinstance(ps, np.ndarray):
+            return [ps]
+        return list(ps) if ps is not None else []
+
+    def _prepare_group(self, group, gi: int, extra=()) -> dict:
+        if not isinstance(group, dict):
+            raise TypeError(f"param group {gi} must be a dict, got {type(group).__name__}")
+        if "params" not in group:
+            raise ValueError(f"param group {gi} has no 'params' entry")
+        params = self._group_params(group)
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"param group {gi}: unknown hyperparameter(s) {sorted(unknown)} for "
+                             f"{type(self).__name__}; known: {sorted(self.defaults)}")
+        g = {"params": params}
+        for k, v in self.defaults.items():
+            if k in group:
+                g[k] = group[k]
+            elif v is required:
+                raise ValueError(f"param group {gi} didn't specify a value of required optimization parameter {k}")
+            else:
+                g[k] = v
+        labels = [f"params[{len(self._params) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        _kernels.check_params(params, labels)
+        if params and self._params:
+            if params[0].dtype != self._params[0].dtype:
+                raise TypeError(f"{labels[0]}: dtype {params[0].dtype} differs from {self._params[0].dtype} of the "
+                                "optimizer's other parameters; float32 and float64 can't be mixed")
+        _check_no_overlap(self._params + list(extra), params, labels)
+        self._check_group(g, f"param group {gi}")
+        return g
+
+    def _add_group(self, g: dict) -> None:
+        gi = len(self.param_groups)
+        for j, p in enumerate(g["params"]):
+            self._index[id(p)] = len(self._params)
+            self._labels.append(f"params[{len(self._params)}] (group {gi}, index {j})")
+            self._params.append(p)
+        self.param_groups.append(g)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group of parameters with its own hyperparameters (torch semantics)."""
+        self._add_group(self._prepare_group(param_group, len(self.param_groups)))
+
+    # ------------------------------------------------------------ validation
+    def _check_group(self, g: dict, where: str) -> None:
+        """Validate hyperparameters; subclasses extend. Called at construction, on
+        add_param_group / load_state_dict, and before every step."""
+        lr = g.get("lr")
+        if lr is not None and not callable(lr):
+            _check_real(lr, f"{where}: lr", lo=0.0)
+        for flag in ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay"):
+            if flag in g and not isinstance(g[flag], (bool, np.bool_)):
+                raise TypeError(f"{where}: {flag} must be a bool, got {g[flag]!r}")
+
+    def _group_lr(self, g: dict, where: str) -> float:
+        """The lr for this step: a number, or a schedule called with the step count."""
+        lr = g["lr"]
+        if callable(lr):
+            lr = lr(self.iterations)
+            _check_real(lr, f"{where}: lr (from schedule at iteration {self.iterations})", lo=0.0)
+        return float(lr)
+
+    # ---------------------------------------------------------- subclass API
+    def _state_names(self, g: dict) -> Sequence[str]:
+        return ()
+
+    def _new_buffer(self, name: str, p: np.ndarray, g: dict) -> np.ndarray:
+        return np.zeros_like(p)
+
+    def _init_scalars(self, g: dict) -> dict:
+        return {k: 0 for k in self._scalar_state}
+
+    def _hyper(self, g: dict, scal: dict, fresh: frozenset) -> tuple:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+        """NumPy update of one parameter, for custom optimizers (``_kernel = None``).
+
+        Mutate ``param`` and the arrays in ``state`` in place; ``state["step"]`` has
+        already been incremented and ``group["lr"]`` holds this step's learning rate.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement update() or set _kernel")
+
+    # ------------------------------------------------------------------ step
+    def step(self, grads: Sequence[Optional[np.ndarray]], closure: Optional[Callable] = None):
+        """Update every parameter in place from ``grads`` (one per parameter, in the
+        order of ``param_groups``; ``None`` skips a parameter for this step).
+
+        Everything is checked before any array is written: on error, parameters and
+        state are exactly as before.  Returns ``closure()`` if given, like torch.
+        """
+        loss = closure() if closure is not None else None
+        if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__"):
+            grads = list(grads) if not isinstance(grads, np.ndarray) else [grads]
+        params = self._params
+        if len(grads) != len(params):
+            raise ValueError(f"expected {len(params)} gradients, one per parameter, got {len(grads)}")
+        if type(grads) is not list:
+            grads = list(grads)
+        _kernels.check_params(params, self._labels)
+        _kernels.check_grads(params, grads, self._labels)
+        lrs = []
+        for gi, g in enumerate(self.param_groups):
+            where = f"param group {gi}"
+            lr = self._group_lr(g, where)
+            self._check_group(dict(g, lr=lr), where)
+            lrs.append(lr)
+        # nothing below can fail on user input
+        base = 0
+        for gi, g in enumerate(self.param_groups):
+            n = len(g["params"])
+            self._step_group(dict(g, lr=lrs[gi]), g["params"], grads[base:base + n])
+            base += n
+        self.iterations += 1
+        return loss
+
+    def _step_group(self, g: dict, params: list, grads: list) -> None:
+        names = tuple(self._state_names(g))
+        store = self._state
+        buckets: Dict[tuple, list] = {}
+        for p, gr in zip(params, grads):
+            if gr is None:
+                continue
+            st = store.get(id(p))
+            if st is None:
+                st = self._init_scalars(g)
+                store[id(p)] = st
+            fresh = []
+            for name in names:
+                if name not in st:
+                    st[name] = self._new_buffer(name, p, g)
+                    fresh.append(name)
+            key = tuple(st[k] for k in self._scalar_state) + (frozenset(fresh),)
+            buckets.setdefault(key, []).append((p, gr, st))
+        for key, items in buckets.items():
+            scal = {k: key[i] for i, k in enumerate(self._scalar_state)}
+            if self._kernel is None:
+                scal["step"] += 1
+                for p, gr, st in items:
+                    st.update(scal)
+                    self.update(p, gr, st, g)
+                continue
+            hp = self._hyper(g, scal, key[-1])
+            _kernels.fused_step(self._kernel, hp,
+                                [it[0] for it in items], [it[1] for it in items],
+                                [[it[2][name] for it in items] for name in names])
+            for it in items:
+                it[2].update(scal)
+
+    # ------------------------------------------------------------ Keras style
+    def apply_gradients(self, grads_and_vars: Iterable) -> None:
+        """Keras spelling: ``opt.apply_gradients(zip(grads, vars))``.
+
+        Variables not yet known are added to the first param group (an optimizer built
+        without params learns its variables here, as Keras optimizers do); variables
+        left out of this call are not updated.
+        """
+        pairs = list(grads_and_vars)
+        new = []
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"grads_and_vars[{k}] must be a (gradient, variable) pair")
+            var = pair[1]
+            if not isinstance(var, np.ndarray):
+                raise TypeError(f"grads_and_vars[{k}]: variable must be a numpy.ndarray, got {type(var).__name__}")
+            if id(var) not in self._index and all(v is not var for v in new):
+                new.append(var)
+        if new:
+            self._learn_vars(new)
+        grads: List[Optional[np.ndarray]] = [None] * len(self._params)
+        try:
+            for k, (gr, var) in enumerate(pairs):
+                i = self._index[id(var)]
+                if grads[i] is not None:
+                    raise ValueError(f"grads_and_vars[{k}]: variable appears twice")
+                grads[i] = gr
+            self.step(grads)
+        except Exception:
+            if new:
+                self._forget_vars(new)
+            raise
+
+    def _learn_vars(self, new: list) -> None:
+        if not self.param_groups:
+            g = dict(self.defaults)
+            g["params"] = new
+            self.add_param_group(g)
+            self._auto_group = True
+            return
+        g0 = self.param_groups[0]
+        labels = [f"variable {k}" for k in range(len(new))]
+        _kernels.check_params(new, labels)
+        if self._params and new[0].dtype != self._params[0].dtype:
+            raise TypeError(f"variable dtype {new[0].dtype} differs from the optimizer's {self._params[0].dtype}")
+        _check_no_overlap(self._params, new, labels)
+        # insert after group 0's params, keeping the flat order = group order
+        g0["params"] = g0["params"] + new
+        self._reindex()
+
+    def _forget_vars(self, new: list) -> None:
+        ids = {id(v) for v in new}
+        for g in self.param_groups:
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+        for i in ids:
+            self._state.pop(i, None)
+        if getattr(self, "_auto_group", False) and not self.param_groups[0]["params"]:
+            self.param_groups.pop(0)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._params, self._labels, self._index = [], [], {}
+        groups, self.param_groups = self.param_groups, []
+        for g in groups:
+            self._add_group(g)
+
+    # ------------------------------------------------------------- state dict
+    def state_dict(self) -> dict:
+        """A plain dict of numbers and numpy arrays (copies), in torch's layout:
+        ``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``,
+        plus ``"kind"`` (the class name) and ``"iterations"``."""
+        state = {}
+        groups = []
+        for g in self.param_groups:
+            idx = [self._index[id(p)] for p in g["params"]]
+            for i, p in zip(idx, g["params"]):
+                st = self._state.get(id(p))
+                if st is not None:
+                    state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+            gd = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
+            gd["params"] = idx
+            groups.append(gd)
+        return {"kind": type(self).__name__, "iterations": self.iterations,
+                "state": state, "param_groups": groups}
+
+    def _all_state_names(self) -> Sequence[str]:
+        """Every buffer name this optimizer can hold, whatever its flags."""
+        return ()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a dict produced by ``state_dict`` (or torch's, converted to numpy).
+
+        Validates the kind, group structure, hyperparameter names and values, state
+        keys, shapes and dtypes before changing anything; arrays are copied and cast to
+        each parameter's dtype.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        kind = state_dict.get("kind")
+        me = type(self).__name__
+        if kind is not None and kind != me:
+            raise ValueError(f"state_dict is from a {kind} optimizer, not {me}")
+        saved_groups = list(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, this optimizer has {len(self.param_groups)}")
+        new_groups = []
+        old_to_param: Dict[Any, np.ndarray] = {}
+        for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(sg, dict) or "params" not in sg:
+                raise ValueError(f"state_dict param group {gi} must be a dict with 'params'")
+            sp = list(sg["params"])
+            if len(sp) != len(g["params"]):
+                raise ValueError(f"state_dict param group {gi} has {len(sp)} params, this optimizer's has {len(g['params'])}")
+            unknown = set(sg) - set(self.defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"state_dict param group {gi}: unknown hyperparameter(s) {sorted(unknown)} for {me}; "
+                                 "is it from another optimizer?")
+            ng = {k: (sg[k] if k in sg else g[k]) for k in self.defaults}
+            if isinstance(ng.get("betas"), list):
+                ng["betas"] = tuple(ng["betas"])
+            self._check_group(ng, f"state_dict param group {gi}")
+            ng["params"] = g["params"]
+            new_groups.append(ng)
+            for key, p in zip(sp, g["params"]):
+                old_to_param[key] = p
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, dict):
+            raise ValueError("state_dict['state'] must be a dict")
+        allowed = set(self._scalar_state) | set(self._all_state_names())
+        new_state: Dict[int, dict] = {}
+        for key, st in saved_state.items():
+            if key not in old_to_param:
+                raise ValueError(f"state_dict state has an entry for param {key!r}, which no param group lists")
+            p = old_to_param[key]
+            if not isinstance(st, dict):
+                raise ValueError(f"state_dict state[{key!r}] must be a dict")
+            bad = set(st) - allowed
+            if bad:
+                raise ValueError(f"state_dict state[{key!r}]: unknown state key(s) {sorted(bad)} for {me}; "
+                                 f"known: {sorted(allowed)}")
+            ns = self._init_scalars({})
+            for k, v in st.items():
+                if k in self._scalar_state:
+                    ns[k] = _scalar_from(v, f"state_dict state[{key!r}][{k!r}]", integer=(k == "step"))
+                else:
+                    a = np.asarray(v)
+                    if a.shape != p.shape:
+                        raise ValueError(f"state_dict state[{key!r}][{k!r}]: shape {a.shape} does not match the "
+                                         f"parameter's shape {p.shape}")
+                    if a.dtype.kind not in "fiu":
+                        raise TypeError(f"state_dict state[{key!r}][{k!r}]: dtype {a.dtype} is not a real number type")
+                    ns[k] = np.array(a, dtype=p.dtype, order="C", copy=True)
+            new_state[id(p)] = ns
+        its = state_dict.get("iterations", self.iterations)
+        its = _scalar_from(its, "state_dict['iterations']", integer=True)
+        # commit
+        for g, ng in zip(self.param_groups, new_groups):
+            g.clear()
+            g.update(ng)
+        self._state.clear()
+        self._state.update(new_state)
+        self.iterations = its
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_real(x, what: str, lo: Optional[float] = None, hi: Optional[float] = None,
+                hi_open: bool = False) -> None:
+    if not _is_number(x):
+        raise TypeError(f"{what} must be a real number, got {x!r}")
+    xf = float(x)
+    if math.isnan(xf) or math.isinf(xf):
+        raise ValueError(f"{what} must be finite, got {x!r}")
+    if lo is not None and xf < lo:
+        raise ValueError(f"Invalid {what}: {x!r} (must be >= {lo})")
+    if hi is not None and (xf >= hi if hi_open else xf > hi):
+        raise ValueError(f"Invalid {what}: {x!r} (must be {'<' if hi_open else '<='} {hi})")
+
+
+def _check_betas(g: dict, where: str, n: int = 2) -> None:
+    b = g["betas"]
+    if not isinstance(b, (tuple, list)) or len(b) != n:
+        raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {b!r}")
+    for i, v in enumerate(b):
+        if not _is_number(v):
+            raise TypeError(f"{where}: beta parameter at index {i} must be a real number, got {v!r}")
+        if not 0.0 <= float(v) < 1.0:
+            raise ValueError(f"{where}: Invalid beta parameter at index {i}: {v!r} (must be in [0, 1))")
+
+
+def _scalar_from(v, what: str, integer: bool = False):
+    if isinstance(v, np.ndarray):
+        if v.size != 1:
+            raise ValueError(f"{what} must be a scalar, got an array of shape {v.shape}")
+        v = v.reshape(()).item()
+    elif hasattr(v, "item") and not isinstance(v, (int, float)):
+        v = v.item()
+    if not _is_number(v) or not math.isfinite(float(v)):
+        raise ValueError(f"{what} must be a finite number, got {v!r}")
+    if integer:
+        if float(v) != int(v) or v < 0:
+            raise ValueError(f"{what} must be a non-negative integer, got {v!r}")
+        return int(v)
+    return float(v)
+
+
+def _check_no_overlap(existing: list, new: list, labels: list) -> None:
+    """No parameter may appear twice or share memory with another parameter."""
+    spans = []
+    for p in existing:
+        if p.nbytes:
+            a = p.__array_interface__["data"][0]
+            spans.append((a, a + p.nbytes, -1))
+    for j, p in enumerate(new):
+        if any(p is q for q in existing) or any(p is q for q in new[:j]):
+            raise ValueError(f"{labels[j]}: the same array appears more than once among the parameters")
+        if p.nbytes:
+            a = p.__array_interface__["data"][0]
+            spans.append((a, a + p.nbytes, j))
+    spans.sort()
+    for (a0, a1, j0), (b0, b1, j1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            j = j1 if j1 >= 0 else j0
+            raise ValueError(f"{labels[j]}: shares memory with another parameter")
