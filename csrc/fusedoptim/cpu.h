@@ -38,119 +38,130 @@ enum fo_algo {
 
 #define FO_BUF(T, i) ((T *FO_RESTRICT)bufs[i])
 
-/* ---- one segment function per algorithm, templated on the element type ---------- */
-template <typename T> static void fo_sgd_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_sgd_hp<T> h = fo_sgd_hp<T>::load(hd);
+/* Buffer layout of a segment: bufs[0] param, bufs[1] grad, bufs[2] EMA of the param
+ * (NULL when the optimizer keeps none), bufs[3..] the algorithm's state buffers in the
+ * order of its Python class's _state_names().                                          */
+#define FO_STATE 3
+
+/* The one loop: apply `rule` to every element, then the EMA epilogue when present. */
+template <typename T, bool EMA, typename F>
+static inline void fo_loop_ema(char **bufs, ptrdiff_t n, const fo_common<T> &c, F rule) {
     T *FO_RESTRICT p = FO_BUF(T, 0);
     const T *FO_RESTRICT g = FO_BUF(T, 1);
-    if (hd[2] != 0.0) {
-        T *FO_RESTRICT b = FO_BUF(T, 2);
-        for (ptrdiff_t i = 0; i < n; i++) fo_sgd_rule<T, true>(p[i], g[i], b[i], h);
+    T *FO_RESTRICT e = FO_BUF(T, EMA ? 2 : 0);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        rule(i, p[i], g[i]);
+        if (EMA) fo_ema_rule(e[i], p[i], c);
+    }
+}
+template <typename T, typename F>
+static inline void fo_loop(char **bufs, ptrdiff_t n, const fo_common<T> &c, F rule) {
+    if (bufs[2]) fo_loop_ema<T, true>(bufs, n, c, rule);
+    else fo_loop_ema<T, false>(bufs, n, c, rule);
+}
+
+/* ---- one segment function per algorithm, templated on the element type ---------- */
+template <typename T> static void fo_sgd_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
+    const fo_sgd_hp<T> h = fo_sgd_hp<T>::load(hd);
+    if (hd[FO_HP_COMMON + 1] != 0.0) {
+        T *FO_RESTRICT b = FO_BUF(T, FO_STATE);
+        fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_sgd_rule<T, true>(p, g, b[i], c, h); });
     } else {
-        T unused = T(0);
-        for (ptrdiff_t i = 0; i < n; i++) fo_sgd_rule<T, false>(p[i], g[i], unused, h);
+        fo_loop<T>(bufs, n, c, [&](ptrdiff_t, T &p, T g) { T u; fo_sgd_rule<T, false>(p, g, u, c, h); });
     }
 }
 
-/* h[9] of the Adam block is the amsgrad flag (not part of the rule's scalars). */
 template <typename T> static void fo_adam_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adam_hp<T> h = fo_adam_hp<T>::load(hd);
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT m = FO_BUF(T, 2);
-    T *FO_RESTRICT v = FO_BUF(T, 3);
-    if (hd[9] != 0.0) {
-        T *FO_RESTRICT vm = FO_BUF(T, 4);
-        for (ptrdiff_t i = 0; i < n; i++) fo_adam_rule<T, true>(p[i], g[i], m[i], v[i], vm[i], h);
+    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
+    T *FO_RESTRICT v = FO_BUF(T, FO_STATE + 1);
+    if (h.amsgrad) {
+        T *FO_RESTRICT vm = FO_BUF(T, FO_STATE + 2);
+        fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adam_rule<T, true>(p, g, m[i], v[i], vm[i], c, h); });
     } else {
-        for (ptrdiff_t i = 0; i < n; i++) fo_adam_rule<T, false>(p[i], g[i], m[i], v[i], v[i], h);
+        fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adam_rule<T, false>(p, g, m[i], v[i], v[i], c, h); });
     }
 }
 
 template <typename T> static void fo_adagrad_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adagrad_hp<T> h = fo_adagrad_hp<T>::load(hd);
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT s = FO_BUF(T, 2);
-    for (ptrdiff_t i = 0; i < n; i++) fo_adagrad_rule<T>(p[i], g[i], s[i], h);
+    T *FO_RESTRICT s = FO_BUF(T, FO_STATE);
+    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adagrad_rule<T>(p, g, s[i], c, h); });
 }
 
-/* h[7], h[8] of the RMSprop block: centered flag, momentum flag.  Buffers after the
- * gradient: square_avg, then grad_avg if centered, then momentum_buffer if momentum. */
+/* RMSprop state: square_avg, then grad_avg if centered, then momentum_buffer if momentum. */
 template <typename T, bool C, bool M>
-static inline void fo_rmsprop_loop(const fo_rmsprop_hp<T> &h, char **bufs, ptrdiff_t n) {
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT sq = FO_BUF(T, 2);
-    T *FO_RESTRICT ga = C ? FO_BUF(T, 3) : sq;
-    T *FO_RESTRICT mb = M ? FO_BUF(T, C ? 4 : 3) : sq;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        T unused_a, unused_b;
-        fo_rmsprop_rule<T, C, M>(p[i], g[i], sq[i], C ? ga[i] : unused_a, M ? mb[i] : unused_b, h);
-    }
+static inline void fo_rmsprop_loop(const fo_common<T> &c, const fo_rmsprop_hp<T> &h, char **bufs, ptrdiff_t n) {
+    T *FO_RESTRICT sq = FO_BUF(T, FO_STATE);
+    T *FO_RESTRICT ga = FO_BUF(T, C ? FO_STATE + 1 : FO_STATE);
+    T *FO_RESTRICT mb = FO_BUF(T, M ? (C ? FO_STATE + 2 : FO_STATE + 1) : FO_STATE);
+    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) {
+        T ua, ub;
+        fo_rmsprop_rule<T, C, M>(p, g, sq[i], C ? ga[i] : ua, M ? mb[i] : ub, c, h);
+    });
 }
 template <typename T> static void fo_rmsprop_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_rmsprop_hp<T> h = fo_rmsprop_hp<T>::load(hd);
-    const bool c = hd[7] != 0.0, m = hd[8] != 0.0;
-    if (c && m) fo_rmsprop_loop<T, true, true>(h, bufs, n);
-    else if (c) fo_rmsprop_loop<T, true, false>(h, bufs, n);
-    else if (m) fo_rmsprop_loop<T, false, true>(h, bufs, n);
-    else fo_rmsprop_loop<T, false, false>(h, bufs, n);
+    if (h.centered && h.has_momentum) fo_rmsprop_loop<T, true, true>(c, h, bufs, n);
+    else if (h.centered) fo_rmsprop_loop<T, true, false>(c, h, bufs, n);
+    else if (h.has_momentum) fo_rmsprop_loop<T, false, true>(c, h, bufs, n);
+    else fo_rmsprop_loop<T, false, false>(c, h, bufs, n);
 }
 
 template <typename T> static void fo_adamax_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adamax_hp<T> h = fo_adamax_hp<T>::load(hd);
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT m = FO_BUF(T, 2);
-    T *FO_RESTRICT u = FO_BUF(T, 3);
-    for (ptrdiff_t i = 0; i < n; i++) fo_adamax_rule<T>(p[i], g[i], m[i], u[i], h);
+    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
+    T *FO_RESTRICT u = FO_BUF(T, FO_STATE + 1);
+    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adamax_rule<T>(p, g, m[i], u[i], c, h); });
 }
 
 template <typename T> static void fo_nadam_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_nadam_hp<T> h = fo_nadam_hp<T>::load(hd);
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT m = FO_BUF(T, 2);
-    T *FO_RESTRICT v = FO_BUF(T, 3);
-    for (ptrdiff_t i = 0; i < n; i++) fo_nadam_rule<T>(p[i], g[i], m[i], v[i], h);
+    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
+    T *FO_RESTRICT v = FO_BUF(T, FO_STATE + 1);
+    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_nadam_rule<T>(p, g, m[i], v[i], c, h); });
 }
 
 template <typename T> static void fo_radam_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_radam_hp<T> h = fo_radam_hp<T>::load(hd);
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT m = FO_BUF(T, 2);
-    T *FO_RESTRICT v = FO_BUF(T, 3);
-    for (ptrdiff_t i = 0; i < n; i++) fo_radam_rule<T>(p[i], g[i], m[i], v[i], h);
+    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
+    T *FO_RESTRICT v = FO_BUF(T, FO_STATE + 1);
+    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_radam_rule<T>(p, g, m[i], v[i], c, h); });
 }
 
 template <typename T> static void fo_adadelta_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adadelta_hp<T> h = fo_adadelta_hp<T>::load(hd);
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT s = FO_BUF(T, 2);
-    T *FO_RESTRICT a = FO_BUF(T, 3);
-    for (ptrdiff_t i = 0; i < n; i++) fo_adadelta_rule<T>(p[i], g[i], s[i], a[i], h);
+    T *FO_RESTRICT s = FO_BUF(T, FO_STATE);
+    T *FO_RESTRICT a = FO_BUF(T, FO_STATE + 1);
+    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adadelta_rule<T>(p, g, s[i], a[i], c, h); });
 }
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------
- * h[0] = number of buffers k (2..6).  Reads all k buffers, writes all but bufs[1]
- * (the gradient), exactly the traffic of an optimizer with k - 2 state buffers.       */
+ * h[0] = number of buffers k (2..6: param, grad and k - 2 state buffers at bufs[3..]),
+ * h[1] = a multiplier (0 in the benchmark).  Reads all k buffers and writes all but the
+ * gradient: exactly the traffic of an optimizer with k - 2 state buffers.               */
 template <typename T, int K>
 static inline void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
     T *FO_RESTRICT b0 = FO_BUF(T, 0);
     const T *FO_RESTRICT b1 = FO_BUF(T, 1);
-    T *FO_RESTRICT b2 = FO_BUF(T, K > 2 ? 2 : 0);
-    T *FO_RESTRICT b3 = FO_BUF(T, K > 3 ? 3 : 0);
-    T *FO_RESTRICT b4 = FO_BUF(T, K > 4 ? 4 : 0);
-    T *FO_RESTRICT b5 = FO_BUF(T, K > 5 ? 5 : 0);
+    T *FO_RESTRICT b2 = FO_BUF(T, K > 2 ? FO_STATE : 0);
+    T *FO_RESTRICT b3 = FO_BUF(T, K > 3 ? FO_STATE + 1 : 0);
+    T *FO_RESTRICT b4 = FO_BUF(T, K > 4 ? FO_STATE + 2 : 0);
+    T *FO_RESTRICT b5 = FO_BUF(T, K > 5 ? FO_STATE + 3 : 0);
     for (ptrdiff_t i = 0; i < n; i++) {
         T s = b0[i] + b1[i];
-        if (K > 2) { s = s + b2[i]; }
-        if (K > 3) { s = s + b3[i]; }
-        if (K > 4) { s = s + b4[i]; }
-        if (K > 5) { s = s + b5[i]; }
+        if (K > 2) s = s + b2[i];
+        if (K > 3) s = s + b3[i];
+        if (K > 4) s = s + b4[i];
+        if (K > 5) s = s + b5[i];
         b0[i] = b0[i] + c * s;
         if (K > 2) b2[i] = b2[i] + c * s;
         if (K > 3) b3[i] = b3[i] + c * s;

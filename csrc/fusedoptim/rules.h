@@ -41,34 +41,57 @@ template <typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w, bool small_w
     return small_w ? a + w * (b - a) : b - (b - a) * one_minus_w;
 }
 
-/* Shared prologue: maximize flips the gradient (gsign = -1), coupled L2 decay adds
- * wd * p (skipped entirely when wd == 0, so an Inf parameter does not poison g). */
-template <typename T> FO_HD T fo_grad(T g, T p, T gsign, T wd) {
-    g = gsign * g;
-    if (wd != T(0)) g = g + wd * p;
+/* ---- the common block: h[0..3] of every hyperparameter block ---------------------
+ * h[0] gscale: gradient multiplier = (-1 if maximize else 1) * global-norm clip scale
+ * h[1] weight_decay: coupled L2, g += wd * p (skipped when 0, so an Inf p can't poison g)
+ * h[2] l1: L1 penalty, g += l1 * sign(p) (skipped when 0)
+ * h[3] ema_weight: 1 - ema decay; with an EMA buffer, ema = lerp(ema, p_new, ema_weight)
+ * Algorithm-specific entries follow at h[FO_HP_COMMON].                               */
+#define FO_HP_COMMON 4
+template <typename T> struct fo_common {
+    T gscale, wd, l1, ema_w, ema_rest;
+    bool ema_small;
+    FO_HD static fo_common load(const double *h) {
+        fo_common c;
+        c.gscale = (T)h[0];
+        c.wd = (T)h[1];
+        c.l1 = (T)h[2];
+        c.ema_w = (T)h[3];
+        c.ema_rest = T(1) - c.ema_w;
+        c.ema_small = fo_abs(c.ema_w) < T(0.5);
+        return c;
+    }
+};
+template <typename T> FO_HD T fo_sign(T x) { return (T)((x > T(0)) - (x < T(0))); }
+template <typename T> FO_HD T fo_grad(T g, T p, const fo_common<T> &c) {
+    g = c.gscale * g;
+    if (c.wd != T(0)) g = g + c.wd * p;
+    if (c.l1 != T(0)) g = g + c.l1 * fo_sign(p);
     return g;
+}
+template <typename T> FO_HD void fo_ema_rule(T &ema, T p, const fo_common<T> &c) {
+    ema = fo_lerp(ema, p, c.ema_w, c.ema_rest, c.ema_small);
 }
 
 /* ---- SGD (momentum, dampening, nesterov) -------------------------------------- */
-/* h: lr, weight_decay, momentum, 1 - dampening, nesterov, gsign, first            */
+/* a = h + FO_HP_COMMON: lr, momentum, 1 - dampening, nesterov, first                 */
 template <typename T> struct fo_sgd_hp {
-    T neg_lr, wd, momentum, one_minus_dampening, gsign;
+    T neg_lr, momentum, one_minus_dampening;
     bool nesterov, first;
     FO_HD static fo_sgd_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_sgd_hp s;
-        s.neg_lr = (T)(-h[0]);
-        s.wd = (T)h[1];
-        s.momentum = (T)h[2];
-        s.one_minus_dampening = (T)h[3];
-        s.nesterov = h[4] != 0.0;
-        s.gsign = (T)h[5];
-        s.first = h[6] != 0.0;
+        s.neg_lr = (T)(-a[0]);
+        s.momentum = (T)a[1];
+        s.one_minus_dampening = (T)a[2];
+        s.nesterov = a[3] != 0.0;
+        s.first = a[4] != 0.0;
         return s;
     }
 };
 template <typename T, bool MOMENTUM>
-FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_sgd_hp<T> &h) {
-    T d = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp<T> &h) {
+    T d = fo_grad(g, p, c);
     if (MOMENTUM) {
         buf = h.first ? d : buf * h.momentum + h.one_minus_dampening * d;
         d = h.nesterov ? d + h.momentum * buf : buf;
@@ -77,30 +100,31 @@ FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_sgd_hp<T> &h) {
 }
 
 /* ---- Adam / AdamW / AMSGrad ----------------------------------------------------- */
-/* h: gsign, weight_decay (coupled, 0 if decoupled), decay (1 - lr*wd if decoupled, else 1),
- *    1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2^t), eps, -lr / (1 - beta1^t)          */
+/* a: decay (1 - lr*wd if decoupled, else 1), 1 - beta1, beta2, 1 - beta2,
+ *    sqrt(1 - beta2^t), eps, -lr / (1 - beta1^t), amsgrad                              */
 template <typename T> struct fo_adam_hp {
-    T gsign, wd, decay, w1, one_minus_w1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step;
-    bool small_w1;
+    T decay, w1, one_minus_w1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step;
+    bool small_w1, amsgrad;
     FO_HD static fo_adam_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_adam_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.decay = (T)h[2];
-        s.w1 = (T)h[3];
+        s.decay = (T)a[0];
+        s.w1 = (T)a[1];
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)h[4];
-        s.one_minus_beta2 = (T)h[5];
-        s.bc2_sqrt = (T)h[6];
-        s.eps = (T)h[7];
-        s.neg_step = (T)h[8];
+        s.beta2 = (T)a[2];
+        s.one_minus_beta2 = (T)a[3];
+        s.bc2_sqrt = (T)a[4];
+        s.eps = (T)a[5];
+        s.neg_step = (T)a[6];
+        s.amsgrad = a[7] != 0.0;
         return s;
     }
 };
 template <typename T, bool AMSGRAD>
-FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_adam_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
+                        const fo_adam_hp<T> &h) {
+    g = fo_grad(g, p, c);
     p = p * h.decay;
     m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
@@ -111,53 +135,53 @@ FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_adam_hp<T> &h) 
 }
 
 /* ---- Adagrad ---------------------------------------------------------------------- */
-/* h: gsign, weight_decay, -lr / (1 + (t - 1) lr_decay), eps                            */
+/* a: -lr / (1 + (t - 1) lr_decay), eps                                                 */
 template <typename T> struct fo_adagrad_hp {
-    T gsign, wd, neg_clr, eps;
+    T neg_clr, eps;
     FO_HD static fo_adagrad_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_adagrad_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.neg_clr = (T)h[2];
-        s.eps = (T)h[3];
+        s.neg_clr = (T)a[0];
+        s.eps = (T)a[1];
         return s;
     }
 };
 template <typename T>
-FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_adagrad_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_adagrad_hp<T> &h) {
+    g = fo_grad(g, p, c);
     sum = sum + g * g;
     T std_ = fo_sqrt(sum) + h.eps;
     p = p + h.neg_clr * g / std_;
 }
 
 /* ---- RMSprop (centered, momentum) ------------------------------------------------- */
-/* h: gsign, weight_decay, alpha, 1 - alpha, eps, momentum, -lr                          */
+/* a: alpha, 1 - alpha, eps, momentum, -lr, centered, has momentum                       */
 template <typename T> struct fo_rmsprop_hp {
-    T gsign, wd, alpha, one_minus_alpha, w_avg_rest, eps, momentum, neg_lr;
-    bool small_w;
+    T alpha, one_minus_alpha, w_rest, eps, momentum, neg_lr;
+    bool small_w, centered, has_momentum;
     FO_HD static fo_rmsprop_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_rmsprop_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.alpha = (T)h[2];
-        s.one_minus_alpha = (T)h[3];
-        s.w_avg_rest = T(1) - s.one_minus_alpha;
+        s.alpha = (T)a[0];
+        s.one_minus_alpha = (T)a[1];
+        s.w_rest = T(1) - s.one_minus_alpha;
         s.small_w = fo_abs(s.one_minus_alpha) < T(0.5);
-        s.eps = (T)h[4];
-        s.momentum = (T)h[5];
-        s.neg_lr = (T)h[6];
+        s.eps = (T)a[2];
+        s.momentum = (T)a[3];
+        s.neg_lr = (T)a[4];
+        s.centered = a[5] != 0.0;
+        s.has_momentum = a[6] != 0.0;
         return s;
     }
 };
 template <typename T, bool CENTERED, bool MOMENTUM>
 FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
-                           const fo_rmsprop_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+                           const fo_common<T> &c, const fo_rmsprop_hp<T> &h) {
+    g = fo_grad(g, p, c);
     square_avg = square_avg * h.alpha + h.one_minus_alpha * g * g;
     T avg;
     if (CENTERED) {
-        grad_avg = fo_lerp(grad_avg, g, h.one_minus_alpha, h.w_avg_rest, h.small_w);
+        grad_avg = fo_lerp(grad_avg, g, h.one_minus_alpha, h.w_rest, h.small_w);
         avg = fo_sqrt(square_avg + T(-1) * grad_avg * grad_avg);
     } else {
         avg = fo_sqrt(square_avg);
@@ -172,57 +196,55 @@ FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
 }
 
 /* ---- Adamax ------------------------------------------------------------------------ */
-/* h: gsign, weight_decay, 1 - beta1, beta2, eps, -lr / (1 - beta1^t)                   */
+/* a: 1 - beta1, beta2, eps, -lr / (1 - beta1^t)                                        */
 template <typename T> struct fo_adamax_hp {
-    T gsign, wd, w1, one_minus_w1, beta2, eps, neg_clr;
+    T w1, one_minus_w1, beta2, eps, neg_clr;
     bool small_w1;
     FO_HD static fo_adamax_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_adamax_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.w1 = (T)h[2];
+        s.w1 = (T)a[0];
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)h[3];
-        s.eps = (T)h[4];
-        s.neg_clr = (T)h[5];
+        s.beta2 = (T)a[1];
+        s.eps = (T)a[2];
+        s.neg_clr = (T)a[3];
         return s;
     }
 };
 template <typename T>
-FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_adamax_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_common<T> &c, const fo_adamax_hp<T> &h) {
+    g = fo_grad(g, p, c);
     m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
     u = fo_max(u * h.beta2, fo_abs(g) + h.eps);
     p = p + h.neg_clr * m / u;
 }
 
 /* ---- NAdam -------------------------------------------------------------------------- */
-/* h: gsign, weight_decay (coupled), decay (decoupled), 1 - beta1, beta2, 1 - beta2,
- *    1 - beta2^t, eps, -lr (1 - mu_t) / (1 - prod mu), -lr mu_{t+1} / (1 - prod mu * mu_{t+1}) */
+/* a: decay (decoupled), 1 - beta1, beta2, 1 - beta2, 1 - beta2^t, eps,
+ *    -lr (1 - mu_t) / (1 - prod mu), -lr mu_{t+1} / (1 - prod mu * mu_{t+1})           */
 template <typename T> struct fo_nadam_hp {
-    T gsign, wd, decay, w1, one_minus_w1, beta2, one_minus_beta2, bc2, eps, c_grad, c_avg;
+    T decay, w1, one_minus_w1, beta2, one_minus_beta2, bc2, eps, c_grad, c_avg;
     bool small_w1;
     FO_HD static fo_nadam_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_nadam_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.decay = (T)h[2];
-        s.w1 = (T)h[3];
+        s.decay = (T)a[0];
+        s.w1 = (T)a[1];
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)h[4];
-        s.one_minus_beta2 = (T)h[5];
-        s.bc2 = (T)h[6];
-        s.eps = (T)h[7];
-        s.c_grad = (T)h[8];
-        s.c_avg = (T)h[9];
+        s.beta2 = (T)a[2];
+        s.one_minus_beta2 = (T)a[3];
+        s.bc2 = (T)a[4];
+        s.eps = (T)a[5];
+        s.c_grad = (T)a[6];
+        s.c_avg = (T)a[7];
         return s;
     }
 };
 template <typename T>
-FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_nadam_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_nadam_hp<T> &h) {
+    g = fo_grad(g, p, c);
     p = p * h.decay;
     m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
@@ -232,33 +254,32 @@ FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_nadam_hp<T> &h) {
 }
 
 /* ---- RAdam -------------------------------------------------------------------------- */
-/* h: gsign, weight_decay (coupled), decay (decoupled), 1 - beta1, beta2, 1 - beta2,
- *    1 - beta1^t, lr, rectified (rho_t > 5), sqrt(1 - beta2^t), eps, rect               */
+/* a: decay (decoupled), 1 - beta1, beta2, 1 - beta2, 1 - beta1^t, lr,
+ *    rectified (rho_t > 5), sqrt(1 - beta2^t), eps, rect                                */
 template <typename T> struct fo_radam_hp {
-    T gsign, wd, decay, w1, one_minus_w1, beta2, one_minus_beta2, bc1, lr, bc2_sqrt, eps, rect;
+    T decay, w1, one_minus_w1, beta2, one_minus_beta2, bc1, lr, bc2_sqrt, eps, rect;
     bool small_w1, rectified;
     FO_HD static fo_radam_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_radam_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.decay = (T)h[2];
-        s.w1 = (T)h[3];
+        s.decay = (T)a[0];
+        s.w1 = (T)a[1];
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)h[4];
-        s.one_minus_beta2 = (T)h[5];
-        s.bc1 = (T)h[6];
-        s.lr = (T)h[7];
-        s.rectified = h[8] != 0.0;
-        s.bc2_sqrt = (T)h[9];
-        s.eps = (T)h[10];
-        s.rect = (T)h[11];
+        s.beta2 = (T)a[2];
+        s.one_minus_beta2 = (T)a[3];
+        s.bc1 = (T)a[4];
+        s.lr = (T)a[5];
+        s.rectified = a[6] != 0.0;
+        s.bc2_sqrt = (T)a[7];
+        s.eps = (T)a[8];
+        s.rect = (T)a[9];
         return s;
     }
 };
 template <typename T>
-FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_radam_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_radam_hp<T> &h) {
+    g = fo_grad(g, p, c);
     p = p * h.decay;
     m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
@@ -269,23 +290,23 @@ FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_radam_hp<T> &h) {
 }
 
 /* ---- Adadelta ---------------------------------------------------------------------- */
-/* h: gsign, weight_decay, rho, 1 - rho, eps, -lr                                        */
+/* a: rho, 1 - rho, eps, -lr                                                             */
 template <typename T> struct fo_adadelta_hp {
-    T gsign, wd, rho, one_minus_rho, eps, neg_lr;
+    T rho, one_minus_rho, eps, neg_lr;
     FO_HD static fo_adadelta_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
         fo_adadelta_hp s;
-        s.gsign = (T)h[0];
-        s.wd = (T)h[1];
-        s.rho = (T)h[2];
-        s.one_minus_rho = (T)h[3];
-        s.eps = (T)h[4];
-        s.neg_lr = (T)h[5];
+        s.rho = (T)a[0];
+        s.one_minus_rho = (T)a[1];
+        s.eps = (T)a[2];
+        s.neg_lr = (T)a[3];
         return s;
     }
 };
 template <typename T>
-FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_adadelta_hp<T> &h) {
-    g = fo_grad(g, p, h.gsign, h.wd);
+FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_common<T> &c,
+                            const fo_adadelta_hp<T> &h) {
+    g = fo_grad(g, p, c);
     square_avg = square_avg * h.rho + h.one_minus_rho * g * g;
     T std_ = fo_sqrt(square_avg + h.eps);
     T delta = fo_sqrt(acc_delta + h.eps) / std_ * g;

@@ -204,16 +204,18 @@ cdef void _drive(fo_seg_fn fn, const double *hp, char **table, const Py_ssize_t 
                    (c + 1) * per if (c + 1) * per < total else total)
 
 
-def fused_step(int algo, tuple hp, list params, list grads, list states):
+def fused_step(int algo, tuple hp, list params, list grads, list states, list emas=None):
     """Run ``algo`` once over all tensors.
 
     params[i] and grads[i] are ndarrays already checked by check_params/check_grads;
     states is a list of buffer lists, states[k][i] being state buffer k of tensor i,
-    each with the parameter's dtype and size.  hp holds the per-step scalars in the
-    order documented in rules.h.
+    each with the parameter's dtype and size; emas[i] (optional) is an exponential
+    moving average of params[i], updated in the same pass.  hp holds the per-step
+    scalars: the common block then the algorithm's block, as documented in rules.h.
     """
     cdef Py_ssize_t ntens = len(params), i, k
-    cdef int nbuf = 2 + len(states)
+    cdef int nstate = len(states)
+    cdef int nbuf = 3 + nstate
     cdef double hbuf[MAXHP]
     cdef int code
     cdef fo_seg_fn fn
@@ -226,8 +228,8 @@ def fused_step(int algo, tuple hp, list params, list grads, list states):
         return
     if nbuf > MAXBUF or len(hp) > MAXHP:
         raise ValueError("too many buffers or hyperparameters for the native kernel")
-    if len(grads) != ntens:
-        raise ValueError(f"expected {ntens} gradients, got {len(grads)}")
+    if len(grads) != ntens or (emas is not None and len(emas) != ntens):
+        raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
     for k in range(len(hp)):
         hbuf[k] = hp[k]
     code = _dtype_code(<cnp.ndarray>params[0])
@@ -252,11 +254,18 @@ def fused_step(int algo, tuple hp, list params, list grads, list states):
             if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
                 raise ValueError(f"gradient {i} does not match its parameter")
             table[i * nbuf + 1] = <char *>cnp.PyArray_DATA(a)
-            for k in range(nbuf - 2):
+            if emas is None:
+                table[i * nbuf + 2] = NULL
+            else:
+                a = <cnp.ndarray>emas[i]
+                if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
+                    raise ValueError(f"EMA buffer of tensor {i} does not match its parameter")
+                table[i * nbuf + 2] = <char *>cnp.PyArray_DATA(a)
+            for k in range(nstate):
                 a = <cnp.ndarray>(<list>states[k])[i]
                 if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
                     raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter")
-                table[i * nbuf + 2 + k] = <char *>cnp.PyArray_DATA(a)
+                table[i * nbuf + 3 + k] = <char *>cnp.PyArray_DATA(a)
             starts[i + 1] = starts[i] + size
         nthreads = get_num_threads()
         with nogil:

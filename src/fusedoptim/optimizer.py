@@ -181,6 +181,12 @@ class Optimizer:
     def _hyper(self, g: dict, scal: dict, fresh: frozenset) -> tuple:  # pragma: no cover
         raise NotImplementedError
 
+    def _common(self, g: dict) -> tuple:
+        """The common block of every kernel's scalars (rules.h, fo_common): gradient
+        scale (sign of maximize), coupled weight decay, L1 coefficient, EMA weight."""
+        wd = 0.0 if g.get("decoupled_weight_decay") else g.get("weight_decay", 0.0)
+        return (-1.0 if g.get("maximize") else 1.0, wd, 0.0, 0.0)
+
     def update(self, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
         """NumPy update of one parameter, for custom optimizers (``_kernel = None``).
 
@@ -248,7 +254,7 @@ class Optimizer:
                     st.update(scal)
                     self.update(p, gr, st, g)
                 continue
-            hp = self._hyper(g, scal, key[-1])
+            hp = self._common(g) + self._hyper(g, scal, key[-1])
             _kernels.fused_step(self._kernel, hp,
                                 [it[0] for it in items], [it[1] for it in items],
                                 [[it[2][name] for it in items] for name in names])

@@ -40,4 +40,4 @@ class Adadelta(Optimizer):
     def _hyper(self, g, scal, fresh):
         scal["step"] += 1
         r = g["rho"]
-        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], r, 1.0 - r, g["eps"], -g["lr"])
+        return (r, 1.0 - r, g["eps"], -g["lr"])

@@ -49,4 +49,4 @@ class Adagrad(Optimizer):
     def _hyper(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         clr = g["lr"] / (1.0 + (t - 1) * g["lr_decay"])
-        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], -clr, g["eps"])
+        return (-clr, g["eps"])

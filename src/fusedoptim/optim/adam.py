@@ -56,9 +56,7 @@ class Adam(Optimizer):
         decoupled = g["decoupled_weight_decay"]
         bc1 = 1.0 - b1 ** t
         bc2 = 1.0 - b2 ** t
-        return (-1.0 if g["maximize"] else 1.0,
-                0.0 if decoupled else wd,
-                1.0 - lr * wd if decoupled else 1.0,
+        return (1.0 - lr * wd if decoupled else 1.0,
                 1.0 - b1, b2, 1.0 - b2, math.sqrt(bc2), g["eps"], -(lr / bc1),
                 1.0 if g["amsgrad"] else 0.0)
 

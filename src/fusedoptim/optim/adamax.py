@@ -39,5 +39,5 @@ class Adamax(Optimizer):
     def _hyper(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         b1, b2 = g["betas"]
-        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], 1.0 - b1, b2, g["eps"],
+        return (1.0 - b1, b2, g["eps"],
                 -(g["lr"] / (1.0 - b1 ** t)))

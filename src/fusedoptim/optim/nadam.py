@@ -56,9 +56,7 @@ class NAdam(Optimizer):
         mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         scal["mu_product"] = mu_product = scal["mu_product"] * mu
-        return (-1.0 if g["maximize"] else 1.0,
-                0.0 if decoupled else wd,
-                1.0 - lr * wd if decoupled else 1.0,
+        return (1.0 - lr * wd if decoupled else 1.0,
                 1.0 - b1, b2, 1.0 - b2, 1.0 - b2 ** t, g["eps"],
                 -lr * (1.0 - mu) / (1.0 - mu_product),
                 -lr * mu_next / (1.0 - mu_product * mu_next))

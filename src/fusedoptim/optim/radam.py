@@ -55,8 +55,6 @@ class RAdam(Optimizer):
         rectified = rho_t > 5.0
         rect = (math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
                 if rectified else 0.0)
-        return (-1.0 if g["maximize"] else 1.0,
-                0.0 if decoupled else wd,
-                1.0 - lr * wd if decoupled else 1.0,
+        return (1.0 - lr * wd if decoupled else 1.0,
                 1.0 - b1, b2, 1.0 - b2, bc1, lr, 1.0 if rectified else 0.0,
                 math.sqrt(bc2), g["eps"], rect)

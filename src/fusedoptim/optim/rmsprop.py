@@ -46,6 +46,6 @@ class RMSprop(Optimizer):
     def _hyper(self, g, scal, fresh):
         scal["step"] += 1
         a = g["alpha"]
-        return (-1.0 if g["maximize"] else 1.0, g["weight_decay"], a, 1.0 - a, g["eps"],
+        return (a, 1.0 - a, g["eps"],
                 g["momentum"], -g["lr"], 1.0 if g["centered"] else 0.0,
                 1.0 if g["momentum"] > 0 else 0.0)

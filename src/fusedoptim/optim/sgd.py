@@ -46,6 +46,5 @@ class SGD(Optimizer):
 
     def _hyper(self, g, scal, fresh):
         scal["step"] += 1
-        return (g["lr"], g["weight_decay"], g["momentum"], 1.0 - g["dampening"],
-                1.0 if g["nesterov"] else 0.0, -1.0 if g["maximize"] else 1.0,
+        return (g["lr"], g["momentum"], 1.0 - g["dampening"], 1.0 if g["nesterov"] else 0.0,
                 1.0 if "momentum_buffer" in fresh else 0.0)
