@@ -183,7 +183,9 @@ cdef void _run_chunk(fo_seg_fn fn, const double *hp, char **table, const Py_ssiz
             n = hi - lo
         if n > 0:
             for k in range(nbuf):
-                bufs[k] = table[t * nbuf + k] + off * itemsize
+                bufs[k] = table[t * nbuf + k]
+                if bufs[k] != NULL:       # an absent buffer (no EMA) stays NULL
+                    bufs[k] += off * itemsize
             fn(hp, bufs, n)
             lo += n
         t += 1
