@@ -25,8 +25,12 @@
 
 #if defined(__GNUC__)
 #define FO_RESTRICT __restrict__
+/* Everything below a multiversioned entry point must inline into it, so that each clone
+ * compiles the loop for its own instruction set. */
+#define FO_INLINE inline __attribute__((always_inline))
 #else
 #define FO_RESTRICT
+#define FO_INLINE inline
 #endif
 
 typedef void (*fo_seg_fn)(const double *h, char **bufs, ptrdiff_t n);
@@ -43,113 +47,127 @@ enum fo_algo {
  * order of its Python class's _state_names().                                          */
 #define FO_STATE 3
 
-/* The one loop: apply `rule` to every element, then the EMA epilogue when present. */
-template <typename T, bool EMA, typename F>
-static inline void fo_loop_ema(char **bufs, ptrdiff_t n, const fo_common<T> &c, F rule) {
-    T *FO_RESTRICT p = FO_BUF(T, 0);
-    const T *FO_RESTRICT g = FO_BUF(T, 1);
-    T *FO_RESTRICT e = FO_BUF(T, EMA ? 2 : 0);
-    for (ptrdiff_t i = 0; i < n; i++) {
-        rule(i, p[i], g[i]);
-        if (EMA) fo_ema_rule(e[i], p[i], c);
+/* Every loop takes its buffers as restrict-qualified parameters and the scalar blocks
+ * by value, so the compiler knows nothing aliases and hoists every scalar: each loop
+ * body is the element rule, then the EMA epilogue when the optimizer keeps one.       */
+#define FO_PG T *FO_RESTRICT p, const T *FO_RESTRICT g, T *FO_RESTRICT e
+#define FO_FOR(...)                                                                    \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        __VA_ARGS__;                                                                   \
+        if (EMA) fo_ema_rule(e[i], p[i], c);                                           \
     }
+/* ---- SGD ------------------------------------------------------------------------- */
+template <typename T, bool EMA, bool MOM>
+static FO_INLINE void fo_sgd_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT b, const fo_common<T> c,
+                               const fo_sgd_hp<T> h) {
+    T unused;
+    FO_FOR(fo_sgd_rule<T, MOM>(p[i], g[i], MOM ? b[i] : unused, c, h))
 }
-template <typename T, typename F>
-static inline void fo_loop(char **bufs, ptrdiff_t n, const fo_common<T> &c, F rule) {
-    if (bufs[2]) fo_loop_ema<T, true>(bufs, n, c, rule);
-    else fo_loop_ema<T, false>(bufs, n, c, rule);
-}
-
-/* ---- one segment function per algorithm, templated on the element type ---------- */
-template <typename T> static void fo_sgd_seg(const double *hd, char **bufs, ptrdiff_t n) {
+template <typename T> static FO_INLINE void fo_sgd_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_sgd_hp<T> h = fo_sgd_hp<T>::load(hd);
+    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
     if (hd[FO_HP_COMMON + 1] != 0.0) {
-        T *FO_RESTRICT b = FO_BUF(T, FO_STATE);
-        fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_sgd_rule<T, true>(p, g, b[i], c, h); });
+        T *b = FO_BUF(T, FO_STATE);
+        if (e) fo_sgd_loop<T, true, true>(n, p, g, e, b, c, h);
+        else fo_sgd_loop<T, false, true>(n, p, g, e, b, c, h);
     } else {
-        fo_loop<T>(bufs, n, c, [&](ptrdiff_t, T &p, T g) { T u; fo_sgd_rule<T, false>(p, g, u, c, h); });
+        if (e) fo_sgd_loop<T, true, false>(n, p, g, e, nullptr, c, h);
+        else fo_sgd_loop<T, false, false>(n, p, g, e, nullptr, c, h);
     }
 }
 
-template <typename T> static void fo_adam_seg(const double *hd, char **bufs, ptrdiff_t n) {
+/* ---- Adam ------------------------------------------------------------------------ */
+template <typename T, bool EMA, bool AMS>
+static FO_INLINE void fo_adam_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT m, T *FO_RESTRICT v,
+                                T *FO_RESTRICT vm, const fo_common<T> c, const fo_adam_hp<T> h) {
+    T unused;
+    FO_FOR(fo_adam_rule<T, AMS>(p[i], g[i], m[i], v[i], AMS ? vm[i] : unused, c, h))
+}
+template <typename T> static FO_INLINE void fo_adam_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adam_hp<T> h = fo_adam_hp<T>::load(hd);
-    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
-    T *FO_RESTRICT v = FO_BUF(T, FO_STATE + 1);
+    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
+    T *m = FO_BUF(T, FO_STATE), *v = FO_BUF(T, FO_STATE + 1);
     if (h.amsgrad) {
-        T *FO_RESTRICT vm = FO_BUF(T, FO_STATE + 2);
-        fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adam_rule<T, true>(p, g, m[i], v[i], vm[i], c, h); });
+        T *vm = FO_BUF(T, FO_STATE + 2);
+        if (e) fo_adam_loop<T, true, true>(n, p, g, e, m, v, vm, c, h);
+        else fo_adam_loop<T, false, true>(n, p, g, e, m, v, vm, c, h);
     } else {
-        fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adam_rule<T, false>(p, g, m[i], v[i], v[i], c, h); });
+        if (e) fo_adam_loop<T, true, false>(n, p, g, e, m, v, nullptr, c, h);
+        else fo_adam_loop<T, false, false>(n, p, g, e, m, v, nullptr, c, h);
     }
 }
 
-template <typename T> static void fo_adagrad_seg(const double *hd, char **bufs, ptrdiff_t n) {
+/* ---- Adagrad --------------------------------------------------------------------- */
+template <typename T, bool EMA>
+static FO_INLINE void fo_adagrad_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s, const fo_common<T> c,
+                                   const fo_adagrad_hp<T> h) {
+    FO_FOR(fo_adagrad_rule<T>(p[i], g[i], s[i], c, h))
+}
+template <typename T> static FO_INLINE void fo_adagrad_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adagrad_hp<T> h = fo_adagrad_hp<T>::load(hd);
-    T *FO_RESTRICT s = FO_BUF(T, FO_STATE);
-    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adagrad_rule<T>(p, g, s[i], c, h); });
+    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *s = FO_BUF(T, FO_STATE);
+    if (e) fo_adagrad_loop<T, true>(n, p, g, e, s, c, h);
+    else fo_adagrad_loop<T, false>(n, p, g, e, s, c, h);
 }
 
-/* RMSprop state: square_avg, then grad_avg if centered, then momentum_buffer if momentum. */
-template <typename T, bool C, bool M>
-static inline void fo_rmsprop_loop(const fo_common<T> &c, const fo_rmsprop_hp<T> &h, char **bufs, ptrdiff_t n) {
-    T *FO_RESTRICT sq = FO_BUF(T, FO_STATE);
-    T *FO_RESTRICT ga = FO_BUF(T, C ? FO_STATE + 1 : FO_STATE);
-    T *FO_RESTRICT mb = FO_BUF(T, M ? (C ? FO_STATE + 2 : FO_STATE + 1) : FO_STATE);
-    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) {
-        T ua, ub;
-        fo_rmsprop_rule<T, C, M>(p, g, sq[i], C ? ga[i] : ua, M ? mb[i] : ub, c, h);
-    });
+/* ---- RMSprop: state square_avg, then grad_avg if centered, then momentum_buffer ---- */
+template <typename T, bool EMA, bool C, bool M>
+static FO_INLINE void fo_rmsprop_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT sq, T *FO_RESTRICT ga,
+                                   T *FO_RESTRICT mb, const fo_common<T> c,
+                                   const fo_rmsprop_hp<T> h) {
+    T ua, ub;
+    FO_FOR(fo_rmsprop_rule<T, C, M>(p[i], g[i], sq[i], C ? ga[i] : ua, M ? mb[i] : ub, c, h))
 }
-template <typename T> static void fo_rmsprop_seg(const double *hd, char **bufs, ptrdiff_t n) {
+template <typename T, bool C, bool M>
+static FO_INLINE void fo_rmsprop_ema(ptrdiff_t n, char **bufs, const fo_common<T> &c,
+                                  const fo_rmsprop_hp<T> &h) {
+    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *sq = FO_BUF(T, FO_STATE);
+    T *ga = C ? FO_BUF(T, FO_STATE + 1) : nullptr;
+    T *mb = M ? FO_BUF(T, C ? FO_STATE + 2 : FO_STATE + 1) : nullptr;
+    if (e) fo_rmsprop_loop<T, true, C, M>(n, p, g, e, sq, ga, mb, c, h);
+    else fo_rmsprop_loop<T, false, C, M>(n, p, g, e, sq, ga, mb, c, h);
+}
+template <typename T> static FO_INLINE void fo_rmsprop_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_rmsprop_hp<T> h = fo_rmsprop_hp<T>::load(hd);
-    if (h.centered && h.has_momentum) fo_rmsprop_loop<T, true, true>(c, h, bufs, n);
-    else if (h.centered) fo_rmsprop_loop<T, true, false>(c, h, bufs, n);
-    else if (h.has_momentum) fo_rmsprop_loop<T, false, true>(c, h, bufs, n);
-    else fo_rmsprop_loop<T, false, false>(c, h, bufs, n);
+    if (h.centered && h.has_momentum) fo_rmsprop_ema<T, true, true>(n, bufs, c, h);
+    else if (h.centered) fo_rmsprop_ema<T, true, false>(n, bufs, c, h);
+    else if (h.has_momentum) fo_rmsprop_ema<T, false, true>(n, bufs, c, h);
+    else fo_rmsprop_ema<T, false, false>(n, bufs, c, h);
 }
 
-template <typename T> static void fo_adamax_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_adamax_hp<T> h = fo_adamax_hp<T>::load(hd);
-    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
-    T *FO_RESTRICT u = FO_BUF(T, FO_STATE + 1);
-    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adamax_rule<T>(p, g, m[i], u[i], c, h); });
-}
-
-template <typename T> static void fo_nadam_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_nadam_hp<T> h = fo_nadam_hp<T>::load(hd);
-    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
-    T *FO_RESTRICT v = FO_BUF(T, FO_STATE + 1);
-    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_nadam_rule<T>(p, g, m[i], v[i], c, h); });
-}
-
-template <typename T> static void fo_radam_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_radam_hp<T> h = fo_radam_hp<T>::load(hd);
-    T *FO_RESTRICT m = FO_BUF(T, FO_STATE);
-    T *FO_RESTRICT v = FO_BUF(T, FO_STATE + 1);
-    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_radam_rule<T>(p, g, m[i], v[i], c, h); });
-}
-
-template <typename T> static void fo_adadelta_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_adadelta_hp<T> h = fo_adadelta_hp<T>::load(hd);
-    T *FO_RESTRICT s = FO_BUF(T, FO_STATE);
-    T *FO_RESTRICT a = FO_BUF(T, FO_STATE + 1);
-    fo_loop<T>(bufs, n, c, [&](ptrdiff_t i, T &p, T g) { fo_adadelta_rule<T>(p, g, s[i], a[i], c, h); });
-}
+/* ---- Adamax, NAdam, RAdam, Adadelta: two state buffers each ----------------------- */
+#define FO_TWO_STATE(algo)                                                               \
+    template <typename T, bool EMA>                                                      \
+    static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,          \
+                                        T *FO_RESTRICT s1, const fo_common<T> c,         \
+                                        const fo_##algo##_hp<T> h) {                     \
+        FO_FOR(fo_##algo##_rule<T>(p[i], g[i], s0[i], s1[i], c, h))                      \
+    }                                                                                    \
+    template <typename T>                                                                \
+    static FO_INLINE void fo_##algo##_seg(const double *hd, char **bufs, ptrdiff_t n) {            \
+        const fo_common<T> c = fo_common<T>::load(hd);                                   \
+        const fo_##algo##_hp<T> h = fo_##algo##_hp<T>::load(hd);                         \
+        T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);                       \
+        T *s0 = FO_BUF(T, FO_STATE), *s1 = FO_BUF(T, FO_STATE + 1);                      \
+        if (e) fo_##algo##_loop<T, true>(n, p, g, e, s0, s1, c, h);                      \
+        else fo_##algo##_loop<T, false>(n, p, g, e, s0, s1, c, h);                       \
+    }
+FO_TWO_STATE(adamax)
+FO_TWO_STATE(nadam)
+FO_TWO_STATE(radam)
+FO_TWO_STATE(adadelta)
+#undef FO_TWO_STATE
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------
  * h[0] = number of buffers k (2..6: param, grad and k - 2 state buffers at bufs[3..]),
  * h[1] = a multiplier (0 in the benchmark).  Reads all k buffers and writes all but the
  * gradient: exactly the traffic of an optimizer with k - 2 state buffers.               */
 template <typename T, int K>
-static inline void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
+static FO_INLINE void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
     T *FO_RESTRICT b0 = FO_BUF(T, 0);
     const T *FO_RESTRICT b1 = FO_BUF(T, 1);
     T *FO_RESTRICT b2 = FO_BUF(T, K > 2 ? FO_STATE : 0);
@@ -169,7 +187,7 @@ static inline void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
         if (K > 5) b5[i] = b5[i] + c * s;
     }
 }
-template <typename T> static void fo_stream_seg(const double *hd, char **bufs, ptrdiff_t n) {
+template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const T c = (T)hd[1];
     switch ((int)hd[0]) {
         case 2: fo_stream_loop<T, 2>(c, bufs, n); break;

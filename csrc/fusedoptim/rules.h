@@ -24,7 +24,11 @@
 #define FO_HD __host__ __device__ __forceinline__
 #else
 #include <math.h>
+#if defined(__GNUC__)
+#define FO_HD inline __attribute__((always_inline))
+#else
 #define FO_HD inline
+#endif
 #endif
 
 /* ---- scalar helpers --------------------------------------------------------- */

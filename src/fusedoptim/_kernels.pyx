@@ -129,8 +129,9 @@ cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
 
 def check_grads(list params, list grads, object labels=None):
     """Raise unless grads[i] is None or matches params[i]: ndarray, same dtype and
-    shape, C-contiguous, not overlapping the parameter.  Read-only grads are fine."""
-    cdef Py_ssize_t i, n = len(params)
+    shape, C-contiguous, not overlapping the parameter.  Read-only grads are fine.
+    Returns the number of None entries."""
+    cdef Py_ssize_t i, n = len(params), nnone = 0
     cdef cnp.ndarray p, g
     cdef char *pb
     cdef char *gb
@@ -141,6 +142,7 @@ def check_grads(list params, list grads, object labels=None):
     for i in range(n):
         go = grads[i]
         if go is None:
+            nnone += 1
             continue
         p = <cnp.ndarray>params[i]
         if not isinstance(go, cnp.ndarray):
@@ -158,6 +160,7 @@ def check_grads(list params, list grads, object labels=None):
         gn = cnp.PyArray_NBYTES(g)
         if pn > 0 and gn > 0 and pb < gb + gn and gb < pb + pn:
             raise ValueError(f"{_gname(i, labels)}: the gradient shares memory with its parameter")
+    return nnone
 
 
 cdef void _run_chunk(fo_seg_fn fn, const double *hp, char **table, const Py_ssize_t *starts,

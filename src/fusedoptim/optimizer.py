@@ -48,6 +48,9 @@ class _StateView:
         return self._store.get(id(param), default)
 
 
+_NO_FRESH = frozenset()
+
+
 def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -85,6 +88,9 @@ class Optimizer:
         self._params: List[np.ndarray] = []
         self._labels: List[str] = []
         self._index: Dict[int, int] = {}
+        self._hkeys = tuple(k for k in self.defaults)
+        self._plans: Dict[int, tuple] = {}      # group index -> (names, scalars, states, buffers)
+        self._resolved: Dict[int, tuple] = {}   # group index -> validated hyperparameters
         if params is None:
             return
         if isinstance(params, np.ndarray):
@@ -138,6 +144,7 @@ class Optimizer:
         return g
 
     def _add_group(self, g: dict) -> None:
+        self._invalidate()
         gi = len(self.param_groups)
         for j, p in enumerate(g["params"]):
             self._index[id(p)] = len(self._params)
@@ -178,8 +185,10 @@ class Optimizer:
     def _init_scalars(self, g: dict) -> dict:
         return {k: 0 for k in self._scalar_state}
 
-    def _hyper(self, g: dict, scal: dict, fresh: frozenset) -> tuple:  # pragma: no cover
-        raise NotImplementedError
+    def _hyper(self, g: dict, scal: dict, fresh: frozenset) -> tuple:
+        """Advance the scalar state by one step; return the kernel's algorithm block."""
+        scal["step"] += 1
+        return ()
 
     def _common(self, g: dict) -> tuple:
         """The common block of every kernel's scalars (rules.h, fo_common): gradient
@@ -204,32 +213,60 @@ class Optimizer:
         state are exactly as before.  Returns ``closure()`` if given, like torch.
         """
         loss = closure() if closure is not None else None
-        if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__"):
-            grads = list(grads) if not isinstance(grads, np.ndarray) else [grads]
-        params = self._params
-        if len(grads) != len(params):
-            raise ValueError(f"expected {len(params)} gradients, one per parameter, got {len(grads)}")
         if type(grads) is not list:
+            if isinstance(grads, np.ndarray):
+                raise TypeError("grads must be a sequence with one gradient per parameter, got a single ndarray; "
+                                "wrap it in a list: [grad]")
             grads = list(grads)
+        params = self._params
         _kernels.check_params(params, self._labels)
-        _kernels.check_grads(params, grads, self._labels)
-        lrs = []
-        for gi, g in enumerate(self.param_groups):
-            where = f"param group {gi}"
-            lr = self._group_lr(g, where)
-            self._check_group(dict(g, lr=lr), where)
-            lrs.append(lr)
+        skipped = _kernels.check_grads(params, grads, self._labels)
+        groups = self.param_groups
+        resolved = [self._resolve(gi, g) for gi, g in enumerate(groups)]
         # nothing below can fail on user input
         base = 0
-        for gi, g in enumerate(self.param_groups):
+        for gi, g in enumerate(groups):
             n = len(g["params"])
-            self._step_group(dict(g, lr=lrs[gi]), g["params"], grads[base:base + n])
+            geff, common, names = resolved[gi]
+            self._step_group(gi, geff, common, names, g["params"], grads[base:base + n], skipped == 0)
             base += n
         self.iterations += 1
         return loss
 
-    def _step_group(self, g: dict, params: list, grads: list) -> None:
-        names = tuple(self._state_names(g))
+    def _resolve(self, gi: int, g: dict):
+        """This step's view of group gi: hyperparameters (lr resolved from a schedule),
+        the kernel's common block and the state buffer names.  Validation runs again
+        only when a hyperparameter changed since the last step."""
+        key = tuple([g[k] for k in self._hkeys])
+        cached = self._resolved.get(gi)
+        if cached is None or cached[0] != key:
+            where = f"param group {gi}"
+            lr = g["lr"]
+            self._check_group(g, where)
+            geff = dict(g)
+            cached = (key, geff, self._common(geff), tuple(self._state_names(geff)), callable(lr))
+            self._resolved[gi] = cached
+        _, geff, common, names, scheduled = cached
+        if scheduled:
+            geff = dict(geff)
+            geff["lr"] = self._group_lr(g, f"param group {gi}")
+        return geff, common, names
+
+    def _step_group(self, gi: int, g: dict, common: tuple, names: tuple, params: list, grads: list,
+                    complete: bool) -> None:
+        plan = self._plans.get(gi)
+        if complete and plan is not None and plan[0] == names:
+            # fast path: every parameter of the group steps together and has its state
+            _, scal, states, bufs = plan
+            hp = common + self._hyper(g, scal, _NO_FRESH)
+            if self._kernel is None:
+                self._numpy_update(g, params, grads, states, scal)
+            else:
+                _kernels.fused_step(self._kernel, hp, params, grads, bufs)
+            for st in states:
+                st.update(scal)
+            return
+        self._plans.pop(gi, None)
         store = self._state
         buckets: Dict[tuple, list] = {}
         for p, gr in zip(params, grads):
@@ -244,22 +281,33 @@ class Optimizer:
                 if name not in st:
                     st[name] = self._new_buffer(name, p, g)
                     fresh.append(name)
-            key = tuple(st[k] for k in self._scalar_state) + (frozenset(fresh),)
+            key = tuple([st[k] for k in self._scalar_state]) + (frozenset(fresh),)
             buckets.setdefault(key, []).append((p, gr, st))
         for key, items in buckets.items():
             scal = {k: key[i] for i, k in enumerate(self._scalar_state)}
+            ps = [it[0] for it in items]
+            gs = [it[1] for it in items]
+            states = [it[2] for it in items]
+            bufs = [[st[name] for st in states] for name in names]
+            hp = common + self._hyper(g, scal, key[-1])
             if self._kernel is None:
-                scal["step"] += 1
-                for p, gr, st in items:
-                    st.update(scal)
-                    self.update(p, gr, st, g)
-                continue
-            hp = self._common(g) + self._hyper(g, scal, key[-1])
-            _kernels.fused_step(self._kernel, hp,
-                                [it[0] for it in items], [it[1] for it in items],
-                                [[it[2][name] for it in items] for name in names])
-            for it in items:
-                it[2].update(scal)
+                self._numpy_update(g, ps, gs, states, scal)
+            else:
+                _kernels.fused_step(self._kernel, hp, ps, gs, bufs)
+            for st in states:
+                st.update(scal)
+            if complete and len(buckets) == 1:
+                self._plans[gi] = (names, scal, states, bufs)
+
+    def _numpy_update(self, g, params, grads, states, scal) -> None:
+        for p, gr, st in zip(params, grads, states):
+            st.update(scal)
+            self.update(p, gr, st, g)
+
+    def _invalidate(self) -> None:
+        """Forget cached plans and validated hyperparameters (state or groups changed)."""
+        self._plans.clear()
+        self._resolved.clear()
 
     # ------------------------------------------------------------ Keras style
     def apply_gradients(self, grads_and_vars: Iterable) -> None:
@@ -423,6 +471,7 @@ class Optimizer:
         self._state.clear()
         self._state.update(new_state)
         self.iterations = its
+        self._invalidate()
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
