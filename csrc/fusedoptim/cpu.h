@@ -217,6 +217,66 @@ FO_ENTRY(fo_adadelta)
 FO_ENTRY(fo_stream)
 #undef FO_ENTRY
 
+/* ---- gradient statistics for clipping and the non-finite guard -------------------
+ * Sum of squares and (optionally) max |x| of one block.  Squares are summed in T over
+ * sub-blocks of 256 elements in 16 fixed lanes, then widened to double and added in a
+ * fixed order: the bits depend only on the data and the block boundaries, never on
+ * the thread count or the SIMD clone.  NaN and Inf propagate into the sum, which is
+ * how the caller detects non-finite gradients.                                          */
+#if defined(__GNUC__)
+template <typename T>
+static FO_INLINE void fo_stats(const T *x, ptrdiff_t n, double *sumsq, double *maxabs) {
+    typedef T V __attribute__((vector_size(16 * sizeof(T))));
+    const V zero = {};
+    V m = zero;
+    double s = 0.0;
+    ptrdiff_t i = 0;
+    for (; i + 256 <= n; i += 256) {
+        V acc = zero;
+        for (ptrdiff_t j = i; j < i + 256; j += 16) {
+            V v;
+            __builtin_memcpy(&v, x + j, sizeof(V));
+            acc = acc + v * v;
+            if (maxabs) {
+                V a = v < 0 ? -v : v;
+                m = m > a ? m : a;
+            }
+        }
+        for (int k = 0; k < 16; k++) s = s + (double)acc[k];
+    }
+    T mm = T(0);
+    for (int k = 0; k < 16; k++) mm = mm > m[k] ? mm : m[k];
+    for (; i < n; i++) {
+        s = s + (double)x[i] * (double)x[i];
+        T a = x[i] < 0 ? -x[i] : x[i];
+        mm = mm > a ? mm : a;
+    }
+    *sumsq = s;
+    if (maxabs) *maxabs = (s != s) ? s : (double)mm;   /* a NaN anywhere makes max NaN too */
+}
+#else
+template <typename T>
+static FO_INLINE void fo_stats(const T *x, ptrdiff_t n, double *sumsq, double *maxabs) {
+    double s = 0.0, mm = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double v = (double)x[i];
+        s = s + v * v;
+        double a = v < 0 ? -v : v;
+        mm = mm > a ? mm : a;
+    }
+    *sumsq = s;
+    if (maxabs) *maxabs = (s != s) ? s : mm;
+}
+#endif
+FO_CLONES static void fo_stats_f32(const void *x, ptrdiff_t n, double *s, double *m) {
+    fo_stats<float>((const float *)x, n, s, m);
+}
+FO_CLONES static void fo_stats_f64(const void *x, ptrdiff_t n, double *s, double *m) {
+    fo_stats<double>((const double *)x, n, s, m);
+}
+typedef void (*fo_stats_fn)(const void *x, ptrdiff_t n, double *sumsq, double *maxabs);
+static fo_stats_fn fo_cpu_stats(int dtype) { return dtype == 0 ? fo_stats_f32 : fo_stats_f64; }
+
 /* dtype: 0 = float32, 1 = float64 */
 static fo_seg_fn fo_cpu_seg(int algo, int dtype) {
     static const fo_seg_fn table[FO_NALGO][2] = {

@@ -45,15 +45,18 @@ template <typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w, bool small_w
     return small_w ? a + w * (b - a) : b - (b - a) * one_minus_w;
 }
 
-/* ---- the common block: h[0..3] of every hyperparameter block ---------------------
- * h[0] gscale: gradient multiplier = (-1 if maximize else 1) * global-norm clip scale
+/* ---- the common block: h[0..4] of every hyperparameter block ---------------------
+ * h[0] gscale: gradient multiplier = (-1 if maximize) * global-norm clip coefficient
+ *      * loss-scale / accumulation factor (* per-tensor clip coefficient, by the driver)
  * h[1] weight_decay: coupled L2, g += wd * p (skipped when 0, so an Inf p can't poison g)
  * h[2] l1: L1 penalty, g += l1 * sign(p) (skipped when 0)
  * h[3] ema_weight: 1 - ema decay; with an EMA buffer, ema = lerp(ema, p_new, ema_weight)
+ * h[4] clip_value: raw gradients are clamped to [-clip_value, clip_value] before the
+ *      scale (Inf disables it; NaN gradients stay NaN, like torch.clamp)
  * Algorithm-specific entries follow at h[FO_HP_COMMON].                               */
-#define FO_HP_COMMON 4
+#define FO_HP_COMMON 5
 template <typename T> struct fo_common {
-    T gscale, wd, l1, ema_w, ema_rest;
+    T gscale, wd, l1, ema_w, ema_rest, clip;
     bool ema_small;
     FO_HD static fo_common load(const double *h) {
         fo_common c;
@@ -63,11 +66,13 @@ template <typename T> struct fo_common {
         c.ema_w = (T)h[3];
         c.ema_rest = T(1) - c.ema_w;
         c.ema_small = fo_abs(c.ema_w) < T(0.5);
+        c.clip = (T)h[4];
         return c;
     }
 };
 template <typename T> FO_HD T fo_sign(T x) { return (T)((x > T(0)) - (x < T(0))); }
 template <typename T> FO_HD T fo_grad(T g, T p, const fo_common<T> &c) {
+    g = g > c.clip ? c.clip : (g < -c.clip ? -c.clip : g);
     g = c.gscale * g;
     if (c.wd != T(0)) g = g + c.wd * p;
     if (c.l1 != T(0)) g = g + c.l1 * fo_sign(p);

@@ -13,6 +13,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 from libc.stdint cimport uintptr_t
 
 cnp.import_array()
@@ -24,6 +25,8 @@ cdef extern from "fusedoptim/fo_omp.h" nogil:
 cdef extern from "fusedoptim/cpu.h" nogil:
     ctypedef void (*fo_seg_fn)(const double *h, char **bufs, Py_ssize_t n) noexcept nogil
     fo_seg_fn fo_cpu_seg(int algo, int dtype)
+    ctypedef void (*fo_stats_fn)(const void *x, Py_ssize_t n, double *sumsq, double *maxabs) noexcept nogil
+    fo_stats_fn fo_cpu_stats(int dtype)
     enum:
         FO_SGD, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA, FO_STREAM
 
@@ -164,10 +167,16 @@ def check_grads(list params, list grads, object labels=None):
 
 
 cdef void _run_chunk(fo_seg_fn fn, const double *hp, char **table, const Py_ssize_t *starts,
-                     Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize,
+                     Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
                      Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    # IN: global element range [lo, hi); starts[t] = first global index of tensor t
+    # IN: global element range [lo, hi); starts[t] = first global index of tensor t;
+    #     tscale[t] (or NULL) multiplies the gradient scale hp[0] of tensor t
     cdef char *bufs[MAXBUF]
+    cdef double hloc[MAXHP]
+    cdef const double *h = hp
+    if tscale != NULL:
+        memcpy(hloc, hp, MAXHP * sizeof(double))
+        h = hloc
     cdef Py_ssize_t a = 0, b = ntens, mid, t, off, n
     cdef int k
     if lo >= hi:
@@ -189,27 +198,31 @@ cdef void _run_chunk(fo_seg_fn fn, const double *hp, char **table, const Py_ssiz
                 bufs[k] = table[t * nbuf + k]
                 if bufs[k] != NULL:       # an absent buffer (no EMA) stays NULL
                     bufs[k] += off * itemsize
-            fn(hp, bufs, n)
+            if tscale != NULL:
+                hloc[0] = hp[0] * tscale[t]
+            fn(h, bufs, n)
             lo += n
         t += 1
 
 
 cdef void _drive(fo_seg_fn fn, const double *hp, char **table, const Py_ssize_t *starts,
-                 Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, int nthreads) noexcept nogil:
+                 Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
+                 int nthreads) noexcept nogil:
     cdef Py_ssize_t total = starts[ntens]
     cdef Py_ssize_t per, c
     if nthreads <= 1 or total < _grain:
-        _run_chunk(fn, hp, table, starts, ntens, nbuf, itemsize, 0, total)
+        _run_chunk(fn, hp, table, starts, ntens, nbuf, itemsize, tscale, 0, total)
         return
     per = (total + nthreads - 1) // nthreads
     per = ((per + ALIGN - 1) // ALIGN) * ALIGN
     for c in prange(nthreads, num_threads=nthreads, schedule='static'):
-        _run_chunk(fn, hp, table, starts, ntens, nbuf, itemsize,
+        _run_chunk(fn, hp, table, starts, ntens, nbuf, itemsize, tscale,
                    c * per if c * per < total else total,
                    (c + 1) * per if (c + 1) * per < total else total)
 
 
-def fused_step(int algo, tuple hp, list params, list grads, list states, list emas=None):
+def fused_step(int algo, tuple hp, list params, list grads, list states, list emas=None,
+               object tscale=None):
     """Run ``algo`` once over all tensors.
 
     params[i] and grads[i] are ndarrays already checked by check_params/check_grads;
@@ -217,6 +230,8 @@ def fused_step(int algo, tuple hp, list params, list grads, list states, list em
     each with the parameter's dtype and size; emas[i] (optional) is an exponential
     moving average of params[i], updated in the same pass.  hp holds the per-step
     scalars: the common block then the algorithm's block, as documented in rules.h.
+    tscale (optional, one float per tensor) multiplies the gradient scale hp[0] per
+    tensor (per-parameter norm clipping).
     """
     cdef Py_ssize_t ntens = len(params), i, k
     cdef int nstate = len(states)
@@ -229,25 +244,34 @@ def fused_step(int algo, tuple hp, list params, list grads, list states, list em
     cdef cnp.ndarray a
     cdef Py_ssize_t size
     cdef int nthreads
+    cdef double *ts = NULL
     if ntens == 0:
         return
     if nbuf > MAXBUF or len(hp) > MAXHP:
         raise ValueError("too many buffers or hyperparameters for the native kernel")
     if len(grads) != ntens or (emas is not None and len(emas) != ntens):
         raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
-    for k in range(len(hp)):
-        hbuf[k] = hp[k]
+    for k in range(MAXHP):
+        hbuf[k] = hp[k] if k < len(hp) else 0.0
+    if tscale is not None and len(tscale) != ntens:
+        raise ValueError(f"expected {ntens} per-tensor scales, got {len(tscale)}")
     code = _dtype_code(<cnp.ndarray>params[0])
     fn = fo_cpu_seg(algo, code)
     if fn == NULL:
         raise ValueError(f"no native kernel for algorithm {algo} and dtype {params[0].dtype}")
     table = <char **>malloc(ntens * nbuf * sizeof(char *))
     starts = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
-    if table == NULL or starts == NULL:
+    if tscale is not None:
+        ts = <double *>malloc(ntens * sizeof(double))
+    if table == NULL or starts == NULL or (tscale is not None and ts == NULL):
         free(table)
         free(starts)
+        free(ts)
         raise MemoryError()
     try:
+        if ts != NULL:
+            for i in range(ntens):
+                ts[i] = tscale[i]
         starts[0] = 0
         for i in range(ntens):
             a = <cnp.ndarray>params[i]
@@ -274,7 +298,128 @@ def fused_step(int algo, tuple hp, list params, list grads, list states, list em
             starts[i + 1] = starts[i] + size
         nthreads = get_num_threads()
         with nogil:
-            _drive(fn, hbuf, table, starts, ntens, nbuf, 4 if code == 0 else 8, nthreads)
+            _drive(fn, hbuf, table, starts, ntens, nbuf, 4 if code == 0 else 8, ts, nthreads)
     finally:
         free(table)
         free(starts)
+        free(ts)
+
+
+DEF STATS_BLOCK = 16384   # elements per reduction block (fixed: results never depend on threads)
+
+
+def grad_stats(list arrays, bint per_tensor=False, bint want_max=False):
+    """Sum of squares (float64) and, with ``want_max``, max |x| over every array (None
+    entries skipped), computed natively in fixed blocks so the bits do not depend on
+    the thread count.
+
+    Returns ``(sumsq, maxabs, per)``: ``maxabs`` is None unless asked for; ``per`` is
+    None or, with ``per_tensor``, a float64 array of each entry's sum of squares (0 for
+    None entries).  Any NaN or Inf element makes ``sumsq`` non-finite.
+    """
+    cdef Py_ssize_t ntens = len(arrays), i, b, nblk = 0, nb, t
+    cdef Py_ssize_t *blk_start      # first block of tensor t
+    cdef char **data
+    cdef Py_ssize_t *sizes
+    cdef int *codes
+    cdef double *bs
+    cdef double *bm
+    cdef double s, m, st
+    cdef cnp.ndarray a
+    cdef Py_ssize_t total = 0
+    cdef int nthreads = get_num_threads()
+    cdef cnp.ndarray per = None
+    cdef double[::1] perv
+    if per_tensor:
+        per = np.zeros(ntens, dtype=np.float64)
+        perv = per
+    blk_start = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
+    data = <char **>malloc((ntens + 1) * sizeof(char *))
+    sizes = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
+    codes = <int *>malloc((ntens + 1) * sizeof(int))
+    bs = NULL
+    bm = NULL
+    try:
+        if blk_start == NULL or data == NULL or sizes == NULL or codes == NULL:
+            raise MemoryError()
+        for i in range(ntens):
+            blk_start[i] = nblk
+            if arrays[i] is None:
+                sizes[i] = 0
+                data[i] = NULL
+                codes[i] = 0
+                continue
+            a = <cnp.ndarray>arrays[i]
+            codes[i] = _dtype_code(a)
+            if codes[i] < 0 or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                raise TypeError(f"arrays[{i}]: expected a C-contiguous float32/float64 array")
+            sizes[i] = cnp.PyArray_SIZE(a)
+            data[i] = <char *>cnp.PyArray_DATA(a)
+            nblk += (sizes[i] + STATS_BLOCK - 1) // STATS_BLOCK
+            total += sizes[i]
+        blk_start[ntens] = nblk
+        bs = <double *>malloc((nblk + 1) * sizeof(double))
+        bm = <double *>malloc((nblk + 1) * sizeof(double))
+        if bs == NULL or bm == NULL:
+            raise MemoryError()
+        with nogil:
+            if nthreads <= 1 or total < _grain:
+                for b in range(nblk):
+                    _stats_block(b, ntens, blk_start, data, sizes, codes, bs, bm if want_max else NULL)
+            else:
+                for b in prange(nblk, num_threads=nthreads, schedule='static'):
+                    _stats_block(b, ntens, blk_start, data, sizes, codes, bs, bm if want_max else NULL)
+        s = 0.0
+        m = 0.0
+        for t in range(ntens):
+            st = 0.0
+            for b in range(blk_start[t], blk_start[t + 1]):
+                st = st + bs[b]
+                if want_max:
+                    m = _nanmax(m, bm[b])
+            if per_tensor:
+                perv[t] = st
+            s = s + st
+        return s, (m if want_max else None), per
+    finally:
+        free(blk_start)
+        free(data)
+        free(sizes)
+        free(codes)
+        free(bs)
+        free(bm)
+
+
+cdef inline double _nanmax(double a, double b) noexcept nogil:
+    """max that keeps NaN from either side (like fo_max in rules.h)"""
+    if a != a or b != b:
+        return a if a != a else b
+    return a if a > b else b
+
+
+cdef void _stats_block(Py_ssize_t b, Py_ssize_t ntens, const Py_ssize_t *blk_start, char **data,
+                       const Py_ssize_t *sizes, const int *codes, double *bs, double *bm) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = ntens, mid, off, n
+    while hi - lo > 1:                 # last tensor whose first block is <= b
+        mid = (lo + hi) >> 1
+        if blk_start[mid] <= b:
+            lo = mid
+        else:
+            hi = mid
+    while blk_start[lo + 1] <= b:      # skip tensors without blocks
+        lo += 1
+    off = (b - blk_start[lo]) * STATS_BLOCK
+    n = sizes[lo] - off
+    if n > STATS_BLOCK:
+        n = STATS_BLOCK
+    fo_cpu_stats(codes[lo])(data[lo] + off * (4 if codes[lo] == 0 else 8), n, &bs[b],
+                            &bm[b] if bm != NULL else NULL)
+
+
+def accumulate(list accs, list grads):
+    """accs[i] += grads[i] for every pair, in one native multi-tensor pass.
+
+    This is the SGD rule with lr = -1 and no decay (p + 1 * g), so it needs no kernel of
+    its own; arrays must be checked by the caller (same shapes, dtype, C-contiguous).
+    """
+    fused_step(FO_SGD, (1.0, 0.0, 0.0, 0.0, float("inf"), -1.0, 0.0, 0.0, 0.0, 0.0), accs, grads, [])

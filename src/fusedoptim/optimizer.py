@@ -7,6 +7,7 @@ NumPy ``update`` method instead (see ``Optimizer.update``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -49,6 +50,40 @@ class _StateView:
 
 
 _NO_FRESH = frozenset()
+_NO_FIX = (1.0, math.inf)
+
+
+def _clip_coef(norm: float, max_norm: float) -> float:
+    """Keras' clip_by_norm factor c / max(norm, c); NaN for a non-finite norm."""
+    return max_norm / max(norm, max_norm) if math.isfinite(norm) else math.nan
+
+
+def _all_finite(grads) -> bool:
+    """Exact check, used only when the float64 sum of squares overflowed."""
+    return all(gr is None or bool(np.isfinite(gr).all()) for gr in grads)
+
+
+def _check_options(*, global_clipnorm, clipnorm, clipvalue, ema_decay, skip_nonfinite,
+                   gradient_accumulation_steps) -> dict:
+    for name, v in (("global_clipnorm", global_clipnorm), ("clipnorm", clipnorm), ("clipvalue", clipvalue)):
+        if v is not None:
+            _check_real(v, name, lo=0.0)
+            if v == 0:
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+    if global_clipnorm is not None and clipnorm is not None:
+        raise ValueError("pass either clipnorm (per parameter) or global_clipnorm, not both")
+    if ema_decay is not None:
+        _check_real(ema_decay, "ema_decay", lo=0.0, hi=1.0, hi_open=True)
+    if not isinstance(skip_nonfinite, (bool, np.bool_)):
+        raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    k = gradient_accumulation_steps
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {k!r}")
+    return dict(global_clipnorm=None if global_clipnorm is None else float(global_clipnorm),
+                clipnorm=None if clipnorm is None else float(clipnorm),
+                clipvalue=None if clipvalue is None else float(clipvalue),
+                ema_decay=None if ema_decay is None else float(ema_decay),
+                skip_nonfinite=bool(skip_nonfinite), gradient_accumulation_steps=int(k))
 
 
 def _is_number(x) -> bool:
@@ -74,13 +109,42 @@ class Optimizer:
                         return the tuple of per-step scalars the kernel expects; ``fresh``
                         is the set of buffers created for this step
     update(p, grad, state, g)   NumPy fallback used when ``_kernel`` is None
+
+    Options every optimizer accepts (fused into the same native pass)
+    ------------------------------------------------------------------
+    l1                  per-group L1 penalty: ``g += l1 * sign(p)`` (default 0)
+    global_clipnorm     clip all gradients together so their global L2 norm is at most
+                        this (Keras' ``global_clipnorm``: ``g * c / max(norm, c)``); the
+                        norm is one deterministic native pass, the scale is applied
+                        inside the update kernel
+    clipnorm            clip each parameter's gradient to this L2 norm (Keras' ``clipnorm``)
+    clipvalue           clamp gradients to ``[-clipvalue, clipvalue]`` (Keras' ``clipvalue``)
+    ema_decay           keep an exponential moving average of every parameter, updated in
+                        the same pass (``ema = decay * ema + (1 - decay) * p``); see
+                        :meth:`swap_ema` and :meth:`ema_weights`
+    skip_nonfinite      skip the whole step (params and state untouched) when any gradient
+                        holds NaN or Inf; counted in ``nonfinite_count``
+    gradient_accumulation_steps
+                        accumulate this many calls' gradients and apply their mean every
+                        k-th call (Keras' option of the same name, optax ``MultiSteps``)
     """
 
     _kernel: Optional[int] = None
     _scalar_state: Sequence[str] = ("step",)
 
-    def __init__(self, params, defaults: Dict[str, Any]):
-        self.defaults = dict(defaults)
+    def __init__(self, params, defaults: Dict[str, Any], *, l1=0.0, global_clipnorm=None, clipnorm=None,
+                 clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1):
+        defaults = dict(defaults)
+        defaults.setdefault("l1", l1)
+        self.options = _check_options(global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue,
+                                      ema_decay=ema_decay, skip_nonfinite=skip_nonfinite,
+                                      gradient_accumulation_steps=gradient_accumulation_steps)
+        self.nonfinite_count = 0      # steps skipped because a gradient was NaN/Inf
+        self.last_step_skipped = False
+        self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
+        self._acc: Optional[List[Optional[np.ndarray]]] = None   # gradient accumulators
+        self._acc_count = 0
+        self.defaults = defaults
         self.param_groups: List[dict] = []
         self._state: Dict[int, dict] = {}
         self.state = _StateView(self._state)
@@ -163,6 +227,8 @@ class Optimizer:
         lr = g.get("lr")
         if lr is not None and not callable(lr):
             _check_real(lr, f"{where}: lr", lo=0.0)
+        if "l1" in g:
+            _check_real(g["l1"], f"{where}: l1 value", lo=0.0)
         for flag in ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay"):
             if flag in g and not isinstance(g[flag], (bool, np.bool_)):
                 raise TypeError(f"{where}: {flag} must be a bool, got {g[flag]!r}")
@@ -194,7 +260,9 @@ class Optimizer:
         """The common block of every kernel's scalars (rules.h, fo_common): gradient
         scale (sign of maximize), coupled weight decay, L1 coefficient, EMA weight."""
         wd = 0.0 if g.get("decoupled_weight_decay") else g.get("weight_decay", 0.0)
-        return (-1.0 if g.get("maximize") else 1.0, wd, 0.0, 0.0)
+        ema = self.options["ema_decay"]
+        return (-1.0 if g.get("maximize") else 1.0, float(wd), float(g.get("l1", 0.0)),
+                0.0 if ema is None else 1.0 - ema, math.inf)
 
     def update(self, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
         """NumPy update of one parameter, for custom optimizers (``_kernel = None``).
@@ -205,12 +273,15 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} must implement update() or set _kernel")
 
     # ------------------------------------------------------------------ step
-    def step(self, grads: Sequence[Optional[np.ndarray]], closure: Optional[Callable] = None):
+    def step(self, grads: Sequence[Optional[np.ndarray]], closure: Optional[Callable] = None, *,
+             grad_scale: float = 1.0):
         """Update every parameter in place from ``grads`` (one per parameter, in the
         order of ``param_groups``; ``None`` skips a parameter for this step).
 
-        Everything is checked before any array is written: on error, parameters and
-        state are exactly as before.  Returns ``closure()`` if given, like torch.
+        ``grad_scale`` multiplies every gradient inside the kernel (e.g. ``1 / loss_scale``
+        to unscale mixed-precision gradients without a separate pass).  Everything is
+        checked before any array is written: on error, parameters and state are exactly
+        as before.  Returns ``closure()`` if given, like torch.
         """
         loss = closure() if closure is not None else None
         if type(grads) is not list:
@@ -221,17 +292,85 @@ class Optimizer:
         params = self._params
         _kernels.check_params(params, self._labels)
         skipped = _kernels.check_grads(params, grads, self._labels)
+        _check_real(grad_scale, "grad_scale", lo=0.0)
         groups = self.param_groups
         resolved = [self._resolve(gi, g) for gi, g in enumerate(groups)]
         # nothing below can fail on user input
+        opts = self.options
+        if opts["gradient_accumulation_steps"] > 1:
+            grads = self._accumulate(grads)
+            if grads is None:
+                return loss
+            grad_scale = grad_scale / opts["gradient_accumulation_steps"]
+            skipped = sum(gr is None for gr in grads)
+        common_fix, tscale = self._clip_and_guard(grads, grad_scale)
+        if common_fix is None:          # non-finite gradient with skip_nonfinite
+            return loss
         base = 0
         for gi, g in enumerate(groups):
             n = len(g["params"])
             geff, common, names = resolved[gi]
-            self._step_group(gi, geff, common, names, g["params"], grads[base:base + n], skipped == 0)
+            if common_fix is not _NO_FIX:
+                common = (common[0] * common_fix[0],) + common[1:4] + (common_fix[1],)
+            self._step_group(gi, geff, common, names, g["params"], grads[base:base + n], skipped == 0,
+                             None if tscale is None else tscale[base:base + n])
             base += n
         self.iterations += 1
         return loss
+
+    def _clip_and_guard(self, grads: list, grad_scale: float):
+        """Global statistics of this step's gradients, when an option needs them.
+
+        Returns ``(fix, tscale)``: ``fix`` = (gradient scale multiplier, clip value for the
+        kernel) or ``_NO_FIX``, or None when the step must be skipped; ``tscale`` = per
+        parameter scale for ``clipnorm`` or None.
+        """
+        opts = self.options
+        gc, pc, cv = opts["global_clipnorm"], opts["clipnorm"], opts["clipvalue"]
+        self.last_step_skipped = False
+        if gc is None and pc is None and cv is None and not opts["skip_nonfinite"] and grad_scale == 1.0:
+            return _NO_FIX, None
+        scale = grad_scale
+        tscale = None
+        if gc is not None or pc is not None or opts["skip_nonfinite"]:
+            sumsq, _, per = _kernels.grad_stats(grads, per_tensor=pc is not None)
+            finite = math.isfinite(sumsq) or _all_finite(grads)
+            if opts["skip_nonfinite"] and not finite:
+                self.nonfinite_count += 1
+                self.last_step_skipped = True
+                return None, None
+            norm = math.sqrt(sumsq) * grad_scale if finite else math.nan
+            self.last_grad_norm = norm
+            if gc is not None:
+                scale *= gc / max(norm, gc) if finite else math.nan
+            if pc is not None:
+                tscale = [1.0 if gr is None else _clip_coef(math.sqrt(ss) * grad_scale, pc)
+                          for gr, ss in zip(grads, per)]
+        clip = math.inf if cv is None else (cv / grad_scale if grad_scale > 0 else math.inf)
+        return (scale, clip), tscale
+
+    def _accumulate(self, grads: list) -> Optional[list]:
+        """Add this call's gradients into the accumulators (one native pass); return the
+        accumulated gradients on every k-th call, else None."""
+        k = self.options["gradient_accumulation_steps"]
+        if self._acc is None or len(self._acc) != len(grads):
+            self._acc = [None] * len(grads)
+        first = self._acc_count == 0
+        for i, gr in enumerate(grads):
+            if gr is not None and (self._acc[i] is None or self._acc[i].shape != gr.shape):
+                self._acc[i] = np.zeros_like(gr)
+        pairs = [(self._acc[i], gr) for i, gr in enumerate(grads) if gr is not None]
+        if pairs:
+            if first:
+                for a, gr in pairs:
+                    np.copyto(a, gr)
+            else:
+                _kernels.accumulate([a for a, _ in pairs], [gr for _, gr in pairs])
+        self._acc_count += 1
+        if self._acc_count < k:
+            return None
+        self._acc_count = 0
+        return [None if gr is None else self._acc[i] for i, gr in enumerate(grads)]
 
     def _resolve(self, gi: int, g: dict):
         """This step's view of group gi: hyperparameters (lr resolved from a schedule),
@@ -253,23 +392,24 @@ class Optimizer:
         return geff, common, names
 
     def _step_group(self, gi: int, g: dict, common: tuple, names: tuple, params: list, grads: list,
-                    complete: bool) -> None:
+                    complete: bool, tscale: Optional[list] = None) -> None:
         plan = self._plans.get(gi)
         if complete and plan is not None and plan[0] == names:
             # fast path: every parameter of the group steps together and has its state
-            _, scal, states, bufs = plan
+            _, scal, states, bufs, emas = plan
             hp = common + self._hyper(g, scal, _NO_FRESH)
             if self._kernel is None:
                 self._numpy_update(g, params, grads, states, scal)
             else:
-                _kernels.fused_step(self._kernel, hp, params, grads, bufs)
+                _kernels.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale)
             for st in states:
                 st.update(scal)
             return
         self._plans.pop(gi, None)
         store = self._state
+        ema = self.options["ema_decay"] is not None
         buckets: Dict[tuple, list] = {}
-        for p, gr in zip(params, grads):
+        for j, (p, gr) in enumerate(zip(params, grads)):
             if gr is None:
                 continue
             st = store.get(id(p))
@@ -281,23 +421,27 @@ class Optimizer:
                 if name not in st:
                     st[name] = self._new_buffer(name, p, g)
                     fresh.append(name)
+            if ema and "ema" not in st:
+                st["ema"] = p.copy()
             key = tuple([st[k] for k in self._scalar_state]) + (frozenset(fresh),)
-            buckets.setdefault(key, []).append((p, gr, st))
+            buckets.setdefault(key, []).append((p, gr, st, j))
         for key, items in buckets.items():
             scal = {k: key[i] for i, k in enumerate(self._scalar_state)}
             ps = [it[0] for it in items]
             gs = [it[1] for it in items]
             states = [it[2] for it in items]
             bufs = [[st[name] for st in states] for name in names]
+            emas = [st["ema"] for st in states] if ema else None
             hp = common + self._hyper(g, scal, key[-1])
             if self._kernel is None:
                 self._numpy_update(g, ps, gs, states, scal)
             else:
-                _kernels.fused_step(self._kernel, hp, ps, gs, bufs)
+                _kernels.fused_step(self._kernel, hp, ps, gs, bufs, emas,
+                                    None if tscale is None else [tscale[it[3]] for it in items])
             for st in states:
                 st.update(scal)
             if complete and len(buckets) == 1:
-                self._plans[gi] = (names, scal, states, bufs)
+                self._plans[gi] = (names, scal, states, bufs, emas)
 
     def _numpy_update(self, g, params, grads, states, scal) -> None:
         for p, gr, st in zip(params, grads, states):
@@ -308,6 +452,30 @@ class Optimizer:
         """Forget cached plans and validated hyperparameters (state or groups changed)."""
         self._plans.clear()
         self._resolved.clear()
+
+    # -------------------------------------------------------------------- EMA
+    def swap_ema(self) -> None:
+        """Exchange every parameter's values with its moving average, in place (call
+        again to swap back).  Requires ``ema_decay``; parameters that never stepped are
+        left alone."""
+        if self.options["ema_decay"] is None:
+            raise RuntimeError("swap_ema() needs an optimizer built with ema_decay=...")
+        for p in self._params:
+            st = self._state.get(id(p))
+            if st is not None and "ema" in st:
+                tmp = p.copy()
+                np.copyto(p, st["ema"])
+                np.copyto(st["ema"], tmp)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """``with opt.ema_weights(): evaluate()`` runs the block with the averaged
+        weights in the parameters and restores the trained weights afterwards."""
+        self.swap_ema()
+        try:
+            yield self
+        finally:
+            self.swap_ema()
 
     # ------------------------------------------------------------ Keras style
     def apply_gradients(self, grads_and_vars: Iterable) -> None:
@@ -392,6 +560,7 @@ class Optimizer:
             gd["params"] = idx
             groups.append(gd)
         return {"kind": type(self).__name__, "iterations": self.iterations,
+                "nonfinite_count": self.nonfinite_count,
                 "state": state, "param_groups": groups}
 
     def _all_state_names(self) -> Sequence[str]:
@@ -407,6 +576,9 @@ class Optimizer:
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        unknown_top = set(state_dict) - {"kind", "iterations", "nonfinite_count", "state", "param_groups"}
+        if unknown_top:
+            raise ValueError(f"state_dict has unknown key(s) {sorted(unknown_top)}")
         kind = state_dict.get("kind")
         me = type(self).__name__
         if kind is not None and kind != me:
@@ -437,7 +609,7 @@ class Optimizer:
         saved_state = state_dict["state"]
         if not isinstance(saved_state, dict):
             raise ValueError("state_dict['state'] must be a dict")
-        allowed = set(self._scalar_state) | set(self._all_state_names())
+        allowed = set(self._scalar_state) | set(self._all_state_names()) | {"ema"}
         new_state: Dict[int, dict] = {}
         for key, st in saved_state.items():
             if key not in old_to_param:
@@ -464,6 +636,8 @@ class Optimizer:
             new_state[id(p)] = ns
         its = state_dict.get("iterations", self.iterations)
         its = _scalar_from(its, "state_dict['iterations']", integer=True)
+        nonfinite = _scalar_from(state_dict.get("nonfinite_count", self.nonfinite_count),
+                                 "state_dict['nonfinite_count']", integer=True)
         # commit
         for g, ng in zip(self.param_groups, new_groups):
             g.clear()
@@ -471,6 +645,7 @@ class Optimizer:
         self._state.clear()
         self._state.update(new_state)
         self.iterations = its
+        self.nonfinite_count = nonfinite
         self._invalidate()
 
     def __repr__(self) -> str:

@@ -25,10 +25,10 @@ class Adagrad(Optimizer):
     _kernel = _kernels.ADAGRAD
 
     def __init__(self, params=None, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False):
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize))
+                                      eps=eps, maximize=maximize), **options)
 
     def _check_group(self, g, where):
         super()._check_group(g, where)

@@ -20,9 +20,9 @@ class Adamax(Optimizer):
     _kernel = _kernels.ADAMAX
 
     def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 *, maximize=False):
+                 *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize), **options)
 
     def _check_group(self, g, where):
         super()._check_group(g, where)
