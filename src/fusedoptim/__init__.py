@@ -4,12 +4,39 @@
 in one native call, with torch.optim's semantics, names and defaults.
 """
 from ._kernels import get_num_threads, set_num_threads
-from .optimizer import Optimizer
+from .clip import clip_grad_norm, clip_grad_value, global_norm
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta
+from .optimizer import Optimizer
+from .toolkit import DynamicLossScale, split_decay_groups
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
-    "Adadelta", "get_num_threads", "set_num_threads",
+    "Adadelta", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
+    "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
+    "ParamArena",
 ]
+
+# Submodules and functions loaded on first use, so `import fusedoptim` stays light.
+_LAZY = {
+    "save": ("checkpoint", "save"),
+    "load": ("checkpoint", "load"),
+    "ParamArena": ("arena", "ParamArena"),
+    "schedules": ("schedules", None),
+    "nn": ("nn", None),
+    "checkpoint": ("checkpoint", None),
+    "arena": ("arena", None),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        mod_name, attr = _LAZY[name]
+        mod = importlib.import_module(f".{mod_name}", __name__)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fusedoptim' has no attribute {name!r}")

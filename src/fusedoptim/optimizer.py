@@ -274,12 +274,13 @@ class Optimizer:
 
     # ------------------------------------------------------------------ step
     def step(self, grads: Sequence[Optional[np.ndarray]], closure: Optional[Callable] = None, *,
-             grad_scale: float = 1.0):
+             grad_scale: float = 1.0, skip_nonfinite: Optional[bool] = None):
         """Update every parameter in place from ``grads`` (one per parameter, in the
         order of ``param_groups``; ``None`` skips a parameter for this step).
 
         ``grad_scale`` multiplies every gradient inside the kernel (e.g. ``1 / loss_scale``
-        to unscale mixed-precision gradients without a separate pass).  Everything is
+        to unscale mixed-precision gradients without a separate pass); ``skip_nonfinite``
+        overrides the option of the same name for this call.  Everything is
         checked before any array is written: on error, parameters and state are exactly
         as before.  Returns ``closure()`` if given, like torch.
         """
@@ -303,7 +304,8 @@ class Optimizer:
                 return loss
             grad_scale = grad_scale / opts["gradient_accumulation_steps"]
             skipped = sum(gr is None for gr in grads)
-        common_fix, tscale = self._clip_and_guard(grads, grad_scale)
+        guard = opts["skip_nonfinite"] if skip_nonfinite is None else bool(skip_nonfinite)
+        common_fix, tscale = self._clip_and_guard(grads, grad_scale, guard)
         if common_fix is None:          # non-finite gradient with skip_nonfinite
             return loss
         base = 0
@@ -318,7 +320,7 @@ class Optimizer:
         self.iterations += 1
         return loss
 
-    def _clip_and_guard(self, grads: list, grad_scale: float):
+    def _clip_and_guard(self, grads: list, grad_scale: float, guard: bool):
         """Global statistics of this step's gradients, when an option needs them.
 
         Returns ``(fix, tscale)``: ``fix`` = (gradient scale multiplier, clip value for the
@@ -328,14 +330,14 @@ class Optimizer:
         opts = self.options
         gc, pc, cv = opts["global_clipnorm"], opts["clipnorm"], opts["clipvalue"]
         self.last_step_skipped = False
-        if gc is None and pc is None and cv is None and not opts["skip_nonfinite"] and grad_scale == 1.0:
+        if gc is None and pc is None and cv is None and not guard and grad_scale == 1.0:
             return _NO_FIX, None
         scale = grad_scale
         tscale = None
-        if gc is not None or pc is not None or opts["skip_nonfinite"]:
+        if gc is not None or pc is not None or guard:
             sumsq, _, per = _kernels.grad_stats(grads, per_tensor=pc is not None)
             finite = math.isfinite(sumsq) or _all_finite(grads)
-            if opts["skip_nonfinite"] and not finite:
+            if guard and not finite:
                 self.nonfinite_count += 1
                 self.last_step_skipped = True
                 return None, None
@@ -559,8 +561,12 @@ class Optimizer:
             gd = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
             gd["params"] = idx
             groups.append(gd)
+        if self._acc_count:
+            for i, a in enumerate(self._acc or ()):
+                if a is not None:
+                    state.setdefault(i, {})["grad_accum"] = a.copy()
         return {"kind": type(self).__name__, "iterations": self.iterations,
-                "nonfinite_count": self.nonfinite_count,
+                "nonfinite_count": self.nonfinite_count, "accum_count": self._acc_count,
                 "state": state, "param_groups": groups}
 
     def _all_state_names(self) -> Sequence[str]:
@@ -576,7 +582,8 @@ class Optimizer:
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
-        unknown_top = set(state_dict) - {"kind", "iterations", "nonfinite_count", "state", "param_groups"}
+        unknown_top = set(state_dict) - {"kind", "iterations", "nonfinite_count", "accum_count", "state",
+                                         "param_groups"}
         if unknown_top:
             raise ValueError(f"state_dict has unknown key(s) {sorted(unknown_top)}")
         kind = state_dict.get("kind")
@@ -609,7 +616,7 @@ class Optimizer:
         saved_state = state_dict["state"]
         if not isinstance(saved_state, dict):
             raise ValueError("state_dict['state'] must be a dict")
-        allowed = set(self._scalar_state) | set(self._all_state_names()) | {"ema"}
+        allowed = set(self._scalar_state) | set(self._all_state_names()) | {"ema", "grad_accum"}
         new_state: Dict[int, dict] = {}
         for key, st in saved_state.items():
             if key not in old_to_param:
@@ -638,6 +645,11 @@ class Optimizer:
         its = _scalar_from(its, "state_dict['iterations']", integer=True)
         nonfinite = _scalar_from(state_dict.get("nonfinite_count", self.nonfinite_count),
                                  "state_dict['nonfinite_count']", integer=True)
+        accum_count = _scalar_from(state_dict.get("accum_count", 0), "state_dict['accum_count']", integer=True)
+        if accum_count >= self.options["gradient_accumulation_steps"] and accum_count:
+            raise ValueError(f"state_dict['accum_count'] = {accum_count} is not below this optimizer's "
+                             f"gradient_accumulation_steps = {self.options['gradient_accumulation_steps']}")
+        accs = [ns.pop("grad_accum", None) for ns in (new_state.get(id(p), {}) for p in self._params)]
         # commit
         for g, ng in zip(self.param_groups, new_groups):
             g.clear()
@@ -646,6 +658,8 @@ class Optimizer:
         self._state.update(new_state)
         self.iterations = its
         self.nonfinite_count = nonfinite
+        self._acc_count = accum_count
+        self._acc = accs if accum_count else None
         self._invalidate()
 
     def __repr__(self) -> str:
