@@ -269,6 +269,10 @@ class Optimizer:
 
         Mutate ``param`` and the arrays in ``state`` in place; ``state["step"]`` has
         already been incremented and ``group["lr"]`` holds this step's learning rate.
+        ``grad`` arrives transformed exactly as the built-in kernels see it: clipped
+        (``clipvalue``/``clipnorm``/``global_clipnorm``), scaled (``grad_scale``), negated
+        if the group has ``maximize=True``, plus ``weight_decay * param`` if the group has
+        a ``weight_decay`` and ``l1 * sign(param)``.  Do not modify ``grad`` in place.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement update() or set _kernel")
 
@@ -401,7 +405,7 @@ class Optimizer:
             _, scal, states, bufs, emas = plan
             hp = common + self._hyper(g, scal, _NO_FRESH)
             if self._kernel is None:
-                self._numpy_update(g, params, grads, states, scal)
+                self._numpy_update(g, params, grads, states, scal, common, tscale, emas)
             else:
                 _kernels.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale)
             for st in states:
@@ -436,7 +440,8 @@ class Optimizer:
             emas = [st["ema"] for st in states] if ema else None
             hp = common + self._hyper(g, scal, key[-1])
             if self._kernel is None:
-                self._numpy_update(g, ps, gs, states, scal)
+                self._numpy_update(g, ps, gs, states, scal, common,
+                                   None if tscale is None else [tscale[it[3]] for it in items], emas)
             else:
                 _kernels.fused_step(self._kernel, hp, ps, gs, bufs, emas,
                                     None if tscale is None else [tscale[it[3]] for it in items])
@@ -445,10 +450,25 @@ class Optimizer:
             if complete and len(buckets) == 1:
                 self._plans[gi] = (names, scal, states, bufs, emas)
 
-    def _numpy_update(self, g, params, grads, states, scal) -> None:
-        for p, gr, st in zip(params, grads, states):
+    def _numpy_update(self, g, params, grads, states, scal, common, tscale, emas) -> None:
+        """The custom-optimizer path: the same gradient transform as the kernels'
+        ``fo_grad`` (clip value, scale/maximize, coupled weight decay, L1), then the
+        user's ``update``, then the EMA epilogue."""
+        gscale, wd, l1, ema_w, clip = common[:5]
+        for j, (p, gr, st) in enumerate(zip(params, grads, states)):
             st.update(scal)
+            s = gscale * (1.0 if tscale is None else tscale[j])
+            if math.isfinite(clip) or s != 1.0 or wd != 0.0 or l1 != 0.0:
+                gr = np.clip(gr, -clip, clip) if math.isfinite(clip) else gr
+                gr = gr * p.dtype.type(s)
+                if wd != 0.0:
+                    gr = gr + p.dtype.type(wd) * p
+                if l1 != 0.0:
+                    gr = gr + p.dtype.type(l1) * np.sign(p)
             self.update(p, gr, st, g)
+            if emas is not None:
+                e = emas[j]
+                e += p.dtype.type(ema_w) * (p - e)
 
     def _invalidate(self) -> None:
         """Forget cached plans and validated hyperparameters (state or groups changed)."""
@@ -624,7 +644,8 @@ class Optimizer:
             p = old_to_param[key]
             if not isinstance(st, dict):
                 raise ValueError(f"state_dict state[{key!r}] must be a dict")
-            bad = set(st) - allowed
+            # a custom optimizer that does not declare _all_state_names may keep any keys
+            bad = set(st) - allowed if (self._kernel is not None or self._all_state_names()) else set()
             if bad:
                 raise ValueError(f"state_dict state[{key!r}]: unknown state key(s) {sorted(bad)} for {me}; "
                                  f"known: {sorted(allowed)}")
