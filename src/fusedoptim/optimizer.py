@@ -50,6 +50,8 @@ class _StateView:
 
 
 _NO_FRESH = frozenset()
+# keys torch-style LR schedulers keep in param groups (as torch does); state_dicts carry them
+_SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 _NO_FIX = (1.0, math.inf)
 
 
@@ -621,11 +623,15 @@ class Optimizer:
             sp = list(sg["params"])
             if len(sp) != len(g["params"]):
                 raise ValueError(f"state_dict param group {gi} has {len(sp)} params, this optimizer's has {len(g['params'])}")
-            unknown = set(sg) - set(self.defaults) - {"params"}
+            unknown = set(sg) - set(self.defaults) - {"params"} - set(_SCHEDULER_KEYS)
             if unknown:
                 raise ValueError(f"state_dict param group {gi}: unknown hyperparameter(s) {sorted(unknown)} for {me}; "
                                  "is it from another optimizer?")
             ng = {k: (sg[k] if k in sg else g[k]) for k in self.defaults}
+            for k in _SCHEDULER_KEYS:     # written into groups by torch-style schedulers
+                if k in sg:
+                    _check_real(sg[k], f"state_dict param group {gi}: {k}")
+                    ng[k] = sg[k]
             if isinstance(ng.get("betas"), list):
                 ng["betas"] = tuple(ng["betas"])
             self._check_group(ng, f"state_dict param group {gi}")
