@@ -280,3 +280,31 @@ def test_dynamic_loss_scale_unscales_skips_and_grows(rng):
     s2 = fo.DynamicLossScale()
     s2.load_state_dict(scaler.state_dict())
     assert s2.scale == scaler.scale and s2.good_steps == scaler.good_steps
+
+
+def test_checkpoint_keeps_toolkit_state_bit_exact(rng, tmp_path):
+    """EMA buffers, a half-filled accumulation cycle and the non-finite counter survive
+    save/load: 5 calls + save + load + 5 calls equals 10 uninterrupted calls."""
+    def build(params):
+        return fo.Adam(params, lr=fo.schedules.CosineDecay(1e-2, 20), ema_decay=0.9,
+                       gradient_accumulation_steps=2, skip_nonfinite=True)
+    seq = [make(rng) for _ in range(10)]
+    seq[2][0][0] = np.nan
+    straight = make(np.random.default_rng(7))
+    resumed = [p.copy() for p in straight]
+    a = build(straight)
+    for g in seq:
+        a.step(g)
+    b = build(resumed)
+    for g in seq[:5]:
+        b.step(g)
+    fo.save(tmp_path / "ck.npz", b, params=resumed)
+    fresh = [np.zeros_like(p) for p in resumed]
+    c = build(fresh)
+    fo.load(tmp_path / "ck.npz", c, params=fresh)
+    for g in seq[5:]:
+        c.step(g)
+    assert c.nonfinite_count == a.nonfinite_count == 1
+    for p, q in zip(straight, fresh):
+        np.testing.assert_array_equal(p, q)
+        np.testing.assert_array_equal(a.state[p]["ema"], c.state[q]["ema"])

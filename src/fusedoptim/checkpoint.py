@@ -215,8 +215,13 @@ def _encode_optimizer(optimizer, enc: _Encoder) -> dict:
             else:
                 entry[k] = enc.value(v, where)
         state[str(int(i))] = entry
+    # other top-level counters of the state_dict (nonfinite_count, accum_count, ...)
+    counters = {k: int(v) for k, v in sd.items()
+                if k not in ("kind", "iterations", "state", "param_groups")
+                and isinstance(v, numbers.Integral) and not isinstance(v, bool)}
     return {"kind": sd.get("kind", type(optimizer).__name__),
             "iterations": int(sd.get("iterations", getattr(optimizer, "iterations", 0))),
+            "counters": counters,
             "param_groups": groups,
             "params": [{"shape": list(p.shape), "dtype": p.dtype.str} for p in _flat_params(optimizer)],
             "state": state}
@@ -450,7 +455,12 @@ def _check_optimizer(om: dict, optimizer, arrays, used) -> tuple:
                 raise CheckpointError(f"optimizer state of parameter {i}: {k!r} must be an array or a number, "
                                       f"got {v!r}")
         state[i] = ds
-    return {"kind": om["kind"], "iterations": it, "state": state, "param_groups": new_groups}, extras
+    counters = om.get("counters", {})
+    if not isinstance(counters, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in counters.items()):
+        raise CheckpointError(f"the checkpoint's optimizer counters are malformed: {counters!r}")
+    return dict(counters, kind=om["kind"], iterations=it, state=state, param_groups=new_groups), extras
 
 
 def _check_params(pm: dict, params, arrays, used) -> tuple:
