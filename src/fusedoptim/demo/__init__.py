@@ -1,0 +1,15 @@
+"""Demos of fusedoptim on NumPy models (``python -m fusedoptim demo``).
+
+``fusedoptim demo [options]``        an MLP on handwritten digits (or ``--mnist DIR``) with
+                                     every optimizer from the same start: time, time inside
+                                     ``opt.step``, epochs to a target accuracy, curves
+``fusedoptim demo toy2d [options]``  the tutorials' 2-11-1 network on a 2-D point cloud,
+                                     with and without L2 regularization: decision boundaries
+
+Optional packages (``pip install 'fusedoptim[demo]'``): scikit-learn (the digits),
+matplotlib (the PNGs), tqdm (progress bars).
+"""
+from ._util import DemoError
+from .cli import main
+
+__all__ = ["main", "DemoError"]

@@ -1,0 +1,407 @@
+"""``fusedoptim demo``: the IDX reader, the digits/MNIST comparison end to end (in-process
+and as ``python -m fusedoptim``), the toy2d mode, schedules and clipping wiring, and the
+messages for missing packages and bad options.
+
+The demo runs use ``--quick`` (8 epochs of digits: well under a second of training for
+all ten optimizers), so the tests stay fast on two shared cores; nothing asserts timings.
+"""
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fusedoptim
+from fusedoptim.__main__ import main
+from fusedoptim.demo import _util, data, train
+from fusedoptim.demo._util import DemoError
+
+HAVE_SKLEARN = _util.optional("sklearn.datasets") is not None
+HAVE_MPL = _util.optional("matplotlib") is not None
+needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="scikit-learn not installed (pip install 'fusedoptim[demo]')")
+needs_mpl = pytest.mark.skipif(not HAVE_MPL, reason="matplotlib not installed (pip install 'fusedoptim[demo]')")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LABELS = ["SGD", "SGD+momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adadelta"]
+
+
+def load_strict_json(path):
+    """json.load that rejects NaN/Infinity, which strict JSON parsers refuse."""
+    def bad(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=bad)
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert os.path.getsize(path) > 10_000
+
+
+# -------------------------------------------------------------------------------- IDX
+IDX_DTYPES = ["u1", "i1", ">i2", ">i4", ">f4", ">f8"]
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("dtype", IDX_DTYPES)
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 4), (0, 28, 28)], ids=lambda s: "x".join(map(str, s)))
+def test_idx_round_trip(tmp_path, dtype, shape, compress):
+    rng = np.random.default_rng(0)
+    arr = (rng.standard_normal(shape) * 50).astype(np.dtype(dtype).newbyteorder("="))
+    path = str(tmp_path / ("a.idx" + (".gz" if compress else "")))
+    data.write_idx(path, arr)
+    back = data.read_idx(path)
+    assert back.dtype == arr.dtype and back.dtype.isnative and back.shape == shape
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_idx_reads_the_format_byte_for_byte(tmp_path):
+    """A file written by hand from the format description, not by write_idx."""
+    raw = (bytes([0, 0, 0x08, 3]) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+           + bytes(range(12)))
+    (tmp_path / "u8").write_bytes(raw)
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "u8")), np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
+    raw = bytes([0, 0, 0x0B, 1]) + (2).to_bytes(4, "big") + (-2).to_bytes(2, "big", signed=True) + (258).to_bytes(2, "big")
+    (tmp_path / "i16.gz").write_bytes(gzip.compress(raw))
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "i16.gz")), [-2, 258])
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b"", "bad magic"),
+    (b"\x01\x00\x08\x01", "bad magic"),
+    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "unknown IDX data type"),
+    (b"\x00\x00\x08\x02\x00\x00\x00\x02", "truncated IDX header"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x04\x01\x02\x03", "file has 3"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "file has 2"),
+], ids=["empty", "magic", "type", "header", "short-data", "long-data"])
+def test_idx_rejects_bad_files(tmp_path, raw, match):
+    (tmp_path / "bad").write_bytes(raw)
+    with pytest.raises(DemoError, match=match):
+        data.read_idx(str(tmp_path / "bad"))
+
+
+def make_fake_mnist(directory, n_train=400, n_test=100, side=8, seed=0):
+    """Four IDX files shaped like MNIST's: 10 learnable classes (one bright square per class)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+
+    def images(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, side, side)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, col = divmod(int(c), 4)
+            x[i, 2 * r:2 * r + 2, 2 * col:2 * col + 2] = 255
+        return x, y
+
+    xtr, ytr = images(n_train)
+    xte, yte = images(n_test)
+    # the four spellings the loader accepts: plain, .gz, and the "train-images.idx3-ubyte" variant
+    data.write_idx(os.path.join(directory, "train-images-idx3-ubyte.gz"), xtr)
+    data.write_idx(os.path.join(directory, "train-labels-idx1-ubyte"), ytr)
+    data.write_idx(os.path.join(directory, "t10k-images.idx3-ubyte"), xte)
+    data.write_idx(os.path.join(directory, "t10k-labels.idx1-ubyte.gz"), yte)
+    return xtr, ytr, xte, yte
+
+
+def test_load_mnist_from_idx_files(tmp_path):
+    xtr, ytr, xte, yte = make_fake_mnist(str(tmp_path))
+    ds = data.load_mnist(str(tmp_path))
+    assert ds.x_train.shape == (400, 64) and ds.x_test.shape == (100, 64)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+    np.testing.assert_allclose(ds.x_train * 255, xtr.reshape(400, -1), atol=1e-4)
+    np.testing.assert_array_equal(ds.y_test, yte)
+    assert ds.n_classes == 10 and 0.0 <= ds.x_train.min() and ds.x_train.max() == 1.0
+
+
+def test_load_mnist_names_missing_files(tmp_path):
+    make_fake_mnist(str(tmp_path))
+    os.remove(tmp_path / "t10k-labels.idx1-ubyte.gz")
+    with pytest.raises(DemoError, match="missing t10k-labels-idx1-ubyte"):
+        data.load_mnist(str(tmp_path))
+    with pytest.raises(DemoError, match="no such directory"):
+        data.load_mnist(str(tmp_path / "nope"))
+
+
+def test_make_toy2d_is_seeded_and_noisy():
+    x, y = data.make_toy2d(300, seed=0)
+    x2, y2 = data.make_toy2d(300, seed=0)
+    np.testing.assert_array_equal(x, x2)
+    assert x.shape == (300, 2) and y.shape == (300, 1) and x.dtype == y.dtype == np.float32
+    inside = (x ** 2).sum(1) < 2
+    agree = np.mean(inside == (y[:, 0] > 0.5))
+    assert 0.8 < agree < 1.0                       # mostly the circle, some labels flipped by noise
+    _, y0 = data.make_toy2d(300, seed=0, noise=0.0)
+    np.testing.assert_array_equal(y0[:, 0] > 0.5, inside)
+
+
+# ------------------------------------------------------------------------ demo (digits)
+@needs_sklearn
+def test_demo_quick_in_process(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "optimizer" in stdout and "step s" in stdout and "epochs to 0.95" in stdout
+    for label in LABELS:
+        assert f"\n{label} " in stdout
+    doc = load_strict_json(out / "demo_digits.json")
+    assert doc["config"]["dataset"] == "digits" and doc["config"]["epochs"] == 8
+    runs = {r["optimizer"]: r for r in doc["runs"]}
+    assert list(runs) == list(train.OPTIMIZERS)
+    for r in runs.values():
+        assert len(r["history"]["test_acc"]) == 9            # epoch 0 (the initial model) + 8
+        assert 0 <= r["step_s"] <= r["train_s"] <= r["wall_s"]
+        assert r["steps"] == 8 * math.ceil(doc["config"]["n_train"] / 32)
+    # same initialization and data for every optimizer: identical epoch-0 numbers
+    assert len({(r["history"]["test_loss"][0], r["history"]["train_loss"][0]) for r in runs.values()}) == 1
+    assert runs["adam"]["final"]["test_acc"] > 0.85
+    assert runs["adam"]["epochs_to_target"] is None or 1 <= runs["adam"]["epochs_to_target"] <= 8
+    if HAVE_MPL:
+        assert_png(out / "demo_digits.png")
+
+
+@needs_sklearn
+def test_demo_quick_subprocess(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning")
+    proc = subprocess.run([sys.executable, "-m", "fusedoptim", "demo", "--quick", "--optimizers", "adam,sgd=0.05",
+                           "--epochs", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Adam" in proc.stdout and "SGD" in proc.stdout and "wall s" in proc.stdout
+    doc = load_strict_json(out / "demo_digits.json")
+    assert [(r["optimizer"], r["lr"]) for r in doc["runs"]] == [("adam", 2e-3), ("sgd", 0.05)]
+    if HAVE_MPL:
+        assert_png(out / "demo_digits.png")
+
+
+def test_demo_mnist_from_idx(tmp_path, capsys):
+    make_fake_mnist(str(tmp_path / "mnist"))
+    out = tmp_path / "out"
+    assert main(["demo", "--mnist", str(tmp_path / "mnist"), "--quick", "--epochs", "3", "--hidden", "32",
+                 "--optimizers", "adam,rmsprop", "--out", str(out), "--no-progress", "--target-acc", "0.5",
+                 "--blas-threads", "0"]) == 0
+    doc = load_strict_json(out / "demo_mnist.json")
+    assert doc["config"]["sizes"] == [64, 32, 10] and doc["config"]["blas_note"] == "BLAS threads: library default"
+    assert doc["runs"][0]["final"]["test_acc"] > 0.5          # the squares are easy to find
+    assert "mnist: 400 train / 100 test" in capsys.readouterr().out
+
+
+@needs_sklearn
+def test_demo_divergence_is_reported_and_json_stays_valid(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", "--optimizers", "sgd=1e30", "--epochs", "3", "--out", str(out),
+                 "--no-progress", "--no-plot"]) == 0
+    doc = load_strict_json(out / "demo_digits.json")
+    run = doc["runs"][0]
+    assert run["diverged"] and run["epochs_run"] < 3 and run["epochs_to_target"] is None
+    assert run["final"]["train_loss"] is None                # NaN written as null
+    assert "diverged" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- schedules and clipping wiring
+def _stub_schedules():
+    mod = types.ModuleType("fusedoptim.schedules")
+    mod.calls = []
+
+    class CosineDecay:
+        def __init__(self, initial_learning_rate, decay_steps, alpha=0.0):
+            mod.calls.append(("CosineDecay", initial_learning_rate, decay_steps))
+            self.lr, self.steps = initial_learning_rate, decay_steps
+
+        def __call__(self, step):
+            t = min(step, self.steps) / self.steps
+            return self.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    class ExponentialDecay:
+        def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+            mod.calls.append(("ExponentialDecay", initial_learning_rate, decay_steps, decay_rate))
+            self.lr, self.steps, self.rate = initial_learning_rate, decay_steps, decay_rate
+
+        def __call__(self, step):
+            return self.lr * self.rate ** (step / self.steps)
+
+    class PiecewiseConstantDecay:
+        def __init__(self, boundaries, values):
+            mod.calls.append(("PiecewiseConstantDecay", list(boundaries), list(values)))
+            self.b, self.v = boundaries, values
+
+        def __call__(self, step):
+            return self.v[sum(step > b for b in self.b)]
+
+    mod.CosineDecay, mod.ExponentialDecay, mod.PiecewiseConstantDecay = CosineDecay, ExponentialDecay, \
+        PiecewiseConstantDecay
+    return mod
+
+
+def _stub_clip(grads, max_norm):
+    total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel())) for g in grads))
+    if total > max_norm:
+        for g in grads:
+            g *= max_norm / (total + 1e-6)
+    _stub_clip.calls += 1
+    return total
+
+
+@pytest.fixture
+def lib_parts(monkeypatch):
+    """The real fusedoptim.schedules / clip_grad_norm when they exist, else stubs with their API."""
+    stubs = {}
+    if _util.optional("fusedoptim.schedules") is None:
+        stubs["schedules"] = _stub_schedules()
+        monkeypatch.setitem(sys.modules, "fusedoptim.schedules", stubs["schedules"])
+    try:
+        _util.clip_function()
+    except DemoError:
+        _stub_clip.calls = 0
+        stubs["clip"] = _stub_clip
+        monkeypatch.setattr(fusedoptim, "clip_grad_norm", _stub_clip, raising=False)
+    return stubs
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential", "step"])
+def test_demo_schedule_and_clip(tmp_path, lib_parts, schedule):
+    make_fake_mnist(str(tmp_path / "mnist"), n_train=128, n_test=64)
+    out = tmp_path / "out"
+    assert main(["demo", "--mnist", str(tmp_path / "mnist"), "--epochs", "2", "--batch-size", "32",
+                 "--optimizers", "adam", "--schedule", schedule, "--clip-norm", "0.5", "--out", str(out),
+                 "--no-progress", "--no-plot"]) == 0
+    doc = load_strict_json(out / "demo_mnist.json")
+    run = doc["runs"][0]
+    assert doc["config"]["schedule"] == schedule and doc["config"]["clip_norm"] == 0.5
+    norms = run["history"]["grad_norm"]
+    lrs = run["history"]["lr"]
+    assert lrs[0] == 2e-3 and lrs[-1] < 2e-3                    # the schedule decays
+    assert norms[0] is None and all(v > 0 for v in norms[1:])
+    if "schedules" in lib_parts:
+        total = 2 * 4
+        call = lib_parts["schedules"].calls[-1]
+        name = call[0]
+        assert (call[2][0] if schedule == "step" else call[1]) == 2e-3
+        assert {"cosine": "CosineDecay", "exponential": "ExponentialDecay", "step": "PiecewiseConstantDecay"}[schedule] == name
+        if schedule != "step":
+            assert lib_parts["schedules"].calls[-1][2] == total
+    if "clip" in lib_parts:
+        assert _stub_clip.calls == 8
+
+
+def test_make_schedule_none_is_the_float():
+    assert _util.make_schedule("none", 0.1, 100) == 0.1
+
+
+def test_missing_schedules_and_clip_are_clear(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "fusedoptim.schedules", None)
+    assert main(["demo", "--schedule", "cosine", "--out", str(tmp_path)]) == 2
+    assert "fusedoptim.schedules" in capsys.readouterr().err
+    monkeypatch.delattr(fusedoptim, "clip_grad_norm", raising=False)
+    monkeypatch.setitem(sys.modules, "fusedoptim.clip", None)
+    assert main(["demo", "--clip-norm", "1", "--out", str(tmp_path)]) == 2
+    assert "fusedoptim.clip_grad_norm" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- toy2d
+def test_toy2d_quick(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", "toy2d", "--quick", "--out", str(out), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "without L2" in stdout and "L2 0.03" in stdout
+    doc = load_strict_json(out / "toy2d.json")
+    plain, l2 = doc["runs"]
+    assert plain["weight_decay"] == 0 and l2["weight_decay"] == 0.03
+    assert l2["weight_sq_norm"] < plain["weight_sq_norm"]      # L2 shrinks the weights
+    assert plain["train_acc"] > 0.8 and l2["train_acc"] > 0.8
+    if HAVE_MPL:
+        assert_png(out / "toy2d.png")
+
+
+def test_toy2d_weight_decay_spares_biases():
+    from fusedoptim.demo import toy2d
+    x, y = data.make_toy2d(64, seed=0)
+    r = toy2d.train_toy2d(x, y, x, y, lr=0.0, weight_decay=0.5, epochs=1, show_progress=False)
+    assert r["decayed"] == ["0.weight", "2.weight"]
+    for p, q in zip(r["model"].params(), toy2d.build_model(0).params()):   # lr 0: nothing moves
+        np.testing.assert_array_equal(p, q)
+    assert toy2d.train_toy2d(x, y, x, y, weight_decay=0.0, epochs=1, show_progress=False)["decayed"] == []
+
+
+# ------------------------------------------------------------- options and messages
+def test_parse_optimizers():
+    pairs = train.parse_optimizers("adam=0.01, momentum ,sgd", None)
+    assert [(s.key, lr) for s, lr in pairs] == [("adam", 0.01), ("sgdm", 0.02), ("sgd", 0.1)]
+    assert len(train.parse_optimizers("all", 0.5)) == 10
+    assert {lr for _, lr in train.parse_optimizers("all", 0.5)} == {0.5}
+    with pytest.raises(DemoError, match="unknown optimizer 'lamb'.*adam"):
+        train.parse_optimizers("adam,lamb", None)
+    with pytest.raises(DemoError, match="not a learning rate"):
+        train.parse_optimizers("adam=fast", None)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["demo", "--optimizers", "lamb"], "unknown optimizer"),
+    (["demo", "--target-acc", "2"], "--target-acc"),
+    (["demo", "--lr", "nan"], "--lr"),
+    (["demo", "--mnist", "/nonexistent/dir"], "no such directory"),
+    (["demo", "toy2d", "--optimizer", "lamb"], "unknown optimizer"),
+    (["demo", "toy2d", "--weight-decay", "-1"], "--weight-decay"),
+])
+def test_bad_options_exit_2_with_a_message(argv, match, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_argparse_errors_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--epochs", "0"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--help"])
+    assert e.value.code == 0 and "--clip-norm" in capsys.readouterr().out
+    assert main([]) == 2 and "demo toy2d" in capsys.readouterr().out
+    assert main(["--version"]) == 0 and fusedoptim.__version__ in capsys.readouterr().out
+    assert main(["train"]) == 2 and "unknown command" in capsys.readouterr().err
+
+
+def test_missing_sklearn_names_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "scikit-learn" in err and "pip install 'fusedoptim[demo]'" in err
+
+
+def test_missing_matplotlib_still_writes_json(monkeypatch, capsys, tmp_path):
+    make_fake_mnist(str(tmp_path / "mnist"), n_train=64, n_test=32)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert main(["demo", "--mnist", str(tmp_path / "mnist"), "--epochs", "1", "--optimizers", "sgd",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "pip install 'fusedoptim[demo]'" in capsys.readouterr().err
+    assert os.path.exists(tmp_path / "out" / "demo_mnist.json")
+    assert not os.path.exists(tmp_path / "out" / "demo_mnist.png")
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    class Tty:
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            pass
+
+        def flush(self):
+            pass
+
+    assert isinstance(_util.progress(3, "x", "epoch"), _util._NoBar)       # pytest captures stderr
+    monkeypatch.setattr(sys, "stderr", Tty())
+    bar = _util.progress(3, "x", "epoch")
+    assert isinstance(bar, _util._NoBar) != HAVE_TQDM
+    bar.update(1)
+    bar.close()
+    assert isinstance(_util.progress(3, "x", "epoch", enabled=False), _util._NoBar)
+
+
+HAVE_TQDM = _util.optional("tqdm") is not None

@@ -1,0 +1,59 @@
+"""Every script in examples/ runs to completion (each takes about a second).
+
+Scripts that need an optional package are skipped, with the reason, when it is missing;
+the script itself must then exit with a message naming what to install.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+# script -> (modules it needs, text its output must contain)
+CASES = {
+    "linear_regression_sgd.py": ((), "SGD (batch 16)"),
+    "custom_optimizer.py": ((), "Lion: f(w)"),
+    "autograd_gradients.py": (("autograd",), "accuracy"),
+    "mlp_adam_cosine_clip.py": (("sklearn", "fusedoptim.schedules", "fusedoptim:clip_grad_norm"), "test acc"),
+}
+
+
+def _missing(requirements):
+    out = []
+    for req in requirements:
+        module, _, attr = req.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            out.append(module)
+            continue
+        if attr and not hasattr(mod, attr):
+            out.append(f"{module}.{attr}")
+    return out
+
+
+def _run(script):
+    return subprocess.run([sys.executable, os.path.join(EXAMPLES, script)], capture_output=True, text=True,
+                          timeout=300, cwd=EXAMPLES)
+
+
+def test_every_example_is_listed():
+    assert sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_example_runs(script):
+    needs, expect = CASES[script]
+    missing = _missing(needs)
+    proc = _run(script)
+    if missing:
+        # the script must say what is missing instead of failing with a traceback
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "needs" in proc.stderr
+        pytest.skip(f"{script} needs {', '.join(missing)}, not available here")
+    assert proc.returncode == 0, proc.stderr
+    assert expect in proc.stdout
+    assert "Traceback" not in proc.stderr
