@@ -24,6 +24,9 @@
  *  - Where every buffer of a tensor is 16-byte aligned, whole 16-byte packs are loaded and
  *    stored at once (float4 / double2 traffic); the unaligned head and tail of a segment
  *    run element by element.
+ *  - tscale (may be NULL): one double per tensor multiplying h[0] for that tensor
+ *    (per-parameter norm clipping; the CPU driver's tscale), e.g. written on device by
+ *    fo_grad_control_kernel.
  *  - ctrl (may be NULL): the control block written on device by fo_grad_control_kernel;
  *    ctrl[3] != 0 skips the step (non-finite guard), ctrl[2] multiplies the gradient
  *    scale h[0] (global-norm clipping).  No host synchronisation is needed.
@@ -138,8 +141,31 @@ __device__ __forceinline__ void fo_segment(const Op &op, T *const *b, fo_i64 lo,
     for (fo_i64 i = vhi + threadIdx.x; i < hi; i += blockDim.x) fo_elem<T, EMA>(op, b, i);
 }
 
+/* The per-step scalars of one launch: a copy of hp with the device-side control block
+ * applied.  Returns false when the step is to be skipped (ctrl[3] != 0); otherwise the
+ * global clip coefficient ctrl[2] joins the gradient scale h[0], in double, as the CPU
+ * path folds it into h[0] on the host. */
+__device__ __forceinline__ bool fo_hparams_load(double *hd, const fo_hparams &hp, const double *ctrl) {
+#pragma unroll
+    for (int k = 0; k < FO_MAXHP; k++) hd[k] = hp.h[k];
+    if (ctrl) {
+        if (ctrl[3] != 0.0) return false;
+        hd[0] = hd[0] * ctrl[2];
+    }
+    return true;
+}
+
+/* The scalars of tensor t: h[0] times its per-tensor scale (per-parameter norm clipping,
+ * like the CPU driver's tscale), or unchanged. */
+__device__ __forceinline__ void fo_hparams_tensor(double *ht, const double *hd, const double *tscale, int t) {
+#pragma unroll
+    for (int k = 0; k < FO_MAXHP; k++) ht[k] = hd[k];
+    if (tscale) ht[0] = hd[0] * tscale[t];
+}
+
 template <typename T, bool EMA, typename Op>
-__device__ __forceinline__ void fo_chunks(const Op &op, const fo_i64 *meta, int ntens, int nbuf) {
+__device__ __forceinline__ void fo_chunks(const double *hd, const fo_i64 *meta, int ntens, int nbuf,
+                                          const double *tscale) {
     const fo_i64 *starts = meta;
     const fo_i64 *rows = meta + ntens + 1;
     const fo_i64 total = starts[ntens];
@@ -151,32 +177,28 @@ __device__ __forceinline__ void fo_chunks(const Op &op, const fo_i64 *meta, int 
             T *b[FO_STATE + Op::NS];
 #pragma unroll
             for (int k = 0; k < FO_STATE + Op::NS; k++) b[k] = (T *)rows[(fo_i64)t * nbuf + k];
+            double ht[FO_MAXHP];
+            fo_hparams_tensor(ht, hd, tscale, t);
+            const Op op(ht);
             fo_segment<T, EMA>(op, b, a - starts[t], z - starts[t]);
         }
     }
 }
 
+/* Launch-wide dispatch on the EMA flag (as cpu.h does on bufs[2]). */
 template <typename T, typename Op>
-__device__ __forceinline__ void fo_run(const Op &op, const fo_i64 *meta, int ntens, int nbuf, int ema) {
-    if (ema) fo_chunks<T, true>(op, meta, ntens, nbuf);
-    else fo_chunks<T, false>(op, meta, ntens, nbuf);
-}
-
-/* Copy the per-step scalars and apply the device-side control block: returns false when
- * the step is to be skipped; otherwise the clip scale joins h[0] (in double, as the CPU
- * path folds it into h[0] on the host). */
-__device__ __forceinline__ bool fo_hparams_load(double *hd, const fo_hparams &hp, const double *ctrl) {
-#pragma unroll
-    for (int k = 0; k < FO_MAXHP; k++) hd[k] = hp.h[k];
-    if (ctrl) {
-        if (ctrl[3] != 0.0) return false;
-        hd[0] = hd[0] * ctrl[2];
-    }
-    return true;
+__device__ __forceinline__ void fo_run(const double *hd, const fo_i64 *meta, int ntens, int nbuf, int ema,
+                                       const double *tscale) {
+    if (ema) fo_chunks<T, true, Op>(hd, meta, ntens, nbuf, tscale);
+    else fo_chunks<T, false, Op>(hd, meta, ntens, nbuf, tscale);
 }
 
 /* ---- one op per algorithm: the hyperparameter loads and the rule call, nothing else.
- * NS = number of state buffers; operator() gets the element's registers.               */
+ * NS = number of state buffers; operator() gets the element's registers.  Each body
+ * decides the structural flags once, from the same h[] entries cpu.h tests.           */
+#define FO_ARGS const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, \
+                const double *tscale, const double *ctrl
+#define FO_PASS hd, meta, ntens, nbuf, ema, tscale
 
 /* @algo sgd */
 template <typename T, bool MOMENTUM> struct fo_sgd_op {
@@ -186,11 +208,11 @@ template <typename T, bool MOMENTUM> struct fo_sgd_op {
     __device__ fo_sgd_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_sgd_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const { fo_sgd_rule<T, MOMENTUM>(p, g, s[0], c, h); }
 };
-template <typename T> __device__ void fo_sgd_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_sgd_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    if (hd[FO_HP_COMMON + 1] != 0.0) fo_run<T>(fo_sgd_op<T, true>(hd), meta, ntens, nbuf, ema);
-    else fo_run<T>(fo_sgd_op<T, false>(hd), meta, ntens, nbuf, ema);
+    if (hd[FO_HP_COMMON + 1] != 0.0) fo_run<T, fo_sgd_op<T, true> >(FO_PASS);
+    else fo_run<T, fo_sgd_op<T, false> >(FO_PASS);
 }
 /* @end */
 
@@ -201,14 +223,14 @@ template <typename T, bool AMSGRAD> struct fo_adam_op {
     fo_adam_hp<T> h;
     __device__ fo_adam_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adam_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const {
-        fo_adam_rule<T, AMSGRAD>(p, g, s[0], s[1], s[AMSGRAD ? 2 : 1], c, h);
+        fo_adam_rule<T, AMSGRAD>(p, g, s[0], s[1], s[AMSGRAD ? 2 : NS], c, h);
     }
 };
-template <typename T> __device__ void fo_adam_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_adam_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    if (fo_adam_hp<T>::load(hd).amsgrad) fo_run<T>(fo_adam_op<T, true>(hd), meta, ntens, nbuf, ema);
-    else fo_run<T>(fo_adam_op<T, false>(hd), meta, ntens, nbuf, ema);
+    if (fo_adam_hp<T>::load(hd).amsgrad) fo_run<T, fo_adam_op<T, true> >(FO_PASS);
+    else fo_run<T, fo_adam_op<T, false> >(FO_PASS);
 }
 /* @end */
 
@@ -220,10 +242,10 @@ template <typename T> struct fo_adagrad_op {
     __device__ fo_adagrad_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adagrad_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const { fo_adagrad_rule<T>(p, g, s[0], c, h); }
 };
-template <typename T> __device__ void fo_adagrad_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_adagrad_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T>(fo_adagrad_op<T>(hd), meta, ntens, nbuf, ema);
+    fo_run<T, fo_adagrad_op<T> >(FO_PASS);
 }
 /* @end */
 
@@ -234,17 +256,18 @@ template <typename T, bool CENTERED, bool MOMENTUM> struct fo_rmsprop_op {
     fo_rmsprop_hp<T> h;
     __device__ fo_rmsprop_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_rmsprop_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const {
-        fo_rmsprop_rule<T, CENTERED, MOMENTUM>(p, g, s[0], s[CENTERED ? 1 : NS], s[MOMENTUM ? (CENTERED ? 2 : 1) : NS], c, h);
+        fo_rmsprop_rule<T, CENTERED, MOMENTUM>(p, g, s[0], s[CENTERED ? 1 : NS],
+                                               s[MOMENTUM ? (CENTERED ? 2 : 1) : NS], c, h);
     }
 };
-template <typename T> __device__ void fo_rmsprop_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_rmsprop_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
     const fo_rmsprop_hp<T> h = fo_rmsprop_hp<T>::load(hd);
-    if (h.centered && h.has_momentum) fo_run<T>(fo_rmsprop_op<T, true, true>(hd), meta, ntens, nbuf, ema);
-    else if (h.centered) fo_run<T>(fo_rmsprop_op<T, true, false>(hd), meta, ntens, nbuf, ema);
-    else if (h.has_momentum) fo_run<T>(fo_rmsprop_op<T, false, true>(hd), meta, ntens, nbuf, ema);
-    else fo_run<T>(fo_rmsprop_op<T, false, false>(hd), meta, ntens, nbuf, ema);
+    if (h.centered && h.has_momentum) fo_run<T, fo_rmsprop_op<T, true, true> >(FO_PASS);
+    else if (h.centered) fo_run<T, fo_rmsprop_op<T, true, false> >(FO_PASS);
+    else if (h.has_momentum) fo_run<T, fo_rmsprop_op<T, false, true> >(FO_PASS);
+    else fo_run<T, fo_rmsprop_op<T, false, false> >(FO_PASS);
 }
 /* @end */
 
@@ -256,10 +279,10 @@ template <typename T> struct fo_adamax_op {
     __device__ fo_adamax_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adamax_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const { fo_adamax_rule<T>(p, g, s[0], s[1], c, h); }
 };
-template <typename T> __device__ void fo_adamax_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_adamax_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T>(fo_adamax_op<T>(hd), meta, ntens, nbuf, ema);
+    fo_run<T, fo_adamax_op<T> >(FO_PASS);
 }
 /* @end */
 
@@ -271,10 +294,10 @@ template <typename T> struct fo_nadam_op {
     __device__ fo_nadam_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_nadam_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const { fo_nadam_rule<T>(p, g, s[0], s[1], c, h); }
 };
-template <typename T> __device__ void fo_nadam_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_nadam_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T>(fo_nadam_op<T>(hd), meta, ntens, nbuf, ema);
+    fo_run<T, fo_nadam_op<T> >(FO_PASS);
 }
 /* @end */
 
@@ -286,10 +309,10 @@ template <typename T> struct fo_radam_op {
     __device__ fo_radam_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_radam_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const { fo_radam_rule<T>(p, g, s[0], s[1], c, h); }
 };
-template <typename T> __device__ void fo_radam_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_radam_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T>(fo_radam_op<T>(hd), meta, ntens, nbuf, ema);
+    fo_run<T, fo_radam_op<T> >(FO_PASS);
 }
 /* @end */
 
@@ -301,24 +324,26 @@ template <typename T> struct fo_adadelta_op {
     __device__ fo_adadelta_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adadelta_hp<T>::load(hd)) {}
     __device__ void operator()(T &p, T g, T *s) const { fo_adadelta_rule<T>(p, g, s[0], s[1], c, h); }
 };
-template <typename T> __device__ void fo_adadelta_body(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, const double *ctrl) {
+template <typename T> __device__ void fo_adadelta_body(FO_ARGS) {
     double hd[FO_MAXHP];
     if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T>(fo_adadelta_op<T>(hd), meta, ntens, nbuf, ema);
+    fo_run<T, fo_adadelta_op<T> >(FO_PASS);
 }
 /* @end */
 
-/* ---- the extern "C" entry points: fo_<algo>_kernel_f32 / _f64 ---------------------- */
-#define FO_KERNEL(algo)                                                                          \
-    extern "C" __global__ void fo_##algo##_kernel_f32(const fo_hparams hp, const fo_i64 *meta,    \
-                                                      int ntens, int nbuf, int ema,               \
-                                                      const double *ctrl) {                       \
-        fo_##algo##_body<float>(hp, meta, ntens, nbuf, ema, ctrl);                                \
-    }                                                                                            \
-    extern "C" __global__ void fo_##algo##_kernel_f64(const fo_hparams hp, const fo_i64 *meta,    \
-                                                      int ntens, int nbuf, int ema,               \
-                                                      const double *ctrl) {                       \
-        fo_##algo##_body<double>(hp, meta, ntens, nbuf, ema, ctrl);                               \
+/* ---- the extern "C" entry points: fo_<algo>_kernel_f32 / _f64 ----------------------
+ * (hp, meta, ntens, nbuf, ema, tscale, ctrl): tscale (NULL or one double per tensor)
+ * and ctrl (NULL or a control block) are device pointers.                              */
+#define FO_KERNEL(algo)                                                                         \
+    extern "C" __global__ void fo_##algo##_kernel_f32(const fo_hparams hp, const fo_i64 *meta,   \
+                                                      int ntens, int nbuf, int ema,              \
+                                                      const double *tscale, const double *ctrl) { \
+        fo_##algo##_body<float>(hp, meta, ntens, nbuf, ema, tscale, ctrl);                       \
+    }                                                                                           \
+    extern "C" __global__ void fo_##algo##_kernel_f64(const fo_hparams hp, const fo_i64 *meta,   \
+                                                      int ntens, int nbuf, int ema,              \
+                                                      const double *tscale, const double *ctrl) { \
+        fo_##algo##_body<double>(hp, meta, ntens, nbuf, ema, tscale, ctrl);                      \
     }
 FO_KERNEL(sgd)
 FO_KERNEL(adam)
@@ -329,28 +354,42 @@ FO_KERNEL(nadam)
 FO_KERNEL(radam)
 FO_KERNEL(adadelta)
 #undef FO_KERNEL
+#undef FO_ARGS
+#undef FO_PASS
 
-/* ---- deterministic reductions: global gradient norm and the non-finite guard ---------
- * Stage 1 (fo_sumsq_kernel_f32/_f64): meta = starts[0..ntens] then one pointer per tensor
- * (the gradient).  The element range is cut into FO_RED_CHUNK-element chunks; chunk c is
- * summed by one block of exactly FO_RED_THREADS threads -- thread k adds, in double, the
- * squares of elements k, k + FO_RED_THREADS, ... of each tensor piece in order, then a
- * fixed shared-memory tree -- into partial[c]; partial[nchunks + c] = 1 if an element of
- * the chunk is NaN or Inf.  Which block takes which chunk does not change any sum, so the
- * result depends on the tensor sizes alone, never on the grid size.
- * Stage 2 (fo_grad_control_kernel): one block of FO_RED_THREADS threads sums the partials
- * the same fixed way and writes the control block
- *   ctrl[0] = sum of squares, ctrl[1] = 1 if any element is non-finite,
- *   ctrl[2] = clip scale min(1, max_norm / (sqrt(ctrl[0]) + 1e-6)) when clip != 0 else 1
- *             (NaN propagates, like torch's clamp), 
- *   ctrl[3] = 1 to skip the step (skip_nonfinite != 0 and ctrl[1] != 0).
- * The update kernels read ctrl on device.                                               */
+/* ---- deterministic reductions: gradient norms and the non-finite guard ---------------
+ * rmeta = starts[0..n] (prefix sum of the sizes), blk[0..n] (prefix sum of the blocks
+ * per tensor, ceil(size / FO_RED_CHUNK)), then one gradient pointer per tensor (0 for an
+ * absent gradient of size 0).  Blocks never straddle tensors, so per-tensor norms fall
+ * out of the same pass.
+ *
+ * Stage 1, fo_sumsq_kernel_f32/_f64 (blocks of exactly FO_RED_THREADS threads, any grid):
+ * block b of tensor t is summed by one CUDA block -- thread k adds, in double, the squares
+ * of elements k, k + FO_RED_THREADS, ... in order, then a fixed shared-memory tree -- into
+ * partial[b]; partial[nblk + b] = 1 if an element of the block is NaN or Inf.  Which CUDA
+ * block takes which block changes no sum: the bits depend on the data and the sizes only.
+ *
+ * Stage 2, fo_grad_control_kernel (one block of FO_RED_THREADS threads): thread k sums the
+ * blocks of tensors k, k + FO_RED_THREADS, ... in order (per-tensor sums, written to
+ * per[t] when per != NULL), then the same fixed tree gives the total.  It writes
+ *   ctrl[0] = sum of squares of every element, ctrl[1] = 1 if any element is non-finite,
+ *   ctrl[2] = global clip coefficient, ctrl[3] = 1 to skip the step,
+ * and with pclip > 0 the per-tensor coefficients tscale[t].  The clip coefficient is
+ * Keras' clip_by_norm factor c / max(norm, c) (the CPU Optimizer's _clip_coef) with
+ * norm = sqrt(sumsq) * gscale, NaN when the norm is not finite.                          */
 
 __device__ __forceinline__ bool fo_finite(double x) { return x - x == 0.0; }
 
+/* Keras' c / max(norm, c); NaN for a non-finite norm (optimizer.py: _clip_coef). */
+__device__ __forceinline__ double fo_clip_coef(double norm, double c) {
+    if (!fo_finite(norm)) return norm - norm; /* NaN */
+    return c / (c > norm ? c : norm);
+}
+
+/* ssum[0] = fixed-order tree sum of acc over the block, sbad[0] = OR of bad. */
 __device__ __forceinline__ void fo_block_sum(double *ssum, int *sbad, double acc, int bad) {
     const int k = threadIdx.x;
-    __syncthreads(); /* the previous use of ssum/sbad is over */
+    __syncthreads(); /* every thread is done reading the previous result */
     ssum[k] = acc;
     sbad[k] = bad;
     __syncthreads();
@@ -365,62 +404,76 @@ __device__ __forceinline__ void fo_block_sum(double *ssum, int *sbad, double acc
 }
 
 template <typename T>
-__device__ __forceinline__ void fo_sumsq_body(const fo_i64 *meta, int ntens, double *partial) {
+__device__ __forceinline__ void fo_sumsq_body(const fo_i64 *rmeta, int ntens, double *partial) {
     __shared__ double ssum[FO_RED_THREADS];
     __shared__ int sbad[FO_RED_THREADS];
-    const fo_i64 *starts = meta;
-    const fo_i64 *rows = meta + ntens + 1;
-    const fo_i64 total = starts[ntens];
-    const fo_i64 nchunks = (total + FO_RED_CHUNK - 1) / FO_RED_CHUNK;
-    for (fo_i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const fo_i64 lo = c * FO_RED_CHUNK, hi = fo_min64(lo + FO_RED_CHUNK, total);
+    const fo_i64 *starts = rmeta;
+    const fo_i64 *blk = rmeta + ntens + 1;
+    const fo_i64 *rows = rmeta + 2 * (ntens + 1);
+    const fo_i64 nblk = blk[ntens];
+    for (fo_i64 b = blockIdx.x; b < nblk; b += gridDim.x) {
+        int t = fo_find_tensor(blk, ntens, b);
+        while (blk[t + 1] <= b) t++; /* skip tensors without blocks */
+        const fo_i64 off = (b - blk[t]) * FO_RED_CHUNK;
+        const fo_i64 n = fo_min64(FO_RED_CHUNK, starts[t + 1] - starts[t] - off);
+        const T *g = (const T *)rows[t] + off;
         double acc = 0.0;
         int bad = 0;
-        for (int t = fo_find_tensor(starts, ntens, lo); t < ntens && starts[t] < hi; t++) {
-            const fo_i64 a = fo_max64(lo, starts[t]), z = fo_min64(hi, starts[t + 1]);
-            const T *g = (const T *)rows[t];
-            for (fo_i64 i = a + threadIdx.x; i < z; i += FO_RED_THREADS) {
-                const double x = (double)g[i - starts[t]];
-                acc = acc + x * x;
-                bad = bad | (fo_finite(x) ? 0 : 1);
-            }
+        for (fo_i64 i = threadIdx.x; i < n; i += FO_RED_THREADS) {
+            const double x = (double)g[i];
+            acc = acc + x * x;
+            bad = bad | (fo_finite(x) ? 0 : 1);
         }
         fo_block_sum(ssum, sbad, acc, bad);
         if (threadIdx.x == 0) {
-            partial[c] = ssum[0];
-            partial[nchunks + c] = sbad[0] ? 1.0 : 0.0;
+            partial[b] = ssum[0];
+            partial[nblk + b] = sbad[0] ? 1.0 : 0.0;
         }
     }
 }
 
-extern "C" __global__ void fo_sumsq_kernel_f32(const fo_i64 *meta, int ntens, double *partial) {
-    fo_sumsq_body<float>(meta, ntens, partial);
+extern "C" __global__ void fo_sumsq_kernel_f32(const fo_i64 *rmeta, int ntens, double *partial) {
+    fo_sumsq_body<float>(rmeta, ntens, partial);
 }
-extern "C" __global__ void fo_sumsq_kernel_f64(const fo_i64 *meta, int ntens, double *partial) {
-    fo_sumsq_body<double>(meta, ntens, partial);
+extern "C" __global__ void fo_sumsq_kernel_f64(const fo_i64 *rmeta, int ntens, double *partial) {
+    fo_sumsq_body<double>(rmeta, ntens, partial);
 }
 
-extern "C" __global__ void fo_grad_control_kernel(const double *partial, fo_i64 nchunks, int clip,
-                                                  double max_norm, int skip_nonfinite, double *ctrl) {
+/* gscale: the gradient multiplier the norms are measured at (1 / loss scale); gclip > 0:
+ * global clip norm; pclip > 0: per-tensor clip norm (writes tscale); skip: skip the step
+ * on a non-finite gradient.  per (NULL or ntens doubles) receives per-tensor sums.      */
+extern "C" __global__ void fo_grad_control_kernel(const fo_i64 *rmeta, int ntens, const double *partial,
+                                                  double gscale, double gclip, double pclip, int skip,
+                                                  double *ctrl, double *tscale, double *per) {
     __shared__ double ssum[FO_RED_THREADS];
     __shared__ int sbad[FO_RED_THREADS];
+    const fo_i64 *blk = rmeta + ntens + 1;
+    const fo_i64 nblk = blk[ntens];
     double acc = 0.0;
     int bad = 0;
-    for (fo_i64 c = threadIdx.x; c < nchunks; c += FO_RED_THREADS) {
-        acc = acc + partial[c];
-        bad = bad | (partial[nchunks + c] != 0.0 ? 1 : 0);
+    for (int t = threadIdx.x; t < ntens; t += FO_RED_THREADS) {
+        double st = 0.0;
+        int bt = 0;
+        for (fo_i64 b = blk[t]; b < blk[t + 1]; b++) {
+            st = st + partial[b];
+            bt = bt | (partial[nblk + b] != 0.0 ? 1 : 0);
+        }
+        if (per) per[t] = st;
+        if (pclip > 0.0) tscale[t] = fo_clip_coef(sqrt(st) * gscale, pclip);
+        acc = acc + st;
+        bad = bad | bt;
     }
     fo_block_sum(ssum, sbad, acc, bad);
     if (threadIdx.x == 0) {
         const double sumsq = ssum[0];
-        double scale = 1.0;
-        if (clip) {
-            const double coef = max_norm / (sqrt(sumsq) + FO_CLIP_EPS);
-            scale = (coef < 1.0 || coef != coef) ? coef : 1.0;
-        }
         ctrl[0] = sumsq;
         ctrl[1] = sbad[0] ? 1.0 : 0.0;
-        ctrl[2] = scale;
-        ctrl[3] = (skip_nonfinite && sbad[0]) ? 1.0 : 0.0;
+        double coef = 1.0;
+        if (gclip > 0.0) { /* optimizer.py: gc / max(norm, gc) if finite else NaN */
+            const double norm = sqrt(sumsq) * gscale;
+            coef = sbad[0] ? norm - norm : gclip / (gclip > norm ? gclip : norm);
+        }
+        ctrl[2] = coef;
+        ctrl[3] = (skip && sbad[0]) ? 1.0 : 0.0;
     }
 }

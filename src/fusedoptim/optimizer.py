@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from . import _kernels
+from . import _cuda, _kernels
 
 __all__ = ["Optimizer", "required"]
 
@@ -58,6 +58,19 @@ _NO_FIX = (1.0, math.inf)
 def _clip_coef(norm: float, max_norm: float) -> float:
     """Keras' clip_by_norm factor c / max(norm, c); NaN for a non-finite norm."""
     return max_norm / max(norm, max_norm) if math.isfinite(norm) else math.nan
+
+
+def _backend(arrays):
+    """The native backend of these arrays: the CuPy one (``_cuda``) for cupy arrays."""
+    return _cuda if arrays and _cuda.is_device_array(arrays[0]) else _kernels
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or _cuda.is_device_array(x)
+
+
+def _address(a) -> int:
+    return _cuda.address(a) if _cuda.is_device_array(a) else a.__array_interface__["data"][0]
 
 
 def _all_finite(grads) -> bool:
@@ -159,7 +172,7 @@ class Optimizer:
         self._resolved: Dict[int, tuple] = {}   # group index -> validated hyperparameters
         if params is None:
             return
-        if isinstance(params, np.ndarray):
+        if _is_array(params):
             raise TypeError("params should be an iterable of arrays or dicts, got a single ndarray; "
                             "wrap it in a list: [param]")
         groups = list(params)
@@ -177,7 +190,7 @@ class Optimizer:
     @staticmethod
     def _group_params(group) -> list:
         ps = group.get("params") if isinstance(group, dict) else None
-        if isinstance(ps, np.ndarray):
+        if _is_array(ps):
             return [ps]
         return list(ps) if ps is not None else []
 
@@ -200,7 +213,7 @@ class Optimizer:
             else:
                 g[k] = v
         labels = [f"params[{len(self._params) + j}] (group {gi}, index {j})" for j in range(len(params))]
-        _kernels.check_params(params, labels)
+        _backend(self._params or params).check_params(params, labels)
         if params and self._params:
             if params[0].dtype != self._params[0].dtype:
                 raise TypeError(f"{labels[0]}: dtype {params[0].dtype} differs from {self._params[0].dtype} of the "
@@ -292,13 +305,14 @@ class Optimizer:
         """
         loss = closure() if closure is not None else None
         if type(grads) is not list:
-            if isinstance(grads, np.ndarray):
+            if _is_array(grads):
                 raise TypeError("grads must be a sequence with one gradient per parameter, got a single ndarray; "
                                 "wrap it in a list: [grad]")
             grads = list(grads)
         params = self._params
-        _kernels.check_params(params, self._labels)
-        skipped = _kernels.check_grads(params, grads, self._labels)
+        be = _backend(params)
+        be.check_params(params, self._labels)
+        skipped = be.check_grads(params, grads, self._labels)
         _check_real(grad_scale, "grad_scale", lo=0.0)
         groups = self.param_groups
         resolved = [self._resolve(gi, g) for gi, g in enumerate(groups)]
@@ -311,7 +325,11 @@ class Optimizer:
             grad_scale = grad_scale / opts["gradient_accumulation_steps"]
             skipped = sum(gr is None for gr in grads)
         guard = opts["skip_nonfinite"] if skip_nonfinite is None else bool(skip_nonfinite)
-        common_fix, tscale = self._clip_and_guard(grads, grad_scale, guard)
+        control = None
+        if be is _cuda:
+            common_fix, tscale, control = self._clip_and_guard_device(grads, grad_scale, guard)
+        else:
+            common_fix, tscale = self._clip_and_guard(grads, grad_scale, guard)
         if common_fix is None:          # non-finite gradient with skip_nonfinite
             return loss
         base = 0
@@ -321,7 +339,7 @@ class Optimizer:
             if common_fix is not _NO_FIX:
                 common = (common[0] * common_fix[0],) + common[1:4] + (common_fix[1],)
             self._step_group(gi, geff, common, names, g["params"], grads[base:base + n], skipped == 0,
-                             None if tscale is None else tscale[base:base + n])
+                             None if tscale is None else tscale[base:base + n], control)
             base += n
         self.iterations += 1
         return loss
@@ -357,6 +375,28 @@ class Optimizer:
         clip = math.inf if cv is None else (cv / grad_scale if grad_scale > 0 else math.inf)
         return (scale, clip), tscale
 
+    def _clip_and_guard_device(self, grads: list, grad_scale: float, guard: bool):
+        """``_clip_and_guard`` for CuPy arrays: the norms stay on the device, where the
+        update kernels read the clip coefficients (control block, per-tensor scales).
+        Only the skip decision is read back (one sync, and only with the guard on), so
+        that step counters never count a skipped step -- torch's GradScaler syncs the same
+        way.  Returns ``(fix, tscale, control)``."""
+        opts = self.options
+        gc, pc, cv = opts["global_clipnorm"], opts["clipnorm"], opts["clipvalue"]
+        self.last_step_skipped = False
+        if gc is None and pc is None and cv is None and not guard and grad_scale == 1.0:
+            return _NO_FIX, None, None
+        clip = math.inf if cv is None else (cv / grad_scale if grad_scale > 0 else math.inf)
+        if gc is None and pc is None and not guard:
+            return (grad_scale, clip), None, None
+        ctrl, tscale, _ = _cuda.grad_control(grads, grad_scale=grad_scale, global_clipnorm=gc, clipnorm=pc,
+                                             skip_nonfinite=guard)
+        if guard and float(ctrl[_cuda.CTRL_SKIP]):
+            self.nonfinite_count += 1
+            self.last_step_skipped = True
+            return None, None, None
+        return (grad_scale, clip), tscale, ctrl
+
     def _accumulate(self, grads: list) -> Optional[list]:
         """Add this call's gradients into the accumulators (one native pass); return the
         accumulated gradients on every k-th call, else None."""
@@ -373,7 +413,7 @@ class Optimizer:
                 for a, gr in pairs:
                     np.copyto(a, gr)
             else:
-                _kernels.accumulate([a for a, _ in pairs], [gr for _, gr in pairs])
+                _backend([pairs[0][0]]).accumulate([a for a, _ in pairs], [gr for _, gr in pairs])
         self._acc_count += 1
         if self._acc_count < k:
             return None
@@ -400,8 +440,10 @@ class Optimizer:
         return geff, common, names
 
     def _step_group(self, gi: int, g: dict, common: tuple, names: tuple, params: list, grads: list,
-                    complete: bool, tscale: Optional[list] = None) -> None:
+                    complete: bool, tscale: Optional[list] = None, control=None) -> None:
         plan = self._plans.get(gi)
+        be = _backend(params)
+        dev = {} if control is None else {"control": control}
         if complete and plan is not None and plan[0] == names:
             # fast path: every parameter of the group steps together and has its state
             _, scal, states, bufs, emas = plan
@@ -409,7 +451,7 @@ class Optimizer:
             if self._kernel is None:
                 self._numpy_update(g, params, grads, states, scal, common, tscale, emas)
             else:
-                _kernels.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale)
+                be.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale, **dev)
             for st in states:
                 st.update(scal)
             return
@@ -445,8 +487,9 @@ class Optimizer:
                 self._numpy_update(g, ps, gs, states, scal, common,
                                    None if tscale is None else [tscale[it[3]] for it in items], emas)
             else:
-                _kernels.fused_step(self._kernel, hp, ps, gs, bufs, emas,
-                                    None if tscale is None else [tscale[it[3]] for it in items])
+                idx = [it[3] for it in items]
+                ts = None if tscale is None else (_cuda.take(tscale, idx) if be is _cuda else [tscale[i] for i in idx])
+                be.fused_step(self._kernel, hp, ps, gs, bufs, emas, ts, **dev)
             for st in states:
                 st.update(scal)
             if complete and len(buckets) == 1:
@@ -515,7 +558,7 @@ class Optimizer:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"grads_and_vars[{k}] must be a (gradient, variable) pair")
             var = pair[1]
-            if not isinstance(var, np.ndarray):
+            if not _is_array(var):
                 raise TypeError(f"grads_and_vars[{k}]: variable must be a numpy.ndarray, got {type(var).__name__}")
             if id(var) not in self._index and all(v is not var for v in new):
                 new.append(var)
@@ -543,7 +586,7 @@ class Optimizer:
             return
         g0 = self.param_groups[0]
         labels = [f"variable {k}" for k in range(len(new))]
-        _kernels.check_params(new, labels)
+        _backend(self._params or new).check_params(new, labels)
         if self._params and new[0].dtype != self._params[0].dtype:
             raise TypeError(f"variable dtype {new[0].dtype} differs from the optimizer's {self._params[0].dtype}")
         _check_no_overlap(self._params, new, labels)
@@ -579,7 +622,8 @@ class Optimizer:
             for i, p in zip(idx, g["params"]):
                 st = self._state.get(id(p))
                 if st is not None:
-                    state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+                    state[i] = {k: (_cuda.to_host(v) if _cuda.is_device_array(v) else v.copy() if isinstance(v, np.ndarray) else v)
+                                for k, v in st.items()}
             gd = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
             gd["params"] = idx
             groups.append(gd)
@@ -660,13 +704,14 @@ class Optimizer:
                 if k in self._scalar_state:
                     ns[k] = _scalar_from(v, f"state_dict state[{key!r}][{k!r}]", integer=(k == "step"))
                 else:
-                    a = np.asarray(v)
+                    a = _cuda.to_host(v) if _cuda.is_device_array(v) else np.asarray(v)
                     if a.shape != p.shape:
                         raise ValueError(f"state_dict state[{key!r}][{k!r}]: shape {a.shape} does not match the "
                                          f"parameter's shape {p.shape}")
                     if a.dtype.kind not in "fiu":
                         raise TypeError(f"state_dict state[{key!r}][{k!r}]: dtype {a.dtype} is not a real number type")
-                    ns[k] = np.array(a, dtype=p.dtype, order="C", copy=True)
+                    ns[k] = (_cuda.from_host(a, p) if _cuda.is_device_array(p)
+                             else np.array(a, dtype=p.dtype, order="C", copy=True))
             new_state[id(p)] = ns
         its = state_dict.get("iterations", self.iterations)
         its = _scalar_from(its, "state_dict['iterations']", integer=True)
@@ -746,13 +791,13 @@ def _check_no_overlap(existing: list, new: list, labels: list) -> None:
     spans = []
     for p in existing:
         if p.nbytes:
-            a = p.__array_interface__["data"][0]
+            a = _address(p)
             spans.append((a, a + p.nbytes, -1))
     for j, p in enumerate(new):
         if any(p is q for q in existing) or any(p is q for q in new[:j]):
             raise ValueError(f"{labels[j]}: the same array appears more than once among the parameters")
         if p.nbytes:
-            a = p.__array_interface__["data"][0]
+            a = _address(p)
             spans.append((a, a + p.nbytes, j))
     spans.sort()
     for (a0, a1, j0), (b0, b1, j1) in zip(spans, spans[1:]):

@@ -1,0 +1,554 @@
+"""CuPy backend: the CUDA kernels of ``csrc/fusedoptim/kernels.cu`` behind the interface
+of the CPU backend (``_kernels``).
+
+One launch per step updates every tensor of a parameter bucket: a device table holds,
+per tensor, the pointers (param, grad, EMA or 0, state buffers: the segment layout of
+``cpu.h``) after the prefix sum of the tensor sizes, and the kernel calls the element
+rule of ``rules.h``, the very function the CPU loops call.  The per-step scalars travel
+by value as kernel arguments (a struct of 16 doubles), so a step never waits for the
+GPU.  Global-norm clipping and the non-finite guard are computed on the device
+(:func:`grad_control`) and consumed there by the update kernel.
+
+The kernels are compiled once per process by NVRTC through ``cupy.RawModule`` from the
+text of ``rules.h`` followed by ``kernels.cu`` (CuPy's compile cache hashes ``code``
+only, not headers found with ``-I``, so the header text is part of ``code``).  CuPy is
+imported on first use: ``import fusedoptim`` never needs it.
+
+Interface (same as the CPU backend): ``check_params``, ``check_grads``, ``fused_step``,
+``zeros_like``, ``full_like``, ``to_host``, ``from_host``, ``grad_norm_sq``,
+``grad_stats``, ``accumulate``; plus ``grad_control`` and ``is_device_array``.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+import sys
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = [
+    "check_params", "check_grads", "fused_step", "zeros_like", "full_like", "to_host",
+    "from_host", "grad_norm_sq", "grad_stats", "grad_control", "accumulate", "is_device_array",
+    "take", "address", "kernel_source",
+    "NVRTC_OPTIONS",
+]
+
+# algorithm id (shared with the CPU backend) -> kernel name stem in kernels.cu
+_ALGOS = {
+    _kernels.SGD: "sgd", _kernels.ADAM: "adam", _kernels.ADAGRAD: "adagrad",
+    _kernels.RMSPROP: "rmsprop", _kernels.ADAMAX: "adamax", _kernels.NADAM: "nadam",
+    _kernels.RADAM: "radam", _kernels.ADADELTA: "adadelta",
+}
+
+# NVRTC options.  --fmad=false keeps a*b+c unfused, like the CPU build's -ffp-contract=off,
+# so GPU and CPU round the same way except for float32 denormals (CuPy adds -ftz=true).
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
+
+# Control block written by grad_control (indices into the 4 doubles).
+CTRL_SUMSQ, CTRL_NONFINITE, CTRL_SCALE, CTRL_SKIP = 0, 1, 2, 3
+
+_FO_STATE = 3  # param, grad, EMA|NULL, then state buffers (cpu.h / kernels.cu)
+
+
+# --------------------------------------------------------------------------- sources
+def _source_dir() -> str:
+    """Directory holding rules.h and kernels.cu: the copy installed in the package
+    (``fusedoptim/csrc/fusedoptim``), else the repository's ``csrc/fusedoptim`` (editable
+    installs, where this file lives in ``src/fusedoptim``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.join(here, "csrc", "fusedoptim"),
+                  os.path.join(here, os.pardir, os.pardir, "csrc", "fusedoptim")]
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "rules.h")) and os.path.isfile(os.path.join(d, "kernels.cu")):
+            return os.path.normpath(d)
+    raise FileNotFoundError("fusedoptim's CUDA sources (rules.h, kernels.cu) were not found in "
+                            + " or ".join(os.path.normpath(d) for d in candidates))
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(_source_dir(), name), encoding="utf-8") as f:
+        return f.read()
+
+
+def kernel_source() -> str:
+    """The ``code`` given to NVRTC: rules.h, then kernels.cu (whose guarded
+    ``#include "rules.h"`` is then skipped), with ``#line`` marks for error messages."""
+    return ('#line 1 "rules.h"\n' + _read("rules.h") + '\n#line 1 "kernels.cu"\n' + _read("kernels.cu"))
+
+
+def _parse_defines(text: str) -> Dict[str, str]:
+    return dict(re.findall(r"^#define\s+(FO_[A-Z0-9_]+)\s+(\S+)", text, flags=re.M))
+
+
+class _Consts:
+    """Launch constants, read from kernels.cu so the two sides cannot disagree."""
+
+    def __init__(self, text: str):
+        d = _parse_defines(text)
+        self.MAXHP = int(d["FO_MAXHP"])
+        self.MAXBUF = int(d["FO_MAXBUF"])
+        self.THREADS = int(d["FO_THREADS"])
+        self.CHUNK = int(d["FO_CHUNK"])
+        self.RED_THREADS = int(d["FO_RED_THREADS"])
+        self.RED_CHUNK = int(d["FO_RED_CHUNK"])
+        self.CTRL = int(d["FO_CTRL"])
+        self.HP_COMMON = int(_parse_defines(_read("rules.h"))["FO_HP_COMMON"])
+
+
+_consts_cache: Optional[_Consts] = None
+
+
+def _consts() -> _Consts:
+    global _consts_cache
+    if _consts_cache is None:
+        _consts_cache = _Consts(_read("kernels.cu"))
+    return _consts_cache
+
+
+# ------------------------------------------------------------------ pure host logic
+def _nstate(algo: int, hp: Sequence[float]) -> int:
+    """State buffers the kernel of ``algo`` touches for these scalars (the structural
+    flags of rules.h, decided as cpu.h decides them)."""
+    c = _consts().HP_COMMON
+    if algo == _kernels.SGD:
+        return 1 if hp[c + 1] != 0.0 else 0
+    if algo == _kernels.ADAM:
+        return 3 if hp[c + 7] != 0.0 else 2
+    if algo == _kernels.ADAGRAD:
+        return 1
+    if algo == _kernels.RMSPROP:
+        return 1 + (hp[c + 5] != 0.0) + (hp[c + 6] != 0.0)
+    return 2  # adamax, nadam, radam, adadelta
+
+
+def _hp_struct(hp: Sequence[float]) -> np.ndarray:
+    """The per-step scalars as one ``fo_hparams`` passed by value (16 doubles)."""
+    k = _consts()
+    if len(hp) > k.MAXHP:
+        raise ValueError(f"{len(hp)} hyperparameters; the CUDA kernels take at most {k.MAXHP}")
+    a = np.zeros(1, dtype=np.dtype([("h", np.float64, (k.MAXHP,))]))
+    a["h"][0, :len(hp)] = [float(x) for x in hp]
+    return a
+
+
+def _pack_meta(sizes: Sequence[int], rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """``starts[0..n]`` (prefix sum of ``sizes``) then the pointer rows, as int64."""
+    n = len(sizes)
+    nbuf = len(rows[0]) if n else 0
+    meta = np.empty(n + 1 + n * nbuf, dtype=np.int64)
+    meta[0] = 0
+    np.cumsum(np.asarray(sizes, dtype=np.int64), out=meta[1:n + 1])
+    if n:
+        meta[n + 1:] = np.asarray(rows, dtype=np.uint64).reshape(-1).view(np.int64)
+    return meta
+
+
+def _prepare(algo, hp, params, grads, states, emas, ptr) -> Tuple[str, np.ndarray, np.ndarray, int, int]:
+    """Check the call and build its launch arguments; ``ptr(a)`` gives an array's address.
+
+    Returns ``(kernel name, fo_hparams struct, meta table, nbuf, has_ema)``."""
+    if algo not in _ALGOS:
+        raise ValueError(f"no CUDA kernel for algorithm {algo}")
+    hp = tuple(float(x) for x in hp)
+    ntens = len(params)
+    nstate = len(states)
+    want = _nstate(algo, hp)
+    if nstate != want:
+        raise ValueError(f"algorithm {_ALGOS[algo]} with these flags uses {want} state buffer(s), got {nstate}")
+    nbuf = _FO_STATE + nstate
+    if nbuf > _consts().MAXBUF:
+        raise ValueError("too many buffers for the CUDA kernel")
+    if len(grads) != ntens or (emas is not None and len(emas) != ntens):
+        raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
+    dtype = params[0].dtype
+    if dtype == np.float32:
+        suffix = "f32"
+    elif dtype == np.float64:
+        suffix = "f64"
+    else:
+        raise ValueError(f"no CUDA kernel for dtype {dtype}")
+    sizes: List[int] = []
+    rows: List[List[int]] = []
+    for i in range(ntens):
+        p = params[i]
+        size = p.size
+        if p.dtype != dtype:
+            raise TypeError("mixed dtypes in one native call")
+        row = [ptr(p)]
+        for what, a in (("gradient", grads[i]), ("EMA buffer", None if emas is None else emas[i])):
+            if a is None and what == "EMA buffer" and emas is None:
+                row.append(0)  # no EMA: the kernel never reads this slot
+                continue
+            if a is None or a.size != size or a.dtype != dtype:
+                raise ValueError(f"{what} of tensor {i} does not match its parameter")
+            row.append(ptr(a))
+        for k in range(nstate):
+            a = states[k][i]
+            if a.size != size or a.dtype != dtype:
+                raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter")
+            row.append(ptr(a))
+        sizes.append(size)
+        rows.append(row)
+    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(hp), _pack_meta(sizes, rows), nbuf,
+            0 if emas is None else 1)
+
+
+def _grid(nwork: int, per_block: int, nsm: int) -> int:
+    """Blocks for ``nwork`` items, ``per_block`` per block iteration: enough to fill the
+    device (8 blocks per multiprocessor), no more than there is work, at least 1."""
+    return max(1, min(-(-nwork // per_block), 8 * max(1, nsm)))
+
+
+# --------------------------------------------------------------------- CuPy access
+_cupy = None
+
+
+def _cp():
+    """CuPy, imported on first use."""
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise ImportError("fusedoptim's CUDA backend needs CuPy: pip install 'fusedoptim[cuda]' "
+                              "(or the cupy-cudaXXx wheel matching your CUDA)") from e
+        _cupy = cupy
+    return _cupy
+
+
+def is_device_array(x) -> bool:
+    """True for a ``cupy.ndarray``; never imports CuPy (no CuPy loaded, no CuPy array)."""
+    cp = sys.modules.get("cupy")
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+_lock = threading.Lock()
+_module = None
+_functions: Dict[Tuple[int, str], object] = {}
+_sm_count: Dict[int, int] = {}
+_meta_cache: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+_META_CACHE_SIZE = 32
+
+
+def _function(dev: int, name: str):
+    """A kernel of the module, compiled by NVRTC at the first call in this process."""
+    global _module
+    key = (dev, name)
+    fn = _functions.get(key)
+    if fn is None:
+        cp = _cp()
+        with _lock:
+            if _module is None:
+                _module = cp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS)
+            with cp.cuda.Device(dev):
+                fn = _module.get_function(name)
+            _functions[key] = fn
+    return fn
+
+
+def _nsm(dev: int) -> int:
+    n = _sm_count.get(dev)
+    if n is None:
+        n = int(_cp().cuda.Device(dev).attributes["MultiProcessorCount"])
+        _sm_count[dev] = n
+    return n
+
+
+def _upload(meta: np.ndarray, dev: int):
+    """The device copy of a pointer table.  Tables are cached by content: a training loop
+    that reuses its gradient buffers uploads nothing after the first step.  The copy is
+    asynchronous (CuPy stages it through pinned memory), so no step waits for the GPU."""
+    key = (dev, meta.tobytes())
+    with _lock:
+        d = _meta_cache.get(key)
+        if d is not None:
+            _meta_cache.move_to_end(key)
+            return d
+    cp = _cp()
+    with cp.cuda.Device(dev):
+        d = cp.asarray(meta)
+    with _lock:
+        _meta_cache[key] = d
+        while len(_meta_cache) > _META_CACHE_SIZE:
+            _meta_cache.popitem(last=False)
+    return d
+
+
+def _ptr(a) -> int:
+    return int(a.data.ptr)
+
+
+def _null():
+    return np.uint64(0)  # a NULL device pointer by value (works with every CuPy version)
+
+
+# ------------------------------------------------------------------------ checks
+def _where(i: int, labels) -> str:
+    return f"params[{i}]" if labels is None else labels[i]
+
+
+def _gname(i: int, labels) -> str:
+    return f"grads[{i}]" if labels is None else "gradient of " + labels[i]
+
+
+def _not_cupy(what: str, x) -> TypeError:
+    if isinstance(x, np.ndarray):
+        return TypeError(f"{what}: expected a cupy.ndarray, got numpy.ndarray; numpy and cupy arrays "
+                         "can't be mixed in one optimizer (cupy.asarray copies an array to the GPU)")
+    return TypeError(f"{what}: expected a cupy.ndarray, got {type(x).__name__}")
+
+
+def check_params(params: list, labels=None) -> None:
+    """Raise unless every entry is a C-contiguous float32/float64 ``cupy.ndarray`` of
+    one dtype, all on one device.  ``labels[i]`` names entry i in messages."""
+    cp = _cp()
+    first = None
+    for i, a in enumerate(params):
+        if not isinstance(a, cp.ndarray):
+            raise _not_cupy(_where(i, labels), a)
+        if a.dtype != np.float32 and a.dtype != np.float64:
+            raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} is not supported; use float32 or float64")
+        if first is None:
+            first = a
+        elif a.dtype != first.dtype:
+            raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} differs from {first.dtype} of the "
+                            "first parameter; float32 and float64 can't be mixed in one optimizer")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{_where(i, labels)}: array is not C-contiguous; the optimizer updates it "
+                             "in place, so pass a contiguous array (cupy.ascontiguousarray makes a copy)")
+        if a.device.id != first.device.id:
+            raise ValueError(f"{_where(i, labels)}: array is on GPU {a.device.id}, the first parameter on "
+                             f"GPU {first.device.id}; one optimizer updates the arrays of one device")
+
+
+def check_grads(params: list, grads: list, labels=None) -> int:
+    """Raise unless grads[i] is None or matches params[i]: ``cupy.ndarray`` on the same
+    device, same dtype and shape, C-contiguous, not overlapping the parameter.
+    Returns the number of None entries."""
+    cp = _cp()
+    n = len(params)
+    if len(grads) != n:
+        raise ValueError(f"expected {n} gradients, one per parameter, got {len(grads)}")
+    nnone = 0
+    for i in range(n):
+        g = grads[i]
+        if g is None:
+            nnone += 1
+            continue
+        p = params[i]
+        if not isinstance(g, cp.ndarray):
+            raise _not_cupy(_gname(i, labels), g)
+        if g.dtype != p.dtype:
+            raise TypeError(f"{_gname(i, labels)}: dtype {g.dtype} does not match the parameter's {p.dtype}")
+        if g.shape != p.shape:
+            raise ValueError(f"{_gname(i, labels)}: shape {g.shape} does not match the parameter's shape {p.shape}")
+        if not g.flags.c_contiguous:
+            raise ValueError(f"{_gname(i, labels)}: array is not C-contiguous (cupy.ascontiguousarray makes a copy)")
+        if g.device.id != p.device.id:
+            raise ValueError(f"{_gname(i, labels)}: gradient is on GPU {g.device.id}, its parameter on GPU {p.device.id}")
+        pb, gb, pn, gn = _ptr(p), _ptr(g), p.nbytes, g.nbytes
+        if pn > 0 and gn > 0 and pb < gb + gn and gb < pb + pn:
+            raise ValueError(f"{_gname(i, labels)}: the gradient shares memory with its parameter")
+    return nnone
+
+
+# --------------------------------------------------------------------------- step
+def fused_step(algo: int, hp: tuple, params: list, grads: list, states: list, emas: Optional[list] = None,
+               tscale=None, control=None) -> None:
+    """Run ``algo`` once over all tensors, in one kernel launch on the parameters' GPU.
+
+    Same arguments as the CPU backend's ``fused_step`` (arrays already checked by
+    ``check_params``/``check_grads``): ``tscale`` (optional) multiplies the gradient scale
+    ``hp[0]`` per tensor -- a sequence of floats, or a float64 cupy array with one entry
+    per tensor (e.g. from :func:`grad_control`, so it never leaves the device).
+    ``control`` (optional) is the control block of :func:`grad_control`, read by the
+    kernel on the device: skip flag and global clip coefficient.
+    Asynchronous: returns once the launch is queued on the current stream.
+    """
+    if len(params) == 0:
+        return
+    cp = _cp()
+    name, hps, meta, nbuf, ema = _prepare(algo, hp, params, grads, states, emas, _ptr)
+    ntens = len(params)
+    total = int(meta[ntens])
+    if total == 0:
+        return
+    dev = params[0].device.id
+    if control is not None:
+        _check_device_vector(control, _consts().CTRL, dev, "control")
+    k = _consts()
+    with cp.cuda.Device(dev):
+        ts = _tscale_arg(tscale, ntens, dev)
+        fn = _function(dev, name)
+        meta_d = _upload(meta, dev)
+        fn((_grid(total, k.CHUNK, _nsm(dev)),), (k.THREADS,),
+           (hps, meta_d, np.int32(ntens), np.int32(nbuf), np.int32(ema),
+            _null() if ts is None else ts, _null() if control is None else control))
+
+
+def accumulate(accs: list, grads: list) -> None:
+    """accs[i] += grads[i] for every pair, in one launch: the SGD rule with lr = -1 and no
+    decay (as the CPU backend does; arrays checked by the caller)."""
+    fused_step(_kernels.SGD, _ACCUMULATE_HP, accs, grads, [])
+
+
+# the scalars of _kernels.accumulate: gscale 1, no decay, no L1, no EMA, no clip; lr -1
+_ACCUMULATE_HP = (1.0, 0.0, 0.0, 0.0, float("inf"), -1.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _tscale_arg(tscale, ntens: int, dev: int):
+    if tscale is None:
+        return None
+    if is_device_array(tscale):
+        _check_device_vector(tscale, ntens, dev, "tscale")
+        return tscale
+    ts = np.asarray(tscale, dtype=np.float64)
+    if ts.shape != (ntens,):
+        raise ValueError(f"expected {ntens} per-tensor scales, got {ts.size}")
+    return _upload(ts.view(np.int64), dev)  # the bits of the doubles, cached like a table
+
+
+def _check_device_vector(a, n: int, dev: int, what: str) -> None:
+    cp = _cp()
+    if not isinstance(a, cp.ndarray) or a.dtype != np.float64 or a.shape != (n,) or not a.flags.c_contiguous:
+        raise TypeError(f"{what} must be a C-contiguous float64 cupy array of {n} entries")
+    if a.device.id != dev:
+        raise ValueError(f"{what} is on GPU {a.device.id}, the parameters on GPU {dev}")
+
+
+# -------------------------------------------------------------- device reductions
+def _reduction_meta(sizes: Sequence[int], ptrs: Sequence[int], red_chunk: int) -> np.ndarray:
+    """starts[0..n], blk[0..n] (blocks of red_chunk elements per tensor), pointers."""
+    n = len(sizes)
+    sz = np.asarray(sizes, dtype=np.int64)
+    meta = np.zeros(3 * n + 2, dtype=np.int64)
+    np.cumsum(sz, out=meta[1:n + 1])
+    np.cumsum(-(-sz // red_chunk), out=meta[n + 2:2 * n + 2])
+    meta[2 * n + 2:] = np.asarray(ptrs, dtype=np.uint64).view(np.int64)
+    return meta
+
+
+def grad_control(grads: list, *, grad_scale: float = 1.0, global_clipnorm: Optional[float] = None,
+                 clipnorm: Optional[float] = None, skip_nonfinite: bool = False, per_tensor: bool = False):
+    """The statistics and control block of a step, computed on the device, no host sync.
+
+    Returns ``(ctrl, tscale, per)``:
+
+    - ``ctrl``: float64 cupy array of 4 -- ``[sum of squares of every gradient element,
+      1.0 if an element is NaN/Inf, global clip coefficient, 1.0 to skip the step]``.
+      The coefficient is ``c / max(norm, c)`` with ``norm = sqrt(sumsq) * grad_scale``
+      (NaN for a non-finite gradient) when ``global_clipnorm = c`` is given, else 1; the
+      skip flag is set when ``skip_nonfinite`` and an element is non-finite.
+    - ``tscale``: with ``clipnorm = c``, a float64 cupy array of the per-gradient
+      coefficients ``c / max(norm_i, c)`` (NaN for a non-finite norm), else None.
+    - ``per``: with ``per_tensor``, a float64 cupy array of per-gradient sums of squares.
+
+    ``None`` gradients count as empty (coefficient 1, sum 0).  Pass ``control=ctrl`` and
+    ``tscale`` (its entries for the tensors of the call) to :func:`fused_step`.  Sums are
+    float64 over fixed blocks in a fixed order: the bits depend on the gradients alone,
+    never on the launch configuration.
+    """
+    cp = _cp()
+    gclip = _positive_or_none(global_clipnorm, "global_clipnorm")
+    pclip = _positive_or_none(clipnorm, "clipnorm")
+    grad_scale = float(grad_scale)
+    present = [(i, g) for i, g in enumerate(grads) if g is not None]
+    check_params([g for _, g in present], [f"grads[{i}]" for i, _ in present])
+    k = _consts()
+    dev = present[0][1].device.id if present else cp.cuda.Device().id
+    ntens = len(grads)
+    sizes = [0 if g is None else g.size for g in grads]
+    ptrs = [0 if g is None else _ptr(g) for g in grads]
+    meta = _reduction_meta(sizes, ptrs, k.RED_CHUNK)
+    nblk = int(meta[2 * ntens + 1]) if ntens else 0
+    with cp.cuda.Device(dev):
+        ctrl = cp.empty(k.CTRL, dtype=np.float64)
+        tscale = cp.empty(ntens, dtype=np.float64) if pclip is not None else None
+        per = cp.empty(ntens, dtype=np.float64) if per_tensor else None
+        partial = cp.empty(max(1, 2 * nblk), dtype=np.float64)
+        meta_d = _upload(meta, dev)
+        if nblk:
+            suffix = "f32" if present[0][1].dtype == np.float32 else "f64"
+            _function(dev, "fo_sumsq_kernel_" + suffix)(
+                (_grid(nblk, 1, _nsm(dev)),), (k.RED_THREADS,), (meta_d, np.int32(ntens), partial))
+        _function(dev, "fo_grad_control_kernel")(
+            (1,), (k.RED_THREADS,),
+            (meta_d, np.int32(ntens), partial, np.float64(grad_scale),
+             np.float64(gclip if gclip is not None else 0.0), np.float64(pclip if pclip is not None else 0.0),
+             np.int32(bool(skip_nonfinite)), ctrl,
+             _null() if tscale is None else tscale, _null() if per is None else per))
+    return ctrl, tscale, per
+
+
+def _positive_or_none(v, what: str) -> Optional[float]:
+    if v is None:
+        return None
+    v = float(v)
+    if not v > 0.0 or v == float("inf"):
+        raise ValueError(f"{what} must be a positive finite number, got {v!r}")
+    return v
+
+
+def grad_stats(arrays: list, per_tensor: bool = False, want_max: bool = False):
+    """The CPU backend's ``grad_stats`` on the device: ``(sumsq, None, per)`` with
+    ``sumsq`` a 0-d float64 cupy array and ``per`` a float64 cupy array or None.  They
+    stay on the device (``float(sumsq)`` waits for the GPU).  ``want_max`` is not
+    supported on CUDA."""
+    if want_max:
+        raise NotImplementedError("grad_stats(want_max=True) is not implemented for CuPy arrays")
+    ctrl, _, per = grad_control(arrays, per_tensor=per_tensor)
+    return ctrl[CTRL_SUMSQ], None, per
+
+
+def grad_norm_sq(grads: list):
+    """Sum of the squares of all gradient elements, as a 0-d float64 cupy array (on the
+    device: ``float(...)`` of it waits for the GPU)."""
+    return grad_control(grads)[0][CTRL_SUMSQ]
+
+
+# ----------------------------------------------------------------- array helpers
+def take(a, idx: Sequence[int]):
+    """``a[idx]`` for a device vector (e.g. the per-tensor scales of one bucket), without
+    leaving the device."""
+    cp = _cp()
+    with a.device:
+        return cp.take(a, cp.asarray(np.asarray(idx, dtype=np.int64)))
+
+
+def address(a) -> int:
+    """Device address of a cupy array's first element (for overlap checks)."""
+    return _ptr(a)
+
+
+def zeros_like(p):
+    """A zero-filled state buffer on ``p``'s device."""
+    cp = _cp()
+    with p.device:
+        return cp.zeros(p.shape, dtype=p.dtype)
+
+
+def full_like(p, v: float):
+    """A state buffer filled with ``v`` on ``p``'s device."""
+    cp = _cp()
+    with p.device:
+        return cp.full(p.shape, v, dtype=p.dtype)
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a device array (waits for the GPU); NumPy input is copied."""
+    if is_device_array(a):
+        return _cp().asnumpy(a)
+    return np.array(a, copy=True)
+
+
+def from_host(a, like):
+    """A C-contiguous device copy of ``a`` (NumPy or CuPy) with ``like``'s dtype, on
+    ``like``'s device."""
+    cp = _cp()
+    with like.device:
+        return cp.array(a, dtype=like.dtype, order="C", copy=True)

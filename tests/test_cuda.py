@@ -1,0 +1,1089 @@
+"""The CUDA backend: kernels.cu compiles, runs the very rules the CPU runs, and (on a GPU)
+matches the CPU path.
+
+What runs where:
+
+- nvcc on PATH (this machine, CI): kernels.cu compiles to PTX for sm_80 and sm_90, alone
+  (``-I csrc/fusedoptim``) and as the single ``code`` string that _cuda.py hands to
+  NVRTC; the PTX of every update kernel inlines exactly the rule instantiations
+  (``fo_<algo>_rule<T, flags...>``, same mangled names) that the CPU segment of the same
+  algorithm and dtype inlines, and no floating-point instruction of an update kernel
+  comes from anywhere but rules.h except the two gradient-scale multiplies (the clip
+  coefficients); the same audit on the CPU object code.
+- a C++20 compiler: kernels.cu is compiled for the host with the CUDA qualifiers defined
+  away (threads of a block = std::threads, ``__syncthreads`` = std::barrier) and driven
+  through _cuda.py's own table builder; every optimizer case must then reproduce the CPU
+  backend bit for bit (same compiler rounding, no FMA contraction on either side), for
+  any grid and block size, with misaligned buffers, EMA, per-tensor and global clipping,
+  and the skip flag.  This checks the chunking, the binary search, the 16-byte pack path,
+  the flag dispatch and the reductions without a GPU.
+- always: _cuda.py itself (checks, pointer tables, upload cache, launch arguments checked
+  against the C signatures in kernels.cu) on a fake CuPy whose launches run the host
+  emulation, bit-identical to the CPU backend.
+- CuPy and a CUDA device: the real kernels against the CPU path, 200 steps, and the
+  Optimizer on cupy arrays; without them these tests skip with the reason.  CuPy alone
+  (no device): NVRTC compiles the code string.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fusedoptim
+from fusedoptim import _cuda, _kernels
+from fusedoptim import optimizer as optimizer_mod
+from cases import (RICH_CASES, SHAPES, build, case_params, draw_hparams, grad_stream, make_params,
+                   seed_for)
+
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+OBJDUMP = shutil.which("objdump")
+SRC = _cuda._source_dir()
+KERNELS_CU = os.path.join(SRC, "kernels.cu")
+K = _cuda._consts()
+ALGOS = sorted(_cuda._ALGOS.values())
+
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
+needs_objdump = pytest.mark.skipif(OBJDUMP is None, reason="objdump is not on PATH")
+
+# the options _cuda.py gives NVRTC (CuPy adds -ftz=true and the architecture)
+NVCC_OPTS = ["--std=c++17", "-fmad=false"]
+assert tuple(o.replace("--fmad", "-fmad") for o in _cuda.NVRTC_OPTIONS) == tuple(NVCC_OPTS)
+
+
+def _run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+# ============================================================== PTX and object analysis
+_PTX_HEADER = re.compile(r"^(?:\.visible\s+|\.weak\s+|\.extern\s+)*\.(entry|func)\s+(?:\([^)]*\)\s*)?([A-Za-z_$][\w$]*)")
+_PTX_FARITH = re.compile(r"^\s*(add|sub|mul|div|sqrt|fma|neg|abs|min|max|rcp|mad)(\.[a-z0-9]+)*\.(f32|f64)\b")
+_RULE = re.compile(r"^_Z\d+fo_\w+_rule")
+
+
+def _ptx_functions(ptx: str) -> dict:
+    """name -> body text of every defined .entry / .func."""
+    funcs, lines, i = {}, ptx.splitlines(), 0
+    while i < len(lines):
+        m = _PTX_HEADER.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].strip() != "{" and not lines[j].rstrip().endswith(";"):
+            j += 1
+        if j >= len(lines) or lines[j].strip() != "{":
+            i = j + 1  # a declaration
+            continue
+        k = j
+        while lines[k] != "}":
+            k += 1
+        funcs[m.group(2)] = "\n".join(lines[j:k])
+        i = k + 1
+    return funcs
+
+
+def _ptx_files(ptx: str) -> dict:
+    return {int(a): os.path.basename(b) for a, b in re.findall(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', ptx, flags=re.M)}
+
+
+def _ptx_inlined_names(ptx: str) -> dict:
+    """entry -> names of the functions inlined into it (-lineinfo: .loc ... function_name)."""
+    strings = {}
+    for m in re.finditer(r"(\$L__info_string\d+):\s*\n((?:\s*\.b8 [0-9,]+\s*\n)+)", ptx):
+        nums = [int(x) for x in re.findall(r"\d+", m.group(2).replace(".b8", ""))]
+        strings[m.group(1)] = bytes(nums).rstrip(b"\0").decode()
+    out = {}
+    for name, body in _ptx_functions(ptx).items():
+        refs = re.findall(r"function_name\s+(\$L__info_string\d+)", body)
+        out[name] = {strings[r] for r in refs}
+    return out
+
+
+def _ptx_foreign_arith(ptx: str, entry: str, funcs: dict, files: dict) -> dict:
+    """Floating-point arithmetic reachable from ``entry`` whose source line is not in
+    rules.h: {(function, file, line): count}.  Library functions without line info (the
+    CUDA math library's sqrtf/fabs, called by rules.h's fo_sqrt/fo_abs) are reported
+    with file None."""
+    calls = {n: set(re.findall(r"call(?:\.uni)?\s*(?:\(\s*[\w$]+\s*\)\s*,\s*)?\s*([A-Za-z_$][\w$]*)\s*,", b))
+             for n, b in funcs.items()}
+    seen, todo = set(), [entry]
+    while todo:
+        f = todo.pop()
+        if f not in seen and f in funcs:
+            seen.add(f)
+            todo.extend(calls[f])
+    out = {}
+    for f in seen:
+        loc = (None, None)
+        for line in funcs[f].splitlines():
+            lm = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)", line)
+            if lm:
+                loc = (files[int(lm.group(1))], int(lm.group(2)))
+            elif _PTX_FARITH.match(line) and loc[0] != "rules.h":
+                key = (f, loc[0], loc[1])
+                out[key] = out.get(key, 0) + 1
+    return out
+
+
+_OBJ_TOP = re.compile(r"^[0-9a-f]+ <([^>]+)>:$")
+_OBJ_MARK = re.compile(r"^([A-Za-z_][\w.$]*)\(\):$")
+_OBJ_LINE = re.compile(r"^(\S+):(\d+)(?: \(discriminator \d+\))?$")
+_OBJ_INS = re.compile(r"^\s+[0-9a-f]+:\s+(\S+)")
+_X86_FARITH = re.compile(r"^v?(add|sub|mul|div|sqrt|min|max)(ss|sd|ps|pd)$|^vf(n)?m(add|sub)\w*$")
+
+
+def _objdump_functions(text: str) -> dict:
+    """top-level function -> (inlined function names, [(file, mnemonic) of float arithmetic])."""
+    out, cur, file = {}, None, None
+    for line in text.splitlines():
+        m = _OBJ_TOP.match(line)
+        if m:
+            cur = (set(), [])
+            out[m.group(1)] = cur
+            file = None
+            continue
+        if cur is None:
+            continue
+        m = _OBJ_MARK.match(line)
+        if m:
+            cur[0].add(m.group(1))
+            continue
+        m = _OBJ_LINE.match(line)
+        if m:
+            file = os.path.basename(m.group(1))
+            continue
+        m = _OBJ_INS.match(line)
+        if m and _X86_FARITH.match(m.group(1)):
+            cur[1].append((file, m.group(1)))
+    return out
+
+
+# ================================================================ fixtures (compiles)
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fo_cuda")
+
+
+_ptx_cache: dict = {}
+
+
+def _nvcc_ptx(build_dir, arch: str, extra=(), source=KERNELS_CU, include=True) -> str:
+    key = (arch, tuple(extra), source, include)
+    if key not in _ptx_cache:
+        out = os.path.join(build_dir, f"k_{len(_ptx_cache)}.ptx")
+        cmd = [NVCC, "-ptx", f"-arch={arch}", *NVCC_OPTS, *extra]
+        if include:
+            cmd += ["-I", SRC]
+        _run(cmd + [str(source), "-o", out])
+        with open(out) as f:
+            _ptx_cache[key] = f.read()
+    return _ptx_cache[key]
+
+
+@pytest.fixture(scope="session")
+def cpu_objdump(build_dir):
+    """objdump -dl of the CPU segments (cpu.h) at -O0 -g: inlined functions keep their names
+    and every instruction its source line."""
+    if CXX is None or OBJDUMP is None:
+        pytest.skip("needs a C++ compiler and objdump")
+    src = os.path.join(build_dir, "cpu_segments.cpp")
+    with open(src, "w") as f:
+        f.write('#include "cpu.h"\nvoid *fo_keep(int a, int d) { return (void *)fo_cpu_seg(a, d); }\n')
+    obj = os.path.join(build_dir, "cpu_segments.o")
+    _run([CXX, "-std=c++17", "-O0", "-g", "-DFO_NO_MULTIVERSION", "-w", "-I", SRC, "-c", src, "-o", obj])
+    return _objdump_functions(_run([OBJDUMP, "-d", "-l", "--no-show-raw-insn", obj]).stdout)
+
+
+def _cpu_segment(objfuncs: dict, algo: str, suffix: str):
+    for name, v in objfuncs.items():
+        if re.fullmatch(rf"_ZL\d+fo_{algo}_{suffix}PKdPPcl", name):
+            return v
+    raise AssertionError(f"CPU segment fo_{algo}_{suffix} not found in the object code")
+
+
+# ===================================================================== (a) compile
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_kernels_compile_to_ptx(build_dir, arch):
+    """Every kernel is there; the 16-byte pack path is compiled (v4.f32 / v2.f64 loads);
+    --fmad=false leaves no fused multiply-add, so products round like the CPU build's
+    -ffp-contract=off."""
+    ptx = _nvcc_ptx(build_dir, arch, ["-lineinfo"])
+    entries = set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, flags=re.M))
+    want = {f"fo_{a}_kernel_{s}" for a in ALGOS for s in ("f32", "f64")}
+    want |= {"fo_sumsq_kernel_f32", "fo_sumsq_kernel_f64", "fo_grad_control_kernel"}
+    assert want <= entries, sorted(want - entries)
+    funcs = _ptx_functions(ptx)
+    for a in ALGOS:
+        assert "ld.global.v4.f32" in funcs[f"fo_{a}_kernel_f32"], a
+        assert "ld.global.v2.f64" in funcs[f"fo_{a}_kernel_f64"], a
+    assert "fma.rn" not in ptx
+
+
+@needs_nvcc
+def test_nvrtc_code_string_is_self_contained(build_dir):
+    """The ``code`` given to NVRTC (rules.h text + kernels.cu text) compiles with no include
+    path at all: the guarded #include of rules.h is skipped, nothing else is included."""
+    code = _cuda.kernel_source()
+    assert code.count("#define FUSEDOPTIM_RULES_H") == 1
+    src = os.path.join(build_dir, "fo_nvrtc_code.cu")
+    with open(src, "w") as f:
+        f.write(code)
+    ptx = _nvcc_ptx(build_dir, "sm_80", source=src, include=False)
+    assert "fo_adam_kernel_f32" in ptx
+
+
+@needs_nvcc
+@needs_cxx
+@needs_objdump
+def test_gpu_kernels_and_cpu_segments_inline_the_same_rules(build_dir, cpu_objdump):
+    """For every algorithm and dtype, the set of rule instantiations inlined into the CUDA
+    kernel equals the set inlined into the CPU segment (identical mangled names: same
+    template, same flags, same signature from the one rules.h), EMA rule included."""
+    inl = _ptx_inlined_names(_nvcc_ptx(build_dir, "sm_80", ["-lineinfo"]))
+    for algo in ALGOS:
+        for suffix in ("f32", "f64"):
+            gpu = {n for n in inl[f"fo_{algo}_kernel_{suffix}"] if _RULE.match(n)}
+            cpu = {n for n in _cpu_segment(cpu_objdump, algo, suffix)[0] if _RULE.match(n)}
+            assert gpu, f"no rule found in fo_{algo}_kernel_{suffix}"
+            assert any(f"fo_{algo}_rule" in n for n in gpu)
+            assert gpu == cpu, f"{algo} {suffix}: GPU {sorted(gpu)} != CPU {sorted(cpu)}"
+
+
+def _kernels_cu_line(text: str) -> int:
+    lines = open(KERNELS_CU).read().splitlines()
+    hits = [i + 1 for i, l in enumerate(lines) if text in l]
+    assert len(hits) == 1, (text, hits)
+    return hits[0]
+
+
+@needs_nvcc
+def test_gpu_update_kernels_have_no_arithmetic_of_their_own(build_dir):
+    """Device-debug PTX (-G keeps every instruction on its source line): each floating-point
+    instruction of an update kernel comes from rules.h, except the gradient-scale
+    multiplies by the device clip coefficients (ctrl[2], tscale[t]) and the CUDA math
+    library's sqrt/fabs that rules.h's fo_sqrt/fo_abs call."""
+    ptx = _nvcc_ptx(build_dir, "sm_80", ["-G"])
+    funcs, files = _ptx_functions(ptx), _ptx_files(ptx)
+    allowed = {_kernels_cu_line("hd[0] = hd[0] * ctrl[2];"), _kernels_cu_line("ht[0] = hd[0] * tscale[t];")}
+    for algo in ALGOS:
+        for suffix in ("f32", "f64"):
+            entry = f"fo_{algo}_kernel_{suffix}"
+            foreign = _ptx_foreign_arith(ptx, entry, funcs, files)
+            for (fn, file, line), n in foreign.items():
+                if file is None:
+                    assert fn in ("sqrtf", "sqrt", "fabsf", "fabs"), (entry, fn)
+                else:
+                    assert file == "kernels.cu" and line in allowed, (entry, fn, file, line, n)
+
+
+@needs_cxx
+@needs_objdump
+def test_cpu_segments_have_no_arithmetic_of_their_own(cpu_objdump):
+    """The same audit on the CPU object code: every SSE/AVX arithmetic instruction of a
+    segment comes from rules.h (the roofline loop fo_stream, which is not an optimizer,
+    shows the audit does see cpu.h's own arithmetic)."""
+    for algo in ALGOS:
+        for suffix in ("f32", "f64"):
+            names, arith = _cpu_segment(cpu_objdump, algo, suffix)
+            assert arith, (algo, suffix)
+            foreign = [a for a in arith if a[0] != "rules.h"]
+            assert not foreign, (algo, suffix, foreign[:5])
+    _, stream_arith = _cpu_segment(cpu_objdump, "stream", "f32")
+    assert any(f == "cpu.h" for f, _ in stream_arith)
+
+
+@needs_cxx
+def test_rules_header_is_valid_host_cxx(build_dir):
+    """rules.h alone, without __CUDACC__, compiles warning-free as C++11 and C++17 and
+    every rule runs for float and double (the GPU build is checked by the nvcc tests)."""
+    src = os.path.join(build_dir, "rules_host.cpp")
+    with open(src, "w") as f:
+        f.write(textwrap.dedent("""\
+            #include "rules.h"
+            #include <stdio.h>
+            template <typename T> static int run() {
+                double h[16] = {1.0, 0.01, 0.0, 0.1, 1e300};           /* common block */
+                double a[16] = {0.9, 0.1, 0.999, 0.001, 0.5, 1e-8, -0.01, 0.0, 0.0, 0.0};
+                for (int k = 0; k < 10; k++) h[FO_HP_COMMON + k] = a[k];
+                const fo_common<T> c = fo_common<T>::load(h);
+                T p = T(1), g = T(0.5), s0 = T(0.1), s1 = T(0.2), s2 = T(0.3), e = T(1);
+                fo_sgd_rule<T, true>(p, g, s0, c, fo_sgd_hp<T>::load(h));
+                fo_adam_rule<T, true>(p, g, s0, s1, s2, c, fo_adam_hp<T>::load(h));
+                fo_adagrad_rule<T>(p, g, s0, c, fo_adagrad_hp<T>::load(h));
+                fo_rmsprop_rule<T, true, true>(p, g, s0, s1, s2, c, fo_rmsprop_hp<T>::load(h));
+                fo_adamax_rule<T>(p, g, s0, s1, c, fo_adamax_hp<T>::load(h));
+                fo_nadam_rule<T>(p, g, s0, s1, c, fo_nadam_hp<T>::load(h));
+                fo_radam_rule<T>(p, g, s0, s1, c, fo_radam_hp<T>::load(h));
+                fo_adadelta_rule<T>(p, g, s0, s1, c, fo_adadelta_hp<T>::load(h));
+                fo_ema_rule<T>(e, p, c);
+                printf("%.17g %.17g\\n", (double)p, (double)e);
+                return p == p && e == e ? 0 : 1;
+            }
+            int main() { return run<float>() + run<double>(); }
+            """))
+    for std in ("c++11", "c++17"):
+        exe = os.path.join(build_dir, f"rules_host_{std}")
+        _run([CXX, f"-std={std}", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", SRC, src, "-o", exe])
+        out = _run([exe]).stdout.split()
+        assert len(out) == 4 and all(math.isfinite(float(x)) for x in out)
+
+
+# ====================================================== host emulation of kernels.cu
+EMU_CPP = r"""
+// kernels.cu on the host: CUDA qualifiers defined away; a block is run by real threads
+// (std::barrier is __syncthreads) or, for kernels without a barrier, thread after thread.
+#include <barrier>
+#include <cstring>
+#include <thread>
+#include <vector>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+struct fo_emu_dim { unsigned x, y, z; };
+static thread_local fo_emu_dim threadIdx, blockIdx;
+static fo_emu_dim blockDim, gridDim;
+static std::barrier<> *fo_emu_barrier = nullptr;
+static inline void __syncthreads() { fo_emu_barrier->arrive_and_wait(); }
+#include "kernels.cu"
+
+template <class F> static void emu_serial(int grid, int block, F f) {
+    gridDim = {(unsigned)grid, 1, 1};
+    blockDim = {(unsigned)block, 1, 1};
+    for (int b = 0; b < grid; b++)
+        for (int t = 0; t < block; t++) {
+            blockIdx = {(unsigned)b, 0, 0};
+            threadIdx = {(unsigned)t, 0, 0};
+            f();
+        }
+}
+template <class F> static void emu_threads(int grid, int block, F f) {
+    gridDim = {(unsigned)grid, 1, 1};
+    blockDim = {(unsigned)block, 1, 1};
+    for (int b = 0; b < grid; b++) {
+        std::barrier<> bar(block);
+        fo_emu_barrier = &bar;
+        std::vector<std::thread> ts;
+        for (int t = 0; t < block; t++)
+            ts.emplace_back([=] {
+                blockIdx = {(unsigned)b, 0, 0};
+                threadIdx = {(unsigned)t, 0, 0};
+                f();
+            });
+        for (auto &th : ts) th.join();
+    }
+}
+
+typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, const double *, const double *);
+#define FO_EMU(a) {"fo_" #a "_kernel_f32", fo_##a##_kernel_f32}, {"fo_" #a "_kernel_f64", fo_##a##_kernel_f64}
+static const struct { const char *name; fo_emu_update fn; } fo_emu_table[] = {
+    FO_EMU(sgd), FO_EMU(adam), FO_EMU(adagrad), FO_EMU(rmsprop),
+    FO_EMU(adamax), FO_EMU(nadam), FO_EMU(radam), FO_EMU(adadelta)};
+
+extern "C" int emu_update(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
+                          int ntens, int nbuf, int ema, const double *tscale, const double *ctrl) {
+    fo_hparams hp;
+    std::memcpy(hp.h, h, sizeof hp.h);
+    for (const auto &e : fo_emu_table)
+        if (!std::strcmp(e.name, name)) {
+            emu_serial(grid, block, [&] { e.fn(hp, meta, ntens, nbuf, ema, tscale, ctrl); });
+            return 0;
+        }
+    return -1;
+}
+extern "C" void emu_sumsq(int f64, int grid, const fo_i64 *rmeta, int ntens, double *partial) {
+    emu_threads(grid, FO_RED_THREADS, [&] {
+        if (f64) fo_sumsq_kernel_f64(rmeta, ntens, partial);
+        else fo_sumsq_kernel_f32(rmeta, ntens, partial);
+    });
+}
+extern "C" void emu_control(const fo_i64 *rmeta, int ntens, const double *partial, double gscale,
+                            double gclip, double pclip, int skip, double *ctrl, double *tscale, double *per) {
+    emu_threads(1, FO_RED_THREADS, [&] {
+        fo_grad_control_kernel(rmeta, ntens, partial, gscale, gclip, pclip, skip, ctrl, tscale, per);
+    });
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def emu(build_dir):
+    """kernels.cu compiled for the host with the CPU build's floating-point flags."""
+    if CXX is None:
+        pytest.skip("no C++ compiler on PATH")
+    src = os.path.join(build_dir, "emu.cpp")
+    with open(src, "w") as f:
+        f.write(EMU_CPP)
+    lib = os.path.join(build_dir, "fo_emu.so")
+    r = subprocess.run([CXX, "-std=c++20", "-O2", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+                        "-Wno-unknown-pragmas", "-fPIC", "-shared", "-pthread", "-I", SRC, src, "-o", lib],
+                       capture_output=True, text=True)
+    if r.returncode != 0 and "barrier" in r.stderr:
+        pytest.skip("the C++ compiler has no C++20 <barrier>")
+    assert r.returncode == 0, r.stderr
+    so = ctypes.CDLL(lib)
+    P = ctypes.c_void_p
+    so.emu_update.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, P, P, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, P, P]
+    so.emu_update.restype = ctypes.c_int
+    so.emu_sumsq.argtypes = [ctypes.c_int, ctypes.c_int, P, ctypes.c_int, P]
+    so.emu_control.argtypes = [P, ctypes.c_int, P, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+                               ctypes.c_int, P, P, P]
+    return so
+
+
+def _addr(a) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _optr(a):
+    return None if a is None else _addr(a)
+
+
+def emu_fused_step(emu, algo, hp, params, grads, states, emas=None, tscale=None, ctrl=None, grid=2, block=32):
+    """_cuda.fused_step with the launch replaced by the host emulation (same table builder)."""
+    if not params:
+        return
+    name, hps, meta, nbuf, ema = _cuda._prepare(algo, hp, params, grads, states, emas, _addr)
+    ts = None if tscale is None else np.ascontiguousarray(tscale, dtype=np.float64)
+    rc = emu.emu_update(name.encode(), grid, block, _addr(hps), _addr(meta), len(params), nbuf, ema,
+                        _optr(ts), _optr(ctrl))
+    assert rc == 0, name
+
+
+def emu_grad_control(emu, grads, grid=3, grad_scale=1.0, global_clipnorm=None, clipnorm=None,
+                     skip_nonfinite=False):
+    """_cuda.grad_control with the two launches replaced by the host emulation."""
+    sizes = [0 if g is None else g.size for g in grads]
+    meta = _cuda._reduction_meta(sizes, [0 if g is None else _addr(g) for g in grads], K.RED_CHUNK)
+    n = len(grads)
+    nblk = int(meta[2 * n + 1]) if n else 0
+    partial = np.full(max(1, 2 * nblk), np.nan)
+    f64 = any(g is not None and g.dtype == np.float64 for g in grads)
+    if nblk:
+        emu.emu_sumsq(int(f64), grid, _addr(meta), n, _addr(partial))
+    ctrl, tscale, per = np.full(K.CTRL, np.nan), np.full(max(1, n), np.nan), np.full(max(1, n), np.nan)
+    emu.emu_control(_addr(meta), n, _addr(partial), grad_scale, global_clipnorm or 0.0, clipnorm or 0.0,
+                    int(skip_nonfinite), _addr(ctrl), _addr(tscale) if clipnorm else None, _addr(per))
+    return ctrl, (tscale[:n] if clipnorm else None), per[:n]
+
+
+class _Mirror:
+    """A stand-in for the native module: every fused_step runs on the CPU backend AND, on
+    mirror copies of every array taken just before, on another backend (``run``).  The
+    optimizer itself is untouched, so the second backend sees exactly the CPU's
+    per-step scalars, state buffers and bucketing."""
+
+    def __init__(self, copy, run, offsets=False):
+        self._copy, self._run, self._offsets = copy, run, offsets
+        self.pairs = {}   # id(array) -> (array, mirror) for params, state and EMA buffers
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(_kernels, name)
+
+    def _mirror(self, a):
+        hit = self.pairs.get(id(a))
+        if hit is None or hit[0] is not a:
+            hit = (a, self._copy(a, len(self.pairs) % 3 if self._offsets else 0))
+            self.pairs[id(a)] = hit
+        return hit[1]
+
+    def fused_step(self, algo, hp, params, grads, states, emas=None, tscale=None):
+        mp = [self._mirror(p) for p in params]
+        ms = [[self._mirror(a) for a in col] for col in states]
+        me = None if emas is None else [self._mirror(e) for e in emas]
+        mg = [self._copy(g, (i % 2) if self._offsets else 0) for i, g in enumerate(grads)]
+        _kernels.fused_step(algo, hp, params, grads, states, emas, tscale)
+        self._run(algo, hp, mp, mg, ms, me, tscale)
+        self.calls += 1
+
+
+def _host_copy(a, shift):
+    """A C-contiguous copy whose data starts ``shift`` elements past a 64-byte boundary
+    (an odd float32 shift is not 16-byte aligned: the kernel takes the element path)."""
+    base = np.empty(a.size + 64, dtype=a.dtype)
+    off = (-(_addr(base) // a.itemsize)) % (64 // a.itemsize) + shift
+    out = base[off:off + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+EMU_SHAPES = SHAPES + ((2 * K.CHUNK + 5,), (33,))
+EMU_STEPS = 12
+
+
+def _emu_compare(mirror: _Mirror):
+    assert mirror.calls > 0
+    for i, (a, m) in enumerate(mirror.pairs.values()):
+        assert a.shape == m.shape and a.dtype == m.dtype
+        assert np.array_equal(a, m, equal_nan=True), f"array {i} differs: max |d| = {np.nanmax(np.abs(a - m))}"
+
+
+def _run_mirrored(monkeypatch, mirror, name, hp, dtype, shapes, steps, seed, step_kw=None, **opt_kw):
+    params = make_params(seed, shapes, dtype)
+    opt = build(name, params, **hp, **opt_kw)
+    with monkeypatch.context() as m:
+        m.setattr(optimizer_mod, "_kernels", mirror)
+        for grads in grad_stream(seed + 1, shapes, dtype, steps):
+            opt.step(grads, **(step_kw or {}))
+    return opt
+
+
+@pytest.mark.parametrize("name,kwargs", case_params())
+def test_emulated_kernels_reproduce_cpu_bit_for_bit(emu, monkeypatch, name, kwargs, dtype):
+    """Every case of the table, both dtypes, sizes 0..2*FO_CHUNK+5 (chunks cut tensors),
+    a grid smaller than the chunk count (grid-stride), buffers at 16-byte and odd offsets
+    (pack path and element path): the CUDA kernel code gives the CPU's bits."""
+    seed = seed_for("cuda-emu", name, kwargs, dtype.name)
+    hp = draw_hparams(name, kwargs, seed)
+    run = lambda *a: emu_fused_step(emu, *a, grid=2, block=32)  # noqa: E731
+    mirror = _Mirror(_host_copy, run, offsets=True)
+    _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, EMU_STEPS, seed)
+    _emu_compare(mirror)
+
+
+OPTION_VARIANTS = [
+    pytest.param(dict(ema_decay=0.9), None, id="ema"),
+    pytest.param(dict(clipnorm=0.5), None, id="clipnorm-tscale"),
+    pytest.param(dict(global_clipnorm=1.0, ema_decay=0.5), dict(grad_scale=0.5), id="global_clipnorm-grad_scale"),
+    pytest.param(dict(clipvalue=0.3), dict(grad_scale=2.0), id="clipvalue"),
+]
+
+
+@pytest.mark.parametrize("opt_kw,step_kw", OPTION_VARIANTS)
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_emulated_kernels_with_options(emu, monkeypatch, name, kwargs, opt_kw, step_kw):
+    """EMA epilogue, per-tensor scales (tscale), the common block's scale and clip value."""
+    dtype = np.dtype(np.float32)
+    seed = seed_for("cuda-emu-opt", name, kwargs, sorted(opt_kw))
+    hp = draw_hparams(name, kwargs, seed)
+    mirror = _Mirror(_host_copy, lambda *a: emu_fused_step(emu, *a), offsets=True)
+    _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, EMU_STEPS, seed, step_kw, **opt_kw)
+    _emu_compare(mirror)
+
+
+@pytest.mark.parametrize("grid,block", [(1, 1), (1, 256), (3, 7), (64, 32)])
+def test_emulated_result_does_not_depend_on_launch_config(emu, grid, block):
+    """Element-wise: any grid (more or fewer blocks than chunks) and block size give the
+    same bits, equal to the CPU's."""
+    rng = np.random.default_rng(7)
+    shapes = [(5,), (K.CHUNK + 3,), (0,), (2 * K.CHUNK,), (1,)]
+    p0 = [rng.standard_normal(s) for s in shapes]
+    g = [rng.standard_normal(s) for s in shapes]
+    st0 = [[rng.random(s) for s in shapes] for _ in range(3)]
+    e0 = [rng.standard_normal(s) for s in shapes]
+    hp = _adam_hp(amsgrad=True, ema_decay=0.9, weight_decay=0.01, step=3)
+    cpu = [a.copy() for a in p0], [[a.copy() for a in c] for c in st0], [a.copy() for a in e0]
+    _kernels.fused_step(_kernels.ADAM, hp, cpu[0], g, cpu[1], cpu[2])
+    gpu = [a.copy() for a in p0], [[a.copy() for a in c] for c in st0], [a.copy() for a in e0]
+    emu_fused_step(emu, _kernels.ADAM, hp, gpu[0], g, gpu[1], gpu[2], grid=grid, block=block)
+    for x, y in zip(cpu[0] + sum(cpu[1], []) + cpu[2], gpu[0] + sum(gpu[1], []) + gpu[2]):
+        assert np.array_equal(x, y)
+
+
+def _adam_hp(amsgrad=False, ema_decay=None, weight_decay=0.0, step=0):
+    """Adam's per-step scalars as the Optimizer builds them (common block + Adam block)."""
+    opt = fusedoptim.Adam([np.zeros(1)], lr=1e-2, betas=(0.8, 0.99), weight_decay=weight_decay,
+                          amsgrad=amsgrad, ema_decay=ema_decay)
+    g = dict(opt.param_groups[0])
+    scal = {k: 0 for k in opt._scalar_state}
+    scal["step"] = step
+    return tuple(opt._common(g)) + tuple(opt._hyper(g, scal, frozenset()))
+
+
+def _adam_arrays(seed=3, shapes=((7,), (4099,), (K.CHUNK + 1,))):
+    rng = np.random.default_rng(seed)
+    p = [rng.standard_normal(s) for s in shapes]
+    g = [rng.standard_normal(s) for s in shapes]
+    st = [[np.zeros(s) for s in shapes] for _ in range(2)]
+    return p, g, st, _adam_hp()
+
+
+def test_emulated_control_block_skip_and_scale(emu):
+    """ctrl[3] != 0 leaves every buffer untouched; ctrl[2] multiplies the gradient scale
+    exactly as the CPU path's folded h[0] does."""
+    p, g, st, hp = _adam_arrays()
+    before = [a.copy() for a in p + st[0] + st[1]]
+    emu_fused_step(emu, _kernels.ADAM, hp, p, g, st, ctrl=np.array([0.0, 1.0, 0.25, 1.0]))
+    assert all(np.array_equal(a, b) for a, b in zip(before, p + st[0] + st[1]))
+    emu_fused_step(emu, _kernels.ADAM, hp, p, g, st, ctrl=np.array([0.0, 0.0, 0.25, 0.0]))
+    q, _, sq, _ = _adam_arrays()
+    _kernels.fused_step(_kernels.ADAM, (hp[0] * 0.25,) + hp[1:], q, g, sq)
+    assert all(np.array_equal(a, b) for a, b in zip(q + sq[0] + sq[1], p + st[0] + st[1]))
+
+
+def test_emulated_accumulate_matches_cpu(emu):
+    rng = np.random.default_rng(5)
+    shapes = [(3,), (K.CHUNK + 9,)]
+    acc0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    a, b = [x.copy() for x in acc0], [x.copy() for x in acc0]
+    _kernels.accumulate(a, g)
+    emu_fused_step(emu, _kernels.SGD, _cuda._ACCUMULATE_HP, b, g, [])
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert np.array_equal(a[1], acc0[1] + g[1])
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_emulated_grad_control(emu, dt):
+    """Sums of squares in float64 over fixed blocks: equal to a float64 NumPy sum to
+    rounding, bit-identical for any grid; per-tensor and global Keras clip coefficients
+    equal the Optimizer's formulas evaluated on those sums; None and empty gradients
+    count as empty."""
+    rng = np.random.default_rng(11)
+    grads = [None, np.zeros(0, dt), rng.standard_normal(1).astype(dt), rng.standard_normal(4097).astype(dt),
+             rng.standard_normal(3 * K.RED_CHUNK + 5).astype(dt) * 3, rng.standard_normal(7).astype(dt)]
+    gs = 0.5
+    res = [emu_grad_control(emu, grads, grid=grid, grad_scale=gs, clipnorm=20.0) for grid in (1, 2, 5)]
+    for r in res[1:]:
+        for x, y in zip(res[0], r):
+            assert np.array_equal(x, y)
+    ctrl, tscale, per = res[0]
+    want = [0.0 if g is None else float(np.sum(g.astype(np.float64) ** 2)) for g in grads]
+    np.testing.assert_allclose(per, want, rtol=1e-13)
+    np.testing.assert_allclose(ctrl[0], sum(want), rtol=1e-13)
+    assert ctrl[1] == 0.0 and ctrl[2] == 1.0 and ctrl[3] == 0.0
+    assert np.array_equal(tscale, [optimizer_mod._clip_coef(math.sqrt(s) * gs, 20.0) for s in per])
+    assert 0 < tscale.min() < 1.0 and tscale[0] == 1.0
+    cpu_sumsq, _, cpu_per = _kernels.grad_stats(grads, per_tensor=True)
+    np.testing.assert_allclose(per, cpu_per, rtol=1e-5 if dt == "float32" else 1e-12)
+    ctrl, _, _ = emu_grad_control(emu, grads, grad_scale=gs, global_clipnorm=10.0)
+    norm = math.sqrt(ctrl[0]) * gs
+    assert ctrl[2] == 10.0 / max(norm, 10.0) and ctrl[2] < 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_emulated_grad_control_flags_nonfinite(emu, bad):
+    rng = np.random.default_rng(12)
+    grads = [rng.standard_normal(5000), rng.standard_normal(9)]
+    grads[0][4321] = bad
+    ctrl, tscale, _ = emu_grad_control(emu, grads, global_clipnorm=1.0, clipnorm=1.0, skip_nonfinite=True)
+    assert ctrl[1] == 1.0 and ctrl[3] == 1.0 and math.isnan(ctrl[2])
+    assert math.isnan(tscale[0]) and not math.isnan(tscale[1])
+    ctrl, _, _ = emu_grad_control(emu, grads)
+    assert ctrl[1] == 1.0 and ctrl[3] == 0.0 and ctrl[2] == 1.0
+
+
+# ============================================ _cuda.py end to end on a fake CuPy
+def _kernel_signatures() -> dict:
+    """C parameter types of every extern "C" kernel, parsed from kernels.cu."""
+    text = open(KERNELS_CU).read().replace("\\\n", " ")
+    sigs = {}
+    for name, params in re.findall(r'extern "C" __global__ void ([\w#]+)\(([^)]*)\)', text):
+        types = [re.sub(r"\s*\b\w+$", "", p.strip()) for p in params.split(",")]
+        if "##" in name:
+            for a in ALGOS:
+                for sfx in ("f32", "f64"):
+                    if name.endswith(sfx):
+                        sigs[f"fo_{a}_kernel_{sfx}"] = types
+        else:
+            sigs[name] = types
+    return sigs
+
+
+class _FakeCuPy:
+    """Just the CuPy surface _cuda.py uses, over host memory; a kernel launch checks every
+    argument against the C signature in kernels.cu (CuPy passes a numpy scalar by its
+    byte width and a size-1 numpy array by value) and runs the host emulation."""
+
+    def __init__(self, emu):
+        fake = self
+        self.emu, self.sigs, self.launches = emu, _kernel_signatures(), []
+
+        class Device:
+            def __init__(self, i=0):
+                self.id = i
+                self.attributes = {"MultiProcessorCount": 2}
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+        class Ptr:
+            def __init__(self, a):
+                self.ptr = _addr(a)
+
+        class ndarray:
+            def __init__(self, a):
+                self.a = a
+
+            dtype = property(lambda self: self.a.dtype)
+            shape = property(lambda self: self.a.shape)
+            size = property(lambda self: self.a.size)
+            nbytes = property(lambda self: self.a.nbytes)
+            flags = property(lambda self: self.a.flags)
+            data = property(lambda self: Ptr(self.a))
+            device = property(lambda self: Device(0))
+            T = property(lambda self: ndarray(self.a.T))
+
+            def __getitem__(self, k):
+                return ndarray(self.a[k])
+
+            def __float__(self):
+                return float(self.a)
+
+        class RawModule:
+            def __init__(self, code, options=()):
+                assert code == _cuda.kernel_source() and tuple(options) == _cuda.NVRTC_OPTIONS
+
+            def get_function(self, name):
+                return lambda grid, block, args: fake._launch(name, grid, block, args)
+
+        class cuda:
+            pass
+
+        cuda.Device = Device
+        self.cuda, self.ndarray, self.RawModule = cuda, ndarray, RawModule
+
+    def asarray(self, a):
+        return self.ndarray(np.array(a, order="C", copy=True))
+
+    def array(self, a, dtype=None, order="C", copy=True):
+        return self.ndarray(np.array(a.a if isinstance(a, self.ndarray) else a, dtype=dtype, order=order, copy=True))
+
+    def empty(self, shape, dtype):
+        return self.ndarray(np.full(shape, np.nan, dtype=dtype))
+
+    def zeros(self, shape, dtype):
+        return self.ndarray(np.zeros(shape, dtype=dtype))
+
+    def full(self, shape, v, dtype):
+        return self.ndarray(np.full(shape, v, dtype=dtype))
+
+    def asnumpy(self, a):
+        return a.a.copy()
+
+    def take(self, a, idx):
+        return self.ndarray(np.take(a.a, idx.a))
+
+    def _arg(self, ctype, v, name, i):
+        where = f"{name} argument {i} ({ctype})"
+        if ctype == "const fo_hparams":
+            assert isinstance(v, np.ndarray) and v.size == 1 and v.itemsize == 8 * K.MAXHP, where
+            return _addr(v)
+        if ctype.endswith("*"):
+            if isinstance(v, self.ndarray):
+                return _addr(v.a)
+            assert type(v) is np.uint64 and v == 0, where   # NULL, 8 bytes
+            return None
+        want = {"int": np.int32, "fo_i64": np.int64, "double": np.float64}[ctype]
+        assert type(v) is want, f"{where}: got {type(v).__name__}"
+        return v.item()
+
+    def _launch(self, name, grid, block, args):
+        sig = self.sigs[name]
+        assert len(args) == len(sig), name
+        a = [self._arg(t, v, name, i) for i, (t, v) in enumerate(zip(sig, args))]
+        self.launches.append(name)
+        if name.startswith("fo_sumsq_kernel"):
+            assert block == (K.RED_THREADS,)
+            self.emu.emu_sumsq(int(name.endswith("f64")), grid[0], *a)
+        elif name == "fo_grad_control_kernel":
+            assert grid == (1,) and block == (K.RED_THREADS,)
+            self.emu.emu_control(*a)
+        else:
+            assert self.emu.emu_update(name.encode(), grid[0], block[0], *a) == 0
+
+
+@pytest.fixture
+def fake_cupy(emu, monkeypatch):
+    fake = _FakeCuPy(emu)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_cuda, "_cupy", fake)
+    monkeypatch.setattr(_cuda, "_module", None)
+    monkeypatch.setattr(_cuda, "_functions", {})
+    monkeypatch.setattr(_cuda, "_sm_count", {})
+    monkeypatch.setattr(_cuda, "_meta_cache", type(_cuda._meta_cache)())
+    return fake
+
+
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_cuda_backend_end_to_end_on_fake_cupy(fake_cupy, monkeypatch, name, kwargs):
+    """_cuda.fused_step itself (checks, tables, the upload cache, grid, the launch ABI)
+    with the kernels emulated: bit-identical to the CPU backend."""
+    dtype = np.dtype(np.float64)
+    seed = seed_for("cuda-fake", name, kwargs)
+    hp = draw_hparams(name, kwargs, seed)
+    mirror = _Mirror(lambda a, shift: fake_cupy.asarray(a), lambda *args: _cuda.fused_step(*args))
+    _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, 5, seed, None, clipnorm=1.0)
+    assert fake_cupy.launches and len(_cuda._meta_cache) >= 1
+    for a, m in mirror.pairs.values():
+        assert np.array_equal(a, m.a)
+
+
+def test_cuda_reductions_and_helpers_on_fake_cupy(fake_cupy):
+    fk = fake_cupy
+    rng = np.random.default_rng(4)
+    host = [rng.standard_normal(s).astype(np.float32) for s in [(5,), (K.RED_CHUNK + 3,)]]
+    grads = [fk.asarray(host[0]), None, fk.asarray(host[1])]
+    ctrl, tscale, per = _cuda.grad_control(grads, grad_scale=2.0, global_clipnorm=1.0, clipnorm=3.0,
+                                           skip_nonfinite=True, per_tensor=True)
+    want = [float(np.sum(host[0].astype(np.float64) ** 2)), 0.0, float(np.sum(host[1].astype(np.float64) ** 2))]
+    np.testing.assert_allclose(per.a, want, rtol=1e-13)
+    assert ctrl.a[1] == 0.0 and ctrl.a[3] == 0.0
+    assert ctrl.a[2] == 1.0 / max(math.sqrt(ctrl.a[0]) * 2.0, 1.0)
+    assert list(tscale.a) == [optimizer_mod._clip_coef(math.sqrt(x) * 2.0, 3.0) for x in per.a]
+    assert tscale.a[1] == 1.0 and tscale.a[0] < 1.0
+    sumsq, none, per2 = _cuda.grad_stats(grads, per_tensor=True)
+    assert none is None and float(sumsq) == ctrl.a[0] and np.array_equal(per2.a, per.a)
+    assert float(_cuda.grad_norm_sq(grads)) == ctrl.a[0]
+    with pytest.raises(NotImplementedError):
+        _cuda.grad_stats(grads, want_max=True)
+    with pytest.raises(ValueError, match="clipnorm"):
+        _cuda.grad_control(grads, clipnorm=0.0)
+    # accumulate, helpers
+    acc = [fk.asarray(np.ones(5, np.float32)), fk.asarray(np.zeros(K.RED_CHUNK + 3, np.float32))]
+    _cuda.accumulate(acc, [grads[0], grads[2]])
+    assert np.array_equal(acc[0].a, 1 + host[0]) and np.array_equal(acc[1].a, host[1])
+    p = fk.asarray(np.arange(6.0).reshape(2, 3))
+    assert np.array_equal(_cuda.zeros_like(p).a, np.zeros((2, 3)))
+    assert np.array_equal(_cuda.full_like(p, 0.5).a, np.full((2, 3), 0.5))
+    h = _cuda.to_host(p)
+    assert type(h) is np.ndarray and np.array_equal(h, p.a) and h is not p.a
+    assert np.array_equal(_cuda.take(fk.asarray(np.arange(5.0)), [4, 0]).a, [4.0, 0.0])
+    assert _cuda.address(p) == _addr(p.a)
+    d = _cuda.from_host(np.ones((2, 3), np.float32), p)
+    assert d.dtype == np.float64 and np.array_equal(d.a, np.ones((2, 3)))
+    # control block and tscale consumed on the device
+    prm = [fk.asarray(rng.standard_normal(s)) for s in [(7,), (9,)]]
+    g64 = [fk.asarray(rng.standard_normal(s)) for s in [(7,), (9,)]]
+    st = [[_cuda.zeros_like(x) for x in prm] for _ in range(2)]
+    before = [x.a.copy() for x in prm]
+    bad = fk.asarray(np.array([0.0, 1.0, 1.0, 1.0]))
+    _cuda.fused_step(_kernels.ADAM, _adam_hp(), prm, g64, st, control=bad)
+    assert all(np.array_equal(x.a, y) for x, y in zip(prm, before))
+    with pytest.raises(TypeError, match="control"):
+        _cuda.fused_step(_kernels.ADAM, _adam_hp(), prm, g64, st, control=fk.asarray(np.zeros(3)))
+    with pytest.raises(ValueError, match="per-tensor scales"):
+        _cuda.fused_step(_kernels.ADAM, _adam_hp(), prm, g64, st, tscale=[1.0])
+
+
+def test_cuda_checks_on_fake_cupy(fake_cupy):
+    fk = fake_cupy
+    p = [fk.asarray(np.zeros(3, np.float32)), fk.asarray(np.zeros((2, 2), np.float32))]
+    _cuda.check_params(p)
+    assert _cuda.check_grads(p, [None, fk.asarray(np.zeros((2, 2), np.float32))]) == 1
+    with pytest.raises(TypeError, match="numpy and cupy arrays can't be mixed"):
+        _cuda.check_params(p + [np.zeros(3, np.float32)])
+    with pytest.raises(TypeError, match="gradient of w: expected a cupy.ndarray, got numpy.ndarray"):
+        _cuda.check_grads(p[:1], [np.zeros(3, np.float32)], ["w"])
+    with pytest.raises(TypeError, match="float32 and float64 can't be mixed"):
+        _cuda.check_params([p[0], fk.asarray(np.zeros(3))])
+    with pytest.raises(TypeError, match="not supported"):
+        _cuda.check_params([fk.asarray(np.zeros(3, np.int32))])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cuda.check_params([p[1].T])
+    with pytest.raises(ValueError, match="shape"):
+        _cuda.check_grads(p[:1], [fk.asarray(np.zeros(4, np.float32))])
+    with pytest.raises(TypeError, match="dtype"):
+        _cuda.check_grads(p[:1], [fk.asarray(np.zeros(3))])
+    with pytest.raises(ValueError, match="shares memory"):
+        _cuda.check_grads(p[:1], [p[0]])
+    with pytest.raises(ValueError, match="expected 2 gradients"):
+        _cuda.check_grads(p, [None])
+    assert _cuda.is_device_array(p[0]) and not _cuda.is_device_array(np.zeros(1))
+
+
+# ====================================================== pure host logic of _cuda.py
+def test_import_never_needs_cupy():
+    code = ("import sys; sys.modules['cupy'] = None\n"   # makes `import cupy` fail
+            "import numpy as np, fusedoptim, fusedoptim._cuda as c\n"
+            "assert not c.is_device_array(np.zeros(1))\n"
+            "try:\n    c.check_params([np.zeros(1)])\nexcept ImportError as e:\n"
+            "    assert \"fusedoptim[cuda]\" in str(e)\nelse:\n    raise SystemExit('no ImportError')\n")
+    _run([sys.executable, "-c", code])
+    r = _run([sys.executable, "-c", "import sys, fusedoptim; print('cupy' in sys.modules)"])
+    assert r.stdout.strip() == "False"
+
+
+def test_sources_and_launch_constants():
+    code = _cuda.kernel_source()
+    assert code.index("#define FUSEDOPTIM_RULES_H") < code.index("FO_KERNEL(adam)")
+    assert K.RED_THREADS & (K.RED_THREADS - 1) == 0   # the tree reduction needs a power of two
+    assert K.CHUNK % 4 == 0 and K.MAXHP == 16 and K.CTRL == 4
+    hp = _cuda._hp_struct((1.0, 2.0, 3.0))
+    assert hp.itemsize == 8 * K.MAXHP and list(hp["h"][0][:4]) == [1.0, 2.0, 3.0, 0.0]
+    with pytest.raises(ValueError, match="at most"):
+        _cuda._hp_struct((0.0,) * (K.MAXHP + 1))
+
+
+def test_pointer_table_layout():
+    meta = _cuda._pack_meta([3, 0, 5], [[1, 2, 0], [3, 4, 0], [2 ** 63 + 8, 6, 7]])
+    assert list(meta[:4]) == [0, 3, 3, 8]
+    assert list(meta[4:10]) == [1, 2, 0, 3, 4, 0]
+    assert meta[10:].view(np.uint64)[0] == 2 ** 63 + 8
+    r = _cuda._reduction_meta([0, 1, K.RED_CHUNK, K.RED_CHUNK + 1], [0, 10, 20, 30], K.RED_CHUNK)
+    assert list(r[:5]) == [0, 0, 1, 1 + K.RED_CHUNK, 2 + 2 * K.RED_CHUNK]
+    assert list(r[5:10]) == [0, 0, 1, 2, 4] and list(r[10:]) == [0, 10, 20, 30]
+
+
+def test_prepare_checks_state_buffer_count():
+    p, g, st, hp = _adam_arrays()
+    with pytest.raises(ValueError, match="state buffer"):
+        _cuda._prepare(_kernels.ADAM, hp, p, g, st[:1], None, _addr)
+    with pytest.raises(ValueError, match="uses 3 state buffer"):
+        _cuda._prepare(_kernels.ADAM, _adam_hp(amsgrad=True), p, g, st, None, _addr)
+    with pytest.raises(ValueError, match="no CUDA kernel"):
+        _cuda._prepare(_kernels.STREAM, (2.0, 0.0), p, g, [], None, _addr)
+
+
+# ================================================================ (b) CuPy + device
+def _cupy_or_skip(need_device=True):
+    try:
+        import cupy
+    except ImportError:
+        pytest.skip("cupy is not installed (pip install 'fusedoptim[cuda]')")
+    if need_device:
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # no driver, or a driver too old for this CuPy
+            pytest.skip(f"no CUDA device ({type(e).__name__}: {e})")
+        if n < 1:
+            pytest.skip("no CUDA device")
+    return cupy
+
+
+@pytest.fixture
+def cp():
+    return _cupy_or_skip()
+
+
+def test_nvrtc_compiles_the_kernel_source():
+    """NVRTC itself (CuPy's, no GPU needed) accepts the code string with the options
+    _cuda.py passes, plus the ones CuPy adds."""
+    _cupy_or_skip(need_device=False)
+    try:
+        from cupy.cuda.compiler import _NVRTCProgram
+        prog = _NVRTCProgram(_cuda.kernel_source(), "kernels.cu", method="ptx")
+    except Exception as e:
+        pytest.skip(f"NVRTC is not usable here ({type(e).__name__}: {e})")
+    ptx, _ = prog.compile(_cuda.NVRTC_OPTIONS + ("-ftz=true", "-arch=compute_80",
+                                                 "--device-as-default-execution-space"))
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    assert "fo_radam_kernel_f64" in ptx and "fo_grad_control_kernel" in ptx
+
+
+GPU_STEPS = 200
+GPU_TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6), np.dtype(np.float64): dict(rtol=1e-6, atol=1e-6)}
+
+
+def _gpu_mirror(cupy):
+    return _Mirror(lambda a, shift: cupy.asarray(a), lambda *args: _cuda.fused_step(*args))
+
+
+def _gpu_compare(cupy, mirror, dtype):
+    cupy.cuda.runtime.deviceSynchronize()
+    for i, (a, m) in enumerate(mirror.pairs.values()):
+        np.testing.assert_allclose(cupy.asnumpy(m), a, **GPU_TOL[dtype], err_msg=f"array {i}")
+
+
+@pytest.mark.parametrize("name,kwargs", case_params())
+def test_gpu_kernels_match_cpu(cp, monkeypatch, name, kwargs, dtype):
+    """The real kernels, fed the CPU path's per-step scalars for 200 steps (see
+    test_optimizers.py for why 200), against the CPU path.  float32 tolerances: NVRTC
+    flushes float32 denormals (-ftz=true); float64 is IEEE on both sides."""
+    seed = seed_for("cuda-gpu", name, kwargs, dtype.name)
+    hp = draw_hparams(name, kwargs, seed)
+    mirror = _gpu_mirror(cp)
+    _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, GPU_STEPS, seed)
+    _gpu_compare(cp, mirror, dtype)
+
+
+@pytest.mark.parametrize("opt_kw,step_kw", OPTION_VARIANTS)
+def test_gpu_kernels_match_cpu_with_options(cp, monkeypatch, opt_kw, step_kw):
+    dtype = np.dtype(np.float64)
+    mirror = _gpu_mirror(cp)
+    _run_mirrored(monkeypatch, mirror, "Adam", dict(lr=1e-2, amsgrad=True), dtype, EMU_SHAPES, 50, 1,
+                  step_kw, **opt_kw)
+    _gpu_compare(cp, mirror, dtype)
+
+
+def test_gpu_grad_control_and_skip(cp):
+    rng = np.random.default_rng(21)
+    host = [rng.standard_normal(s) for s in [(3,), (4097,), (3 * K.RED_CHUNK + 5,)]]
+    grads = [cp.asarray(g) for g in host]
+    ctrl, tscale, per = _cuda.grad_control(grads, grad_scale=0.5, clipnorm=20.0, per_tensor=True)
+    want = [float(np.sum(g ** 2)) for g in host]
+    np.testing.assert_allclose(cp.asnumpy(per), want, rtol=1e-12)
+    np.testing.assert_allclose(float(_cuda.grad_norm_sq(grads)), sum(want), rtol=1e-12)
+    again = _cuda.grad_control(grads, grad_scale=0.5, clipnorm=20.0, per_tensor=True)
+    assert all(bool((x == y).all()) for x, y in zip((ctrl, tscale, per), again))
+    np.testing.assert_allclose(cp.asnumpy(tscale), [optimizer_mod._clip_coef(math.sqrt(s) * 0.5, 20.0) for s in want],
+                               rtol=1e-12)
+    host[1][17] = np.nan
+    grads = [cp.asarray(g) for g in host]
+    ctrl, _, _ = _cuda.grad_control(grads, skip_nonfinite=True)
+    p = [cp.asarray(rng.standard_normal(g.shape)) for g in host]
+    st = [[cp.zeros_like(x) for x in p] for _ in range(2)]
+    before = [cp.asnumpy(x) for x in p]
+    _, _, _, hp = _adam_arrays()
+    _cuda.fused_step(_kernels.ADAM, hp, p, grads, st, control=ctrl)
+    assert all(np.array_equal(cp.asnumpy(x), y) for x, y in zip(p, before))
+    assert cp.asnumpy(ctrl)[3] == 1.0
+
+
+def test_gpu_backend_rejects_numpy_arrays(cp):
+    p = [cp.zeros(3, dtype=cp.float32)]
+    with pytest.raises(TypeError, match="numpy and cupy"):
+        _cuda.check_params(p + [np.zeros(3, np.float32)])
+    with pytest.raises(TypeError, match="numpy and cupy"):
+        _cuda.check_grads(p, [np.zeros(3, np.float32)])
+    with pytest.raises(ValueError, match="shares memory"):
+        _cuda.check_grads(p, [p[0]])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cuda.check_params([cp.zeros((4, 4), cp.float32).T])
+
+
+# The tests below need the Optimizer to pick this backend for cupy arrays (optimizer.py).
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_gpu_optimizer_matches_cpu(cp, name, kwargs):
+    dtype = np.dtype(np.float32)
+    seed = seed_for("cuda-opt", name, kwargs)
+    hp = draw_hparams(name, kwargs, seed)
+    host = make_params(seed, SHAPES, dtype)
+    dev = [cp.asarray(p) for p in host]
+    a, b = build(name, host, **hp), build(name, dev, **hp)
+    for grads in grad_stream(seed + 1, SHAPES, dtype, GPU_STEPS):
+        a.step(grads)
+        b.step([cp.asarray(g) for g in grads])
+    for x, y in zip(host, dev):
+        np.testing.assert_allclose(cp.asnumpy(y), x, **GPU_TOL[dtype])
+    sd = b.state_dict()
+    arrays = [v for st in sd["state"].values() for v in st.values() if hasattr(v, "shape")]
+    assert arrays and all(type(v) is np.ndarray for v in arrays), "state_dict must return host arrays"
+    ref = a.state_dict()
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(v, ref["state"][i][k], **GPU_TOL[dtype])
+    c = build(name, [cp.asarray(p) for p in host], **hp)
+    c.load_state_dict(sd)
+    assert all(isinstance(v, cp.ndarray) for st in c.state for v in st.values() if hasattr(v, "shape"))
+
+
+def test_gpu_optimizer_rejects_mixed_arrays(cp):
+    with pytest.raises(TypeError, match="numpy"):
+        fusedoptim.Adam([cp.zeros(3, dtype=cp.float32), np.zeros(3, np.float32)])
+    opt = fusedoptim.Adam([cp.zeros(3, dtype=cp.float32)])
+    with pytest.raises(TypeError, match="numpy"):
+        opt.step([np.zeros(3, np.float32)])
+    cpu = fusedoptim.Adam([np.zeros(3, np.float32)])
+    with pytest.raises(TypeError):
+        cpu.step([cp.zeros(3, dtype=cp.float32)])
