@@ -1,0 +1,26 @@
+"""Shared fixtures.  The case table and helpers live in cases.py, the NumPy references in
+reference.py; this directory is put on sys.path so test modules import them by name."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import fusedoptim  # noqa: E402
+from fusedoptim import _kernels  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_threading():
+    """Every test leaves the thread count and the grain size as it found them."""
+    grain = _kernels.get_grain_size()
+    yield
+    fusedoptim.set_num_threads(0)
+    _kernels.set_grain_size(grain)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    import numpy as np
+    return np.dtype(request.param)

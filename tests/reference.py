@@ -1,0 +1,325 @@
+"""Independent NumPy references of the nine optimizers, written from torch.optim's formulas.
+
+Each rule is written from the docstring of its fusedoptim class (same symbols, one line
+of code per formula line) and checked against torch/optim/*.py for the semantics (where
+weight decay goes, what maximize negates, how the first SGD step fills the buffer, when
+state is created).  It shares no code with fusedoptim.
+
+Precision follows the library's contract: array math happens in the parameters' dtype
+(float32 or float64; NumPy 2 keeps a float32 array float32 when it meets a Python
+float), and every per-step scalar (bias corrections, 1 - beta, decayed lr, mu products)
+is a Python float computed in double.  ``_same_dtype`` guards that no expression quietly
+widens to float64 before it is stored.
+
+A rule takes flat arrays ``theta`` (the parameter), ``g`` (its gradient) and the
+parameter's state dict ``s`` (``s["step"]`` is 0 before the first step; buffers are
+created on first use, like torch's lazy init) and returns the new ``theta``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+# torch.optim's defaults, written out so the reference does not read them from fusedoptim.
+DEFAULTS: Dict[str, dict] = {
+    "SGD": dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
+    "Adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                 decoupled_weight_decay=False),
+    "AdamW": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False),
+    "Adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
+                    maximize=False),
+    "RMSprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                    maximize=False),
+    "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
+    "NAdam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                  decoupled_weight_decay=False, maximize=False),
+    "RAdam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                  maximize=False),
+    "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
+}
+
+# The buffers each optimizer keeps, whatever its flags (torch's names).
+BUFFERS: Dict[str, tuple] = {
+    "SGD": ("momentum_buffer",),
+    "Adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "AdamW": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "Adagrad": ("sum",),
+    "RMSprop": ("square_avg", "grad_avg", "momentum_buffer"),
+    "Adamax": ("exp_avg", "exp_inf"),
+    "NAdam": ("exp_avg", "exp_avg_sq"),
+    "RAdam": ("exp_avg", "exp_avg_sq"),
+    "Adadelta": ("square_avg", "acc_delta"),
+}
+
+
+def _buf(s: dict, name: str, like: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """State buffer ``name``, created on first use (torch's lazy init)."""
+    if name not in s:
+        s[name] = np.full_like(like, fill)
+    return s[name]
+
+
+# --------------------------------------------------------------------------- SGD
+def sgd(theta, g, s, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    s["step"] += 1
+    if maximize:
+        g = -g                                                   # g <- -g
+    if weight_decay != 0:
+        g = g + weight_decay * theta                             # g <- g + lambda theta
+    if momentum != 0:
+        if "momentum_buffer" not in s:
+            b = g.copy()                                         # b_1 <- g_1 (torch copies)
+        else:
+            b = momentum * s["momentum_buffer"] + (1 - dampening) * g   # b <- mu b + (1 - tau) g
+        s["momentum_buffer"] = b
+        g = g + momentum * b if nesterov else b                  # g <- g + mu b | b
+    return theta - lr * g                                        # theta <- theta - gamma g
+
+
+# -------------------------------------------------------------------------- Adam
+def adam(theta, g, s, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+    t = s["step"] = s["step"] + 1
+    b1, b2 = betas
+    m, v = _buf(s, "exp_avg", theta), _buf(s, "exp_avg_sq", theta)
+    if maximize:
+        g = -g
+    if decoupled_weight_decay:
+        theta = theta * (1 - lr * weight_decay)                  # theta <- theta (1 - gamma lambda)
+    elif weight_decay != 0:
+        g = g + weight_decay * theta                             # g <- g + lambda theta
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g                     # m <- b1 m + (1 - b1) g
+    s["exp_avg_sq"] = v = b2 * v + (1 - b2) * g * g              # v <- b2 v + (1 - b2) g^2
+    if amsgrad:
+        s["max_exp_avg_sq"] = v_hat = np.maximum(_buf(s, "max_exp_avg_sq", theta), v)  # v^ <- max(v^, v)
+    else:
+        v_hat = v
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    return theta - lr / bc1 * m / (np.sqrt(v_hat) / math.sqrt(bc2) + eps)
+
+
+def adamw(theta, g, s, **hp):
+    return adam(theta, g, s, decoupled_weight_decay=True, **hp)
+
+
+# ----------------------------------------------------------------------- Adagrad
+def adagrad(theta, g, s, *, lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize):
+    t = s["step"] = s["step"] + 1
+    acc = _buf(s, "sum", theta, initial_accumulator_value)      # s_0 = tau
+    if maximize:
+        g = -g
+    clr = lr / (1 + (t - 1) * lr_decay)                          # gamma~ <- gamma / (1 + (t-1) eta)
+    if weight_decay != 0:
+        g = g + weight_decay * theta
+    s["sum"] = acc = acc + g * g                                 # s <- s + g^2
+    return theta - clr * g / (np.sqrt(acc) + eps)                # theta <- theta - gamma~ g / (sqrt(s) + eps)
+
+
+# ----------------------------------------------------------------------- RMSprop
+def rmsprop(theta, g, s, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    s["step"] += 1
+    v = _buf(s, "square_avg", theta)
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * theta
+    s["square_avg"] = v = alpha * v + (1 - alpha) * g * g        # v <- alpha v + (1 - alpha) g^2
+    if centered:
+        s["grad_avg"] = g_bar = alpha * _buf(s, "grad_avg", theta) + (1 - alpha) * g  # g_bar <- ...
+        d = np.sqrt(v - g_bar * g_bar) + eps                     # d <- sqrt(v - g_bar^2) + eps
+    else:
+        d = np.sqrt(v) + eps                                     # d <- sqrt(v) + eps
+    if momentum > 0:
+        s["momentum_buffer"] = b = momentum * _buf(s, "momentum_buffer", theta) + g / d  # b <- mu b + g/d
+        return theta - lr * b                                    # theta <- theta - gamma b
+    return theta - lr * g / d                                    # theta <- theta - gamma g / d
+
+
+# ------------------------------------------------------------------------ Adamax
+def adamax(theta, g, s, *, lr, betas, eps, weight_decay, maximize):
+    t = s["step"] = s["step"] + 1
+    b1, b2 = betas
+    m, u = _buf(s, "exp_avg", theta), _buf(s, "exp_inf", theta)
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * theta
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g                     # m <- b1 m + (1 - b1) g
+    s["exp_inf"] = u = np.maximum(b2 * u, np.abs(g) + eps)       # u <- max(b2 u, |g| + eps)
+    return theta - lr / (1 - b1 ** t) * m / u                    # theta <- theta - gamma/(1-b1^t) m/u
+
+
+# ------------------------------------------------------------------------- NAdam
+def nadam(theta, g, s, *, lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize):
+    t = s["step"] = s["step"] + 1
+    b1, b2 = betas
+    psi = momentum_decay
+    m, v = _buf(s, "exp_avg", theta), _buf(s, "exp_avg_sq", theta)
+    mu_t = b1 * (1 - 0.5 * 0.96 ** (t * psi))                    # mu_t
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))           # mu_{t+1}
+    s["mu_product"] = prod = s.get("mu_product", 1.0) * mu_t     # prod_{i<=t} mu_i (a float, per param)
+    if maximize:
+        g = -g
+    if decoupled_weight_decay:
+        theta = theta * (1 - lr * weight_decay)
+    elif weight_decay != 0:
+        g = g + weight_decay * theta
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g
+    s["exp_avg_sq"] = v = b2 * v + (1 - b2) * g * g
+    d = np.sqrt(v / (1 - b2 ** t)) + eps                         # d <- sqrt(v / (1 - b2^t)) + eps
+    theta = theta - lr * (1 - mu_t) / (1 - prod) * g / d
+    return theta - lr * mu_next / (1 - prod * mu_next) * m / d
+
+
+# ------------------------------------------------------------------------- RAdam
+def radam(theta, g, s, *, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    t = s["step"] = s["step"] + 1
+    b1, b2 = betas
+    m, v = _buf(s, "exp_avg", theta), _buf(s, "exp_avg_sq", theta)
+    if maximize:
+        g = -g
+    if decoupled_weight_decay:
+        theta = theta * (1 - lr * weight_decay)
+    elif weight_decay != 0:
+        g = g + weight_decay * theta
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g
+    s["exp_avg_sq"] = v = b2 * v + (1 - b2) * g * g
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    rho_inf = 2 / (1 - b2) - 1                                   # rho_inf
+    rho_t = rho_inf - 2 * t * b2 ** t / bc2                      # rho_t
+    if rho_t > 5:
+        r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        return theta - lr * (m / bc1) * (math.sqrt(bc2) / (np.sqrt(v) + eps)) * r
+    return theta - lr * (m / bc1)
+
+
+# ---------------------------------------------------------------------- Adadelta
+def adadelta(theta, g, s, *, lr, rho, eps, weight_decay, maximize):
+    s["step"] += 1
+    v, u = _buf(s, "square_avg", theta), _buf(s, "acc_delta", theta)
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * theta
+    s["square_avg"] = v = rho * v + (1 - rho) * g * g            # v <- rho v + (1 - rho) g^2
+    dx = np.sqrt(u + eps) / np.sqrt(v + eps) * g                 # dx <- sqrt(u + eps)/sqrt(v + eps) g
+    s["acc_delta"] = rho * u + (1 - rho) * dx * dx               # u <- rho u + (1 - rho) dx^2
+    return theta - lr * dx                                       # theta <- theta - gamma dx
+
+
+RULES: Dict[str, Callable] = {
+    "SGD": sgd, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad, "RMSprop": rmsprop,
+    "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Adadelta": adadelta,
+}
+
+
+def _same_dtype(name: str, a, dtype) -> None:
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype):
+        raise AssertionError(f"reference bug: {name} became {getattr(a, 'dtype', type(a))}, expected {dtype}")
+
+
+class ReferenceOptimizer:
+    """Drives a rule over param groups the way torch.optim does.
+
+    ``params``: a list of arrays or of group dicts (``{"params": [...], **hyperparameters}``);
+    they are copied to ``dtype``.  ``param_groups[i]["lr"]`` may be changed between steps
+    or be a callable of ``iterations``.  ``state[i]`` is parameter i's state (None until
+    its first gradient), arrays shaped like the parameter.
+    """
+
+    def __init__(self, name: str, params, dtype=None, **hparams):
+        if name not in RULES:
+            raise KeyError(name)
+        self.name = name
+        groups = list(params)
+        if not groups or not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.param_groups: List[dict] = []
+        self.params: List[np.ndarray] = []
+        for grp in groups:
+            hp = {**DEFAULTS[name], **hparams, **{k: v for k, v in grp.items() if k != "params"}}
+            ps = [np.array(p, dtype=dtype or np.asarray(p).dtype, copy=True) for p in grp["params"]]
+            self.params.extend(ps)
+            self.param_groups.append({**hp, "params": ps})
+        self.dtype = self.params[0].dtype if self.params else np.dtype(dtype or np.float64)
+        self._flat: List[Optional[dict]] = [None] * len(self.params)
+        self.iterations = 0
+
+    @property
+    def state(self) -> List[Optional[dict]]:
+        out = []
+        for p, s in zip(self.params, self._flat):
+            out.append(None if s is None else
+                       {k: (v.reshape(p.shape) if isinstance(v, np.ndarray) else v) for k, v in s.items()})
+        return out
+
+    def set_state(self, i: int, key: str, value) -> None:
+        """Replace state entry ``key`` of parameter i (an array shaped like the parameter,
+        or a number), as a user editing ``opt.state[p][key]`` would."""
+        self._flat[i][key] = (np.array(value, dtype=self.params[i].dtype).reshape(-1)
+                              if isinstance(value, np.ndarray) else value)
+
+    def step(self, grads) -> None:
+        grads = list(grads)
+        assert len(grads) == len(self.params)
+        i = 0
+        for grp in self.param_groups:
+            hp = {k: v for k, v in grp.items() if k != "params"}
+            if callable(hp["lr"]):
+                hp["lr"] = hp["lr"](self.iterations)
+            hp = {k: (tuple(float(b) for b in v) if k == "betas" else
+                      v if isinstance(v, (bool, np.bool_)) else float(v)) for k, v in hp.items()}
+            for p in grp["params"]:
+                gr = grads[i]
+                if gr is not None:
+                    s = self._flat[i]
+                    if s is None:
+                        s = self._flat[i] = {"step": 0}
+                    theta = p.reshape(-1)
+                    g = np.asarray(gr, dtype=p.dtype).reshape(-1)
+                    new = RULES[self.name](theta, g, s, **hp)
+                    _same_dtype("theta", new, p.dtype)
+                    for k, v in s.items():
+                        if isinstance(v, np.ndarray):
+                            _same_dtype(k, v, p.dtype)
+                    theta[...] = new
+                i += 1
+        self.iterations += 1
+
+
+# ------------------------------------------------------------------ comparisons
+TOL = {
+    np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12),
+}
+
+
+def assert_matches(params, state_of, ref: ReferenceOptimizer, *, rtol, atol, what="") -> None:
+    """Every parameter and every state entry of a fusedoptim run equals the reference's.
+
+    ``state_of(i)`` returns the library's state dict of parameter i (or None).  The set of
+    state keys must be the same; integer counters must be equal; arrays within tolerance.
+    """
+    assert len(params) == len(ref.params)
+    ref_state = ref.state
+    for i, (p, q) in enumerate(zip(params, ref.params)):
+        assert np.isfinite(q).all(), f"{what}: reference params[{i}] is not finite; pick saner hyperparameters"
+        np.testing.assert_allclose(p, q, rtol=rtol, atol=atol, err_msg=f"{what}: params[{i}]")
+        st, rs = state_of(i), ref_state[i]
+        if rs is None:
+            assert not st, f"{what}: params[{i}] has state {sorted(st)} but never had a gradient"
+            continue
+        assert st is not None, f"{what}: params[{i}] has no state"
+        assert sorted(st) == sorted(rs), f"{what}: params[{i}] state keys {sorted(st)} != {sorted(rs)}"
+        for k, want in rs.items():
+            got = st[k]
+            if k == "step":
+                assert got == want, f"{what}: params[{i}] step {got} != {want}"
+            elif isinstance(want, np.ndarray):
+                assert isinstance(got, np.ndarray) and got.shape == p.shape and got.dtype == p.dtype, \
+                    f"{what}: params[{i}] state {k!r} is {type(got).__name__} {getattr(got, 'shape', '')}"
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{what}: params[{i}] {k}")
+            else:
+                assert math.isclose(got, want, rel_tol=1e-14, abs_tol=0.0), \
+                    f"{what}: params[{i}] {k} {got!r} != {want!r}"
