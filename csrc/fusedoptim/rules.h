@@ -12,8 +12,11 @@
  *    the order of the load() lines below and of `_hyper()` in the Python class.
  *  - Structural flags that decide which buffers are touched (amsgrad, momentum,
  *    centered, ...) are template parameters, so no mode branch survives in a loop.
- *  - `p + c * a / b` mirrors torch's addcdiv (value * t1 / t2 evaluated left to right),
- *    `fo_lerp` mirrors torch.lerp, so float32 trajectories track torch.optim closely.
+ *  - `p + c * a / b` follows torch's addcdiv (value * t1 / t2 evaluated left to right)
+ *    and `fo_lerp` torch.lerp's two-sided formula, so float32 trajectories track
+ *    torch.optim closely.  They are not bit-identical: torch 2.13's vectorized CPU
+ *    add(alpha=)/addcmul/lerp use FMA (one rounding), while these rules round each
+ *    operation (the build uses -ffp-contract=off so every SIMD clone and the GPU agree).
  *  - No fast-math: NaN and Inf propagate as IEEE says (fo_max keeps NaN like
  *    torch.maximum).
  */

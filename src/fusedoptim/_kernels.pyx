@@ -14,6 +14,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
+from cpython.dict cimport PyDict_Update
 from libc.stdint cimport uintptr_t
 
 cnp.import_array()
@@ -46,7 +47,7 @@ DEF MAXHP = 16
 DEF ALIGN = 64           # chunk boundaries are multiples of this many elements
 
 # Below this many elements a call runs on one thread (no OpenMP fork/join).
-cdef Py_ssize_t _grain = 1 << 15
+cdef Py_ssize_t _grain = 1 << 16
 cdef int _num_threads = 0   # 0: follow omp_get_max_threads() (OMP_NUM_THREADS, threadpoolctl)
 
 
@@ -423,3 +424,11 @@ def accumulate(list accs, list grads):
     its own; arrays must be checked by the caller (same shapes, dtype, C-contiguous).
     """
     fused_step(FO_SGD, (1.0, 0.0, 0.0, 0.0, float("inf"), -1.0, 0.0, 0.0, 0.0, 0.0), accs, grads, [])
+
+
+def update_dicts(list dicts, dict values):
+    """dict.update(d, values) for every d (plain dict semantics: subclass __setitem__
+    hooks are not called).  Writes the per-parameter step counters after a step."""
+    cdef object d
+    for d in dicts:
+        PyDict_Update(d, values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -25,6 +26,91 @@ class _Required:
 
 
 required = _Required()
+
+
+class _Group(dict):
+    """A param group: a plain dict whose every mutation bumps ``_version``, so the
+    optimizer re-validates a group's hyperparameters only after they change."""
+
+    __slots__ = ("_version",)
+
+    def __init__(self, *a, **kw):
+        dict.__init__(self, *a, **kw)
+        self._version = 0
+
+    def _bump(self):
+        self._version += 1
+
+    def __setitem__(self, k, v):
+        dict.__setitem__(self, k, v)
+        self._version += 1
+
+    def __delitem__(self, k):
+        dict.__delitem__(self, k)
+        self._version += 1
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def update(self, *a, **kw):
+        dict.update(self, *a, **kw)
+        self._version += 1
+
+    def setdefault(self, k, default=None):
+        self._version += 1
+        return dict.setdefault(self, k, default)
+
+    def pop(self, *a):
+        self._version += 1
+        return dict.pop(self, *a)
+
+    def popitem(self):
+        self._version += 1
+        return dict.popitem(self)
+
+    def clear(self):
+        dict.clear(self)
+        self._version += 1
+
+    def copy(self):
+        return dict(self)
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+
+class _ParamState(dict):
+    """One parameter's state.  Assigning or deleting a key (``opt.state[p]["step"] = 0``,
+    a replaced buffer) is checked against the parameter and makes the optimizer drop its
+    cached plans, so the next step uses the new values."""
+
+    __slots__ = ("_owner", "_param")
+
+    def __init__(self, owner, param, init=()):
+        dict.__init__(self, init)
+        self._owner = owner
+        self._param = param
+
+    def __setitem__(self, key, value):
+        p = self._param
+        if isinstance(value, np.ndarray) or _is_array(value):
+            if value.shape != p.shape or value.dtype != p.dtype:
+                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {p.dtype}, got "
+                                 f"shape {value.shape} and dtype {value.dtype}")
+            if not value.flags.c_contiguous or not value.flags.writeable:
+                raise ValueError(f"state[{key!r}]: the array must be C-contiguous and writeable")
+            if type(value) is not type(p):
+                raise TypeError(f"state[{key!r}]: expected a {type(p).__name__}, got {type(value).__name__}")
+        dict.__setitem__(self, key, value)
+        self._owner._invalidate()
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self._owner._invalidate()
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
 
 
 class _StateView:
@@ -62,7 +148,9 @@ def _clip_coef(norm: float, max_norm: float) -> float:
 
 def _backend(arrays):
     """The native backend of these arrays: the CuPy one (``_cuda``) for cupy arrays."""
-    return _cuda if arrays and _cuda.is_device_array(arrays[0]) else _kernels
+    if not arrays or type(arrays[0]) is np.ndarray:
+        return _kernels
+    return _cuda if _cuda.is_device_array(arrays[0]) else _kernels
 
 
 def _is_array(x) -> bool:
@@ -94,11 +182,11 @@ def _check_options(*, global_clipnorm, clipnorm, clipvalue, ema_decay, skip_nonf
     k = gradient_accumulation_steps
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {k!r}")
-    return dict(global_clipnorm=None if global_clipnorm is None else float(global_clipnorm),
+    return types.MappingProxyType(dict(global_clipnorm=None if global_clipnorm is None else float(global_clipnorm),
                 clipnorm=None if clipnorm is None else float(clipnorm),
                 clipvalue=None if clipvalue is None else float(clipvalue),
                 ema_decay=None if ema_decay is None else float(ema_decay),
-                skip_nonfinite=bool(skip_nonfinite), gradient_accumulation_steps=int(k))
+                skip_nonfinite=bool(skip_nonfinite), gradient_accumulation_steps=int(k)))
 
 
 def _is_number(x) -> bool:
@@ -151,9 +239,13 @@ class Optimizer:
                  clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1):
         defaults = dict(defaults)
         defaults.setdefault("l1", l1)
+        # read-only: the options fix the step's code path
         self.options = _check_options(global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue,
                                       ema_decay=ema_decay, skip_nonfinite=skip_nonfinite,
                                       gradient_accumulation_steps=gradient_accumulation_steps)
+        o = self.options
+        self._plain = (o["global_clipnorm"] is None and o["clipnorm"] is None and o["clipvalue"] is None
+                       and not o["skip_nonfinite"] and o["gradient_accumulation_steps"] == 1)
         self.nonfinite_count = 0      # steps skipped because a gradient was NaN/Inf
         self.last_step_skipped = False
         self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
@@ -167,7 +259,6 @@ class Optimizer:
         self._params: List[np.ndarray] = []
         self._labels: List[str] = []
         self._index: Dict[int, int] = {}
-        self._hkeys = tuple(k for k in self.defaults)
         self._plans: Dict[int, tuple] = {}      # group index -> (names, scalars, states, buffers)
         self._resolved: Dict[int, tuple] = {}   # group index -> validated hyperparameters
         if params is None:
@@ -212,13 +303,14 @@ class Optimizer:
                 raise ValueError(f"param group {gi} didn't specify a value of required optimization parameter {k}")
             else:
                 g[k] = v
-        labels = [f"params[{len(self._params) + j}] (group {gi}, index {j})" for j in range(len(params))]
-        _backend(self._params or params).check_params(params, labels)
-        if params and self._params:
-            if params[0].dtype != self._params[0].dtype:
-                raise TypeError(f"{labels[0]}: dtype {params[0].dtype} differs from {self._params[0].dtype} of the "
+        earlier = self._params + list(extra)      # params added before, or staged in the same call
+        labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        _backend(earlier or params).check_params(params, labels)
+        if params and earlier:
+            if params[0].dtype != earlier[0].dtype:
+                raise TypeError(f"{labels[0]}: dtype {params[0].dtype} differs from {earlier[0].dtype} of the "
                                 "optimizer's other parameters; float32 and float64 can't be mixed")
-        _check_no_overlap(self._params + list(extra), params, labels)
+        _check_no_overlap(earlier, params, labels)
         self._check_group(g, f"param group {gi}")
         return g
 
@@ -229,7 +321,7 @@ class Optimizer:
             self._index[id(p)] = len(self._params)
             self._labels.append(f"params[{len(self._params)}] (group {gi}, index {j})")
             self._params.append(p)
-        self.param_groups.append(g)
+        self.param_groups.append(g if type(g) is _Group else _Group(g))
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group of parameters with its own hyperparameters (torch semantics)."""
@@ -313,34 +405,44 @@ class Optimizer:
         be = _backend(params)
         be.check_params(params, self._labels)
         skipped = be.check_grads(params, grads, self._labels)
-        _check_real(grad_scale, "grad_scale", lo=0.0)
+        if grad_scale != 1.0:
+            _check_real(grad_scale, "grad_scale", lo=0.0)
         groups = self.param_groups
         resolved = [self._resolve(gi, g) for gi, g in enumerate(groups)]
         # nothing below can fail on user input
         opts = self.options
-        if opts["gradient_accumulation_steps"] > 1:
-            grads = self._accumulate(grads)
-            if grads is None:
-                return loss
-            grad_scale = grad_scale / opts["gradient_accumulation_steps"]
-            skipped = sum(gr is None for gr in grads)
-        guard = opts["skip_nonfinite"] if skip_nonfinite is None else bool(skip_nonfinite)
-        control = None
-        if be is _cuda:
-            common_fix, tscale, control = self._clip_and_guard_device(grads, grad_scale, guard)
+        tscale = control = None
+        if self._plain and skip_nonfinite is None and grad_scale == 1.0:
+            common_fix = _NO_FIX                       # no toolkit option: the lean path
         else:
-            common_fix, tscale = self._clip_and_guard(grads, grad_scale, guard)
-        if common_fix is None:          # non-finite gradient with skip_nonfinite
-            return loss
-        base = 0
-        for gi, g in enumerate(groups):
-            n = len(g["params"])
-            geff, common, names = resolved[gi]
+            if opts["gradient_accumulation_steps"] > 1:
+                grads = self._accumulate(grads)
+                if grads is None:
+                    return loss
+                grad_scale = grad_scale / opts["gradient_accumulation_steps"]
+                skipped = sum(gr is None for gr in grads)
+            guard = opts["skip_nonfinite"] if skip_nonfinite is None else bool(skip_nonfinite)
+            if be is _cuda:
+                common_fix, tscale, control = self._clip_and_guard_device(grads, grad_scale, guard)
+            else:
+                common_fix, tscale = self._clip_and_guard(grads, grad_scale, guard)
+            if common_fix is None:          # non-finite gradient with skip_nonfinite
+                return loss
+        if len(groups) == 1:
+            geff, common, names = resolved[0]
             if common_fix is not _NO_FIX:
                 common = (common[0] * common_fix[0],) + common[1:4] + (common_fix[1],)
-            self._step_group(gi, geff, common, names, g["params"], grads[base:base + n], skipped == 0,
-                             None if tscale is None else tscale[base:base + n], control)
-            base += n
+            self._step_group(0, geff, common, names, params, grads, skipped == 0, tscale, control, be)
+        else:
+            base = 0
+            for gi, g in enumerate(groups):
+                n = len(g["params"])
+                geff, common, names = resolved[gi]
+                if common_fix is not _NO_FIX:
+                    common = (common[0] * common_fix[0],) + common[1:4] + (common_fix[1],)
+                self._step_group(gi, geff, common, names, g["params"], grads[base:base + n], skipped == 0,
+                                 None if tscale is None else tscale[base:base + n], control, be)
+                base += n
         self.iterations += 1
         return loss
 
@@ -424,38 +526,45 @@ class Optimizer:
         """This step's view of group gi: hyperparameters (lr resolved from a schedule),
         the kernel's common block and the state buffer names.  Validation runs again
         only when a hyperparameter changed since the last step."""
-        key = tuple([g[k] for k in self._hkeys])
+        # a _Group counts its mutations; a plain dict put in param_groups by hand is
+        # validated on every step
+        ver = g._version if type(g) is _Group else None
         cached = self._resolved.get(gi)
-        if cached is None or cached[0] != key:
+        if ver is None or cached is None or cached[0] is not g or cached[1] != ver:
             where = f"param group {gi}"
-            lr = g["lr"]
+            if isinstance(g.get("betas"), list):
+                g["betas"] = tuple(g["betas"])
+                ver = g._version if type(g) is _Group else None
             self._check_group(g, where)
             geff = dict(g)
-            cached = (key, geff, self._common(geff), tuple(self._state_names(geff)), callable(lr))
+            lr = g["lr"]
+            cached = (g, ver, geff, self._common(geff), tuple(self._state_names(geff)), callable(lr))
             self._resolved[gi] = cached
-        _, geff, common, names, scheduled = cached
+        _, _, geff, common, names, scheduled = cached
         if scheduled:
             geff = dict(geff)
             geff["lr"] = self._group_lr(g, f"param group {gi}")
         return geff, common, names
 
     def _step_group(self, gi: int, g: dict, common: tuple, names: tuple, params: list, grads: list,
-                    complete: bool, tscale: Optional[list] = None, control=None) -> None:
+                    complete: bool, tscale: Optional[list] = None, control=None, be=None) -> None:
         plan = self._plans.get(gi)
-        be = _backend(params)
-        dev = {} if control is None else {"control": control}
+        if be is None:
+            be = _backend(params)
         if complete and plan is not None and plan[0] == names:
             # fast path: every parameter of the group steps together and has its state
             _, scal, states, bufs, emas = plan
             hp = common + self._hyper(g, scal, _NO_FRESH)
             if self._kernel is None:
                 self._numpy_update(g, params, grads, states, scal, common, tscale, emas)
+            elif control is None:
+                be.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale)
             else:
-                be.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale, **dev)
-            for st in states:
-                st.update(scal)
+                be.fused_step(self._kernel, hp, params, grads, bufs, emas, tscale, control=control)
+            _kernels.update_dicts(states, scal)
             return
         self._plans.pop(gi, None)
+        dev = {} if control is None else {"control": control}
         store = self._state
         ema = self.options["ema_decay"] is not None
         buckets: Dict[tuple, list] = {}
@@ -464,15 +573,15 @@ class Optimizer:
                 continue
             st = store.get(id(p))
             if st is None:
-                st = self._init_scalars(g)
+                st = _ParamState(self, p, self._init_scalars(g))
                 store[id(p)] = st
             fresh = []
             for name in names:
                 if name not in st:
-                    st[name] = self._new_buffer(name, p, g)
+                    dict.__setitem__(st, name, self._new_buffer(name, p, g))
                     fresh.append(name)
             if ema and "ema" not in st:
-                st["ema"] = p.copy()
+                dict.__setitem__(st, "ema", p.copy())
             key = tuple([st[k] for k in self._scalar_state]) + (frozenset(fresh),)
             buckets.setdefault(key, []).append((p, gr, st, j))
         for key, items in buckets.items():
@@ -490,8 +599,7 @@ class Optimizer:
                 idx = [it[3] for it in items]
                 ts = None if tscale is None else (_cuda.take(tscale, idx) if be is _cuda else [tscale[i] for i in idx])
                 be.fused_step(self._kernel, hp, ps, gs, bufs, emas, ts, **dev)
-            for st in states:
-                st.update(scal)
+            _kernels.update_dicts(states, scal)
             if complete and len(buckets) == 1:
                 self._plans[gi] = (names, scal, states, bufs, emas)
 
@@ -712,7 +820,7 @@ class Optimizer:
                         raise TypeError(f"state_dict state[{key!r}][{k!r}]: dtype {a.dtype} is not a real number type")
                     ns[k] = (_cuda.from_host(a, p) if _cuda.is_device_array(p)
                              else np.array(a, dtype=p.dtype, order="C", copy=True))
-            new_state[id(p)] = ns
+            new_state[id(p)] = _ParamState(self, p, ns)
         its = state_dict.get("iterations", self.iterations)
         its = _scalar_from(its, "state_dict['iterations']", integer=True)
         nonfinite = _scalar_from(state_dict.get("nonfinite_count", self.nonfinite_count),
