@@ -1,0 +1,441 @@
+"""ZeRO stage 1 (torch's ZeroRedundancyOptimizer): optimizer state sharded across ranks.
+
+Every rank keeps the whole parameter vector (``arena.flat``) but optimizer state only for
+its contiguous 1/world slice.  A step is::
+
+    Reduce_scatter(sum) of the flat gradient -> each rank gets its slice, divides by world
+    optimizer.step on the slice (the inner optimizer's one parameter is the slice view)
+    Allgatherv of the slices, in place into arena.flat
+
+The element-wise update rules make the result bit-identical to synchronous data
+parallelism with the same optimizer over ``[arena.flat]``, with 1/world of the state
+memory per rank.  Checkpoints are one ``.npz`` per rank plus a JSON manifest (no pickle);
+``consolidate_checkpoint`` reassembles them in one process, ``load_checkpoint``
+reshards them for any world size.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..arena import GradArena, _aligned_empty, _ArenaBase
+from ..optimizer import Optimizer
+from . import clip as _clip
+from ._mpi import agree, mpi, mpi_type, resolve_comm
+from .data_parallel import _check_clip_options, _clip_decision, _takes_grad_scale
+
+__all__ = ["ZeroOptimizer", "shard_bounds", "consolidate_checkpoint", "CHECKPOINT_FORMAT"]
+
+log = logging.getLogger("fusedoptim.distributed")
+
+CHECKPOINT_FORMAT = "fusedoptim-zero1-v1"
+_MANIFEST = "zero-manifest.json"
+
+
+def shard_bounds(numel: int, world: int, align: int = 1) -> List[Tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` slices of ``range(numel)``, one per rank: equal lengths
+    rounded up to a multiple of ``align`` elements (so each slice starts aligned), the
+    last ones shorter or empty."""
+    if world < 1 or align < 1 or numel < 0:
+        raise ValueError(f"shard_bounds: need numel >= 0, world >= 1, align >= 1; got {numel}, {world}, {align}")
+    per = -(-numel // world)
+    per = -(-per // align) * align
+    return [(min(r * per, numel), min((r + 1) * per, numel)) for r in range(world)]
+
+
+def _shard_file(rank: int, world: int) -> str:
+    return f"zero-rank{rank:05d}-of-{world:05d}.npz"
+
+
+def _plain_json(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _jsonable_groups(groups: Sequence[dict]) -> List[dict]:
+    out = []
+    for g in groups:
+        d = {}
+        for k, v in g.items():
+            if k == "params" or callable(v):
+                continue
+            if isinstance(v, np.generic):
+                v = v.item()
+            if isinstance(v, tuple):
+                v = [x.item() if isinstance(x, np.generic) else x for x in v]
+            d[k] = v
+        out.append(d)
+    return out
+
+
+class ZeroOptimizer:
+    """ZeRO-1 data parallelism over a flat parameter arena (collective).
+
+    ``ZeroOptimizer(optimizer_class, arena, comm=None, **hyper)`` builds
+    ``optimizer_class([shard], **hyper)`` on each rank, where ``shard`` is this rank's
+    slice of ``arena.flat`` (``arena``: a ParamArena or a writeable contiguous 1-D
+    float array).  Rank ``root``'s parameters are broadcast first (``broadcast=False``
+    skips it).  ``step(grads)`` takes the GradArena, its ``flat`` or ``[flat]``.
+
+    ``average``, ``global_clipnorm`` and ``skip_nonfinite`` behave as in
+    DistributedOptimizer; the global norm is summed from per-rank partials with
+    ``math.fsum`` after an Allgather, so every rank takes the same decision.  (The inner
+    optimizer's own ``global_clipnorm`` / ``clipnorm`` / ``skip_nonfinite`` would only see
+    one shard: these keywords go to ZeroOptimizer itself, and ``clipnorm`` is refused.)
+
+    Attributes: ``optimizer`` (the shard's optimizer), ``shard`` (this rank's ``(lo, hi)``),
+    ``bounds`` (all ranks'), ``param_groups`` and ``iterations`` (the inner optimizer's:
+    change ``param_groups[0]["lr"]`` on every rank alike).
+    """
+
+    def __init__(self, optimizer_class, arena, comm=None, *, average: bool = True,
+                 global_clipnorm: Optional[float] = None, skip_nonfinite: bool = False,
+                 broadcast: bool = True, root: int = 0, **hyper):
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
+            raise TypeError(f"optimizer_class must be a fusedoptim Optimizer class (e.g. fusedoptim.Adam), "
+                            f"got {optimizer_class!r}")
+        _check_clip_options(global_clipnorm, skip_nonfinite)
+        shard_only = sorted(k for k in ("clipnorm",) if hyper.get(k) is not None)
+        if shard_only:
+            raise ValueError("clipnorm would clip each rank's shard of the gradient separately; "
+                             "pass global_clipnorm to ZeroOptimizer (it clips the whole gradient)")
+        self.comm = comm = resolve_comm(comm)
+        self.arena = arena if isinstance(arena, _ArenaBase) else None
+        flat = arena.flat if isinstance(arena, _ArenaBase) else arena
+        err = None
+        if not isinstance(flat, np.ndarray) or flat.ndim != 1:
+            err = "arena must be a ParamArena or a 1-D numpy array"
+        elif flat.dtype not in (np.float32, np.float64):
+            err = f"parameters have dtype {flat.dtype}; float32 or float64 expected"
+        elif not (flat.flags.c_contiguous and flat.flags.writeable):
+            err = "the flat parameter array must be writeable and C-contiguous"
+        info = None if err else (int(flat.size), flat.dtype.str)
+        infos = comm.allgather(info)
+        if err is None and infos[root] is not None and info != infos[root]:
+            err = f"flat parameters {info} differ from rank {root}'s {infos[root]} (size, dtype)"
+        agree(comm, err, "ZeroOptimizer")
+        self.flat = flat
+        self.average = bool(average)
+        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.last_grad_norm: Optional[float] = None
+        self.nonfinite_count = 0
+        self.last_step_skipped = False
+        self._mpitype = mpi_type(flat.dtype)
+        world, rank = comm.size, comm.rank
+        self.bounds = shard_bounds(flat.size, world, align=max(1, 64 // flat.itemsize))
+        self.shard = self.bounds[rank]
+        self._counts = [hi - lo for lo, hi in self.bounds]
+        self._displs = [lo for lo, _ in self.bounds]
+        lo, hi = self.shard
+        if broadcast and flat.size:
+            comm.Bcast([flat, self._mpitype], root=root)
+        self.shard_param = flat[lo:hi]
+        self.grad_shard = _aligned_empty(hi - lo, flat.dtype, 64)
+        self.grad_shard[...] = 0
+        self._optimizer_class, self._hyper = optimizer_class, dict(hyper)
+        self.optimizer = optimizer_class([self.shard_param], **hyper)
+        self._fused_scale = _takes_grad_scale(self.optimizer)
+        self._norm_parts = np.zeros(world, dtype=np.float64)
+
+    # -------------------------------------------------------------- delegation
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def iterations(self) -> int:
+        return self.optimizer.iterations
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.comm.size
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state buffers held by this rank."""
+        st = self.optimizer.state.get(self.shard_param) or {}
+        return sum(v.nbytes for v in st.values() if isinstance(v, np.ndarray))
+
+    # ------------------------------------------------------------------ step
+    def _flat_grad(self, grads) -> np.ndarray:
+        if isinstance(grads, GradArena):
+            g = grads.flat
+        elif isinstance(grads, np.ndarray):
+            g = grads
+        else:
+            lst = list(grads)
+            if len(lst) != 1:
+                raise ValueError(f"ZeroOptimizer.step takes the flat gradient (a GradArena, its flat, or "
+                                 f"[flat]), got a list of {len(lst)}")
+            g = lst[0]
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"gradient must be a numpy.ndarray, got {type(g).__name__}")
+        if g.shape != self.flat.shape:
+            raise ValueError(f"gradient shape {g.shape} does not match the flat parameters' {self.flat.shape}")
+        if g.dtype != self.flat.dtype:
+            raise TypeError(f"gradient dtype {g.dtype} does not match the parameters' {self.flat.dtype}")
+        if not g.flags.c_contiguous:
+            raise ValueError("gradient must be C-contiguous")
+        if g.size and np.shares_memory(g, self.flat):
+            raise ValueError("the gradient shares memory with the parameters")
+        return g
+
+    def _reduce_scatter_sum(self, grads) -> np.ndarray:
+        MPI = mpi()
+        g = self._flat_grad(grads)
+        t = self._mpitype
+        self.comm.Reduce_scatter([g, t], [self.grad_shard, t], recvcounts=self._counts, op=MPI.SUM)
+        return self.grad_shard
+
+    def reduce_scatter(self, grads) -> np.ndarray:
+        """Sum (and, with ``average``, divide by the world size) the flat gradient across
+        ranks into this rank's shard, ``grad_shard``, without stepping (collective)."""
+        gs = self._reduce_scatter_sum(grads)
+        if self.average and self.comm.size > 1 and gs.size:
+            np.divide(gs, gs.dtype.type(self.comm.size), out=gs)
+        return gs
+
+    def _global_norm(self) -> float:
+        mine = np.array([_clip.sum_of_squares([self.grad_shard])], dtype=np.float64)
+        self.comm.Allgather([mine, mpi().DOUBLE], [self._norm_parts, mpi().DOUBLE])
+        return math.sqrt(math.fsum(self._norm_parts.tolist()))
+
+    def step(self, grads, closure=None):
+        """Reduce-scatter the flat gradient, step this rank's shard (average and clip
+        factor applied inside the kernel), all-gather the parameters into ``arena.flat``
+        (collective).  Returns ``closure()`` if given."""
+        loss = closure() if closure is not None else None
+        world = self.comm.size
+        scale = 1.0 / world if self.average and world > 1 else 1.0
+        self.last_step_skipped = False
+        if self._fused_scale:
+            gs = self._reduce_scatter_sum(grads)
+        else:
+            gs = self.reduce_scatter(grads) if scale != 1.0 else self._reduce_scatter_sum(grads)
+            scale = 1.0
+        if self.global_clipnorm is not None or self.skip_nonfinite:
+            # math.fsum of the allgathered partials: the same float on every rank
+            scale = _clip_decision(self, self._global_norm() * scale, scale)
+            if scale is None:
+                return loss
+        if self._fused_scale:
+            self.optimizer.step([gs], grad_scale=scale)
+        else:
+            _clip.scale_([gs], scale)
+            self.optimizer.step([gs])
+        self.allgather_params()
+        return loss
+
+    def allgather_params(self) -> None:
+        """Share every rank's shard of the parameters with all ranks, in place (collective)."""
+        MPI = mpi()
+        if self.flat.size:
+            self.comm.Allgatherv(MPI.IN_PLACE, [self.flat, (self._counts, self._displs), self._mpitype])
+
+    # ------------------------------------------------------------ state dicts
+    def state_dict(self) -> dict:
+        """This rank's shard optimizer ``state_dict`` (arrays cover ``self.shard`` only)."""
+        return self.optimizer.state_dict()
+
+    def consolidated_state_dict(self, root: int = 0) -> Optional[dict]:
+        """Collective: the full state dict, for ``optimizer_class([arena.flat])``, on
+        ``root`` (None on the other ranks).  Gathers every state buffer: root needs memory
+        for the whole state."""
+        sd = self.optimizer.state_dict()
+        st = sd["state"].get(0, {})
+        names = sorted(k for k, v in st.items() if isinstance(v, np.ndarray))
+        full: Dict[str, Any] = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+        for name in names:
+            buf = np.empty(self.flat.size, dtype=self.flat.dtype) if self.comm.rank == root else None
+            recv = [buf, (self._counts, self._displs), self._mpitype] if buf is not None else None
+            self.comm.Gatherv([np.ascontiguousarray(st[name]), self._mpitype], recv, root=root)
+            full[name] = buf
+        if self.comm.rank != root:
+            return None
+        sd["state"] = {0: full} if st else {}
+        return sd
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, directory: str, include_params: bool = True) -> None:
+        """Collective: every rank writes its shard's optimizer state (and parameter slice)
+        to ``directory/zero-rankRRRRR-of-WWWWW.npz``; rank 0 then writes the manifest
+        ``zero-manifest.json``.  Files are written to a temporary name and renamed."""
+        comm = self.comm
+        err = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            sd = self.optimizer.state_dict()
+            st = sd["state"].get(0, {})
+            lo, hi = self.shard
+            arrays = {
+                "format": np.array(CHECKPOINT_FORMAT),
+                "kind": np.array(sd["kind"]),
+                "rank": np.int64(comm.rank), "world": np.int64(comm.size),
+                "lo": np.int64(lo), "hi": np.int64(hi), "numel": np.int64(self.flat.size),
+                "dtype": np.array(self.flat.dtype.str),
+                "iterations": np.int64(sd["iterations"]),
+                "param_groups": np.array(json.dumps(_jsonable_groups(sd["param_groups"]))),
+                "has_state": np.bool_(bool(st)),
+                # other top-level entries of the state_dict (counters), as JSON
+                "extra": np.array(json.dumps({k: _plain_json(v) for k, v in sd.items()
+                                              if k not in ("kind", "iterations", "state", "param_groups")})),
+            }
+            for k, v in st.items():
+                if isinstance(v, np.ndarray):
+                    arrays["state/" + k] = v
+                else:
+                    arrays["scalar/" + k] = np.asarray(v)
+            if include_params:
+                arrays["param"] = self.shard_param
+            path = os.path.join(directory, _shard_file(comm.rank, comm.size))
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        except OSError as e:
+            err = f"{type(e).__name__}: {e}"
+        agree(comm, err, "ZeroOptimizer.save_checkpoint")
+        if comm.rank == 0:
+            manifest = {"format": CHECKPOINT_FORMAT, "world": comm.size, "numel": int(self.flat.size),
+                        "dtype": self.flat.dtype.str, "kind": type(self.optimizer).__name__,
+                        "iterations": self.optimizer.iterations,
+                        "files": [_shard_file(r, comm.size) for r in range(comm.size)],
+                        "bounds": [list(b) for b in self.bounds]}
+            tmp = os.path.join(directory, _MANIFEST + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.replace(tmp, os.path.join(directory, _MANIFEST))
+        comm.Barrier()
+
+    def load_checkpoint(self, directory: str, load_params: bool = True) -> None:
+        """Collective: load a checkpoint saved by ``save_checkpoint`` with any world size,
+        resharding it to this one (each rank reads only the files overlapping its shard).
+        Validates kind, size and dtype on every rank before changing anything."""
+        comm = self.comm
+        err = None
+        sd = None
+        pslice = None
+        try:
+            manifest = _read_manifest(directory)
+            if manifest["kind"] != type(self.optimizer).__name__:
+                raise ValueError(f"checkpoint holds {manifest['kind']} state; this optimizer is "
+                                 f"{type(self.optimizer).__name__}")
+            if manifest["numel"] != self.flat.size:
+                raise ValueError(f"checkpoint holds {manifest['numel']} parameters, this arena {self.flat.size}")
+            lo, hi = self.shard
+            sd, pslice = _read_range(directory, manifest, lo, hi, np.dtype(self.flat.dtype), load_params)
+            # dry run on a throwaway optimizer so a bad file raises on every rank, changing nothing
+            self._optimizer_class([np.zeros_like(self.shard_param)], **self._hyper).load_state_dict(sd)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            err = f"{type(e).__name__}: {e}"
+        agree(comm, err, f"ZeroOptimizer.load_checkpoint({directory!r})")
+        self.optimizer.load_state_dict(sd)
+        if load_params:
+            self.shard_param[...] = pslice
+            self.allgather_params()
+
+
+def _read_manifest(directory: str) -> dict:
+    path = os.path.join(directory, _MANIFEST)
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {manifest.get('format')!r})")
+    bounds = [tuple(b) for b in manifest["bounds"]]
+    pos = 0
+    for lo, hi in bounds:
+        if lo != pos and lo != hi or hi < lo:
+            raise ValueError(f"{path}: shard bounds {bounds} do not tile [0, {manifest['numel']})")
+        pos = max(pos, hi)
+    if pos != manifest["numel"] or len(manifest["files"]) != len(bounds) or len(bounds) != manifest["world"]:
+        raise ValueError(f"{path}: shard bounds {bounds} do not tile [0, {manifest['numel']})")
+    return manifest
+
+
+def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtype,
+                want_params: bool) -> Tuple[dict, Optional[np.ndarray]]:
+    """The state_dict for an optimizer over the slice [lo, hi) of the flat parameters,
+    assembled from the shard files overlapping it, and the parameter slice."""
+    n = hi - lo
+    state: Dict[str, Any] = {}
+    scalars: Optional[Dict[str, Any]] = None
+    groups = None
+    extra: Dict[str, Any] = {}
+    has_state = None
+    params = np.zeros(n, dtype=dtype) if want_params else None
+    for r, (fname, (olo, ohi)) in enumerate(zip(manifest["files"], manifest["bounds"])):
+        overlap = max(lo, olo) < min(hi, ohi)
+        if not overlap and scalars is not None:
+            continue
+        path = os.path.join(directory, fname)
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) != CHECKPOINT_FORMAT or int(z["world"]) != manifest["world"] \
+                    or int(z["rank"]) != r or (int(z["lo"]), int(z["hi"])) != (olo, ohi) \
+                    or int(z["numel"]) != manifest["numel"] or str(z["kind"]) != manifest["kind"]:
+                raise ValueError(f"{path}: shard metadata does not match {_MANIFEST}")
+            if int(z["iterations"]) != manifest["iterations"]:
+                raise ValueError(f"{path}: saved at iteration {int(z['iterations'])}, the manifest says "
+                                 f"{manifest['iterations']} (a mix of two checkpoints?)")
+            hs = bool(z["has_state"])
+            sc = {k[len("scalar/"):]: z[k].item() for k in z.files if k.startswith("scalar/")}
+            if scalars is None:
+                scalars, groups, has_state = sc, json.loads(str(z["param_groups"])), hs
+                extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
+            elif sc != scalars or hs != has_state:
+                raise ValueError(f"{path}: scalar state {sc} differs from another shard's {scalars}")
+            if not overlap:
+                continue
+            a, b = max(lo, olo), min(hi, ohi)
+            for k in z.files:
+                if k.startswith("state/"):
+                    name = k[len("state/"):]
+                    src = z[k]
+                    if src.shape != (ohi - olo,):
+                        raise ValueError(f"{path}: {k} has shape {src.shape}, expected ({ohi - olo},)")
+                    if name not in state:
+                        state[name] = np.zeros(n, dtype=dtype)
+                    state[name][a - lo:b - lo] = src[a - olo:b - olo]
+            if want_params:
+                if "param" not in z.files:
+                    raise ValueError(f"{path}: saved without parameters (include_params=False)")
+                params[a - lo:b - lo] = z["param"][a - olo:b - olo]
+    if scalars is None:
+        raise ValueError(f"{directory}: no shard files")
+    if has_state:
+        for k, v in scalars.items():
+            state[k] = v
+    if has_state and n == 0:  # an empty shard still carries the buffer names
+        with np.load(os.path.join(directory, manifest["files"][0]), allow_pickle=False) as z:
+            for k in z.files:
+                if k.startswith("state/"):
+                    state.setdefault(k[len("state/"):], np.zeros(0, dtype=dtype))
+    for gr in groups:
+        gr["params"] = [0]
+    sd = dict(extra, kind=manifest["kind"], iterations=manifest["iterations"], param_groups=groups,
+              state={0: state} if has_state else {})
+    return sd, params
+
+
+def consolidate_checkpoint(directory: str) -> Tuple[dict, Optional[np.ndarray]]:
+    """Reassemble a ZeRO checkpoint in one process, without MPI.
+
+    Returns ``(state_dict, flat_params)``: a state_dict for ``optimizer_class([arena.flat])``
+    (``arena.split_state_dict`` turns it into one for ``arena.params()``), and the flat
+    parameter vector (None if saved with ``include_params=False``)."""
+    manifest = _read_manifest(directory)
+    first = os.path.join(directory, manifest["files"][0])
+    with np.load(first, allow_pickle=False) as z:
+        dtype = np.dtype(str(z["dtype"]))
+        want = "param" in z.files
+    return _read_range(directory, manifest, 0, manifest["numel"], dtype, want)
