@@ -115,7 +115,7 @@ FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp
 /* a: decay (1 - lr*wd if decoupled, else 1), 1 - beta1, beta2, 1 - beta2,
  *    sqrt(1 - beta2^t), eps, -lr / (1 - beta1^t), amsgrad                              */
 template <typename T> struct fo_adam_hp {
-    T decay, w1, one_minus_w1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step;
+    T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc2_sqrt, eps, neg_step;
     bool small_w1, amsgrad;
     FO_HD static fo_adam_hp load(const double *h) {
         const double *a = h + FO_HP_COMMON;
@@ -126,7 +126,7 @@ template <typename T> struct fo_adam_hp {
         s.small_w1 = fo_abs(s.w1) < T(0.5);
         s.beta2 = (T)a[2];
         s.one_minus_beta2 = (T)a[3];
-        s.bc2_sqrt = (T)a[4];
+        s.inv_bc2_sqrt = (T)(1.0 / a[4]);
         s.eps = (T)a[5];
         s.neg_step = (T)a[6];
         s.amsgrad = a[7] != 0.0;
@@ -142,7 +142,9 @@ FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     T s = v;
     if (AMSGRAD) { vmax = fo_max(vmax, v); s = vmax; }
-    T denom = fo_sqrt(s) / h.bc2_sqrt + h.eps;
+    /* torch divides by sqrt(1 - beta2^t); multiplying by its reciprocal (exact in double,
+     * rounded once) leaves one division per element: the loop stays memory-bound */
+    T denom = fo_sqrt(s) * h.inv_bc2_sqrt + h.eps;
     p = p + h.neg_step * m / denom;
 }
 
@@ -236,7 +238,7 @@ FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_common<T> &c, const fo
 /* a: decay (decoupled), 1 - beta1, beta2, 1 - beta2, 1 - beta2^t, eps,
  *    -lr (1 - mu_t) / (1 - prod mu), -lr mu_{t+1} / (1 - prod mu * mu_{t+1})           */
 template <typename T> struct fo_nadam_hp {
-    T decay, w1, one_minus_w1, beta2, one_minus_beta2, bc2, eps, c_grad, c_avg;
+    T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc2, eps, c_grad, c_avg;
     bool small_w1;
     FO_HD static fo_nadam_hp load(const double *h) {
         const double *a = h + FO_HP_COMMON;
@@ -247,7 +249,7 @@ template <typename T> struct fo_nadam_hp {
         s.small_w1 = fo_abs(s.w1) < T(0.5);
         s.beta2 = (T)a[2];
         s.one_minus_beta2 = (T)a[3];
-        s.bc2 = (T)a[4];
+        s.inv_bc2 = (T)(1.0 / a[4]);
         s.eps = (T)a[5];
         s.c_grad = (T)a[6];
         s.c_avg = (T)a[7];
@@ -260,16 +262,17 @@ FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_
     p = p * h.decay;
     m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
-    T denom = fo_sqrt(v / h.bc2) + h.eps;
-    p = p + h.c_grad * g / denom;
-    p = p + h.c_avg * m / denom;
+    /* one division per element instead of torch's three (v / bc2 and two addcdiv) */
+    T r = T(1) / (fo_sqrt(v * h.inv_bc2) + h.eps);
+    p = p + (h.c_grad * g) * r;
+    p = p + (h.c_avg * m) * r;
 }
 
 /* ---- RAdam -------------------------------------------------------------------------- */
 /* a: decay (decoupled), 1 - beta1, beta2, 1 - beta2, 1 - beta1^t, lr,
  *    rectified (rho_t > 5), sqrt(1 - beta2^t), eps, rect                                */
 template <typename T> struct fo_radam_hp {
-    T decay, w1, one_minus_w1, beta2, one_minus_beta2, bc1, lr, bc2_sqrt, eps, rect;
+    T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc1, lr, bc2_sqrt, eps, rect;
     bool small_w1, rectified;
     FO_HD static fo_radam_hp load(const double *h) {
         const double *a = h + FO_HP_COMMON;
@@ -280,7 +283,7 @@ template <typename T> struct fo_radam_hp {
         s.small_w1 = fo_abs(s.w1) < T(0.5);
         s.beta2 = (T)a[2];
         s.one_minus_beta2 = (T)a[3];
-        s.bc1 = (T)a[4];
+        s.inv_bc1 = (T)(1.0 / a[4]);
         s.lr = (T)a[5];
         s.rectified = a[6] != 0.0;
         s.bc2_sqrt = (T)a[7];
@@ -295,7 +298,7 @@ FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_
     p = p * h.decay;
     m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
-    T step = (m / h.bc1) * h.lr;
+    T step = (m * h.inv_bc1) * h.lr;
     /* torch evaluates `float / tensor` as reciprocal(tensor) * float */
     if (h.rectified) step = step * ((T(1) / (fo_sqrt(v) + h.eps)) * h.bc2_sqrt) * h.rect;
     p = p + T(-1) * step;
@@ -320,8 +323,8 @@ FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_com
                             const fo_adadelta_hp<T> &h) {
     g = fo_grad(g, p, c);
     square_avg = square_avg * h.rho + h.one_minus_rho * g * g;
-    T std_ = fo_sqrt(square_avg + h.eps);
-    T delta = fo_sqrt(acc_delta + h.eps) / std_ * g;
+    T std_sq = square_avg + h.eps;
+    T delta = fo_sqrt((acc_delta + h.eps) / std_sq) * g;   /* one sqrt: sqrt(a) / sqrt(b) = sqrt(a / b) */
     acc_delta = acc_delta * h.rho + h.one_minus_rho * delta * delta;
     p = p + h.neg_lr * delta;
 }
