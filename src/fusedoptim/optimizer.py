@@ -136,6 +136,10 @@ class _StateView:
 
 
 _NO_FRESH = frozenset()
+# hyperparameters that must be finite and >= 0 wherever they appear, with their error label
+_NONNEG_HYPER = {"eps": "epsilon value", "weight_decay": "weight_decay value", "momentum": "momentum value",
+                 "lr_decay": "lr_decay value", "initial_accumulator_value": "initial_accumulator_value value",
+                 "momentum_decay": "momentum_decay value", "alpha": "alpha value", "l1": "l1 value"}
 # keys torch-style LR schedulers keep in param groups (as torch does); state_dicts carry them
 _SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 _NO_FIX = (1.0, math.inf)
@@ -206,7 +210,8 @@ class Optimizer:
     _kernel             native kernel id from ``fusedoptim._kernels``; None for NumPy
     _scalar_state       names of per-parameter scalar state (always includes "step")
     _check_group(g, where)      raise ValueError for invalid hyperparameters
-    _state_names(g)     names of the array buffers the group's flags need, in kernel order
+    _buffers            every array buffer the algorithm can keep, in kernel order
+    _state_names(g)     the buffers the group's flags need (default: all of ``_buffers``)
     _new_buffer(name, p, g)     initial value of a buffer (default: zeros)
     _hyper(g, scal, fresh)      advance ``scal`` (dict of scalar state) by one step and
                         return the tuple of per-step scalars the kernel expects; ``fresh``
@@ -334,8 +339,11 @@ class Optimizer:
         lr = g.get("lr")
         if lr is not None and not callable(lr):
             _check_real(lr, f"{where}: lr", lo=0.0)
-        if "l1" in g:
-            _check_real(g["l1"], f"{where}: l1 value", lo=0.0)
+        for k, label in _NONNEG_HYPER.items():     # shared by every optimizer that has them
+            if k in g:
+                _check_real(g[k], f"{where}: {label}", lo=0.0)
+        if "betas" in g:
+            _check_betas(g, where)
         for flag in ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay"):
             if flag in g and not isinstance(g[flag], (bool, np.bool_)):
                 raise TypeError(f"{where}: {flag} must be a bool, got {g[flag]!r}")
@@ -349,8 +357,11 @@ class Optimizer:
         return float(lr)
 
     # ---------------------------------------------------------- subclass API
+    _buffers: Sequence[str] = ()   # every state buffer the algorithm can keep, in kernel order
+
     def _state_names(self, g: dict) -> Sequence[str]:
-        return ()
+        """The buffers this group's flags need (default: all of ``_buffers``)."""
+        return self._buffers
 
     def _new_buffer(self, name: str, p: np.ndarray, g: dict) -> np.ndarray:
         return np.zeros_like(p)
@@ -745,7 +756,7 @@ class Optimizer:
 
     def _all_state_names(self) -> Sequence[str]:
         """Every buffer name this optimizer can hold, whatever its flags."""
-        return ()
+        return self._buffers
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a dict produced by ``state_dict`` (or torch's, converted to numpy).

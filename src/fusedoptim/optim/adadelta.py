@@ -21,6 +21,7 @@ class Adadelta(Optimizer):
     """
 
     _kernel = _kernels.ADADELTA
+    _buffers = ("square_avg", "acc_delta")
 
     def __init__(self, params=None, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), **options)
@@ -28,14 +29,6 @@ class Adadelta(Optimizer):
     def _check_group(self, g, where):
         super()._check_group(g, where)
         _check_real(g["rho"], f"{where}: rho value", lo=0.0, hi=1.0)
-        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
-        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
-
-    def _state_names(self, g):
-        return ("square_avg", "acc_delta")
-
-    def _all_state_names(self):
-        return ("square_avg", "acc_delta")
 
     def _hyper(self, g, scal, fresh):
         scal["step"] += 1

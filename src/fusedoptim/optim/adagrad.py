@@ -1,7 +1,7 @@
 import numpy as np
 
 from .. import _kernels
-from ..optimizer import Optimizer, _check_real
+from ..optimizer import Optimizer
 
 
 class Adagrad(Optimizer):
@@ -23,25 +23,13 @@ class Adagrad(Optimizer):
     """
 
     _kernel = _kernels.ADAGRAD
+    _buffers = ("sum",)
 
     def __init__(self, params=None, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), **options)
-
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        _check_real(g["lr_decay"], f"{where}: lr_decay value", lo=0.0)
-        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
-        _check_real(g["initial_accumulator_value"], f"{where}: initial_accumulator_value value", lo=0.0)
-        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
-
-    def _state_names(self, g):
-        return ("sum",)
-
-    def _all_state_names(self):
-        return ("sum",)
 
     def _new_buffer(self, name, p, g):
         return np.full_like(p, g["initial_accumulator_value"])

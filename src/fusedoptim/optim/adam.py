@@ -1,7 +1,7 @@
 import math
 
 from .. import _kernels
-from ..optimizer import Optimizer, _check_betas, _check_real
+from ..optimizer import Optimizer
 
 
 class Adam(Optimizer):
@@ -31,6 +31,7 @@ class Adam(Optimizer):
     """
 
     _kernel = _kernels.ADAM
+    _buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False, **options):
@@ -38,17 +39,8 @@ class Adam(Optimizer):
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), **options)
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
-        _check_betas(g, where)
-        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
-
     def _state_names(self, g):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if g["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def _all_state_names(self):
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _hyper(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1

@@ -1,5 +1,5 @@
 from .. import _kernels
-from ..optimizer import Optimizer, _check_betas, _check_real
+from ..optimizer import Optimizer
 
 
 class NAdam(Optimizer):
@@ -25,6 +25,7 @@ class NAdam(Optimizer):
     """
 
     _kernel = _kernels.NADAM
+    _buffers = ("exp_avg", "exp_avg_sq")
     _scalar_state = ("step", "mu_product")
 
     def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
@@ -33,21 +34,8 @@ class NAdam(Optimizer):
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), **options)
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
-        _check_betas(g, where)
-        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
-        _check_real(g["momentum_decay"], f"{where}: momentum_decay value", lo=0.0)
-
     def _init_scalars(self, g):
         return {"step": 0, "mu_product": 1.0}
-
-    def _state_names(self, g):
-        return ("exp_avg", "exp_avg_sq")
-
-    def _all_state_names(self):
-        return ("exp_avg", "exp_avg_sq")
 
     def _hyper(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1

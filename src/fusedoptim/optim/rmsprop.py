@@ -1,5 +1,5 @@
 from .. import _kernels
-from ..optimizer import Optimizer, _check_real
+from ..optimizer import Optimizer
 
 
 class RMSprop(Optimizer):
@@ -23,25 +23,16 @@ class RMSprop(Optimizer):
     """
 
     _kernel = _kernels.RMSPROP
+    _buffers = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(self, params=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize), **options)
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        _check_real(g["eps"], f"{where}: epsilon value", lo=0.0)
-        _check_real(g["momentum"], f"{where}: momentum value", lo=0.0)
-        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
-        _check_real(g["alpha"], f"{where}: alpha value", lo=0.0)
-
     def _state_names(self, g):
         return (("square_avg",) + (("grad_avg",) if g["centered"] else ())
                 + (("momentum_buffer",) if g["momentum"] > 0 else ()))
-
-    def _all_state_names(self):
-        return ("square_avg", "grad_avg", "momentum_buffer")
 
     def _hyper(self, g, scal, fresh):
         scal["step"] += 1

@@ -24,6 +24,7 @@ class SGD(Optimizer):
     """
 
     _kernel = _kernels.SGD
+    _buffers = ("momentum_buffer",)
 
     def __init__(self, params=None, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, **options):
@@ -32,17 +33,12 @@ class SGD(Optimizer):
 
     def _check_group(self, g, where):
         super()._check_group(g, where)
-        _check_real(g["momentum"], f"{where}: momentum value", lo=0.0)
         _check_real(g["dampening"], f"{where}: dampening", lo=0.0, hi=1.0)
-        _check_real(g["weight_decay"], f"{where}: weight_decay value", lo=0.0)
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError(f"{where}: Nesterov momentum requires a momentum and zero dampening")
 
     def _state_names(self, g):
         return ("momentum_buffer",) if g["momentum"] != 0 else ()
-
-    def _all_state_names(self):
-        return ("momentum_buffer",)
 
     def _hyper(self, g, scal, fresh):
         scal["step"] += 1
