@@ -3,11 +3,16 @@
 ``fusedoptim demo [options]``        an MLP on handwritten digits (or ``--mnist DIR``) with
                                      every optimizer from the same start: time, time inside
                                      ``opt.step``, epochs to a target accuracy, curves
+``mpiexec -n N python -m fusedoptim demo --distributed [options]``
+                                     the same, data parallel over MPI: each batch split
+                                     across the ranks, gradients averaged by
+                                     ``fusedoptim.distributed.DistributedOptimizer``
 ``fusedoptim demo toy2d [options]``  the tutorials' 2-11-1 network on a 2-D point cloud,
                                      with and without L2 regularization: decision boundaries
 
 Optional packages (``pip install 'fusedoptim[demo]'``): scikit-learn (the digits),
-matplotlib (the PNGs), tqdm (progress bars).
+matplotlib (the PNGs), tqdm (progress bars); ``pip install 'fusedoptim[mpi]'``
+(mpi4py and MPICH) for ``--distributed``.
 """
 from ._util import DemoError
 from .cli import main

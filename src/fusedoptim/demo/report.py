@@ -12,7 +12,7 @@ import numpy as np
 import fusedoptim as fo
 from ._util import PIP_HINT, finite, pyplot
 
-__all__ = ["table", "format_table", "document", "write_json", "plot_curves"]
+__all__ = ["table", "format_table", "sync_summary", "document", "write_json", "plot_curves"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -30,20 +30,51 @@ def _num(x, fmt: str) -> str:
 
 
 def format_table(results: List[dict], target_acc: float) -> str:
-    headers = ["optimizer", "lr", "wall s", "train s", "step s", "step %",
-               f"epochs to {target_acc:g}", "train acc", "test acc", "train loss", "test loss"]
+    """One row per run.  Runs of ``--distributed`` (with ``world_size``) add the number of
+    ranks and the time inside the gradient Allreduce next to the time inside the step."""
+    dist = any("world_size" in r for r in results)
+    headers = ["optimizer", "lr"] + (["ranks"] if dist else []) + ["wall s", "train s"] \
+        + (["allreduce s", "allreduce %"] if dist else []) + ["step s", "step %"] \
+        + [f"epochs to {target_acc:g}", "train acc", "test acc", "train loss", "test loss"]
     rows = []
     for r in results:
         f = r["final"]
         reach = str(r["epochs_to_target"]) if r["epochs_to_target"] is not None else \
             ("diverged" if r["diverged"] else "not reached")
-        rows.append([r["label"], format(r["lr"], "g"), _num(r["wall_s"], ".2f"), _num(r["train_s"], ".2f"),
-                     _num(r["step_s"], ".3f"), _num(100 * r["step_s"] / r["train_s"] if r["train_s"] else None, ".1f"),
-                     reach, _num(f["train_acc"], ".4f"), _num(f["test_acc"], ".4f"),
-                     _num(f["train_loss"], ".4f"), _num(f["test_loss"], ".4f")])
+        row = [r["label"], format(r["lr"], "g")]
+        if dist:
+            row.append(str(r.get("world_size", 1)))
+        row += [_num(r["wall_s"], ".2f"), _num(r["train_s"], ".2f")]
+        if dist:
+            ar = r.get("allreduce_s")
+            row += [_num(ar, ".3f"), _num(_pct(ar, r["train_s"]), ".1f")]
+        row += [_num(r["step_s"], ".3f"), _num(_pct(r["step_s"], r["train_s"]), ".1f"),
+                reach, _num(f["train_acc"], ".4f"), _num(f["test_acc"], ".4f"),
+                _num(f["train_loss"], ".4f"), _num(f["test_loss"], ".4f")]
+        rows.append(row)
     note = ("wall: whole run incl. evaluation; train: training loop (batching, forward, backward, step); "
             "step: inside opt.step")
+    if dist:
+        note += ("\nallreduce: inside DistributedOptimizer.allreduce (one Allreduce of the gradients, the "
+                 "division by the world size, and waiting for the slowest rank); times are rank 0's, every "
+                 "rank's are in the JSON (per_rank)")
     return table(headers, rows) + "\n" + note
+
+
+def _pct(part, whole):
+    return 100 * part / whole if part is not None and whole else None
+
+
+def sync_summary(results: List[dict], world_size: int) -> str:
+    """One line: whether every rank ended every run with the same parameter bits."""
+    bad = [r["label"] for r in results if r.get("ranks_bit_identical") is False]
+    if bad:
+        return (f"ranks NOT bit-identical after: {', '.join(bad)} (fusedoptim.distributed.assert_synchronized "
+                f"over {world_size} ranks); please report this")
+    if world_size == 1:
+        return "ranks bit-identical: one rank, nothing to compare (fusedoptim.distributed.assert_synchronized)"
+    return (f"ranks bit-identical: the parameters of all {world_size} ranks have the same SHA-256 after every "
+            f"run (fusedoptim.distributed.assert_synchronized)")
 
 
 def _clean(x):

@@ -21,6 +21,8 @@ import fusedoptim as fo
 from .. import nn
 from . import data as _data
 from ._util import DemoError, SCHEDULES, blas_threads, clip_function, make_schedule, progress
+from . import parallel
+from .parallel import World, slice_weight
 
 __all__ = ["OptSpec", "OPTIMIZERS", "train_one", "evaluate", "build_parser", "main"]
 
@@ -99,21 +101,29 @@ def evaluate(model: nn.Sequential, x: np.ndarray, y: np.ndarray, chunk: int = 10
 def train_one(spec: OptSpec, lr: float, dataset: _data.Dataset, *, hidden: Sequence[int] = (128,),
               epochs: int = 20, batch_size: int = 32, schedule: str = "none",
               clip_norm: Optional[float] = None, target_acc: float = 0.95, seed: int = 0,
-              show_progress: bool = True) -> dict:
+              show_progress: bool = True, world: Optional["World"] = None) -> dict:
     """Train a fresh MLP with one optimizer; return its numbers and per-epoch history.
 
     ``wall_s`` is the whole run (evaluation included), ``train_s`` the training loop
     alone (batching, forward, backward, clipping, step) and ``step_s`` the time inside
     ``opt.step``.  Train loss/accuracy per epoch are running means over the epoch's
     batches; the final ones are a full pass over the training set.
+
+    With ``world`` (a ``parallel.World``; collective: every rank calls it with the same
+    arguments) each global batch of ``batch_size`` is split into contiguous per-rank
+    slices, and ``DistributedOptimizer.allreduce`` averages the slices' gradients (one
+    Allreduce, timed as ``allreduce_s``) before the step; the result also holds the
+    world size, every rank's times and the parameters' SHA-256, checked to be the same
+    on every rank (``ranks_bit_identical``).  Evaluation is not split: every rank
+    evaluates the whole sets (same parameters, same numbers).
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # divergence is reported
         return _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_norm, target_acc,
-                          seed, show_progress)
+                          seed, show_progress, world)
 
 
 def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_norm, target_acc, seed,
-               show_progress) -> dict:
+               show_progress, world) -> dict:
     """Training of one run (see train_one)."""
     x, y = dataset.x_train, dataset.y_train
     n = len(x)
@@ -126,6 +136,13 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     opt = spec.build(model.params(), make_schedule(schedule, lr, epochs * steps_per_epoch))
     clip = clip_function() if clip_norm else None
     order_rng = np.random.default_rng(shuffle_seq)
+    if world is not None:
+        from ..distributed import DistributedOptimizer, assert_synchronized
+        # every rank built the same model from the same seed; the wrapper still broadcasts
+        # rank 0's parameters and state, the recommended start.  Steps go to ``opt`` itself
+        # so that the Allreduce and the step are timed apart.
+        dist = DistributedOptimizer(opt, world.comm)
+        nw = world.size
 
     # preallocated batch buffers; the last, smaller batch uses a prefix view
     xb = np.empty((batch_size, x.shape[1]), dtype=np.float32)
@@ -149,7 +166,7 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     record(0, 0.0, *evaluate(model, x, y))
     if clip is not None:
         hist["grad_norm"].append(None)
-    train_s = step_s = 0.0
+    train_s = step_s = allreduce_s = 0.0
     diverged = False
     epochs_to_target = time_to_target = None
     bar = progress(epochs, f"{spec.label:>12}", "epoch", show_progress)
@@ -160,6 +177,10 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
         loss_sum, correct, norm_sum = 0.0, 0, 0.0
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
+            if world is not None:                  # this rank's slice of the global batch
+                lo, hi = world.bounds(len(idx))
+                weight = slice_weight(hi - lo, len(idx), nw)
+                idx = idx[lo:hi]
             m = len(idx)
             xm, ym, dm = xb[:m], yb[:m], dlogits[:m]
             np.take(x, idx, axis=0, out=xm, mode="clip")
@@ -168,13 +189,22 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
             correct += int(np.count_nonzero(logits.argmax(axis=1) == ym))
             loss, dl = nn.softmax_cross_entropy(logits, ym, out=dm)
             loss_sum += loss * m
+            if world is not None and weight != 1.0:    # uneven slices: weigh by slice size
+                dl *= dl.dtype.type(weight)
             model.backward(dl)
-            if clip is not None:
-                norm_sum += float(clip(grads, clip_norm))
+            g = grads
+            if world is not None:
+                ta = perf()
+                g = dist.allreduce(grads)          # one Allreduce, then / world: the global mean
+                allreduce_s += perf() - ta
+            if clip is not None:                   # on the averaged gradient: same bits, same decision
+                norm_sum += float(clip(g, clip_norm))
             ts = perf()
-            opt.step(grads)
+            opt.step(g)
             step_s += perf() - ts
         train_s += perf() - t0
+        if world is not None:                      # the epoch's sums over every rank's slices
+            loss_sum, correct = world.sum(loss_sum, correct)
         tr_loss, tr_acc = loss_sum / n, correct / n
         te_acc = record(epoch, train_s, tr_loss, tr_acc)
         if clip is not None:
@@ -191,7 +221,7 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     final_test = (hist["test_loss"][-1], hist["test_acc"][-1])
     wall_s = time.perf_counter() - t_run
     steps = opt.iterations
-    return {
+    result = {
         "optimizer": spec.key, "label": spec.label, "class": spec.cls, "lr": lr,
         "hyperparameters": {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "lr")},
         "wall_s": wall_s, "train_s": train_s, "step_s": step_s, "steps": steps,
@@ -202,6 +232,19 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
                   "test_loss": final_test[0], "test_acc": final_test[1]},
         "history": hist,
     }
+    if world is not None:
+        try:
+            digest, identical = assert_synchronized(model.params(), world.comm), True
+        except AssertionError:                     # raised on every rank alike
+            digest, identical = None, False
+        times = world.gather((wall_s, train_s, allreduce_s, step_s))
+        result.update({
+            "world_size": nw, "allreduce_s": allreduce_s, "allreduce_us": 1e6 * allreduce_s / max(steps, 1),
+            "per_rank": {k: [t[i] for t in times]
+                         for i, k in enumerate(("wall_s", "train_s", "allreduce_s", "step_s"))},
+            "ranks_bit_identical": identical, "params_sha256": digest,
+        })
+    return result
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -260,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blas-threads", type=int, default=1, metavar="N",
                    help="threads for NumPy's matrix products, via threadpoolctl (default 1: the demo's "
                         "products are small; 0 leaves BLAS alone)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data parallel over MPI: run as 'mpiexec -n N python -m fusedoptim demo --distributed'; "
+                        "each global batch is split across the N ranks and the gradients averaged by "
+                        "fusedoptim.distributed.DistributedOptimizer (one Allreduce per step); rank 0 prints "
+                        "and writes the files (needs pip install 'fusedoptim[mpi]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p
@@ -275,67 +323,116 @@ def _load(args) -> _data.Dataset:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import report
-
     args = build_parser().parse_args(argv)
     if args.lr is not None and not (args.lr >= 0 and math.isfinite(args.lr)):
         raise DemoError(f"--lr must be a finite number >= 0, got {args.lr}")
     if not 0.0 <= args.target_acc <= 1.0:
         raise DemoError(f"--target-acc must be in [0, 1], got {args.target_acc}")
+    launched = parallel.launched_size()
+    if launched > 1 and not args.distributed:
+        raise DemoError(f"started by an MPI launcher as one of {launched} processes, but without "
+                        "--distributed every process would run the whole demo and write the same files; "
+                        "add --distributed (or run a single process)")
     runs = parse_optimizers(args.optimizers, args.lr)
     epochs = args.epochs or (8 if args.quick else 20)
     if args.schedule != "none":
         make_schedule(args.schedule, 1.0, 1)   # fail now, not after loading data
     if args.clip_norm:
         clip_function()
-    dataset = _load(args)
-    os.makedirs(args.out, exist_ok=True)
+    world = parallel.connect() if args.distributed else None
+    dataset = _load(args)                      # every rank loads the same data, or fails alike
+    if world is None:
+        return _run(args, runs, epochs, dataset, None)
+    try:
+        return _run(args, runs, epochs, dataset, world)
+    except BaseException:
+        if world.size > 1:                     # don't leave the other ranks in a collective
+            world.abort(1)
+        raise
 
-    print(f"fusedoptim {fo.__version__} demo: {dataset.describe()}")
+
+def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World]) -> int:
+    """Train every run, then (rank 0) print the table and write the JSON and PNG."""
+    from . import report
+
+    root = world is None or world.root
+    say = print if root else _quiet
+    if root:
+        os.makedirs(args.out, exist_ok=True)
+    threads = args.threads
+    if world is not None and not threads:
+        # keep ranks x threads within the cores (MPI ranks on one machine share them)
+        threads = max(1, fo.get_num_threads() // world.local_size())
+
+    say(f"fusedoptim {fo.__version__} demo: {dataset.describe()}")
     blas_limit, blas_note = blas_threads(args.blas_threads)
-    print(f"MLP {'-'.join(str(s) for s in [dataset.n_features, *args.hidden, dataset.n_classes])} (ReLU), "
-          f"{epochs} epochs, batch {args.batch_size}, schedule {args.schedule}, "
-          f"clip {args.clip_norm or 'off'}, seed {args.seed}, step threads "
-          f"{args.threads if args.threads else fo.get_num_threads()}, {blas_note}")
-    if args.threads:
-        fo.set_num_threads(args.threads)
+    sizes = [dataset.n_features, *args.hidden, dataset.n_classes]
+    say(f"MLP {'-'.join(map(str, sizes))} (ReLU), "
+        f"{epochs} epochs, batch {args.batch_size}, schedule {args.schedule}, "
+        f"clip {args.clip_norm or 'off'}, seed {args.seed}, step threads "
+        f"{threads if threads else fo.get_num_threads()}{' per rank' if world else ''}, {blas_note}")
+    if world is not None:
+        per = "/".join(map(str, sorted(set(parallel.slice_sizes(args.batch_size, world.size)), reverse=True)))
+        n_grad = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        say(f"distributed: {world.size} rank{'s' if world.size != 1 else ''} ({world.library()}), "
+            f"each global batch of {args.batch_size} split into slices of {per}, "
+            f"one Allreduce of {n_grad} float32 gradients ({4 * n_grad / 1024:.1f} KiB) per step")
+    if threads:
+        fo.set_num_threads(threads)
     results = []
     try:
         with blas_limit:
             for i, (spec, lr) in enumerate(runs, 1):
                 r = train_one(spec, lr, dataset, hidden=args.hidden, epochs=epochs, batch_size=args.batch_size,
                               schedule=args.schedule, clip_norm=args.clip_norm, target_acc=args.target_acc,
-                              seed=args.seed, show_progress=not args.no_progress)
+                              seed=args.seed, show_progress=root and not args.no_progress, world=world)
                 results.append(r)
                 f = r["final"]
-                print(f"[{i}/{len(runs)}] {spec.label:<12} lr {lr:<8g} test acc {f['test_acc']:.4f}  "
-                      f"{r['wall_s']:.2f} s (step {r['step_s']:.3f} s)" + ("  DIVERGED" if r["diverged"] else ""),
-                      flush=True)
+                times = (f"allreduce {r['allreduce_s']:.3f} s, step {r['step_s']:.3f} s" if world is not None
+                         else f"step {r['step_s']:.3f} s")
+                say(f"[{i}/{len(runs)}] {spec.label:<12} lr {lr:<8g} test acc {f['test_acc']:.4f}  "
+                    f"{r['wall_s']:.2f} s ({times})" + ("  DIVERGED" if r["diverged"] else "")
+                    + ("  RANKS DIFFER" if r.get("ranks_bit_identical") is False else ""),
+                    flush=True)
     finally:
-        if args.threads:
+        if threads:
             fo.set_num_threads(0)
 
+    synced = all(r.get("ranks_bit_identical", True) for r in results)
+    if not root:
+        return 0 if synced else 1
     print()
     print(report.format_table(results, args.target_acc))
+    if world is not None:
+        print(report.sync_summary(results, world.size))
     config = {
         "dataset": dataset.name, "n_train": len(dataset.x_train), "n_test": len(dataset.x_test),
         "n_features": dataset.n_features, "n_classes": dataset.n_classes,
-        "sizes": [dataset.n_features, *args.hidden, dataset.n_classes], "activation": "relu",
+        "sizes": sizes, "activation": "relu",
         "epochs": epochs, "batch_size": args.batch_size, "schedule": args.schedule,
         "clip_norm": args.clip_norm, "target_acc": args.target_acc, "seed": args.seed,
-        "quick": args.quick, "threads": args.threads or fo.get_num_threads(),
+        "quick": args.quick, "threads": threads or fo.get_num_threads(),
         "blas_threads": args.blas_threads, "blas_note": blas_note,
+        "distributed": world is not None, "world_size": world.size if world is not None else 1,
     }
+    if world is not None:
+        config.update({"mpi_library": world.library(), "ranks_bit_identical": synced,
+                       "slice_sizes": parallel.slice_sizes(args.batch_size, world.size)})
     stem = os.path.join(args.out, f"demo_{dataset.name}")
     report.write_json(stem + ".json", report.document(config, results))
     print(f"\nwrote {stem}.json")
     if not args.no_plot:
+        ranks = f", {world.size} ranks" if world is not None else ""
         png = report.plot_curves(results, stem + ".png",
-                                 title=f"{dataset.name}: MLP {'-'.join(map(str, config['sizes']))}, "
-                                       f"batch {args.batch_size}, schedule {args.schedule}")
+                                 title=f"{dataset.name}: MLP {'-'.join(map(str, sizes))}, "
+                                       f"batch {args.batch_size}, schedule {args.schedule}{ranks}")
         if png:
             print(f"wrote {png}")
-    return 0
+    return 0 if synced else 1
+
+
+def _quiet(*args, **kwargs) -> None:
+    """print for the ranks other than 0: nothing."""
 
 
 if __name__ == "__main__":  # pragma: no cover
