@@ -18,14 +18,22 @@ column.  For each optimizer configuration and workload the report gives
 It also measures the extension-level roofline: STREAM bandwidth in GB/s for k = 2..6
 buffers at a few sizes (bytes = itemsize * (2k - 1) per element).
 
+Where CuPy imports and sees a CUDA device, GPU columns are added (else one line says why
+they are left out): the same optimizer and workload on cupy arrays through fusedoptim
+(``gpu``), with its GB/s, ``%peak`` (of the device's theoretical peak memory bandwidth,
+:func:`peak_bandwidth_gb_s`) and ``%roof`` (of a device STREAM kernel with the same
+traffic, :func:`gpu_stream_source`), and ``torch.optim`` fused on CUDA
+(``torch_cuda_fused``) where torch sees the device.  GPU samples are timed on the host
+around a batch of steps with ``cupy.cuda.Device().synchronize()`` before and after.
+
 Timing: ``time.perf_counter``; warm-up steps first (they also create the optimizer
 state); each sample times enough consecutive steps to last ``--min-time`` seconds; the
 contenders take turns sample by sample, in a rotating order, so drift on a busy machine
 hits all of them alike; the figure is the median sample.  The garbage collector is off
 while timing.
 
-The same helpers (workloads, contenders, ``measure``, ``memory_check``) drive the
-pytest-benchmark suite in ``bench/``.
+The same helpers (workloads, contenders, ``measure``, ``memory_check``, ``probe_gpu``)
+drive the pytest-benchmark suite in ``bench/``.
 """
 from __future__ import annotations
 
@@ -50,9 +58,11 @@ from . import _kernels
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta
 
 __all__ = [
-    "OPTIMIZERS", "WORKLOADS", "QUICK_WORKLOADS", "CONTENDERS", "OptConfig", "Workload",
-    "parse_workload", "make_data", "build_case", "measure", "calibrate", "stream_roofline",
-    "memory_check", "machine_info", "run", "main",
+    "OPTIMIZERS", "WORKLOADS", "QUICK_WORKLOADS", "CONTENDERS", "GPU_CONTENDERS", "ALL_CONTENDERS",
+    "OptConfig", "Workload", "parse_workload", "make_data", "build_case", "measure", "calibrate",
+    "calibrate_synced", "sync_every", "stream_roofline", "memory_check", "machine_info",
+    "Gpu", "probe_gpu", "peak_bandwidth_gb_s", "device_figures", "gpu_device_info",
+    "gpu_stream_source", "GpuStream", "gpu_stream_roofline", "run", "main",
 ]
 
 KI = 1 << 10
@@ -325,8 +335,12 @@ OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in [
     OptConfig("adadelta", Adadelta, dict(lr=1.0), _np_adadelta, False),
 ]}
 
-#: Contender names, in the order the report prints them.
+#: CPU contender names, in the order the report prints them.
 CONTENDERS = ("fusedoptim", "stream", "numpy", "torch_foreach", "torch_fused")
+#: GPU contenders: fusedoptim on cupy arrays, the device STREAM kernel, torch fused on CUDA.
+#: Built only with a :class:`Gpu` (see :func:`probe_gpu`); timed with ``measure(sync=...)``.
+GPU_CONTENDERS = ("gpu", "gpu_stream", "torch_cuda_fused")
+ALL_CONTENDERS = CONTENDERS + GPU_CONTENDERS
 
 
 def import_torch():
@@ -344,7 +358,9 @@ class Case:
     per contender, each over private copies of the parameters.  fusedoptim, STREAM and
     NumPy share the (read-only) gradients; each torch contender gets its own copies,
     because torch may write ``.grad`` (SGD nesterov with foreach adds the momentum
-    buffer into it, legal in torch where backward overwrites ``.grad`` every step)."""
+    buffer into it, legal in torch where backward overwrites ``.grad`` every step).
+    GPU contenders (``GPU_CONTENDERS``) work on device copies; their calls only queue
+    work on the device, so time them with ``measure(..., sync=gpu.sync)``."""
 
     config: OptConfig
     workload: Workload
@@ -360,13 +376,14 @@ class Case:
 
 def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
                grads: Sequence[np.ndarray], contenders: Sequence[str] = CONTENDERS,
-               torch=None) -> Case:
+               torch=None, gpu: Optional["Gpu"] = None) -> Case:
     """Build the requested contenders; each has taken one step already (state exists).
 
     ``stream`` runs the STREAM kernel over the fusedoptim optimizer's own parameter,
     gradient and state arrays with a zero multiplier (it changes nothing).  torch
     contenders are skipped (``case.skipped``) when ``torch`` is None or has no such
-    variant."""
+    variant; GPU contenders when ``gpu`` is None or building them fails (the reason is
+    in ``case.skipped``)."""
     grads = list(grads)
     fo_params = [p.copy() for p in params]
     opt = config.cls(fo_params, **config.kwargs)
@@ -404,9 +421,72 @@ def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
                 case.skipped[name] = f"{type(e).__name__}: {e}"
                 continue
             case.fns[name] = topt.step
+        elif name in GPU_CONTENDERS:
+            why = "no GPU" if gpu is None else _add_gpu_contender(case, name, gpu, params, grads, torch)
+            if why is not None:
+                case.skipped[name] = why
         else:
-            raise ValueError(f"unknown contender {name!r}; choose from {CONTENDERS}")
+            raise ValueError(f"unknown contender {name!r}; choose from {ALL_CONTENDERS}")
     return case
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """``Type: message``, first line only, at most ``limit`` characters."""
+    msg = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _add_gpu_contender(case: Case, name: str, gpu: "Gpu", params, grads, torch) -> Optional[str]:
+    """Add GPU contender ``name`` to ``case.fns`` after one step (and a device sync);
+    return why it can't be added, or None."""
+    config, wl, cp = case.config, case.workload, gpu.cp
+    if name == "gpu":
+        try:
+            dparams = [cp.asarray(p) for p in params]
+            dgrads = [cp.asarray(g) for g in grads]
+            gopt = config.cls(dparams, **config.kwargs)
+            gopt.step(dgrads)
+            gpu.sync()
+        except Exception as e:  # NVRTC missing, out of memory, ...
+            return f"fusedoptim on cupy arrays failed: {_one_line(e)}"
+        from . import _cuda
+        nbuf = sum(1 for v in gopt.state[dparams[0]].values()
+                   if _cuda.is_device_array(v) or isinstance(v, np.ndarray))
+        if 2 + nbuf != case.k:   # would make GB/s of CPU and GPU incomparable
+            return f"the GPU optimizer has {nbuf} state buffers, the CPU one {case.k - 2}"
+        case.fns[name] = lambda: gopt.step(dgrads)
+    elif name == "gpu_stream":
+        try:
+            stream = GpuStream(gpu, wl.n_elements, case.k, wl.dtype)
+            stream()
+            gpu.sync()
+        except Exception as e:
+            return f"device STREAM kernel failed: {_one_line(e)}"
+        case.fns[name] = stream
+    elif name == "torch_cuda_fused":
+        if torch is None:
+            return "torch not importable"
+        try:
+            cuda_ok = bool(torch.cuda.is_available())
+        except Exception as e:
+            return f"torch.cuda.is_available() raised {_one_line(e)}"
+        if not cuda_ok:
+            return "torch.cuda.is_available() is False"
+        if not config.torch_fused:
+            return f"torch.optim.{config.torch_name} has no fused variant"
+        dev = f"cuda:{gpu.device}"
+        try:
+            tparams = [torch.from_numpy(p.copy()).to(dev) for p in params]
+            for tp, g in zip(tparams, grads):
+                tp.grad = torch.from_numpy(np.array(g)).to(dev)
+            topt = getattr(torch.optim, config.torch_name)(tparams, **config.kwargs, fused=True)
+            topt.step()
+            torch.cuda.synchronize(dev)
+        except Exception as e:  # variant missing on CUDA in this torch, out of memory, ...
+            return _one_line(e)
+        case.fns[name] = topt.step
+    return None
 
 
 # ================================================================== timing
@@ -433,10 +513,60 @@ def calibrate(fn: Callable[[], None], min_time: float, warmup: int = 1, cap: int
     return int(max(1, min(cap, math.ceil(min_time / best))))
 
 
+def calibrate_synced(fn: Callable[[], None], sync: Callable[[], None], min_time: float,
+                     warmup: int = 1, cap: int = 100_000) -> int:
+    """:func:`calibrate` for asynchronous calls (GPU steps, which only queue work):
+    ``warmup`` calls, then batches timed from an idle device to ``sync()`` returning.
+    The fastest of 3 one-call batches (an overestimate of the step time: it includes one
+    synchronisation) gives a first count, refined by timing one batch of that many calls."""
+    for _ in range(max(warmup, 0)):
+        fn()
+
+    def batch(n: int) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        return time.perf_counter() - t0
+
+    best = min(batch(1) for _ in range(3))
+    if best <= 0:
+        return cap
+    n = int(max(1, min(cap, math.ceil(min_time / best))))
+    if n > 1:
+        t = batch(n)
+        if t > 0:
+            n = int(max(1, min(cap, math.ceil(min_time * n / t))))
+    return n
+
+
+def sync_every(fn: Callable[[], None], sync: Callable[[], None], n: int) -> Callable[[], None]:
+    """``fn`` wrapped so that every ``n``-th call also waits for the device
+    (``sync()``): for a timer that times ``n`` consecutive calls from an idle device
+    (pytest-benchmark's ``pedantic(iterations=n)``), each timed batch then ends when its
+    work is done, not when it is queued."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    count = [0]
+
+    def call():
+        fn()
+        count[0] += 1
+        if count[0] % n == 0:
+            sync()
+    return call
+
+
 def measure(fns: Dict[str, Callable[[], None]], repeat: int, min_time: float,
-            warmup: int = 1) -> Dict[str, dict]:
+            warmup: int = 1, sync: Optional[Callable[[], None]] = None) -> Dict[str, dict]:
     """Median seconds per call of each function.  Every round takes one sample of each
-    contender (``inner`` consecutive calls), in an order rotated every round."""
+    contender (``inner`` consecutive calls), in an order rotated every round.
+
+    With ``sync`` (asynchronous calls, e.g. ``Gpu.sync`` for GPU contenders) each sample
+    starts on an idle device (``sync()`` before, untimed) and ends when ``sync()`` after
+    the last call returns: wall time of the batch including the device's work, and
+    :func:`calibrate_synced` fixes ``inner``."""
     names = list(fns)
     samples: Dict[str, List[float]] = {n: [] for n in names}
     gc_was = gc.isenabled()
@@ -444,14 +574,21 @@ def measure(fns: Dict[str, Callable[[], None]], repeat: int, min_time: float,
     try:
         # a constant gradient drives e.g. centered RMSprop to sqrt(< 0): no NumPy warnings
         with np.errstate(all="ignore"):
-            inner = {n: calibrate(fns[n], min_time, warmup) for n in names}
+            if sync is None:
+                inner = {n: calibrate(fns[n], min_time, warmup) for n in names}
+            else:
+                inner = {n: calibrate_synced(fns[n], sync, min_time, warmup) for n in names}
             for r in range(repeat):
                 shift = r % len(names) if names else 0
                 for n in names[shift:] + names[:shift]:
                     fn, k = fns[n], inner[n]
+                    if sync is not None:
+                        sync()
                     t0 = time.perf_counter()
                     for _ in range(k):
                         fn()
+                    if sync is not None:
+                        sync()
                     samples[n].append((time.perf_counter() - t0) / k)
     finally:
         if gc_was:
@@ -485,6 +622,239 @@ def stream_roofline(sizes: Sequence[int], threads_list: Sequence[int], ks=(2, 3,
     finally:
         _kernels.set_num_threads(saved)
     return out
+
+
+# ================================================================== GPU (CuPy)
+# Device queries live in small functions (import_cupy, cuda_device_count,
+# gpu_device_info) and the arithmetic in pure ones (peak_bandwidth_gb_s, device_figures,
+# gpu_stream_source, gpu_stream_grid), so everything but the device itself is testable
+# on a machine without one.
+
+_GPU_TIMING = ("host wall clock (time.perf_counter) around a batch of consecutive calls, "
+               "cupy.cuda.Device().synchronize() before (untimed) and after (timed) each batch")
+
+PEAK_FORMULA = ("2 * memoryClockRate[kHz] * 1e3 * memoryBusWidth[bit] / 8 / 1e9 GB/s: the theoretical "
+                "peak (double data rate x bus width, cudaDeviceProp); no kernel reaches it")
+
+
+def peak_bandwidth_gb_s(memory_clock_khz, bus_width_bits) -> Optional[float]:
+    """Theoretical peak memory bandwidth of a CUDA device in GB/s (1e9 B/s):
+    ``2 * memoryClockRate[kHz] * 1e3 * memoryBusWidth[bits] / 8 / 1e9`` -- two transfers
+    per memory clock (double data rate) over the whole bus, as CUDA's
+    ``bandwidthTest``/``deviceQuery`` samples compute it.  A100-SXM4-40GB: 1,215,000 kHz,
+    5120 bit -> 1555.2 GB/s.  It is a ceiling no kernel reaches (a good streaming kernel
+    typically gets 80-92 % on HBM); the measured device STREAM is the practical roofline.
+    None when either figure is missing, zero or not a number."""
+    try:
+        clk, width = float(memory_clock_khz), float(bus_width_bits)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(clk) and math.isfinite(width) and clk > 0 and width > 0):
+        return None
+    return 2.0 * clk * 1e3 * width / 8.0 / 1e9
+
+
+def device_figures(props: dict, attrs: Optional[dict] = None) -> dict:
+    """The report's device figures from ``cupy.cuda.runtime.getDeviceProperties(dev)``
+    (``props``) and, for the memory clock and bus width when ``props`` lacks them (CUDA
+    13 dropped ``cudaDeviceProp.memoryClockRate``), ``cupy.cuda.Device(dev).attributes``
+    (``attrs``: ``MemoryClockRate``, ``GlobalMemoryBusWidth``)."""
+    attrs = attrs or {}
+
+    def pick(prop_key, attr_key):
+        v = props.get(prop_key)
+        return v if v else attrs.get(attr_key)
+
+    name = props.get("name", "?")
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
+    clk = pick("memoryClockRate", "MemoryClockRate")
+    width = pick("memoryBusWidth", "GlobalMemoryBusWidth")
+    major, minor = props.get("major"), props.get("minor")
+    return {"name": str(name),
+            "compute_capability": f"{major}.{minor}" if major is not None else None,
+            "multiprocessors": props.get("multiProcessorCount") or attrs.get("MultiProcessorCount"),
+            "total_memory_bytes": props.get("totalGlobalMem"),
+            "memory_clock_khz": clk, "memory_bus_width_bits": width,
+            "peak_gb_s": peak_bandwidth_gb_s(clk, width), "peak_formula": PEAK_FORMULA}
+
+
+def import_cupy():
+    """``(cupy, None)``, or ``(None, reason)`` when it does not import."""
+    try:
+        import cupy
+    except ImportError:
+        return None, "cupy is not installed (pip install 'fusedoptim[cuda]')"
+    except Exception as e:  # a broken install
+        return None, f"cupy does not import ({_one_line(e)})"
+    return cupy, None
+
+
+def cuda_device_count(cp) -> Tuple[int, Optional[str]]:
+    """``(number of CUDA devices, None)``, or ``(0, reason)``: without a driver or a
+    device, CuPy raises ``CUDARuntimeError`` (cudaErrorNoDevice,
+    cudaErrorInsufficientDriver, ...)."""
+    try:
+        n = int(cp.cuda.runtime.getDeviceCount())
+    except Exception as e:
+        return 0, f"no CUDA device ({_one_line(e)})"
+    if n < 1:
+        return 0, "no CUDA device"
+    return n, None
+
+
+def gpu_device_info(cp, dev: int) -> dict:
+    """:func:`device_figures` of device ``dev`` plus its id and the CuPy / CUDA versions."""
+    props = cp.cuda.runtime.getDeviceProperties(dev)
+    attrs = None
+    if not (props.get("memoryClockRate") and props.get("memoryBusWidth")):
+        attrs = dict(cp.cuda.Device(dev).attributes)
+    info = {"device": dev}
+    info.update(device_figures(props, attrs))
+    info["cupy"] = getattr(cp, "__version__", None)
+    for key, fn in (("cuda_runtime", "runtimeGetVersion"), ("cuda_driver", "driverGetVersion")):
+        try:
+            info[key] = int(getattr(cp.cuda.runtime, fn)())
+        except Exception:
+            info[key] = None
+    return info
+
+
+@dataclass
+class Gpu:
+    """A CUDA device reached through CuPy: the module, the device id (the current
+    device: choose another with ``CUDA_VISIBLE_DEVICES``) and :func:`gpu_device_info`."""
+
+    cp: object
+    device: int
+    info: dict
+
+    @property
+    def peak_gb_s(self) -> Optional[float]:
+        return self.info.get("peak_gb_s")
+
+    def sync(self) -> None:
+        """Wait for all work queued on the device (every stream: torch's too)."""
+        self.cp.cuda.Device(self.device).synchronize()
+
+    def free(self) -> None:
+        """Return CuPy's cached blocks to the driver (between workloads)."""
+        try:
+            self.cp.get_default_memory_pool().free_all_blocks()
+        except Exception:
+            pass
+
+
+def probe_gpu() -> Tuple[Optional[Gpu], Optional[str]]:
+    """``(Gpu, None)`` when CuPy imports and sees a CUDA device, else ``(None, reason)``
+    -- the one-line reason the report prints and stores as ``gpu_reason``."""
+    cp, why = import_cupy()
+    if cp is None:
+        return None, why
+    ver = getattr(cp, "__version__", "?")
+    n, why = cuda_device_count(cp)
+    if why is not None:
+        return None, f"cupy {ver}: {why}"
+    try:
+        dev = int(cp.cuda.runtime.getDevice())
+        info = gpu_device_info(cp, dev)
+    except Exception as e:
+        return None, f"cupy {ver}: CUDA device not usable ({_one_line(e)})"
+    return Gpu(cp, dev, info), None
+
+
+_GPU_TYPES = {"float32": ("float", "float4", "xyzw", "f32"), "float64": ("double", "double2", "xy", "f64")}
+GPU_STREAM_THREADS = 256
+
+
+def gpu_stream_source(k: int, dtype="float32") -> Tuple[str, str]:
+    """``(name, CUDA C++ source)`` of the device STREAM kernel for ``k`` buffers: the
+    first (the gradient) is only read, the k - 1 others (parameter, state buffers) are
+    read and written (``b[i] += m * g[i]``, called with m = 0), so a call moves
+    ``itemsize * (2k - 1) * n`` bytes, the traffic of an optimizer step with k - 2 state
+    buffers and the same formula as the CPU STREAM.  A grid-stride loop over 16-byte
+    vectors (float4 / double2: the buffers come from CuPy's allocator, 256-byte aligned),
+    then the tail element by element."""
+    k = int(k)
+    if k < 2:
+        raise ValueError("the STREAM kernel needs k >= 2 buffers (gradient and parameter)")
+    dt = np.dtype(dtype).name
+    if dt not in _GPU_TYPES:
+        raise ValueError(f"no device STREAM kernel for dtype {dt}")
+    t, vt, comps, suffix = _GPU_TYPES[dt]
+    w = len(comps)
+    name = f"fo_bench_stream_k{k}_{suffix}"
+    bufs = [f"b{i}" for i in range(1, k)]
+    args = ", ".join([f"const {t}* __restrict__ g"] + [f"{t}* __restrict__ {b}" for b in bufs]
+                     + [f"const {t} m", "const long long n"])
+    vec = [f"    const {vt} gv = reinterpret_cast<const {vt}*>(g)[i];"]
+    for b in bufs:
+        vec.append(f"    {{ {vt} v = reinterpret_cast<{vt}*>({b})[i]; "
+                   + " ".join(f"v.{c} += m * gv.{c};" for c in comps)
+                   + f" reinterpret_cast<{vt}*>({b})[i] = v; }}")
+    tail = [f"    const {t} gi = g[i];"] + [f"    {b}[i] += m * gi;" for b in bufs]
+    src = (f'extern "C" __global__ void {name}({args}) {{\n'
+           "  const long long stride = (long long)gridDim.x * blockDim.x;\n"
+           "  const long long t0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+           f"  const long long nv = n / {w};\n"
+           "  for (long long i = t0; i < nv; i += stride) {\n" + "\n".join(vec) + "\n  }\n"
+           f"  for (long long i = nv * {w} + t0; i < n; i += stride) {{\n" + "\n".join(tail) + "\n  }\n"
+           "}\n")
+    return name, src
+
+
+def gpu_stream_grid(n: int, dtype, multiprocessors: Optional[int], threads: int = GPU_STREAM_THREADS) -> int:
+    """Blocks of the STREAM launch: one vector per thread up to 32 blocks per
+    multiprocessor (several waves of resident blocks; the grid-stride loop does the
+    rest), at least 1."""
+    w = len(_GPU_TYPES[np.dtype(dtype).name][2])
+    work = max(n // w, n % w, 1)
+    return int(max(1, min(-(-work // threads), 32 * max(1, int(multiprocessors or 1)))))
+
+
+class GpuStream:
+    """The device STREAM roofline: :func:`gpu_stream_source` over ``k`` flat device
+    buffers of ``n`` elements (fresh, filled with 1; the multiplier is 0), one launch per
+    call.  Flat buffers are the ideal layout for that traffic: the roofline for the fused
+    multi-tensor step, whatever the workload's tensor sizes."""
+
+    def __init__(self, gpu: Gpu, n: int, k: int, dtype="float32"):
+        cp = gpu.cp
+        name, src = gpu_stream_source(k, dtype)
+        dt = np.dtype(dtype)
+        self.k, self.n, self.dtype = k, int(n), dt.name
+        self.kernel = cp.RawKernel(src, name)
+        self.bufs = [cp.full(int(n), 1.0, dtype=dt) for _ in range(k)]
+        self.grid = (gpu_stream_grid(n, dt, gpu.info.get("multiprocessors")),)
+        self.block = (GPU_STREAM_THREADS,)
+        self.args = tuple(self.bufs) + (dt.type(0.0), np.int64(n))
+
+    @property
+    def nbytes(self) -> int:
+        return np.dtype(self.dtype).itemsize * (2 * self.k - 1) * self.n
+
+    def __call__(self) -> None:
+        self.kernel(self.grid, self.block, self.args)
+
+
+def gpu_stream_roofline(gpu: Gpu, sizes: Sequence[int], ks=(2, 3, 4, 5, 6), dtype="float32",
+                        repeat: int = 7, min_time: float = 0.005) -> List[dict]:
+    """Device-level roofline: :class:`GpuStream` over k buffers of n elements, in GB/s
+    and % of the theoretical peak."""
+    out = []
+    peak = gpu.peak_gb_s
+    for n in sizes:
+        streams = {k: GpuStream(gpu, n, k, dtype) for k in ks}
+        res = measure(streams, repeat, min_time, warmup=1, sync=gpu.sync)
+        for k in ks:
+            gb = streams[k].nbytes / res[k]["median_s"] / 1e9
+            out.append({"n_elements": n, "dtype": np.dtype(dtype).name, "k": k, "bytes": streams[k].nbytes,
+                        "median_s": res[k]["median_s"], "gb_s": gb,
+                        "pct_peak": 100.0 * gb / peak if peak else None})
+        del streams
+        gpu.free()
+    return out
+
 
 
 # ================================================================== memory check
@@ -651,7 +1021,7 @@ def _fx(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.3g}x"
 
 
-def _row_figures(case: Case, res: Dict[str, dict]) -> dict:
+def _row_figures(case: Case, res: Dict[str, dict], peak_gb_s: Optional[float] = None) -> dict:
     med = {n: r["median_s"] for n, r in res.items()}
     t = med.get("fusedoptim")
     wl = case.workload
@@ -669,36 +1039,78 @@ def _row_figures(case: Case, res: Dict[str, dict]) -> dict:
     d["speedup_vs_numpy"] = ratio("numpy")
     d["speedup_vs_torch_foreach"] = ratio("torch_foreach")
     d["speedup_vs_torch_fused"] = ratio("torch_fused")
+    # GPU figures (None without a GPU): same bytes-moved formula as the CPU columns
+    tg, sg, tc = med.get("gpu"), med.get("gpu_stream"), med.get("torch_cuda_fused")
+    d["gpu_step_s"] = tg
+    d["gpu_gb_s"] = case.bytes_per_step / tg / 1e9 if tg else None
+    d["gpu_peak_gb_s"] = peak_gb_s
+    d["gpu_pct_peak"] = 100.0 * d["gpu_gb_s"] / peak_gb_s if (tg and peak_gb_s) else None
+    d["gpu_roofline_gb_s"] = case.bytes_per_step / sg / 1e9 if sg else None
+    d["gpu_pct_roofline"] = 100.0 * sg / tg if (sg and tg) else None
+    d["speedup_vs_torch_cuda_fused"] = tc / tg if (tc and tg) else None
+    d["gpu_speedup_vs_cpu"] = t / tg if (t and tg) else None
     return d
 
 
 _HEAD = (f"{'optimizer':<26}{'k':>2} {'step':>9} {'Gelem/s':>8} {'GB/s':>7} {'roofGB/s':>8} "
          f"{'%roof':>6} | {'numpy':>8} {'speedup':>7} | {'t.foreach':>9} {'speedup':>7} | "
          f"{'t.fused':>8} {'speedup':>7}")
+_GPU_HEAD = (f" | {'gpu':>8} {'GB/s':>7} {'%peak':>5} {'%roof':>5} | {'t.cuda':>8} {'speedup':>7}")
 
 
-def _row_text(d: dict) -> str:
+def _row_text(d: dict, gpu: bool = False) -> str:
     med = {n: r["median_s"] for n, r in d["contenders"].items()}
     g = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    return (f"{d['optimizer']:<26}{d['k']:>2} {_ft(d['step_s']):>9} {g(d['gelem_s'], '.3g'):>8} "
+    text = (f"{d['optimizer']:<26}{d['k']:>2} {_ft(d['step_s']):>9} {g(d['gelem_s'], '.3g'):>8} "
             f"{g(d['gb_s'], '.3g'):>7} {g(d['roofline_gb_s'], '.3g'):>8} {g(d['pct_roofline'], '.0f'):>6} | "
             f"{_ft(med.get('numpy')):>8} {_fx(d['speedup_vs_numpy']):>7} | "
             f"{_ft(med.get('torch_foreach')):>9} {_fx(d['speedup_vs_torch_foreach']):>7} | "
             f"{_ft(med.get('torch_fused')):>8} {_fx(d['speedup_vs_torch_fused']):>7}")
+    if gpu:
+        text += (f" | {_ft(d['gpu_step_s']):>8} {g(d['gpu_gb_s'], '.4g'):>7} {g(d['gpu_pct_peak'], '.0f'):>5} "
+                 f"{g(d['gpu_pct_roofline'], '.0f'):>5} | {_ft(med.get('torch_cuda_fused')):>8} "
+                 f"{_fx(d['speedup_vs_torch_cuda_fused']):>7}")
+    return text
+
+
+def _gpu_line(info: dict) -> str:
+    """The header line of the device: name, SMs, memory, versions, theoretical peak."""
+    parts = [f"GPU {info.get('device')}: {info.get('name')}"]
+    mem = info.get("total_memory_bytes")
+    parts[0] += (f" (sm {info.get('compute_capability')}, {info.get('multiprocessors')} SMs"
+                 + (f", {mem / 2**30:.1f} GiB)" if mem else ")"))
+    rt = info.get("cuda_runtime")
+    parts.append(f"cupy {info.get('cupy')}" + (f", CUDA runtime {rt // 1000}.{rt % 1000 // 10}" if rt else ""))
+    peak = info.get("peak_gb_s")
+    parts.append(f"peak {peak:.1f} GB/s (theoretical: 2 x {info['memory_clock_khz'] / 1e3:g} MHz x "
+                 f"{info['memory_bus_width_bits']} bit / 8)" if peak else "peak bandwidth unknown")
+    return " | ".join(parts)
 
 
 def run(optimizers: Sequence[str], workloads: Sequence[str], repeat: int, warmup: int,
         min_time: float, threads: Optional[int], roofline_sizes: Sequence[int],
-        use_torch: bool = True, contenders: Sequence[str] = CONTENDERS, seed: int = 0,
-        memory: Optional[int] = None, out=None) -> dict:
+        use_torch: bool = True, contenders: Sequence[str] = ALL_CONTENDERS, seed: int = 0,
+        memory: Optional[int] = None, out=None, use_gpu: bool = True,
+        gpu_roofline_sizes: Sequence[int] = ()) -> dict:
     """Produce the report (printed to ``out``, default stdout) and return it as a
-    JSON-ready dict."""
+    JSON-ready dict.  GPU contenders run when ``use_gpu``, they are among ``contenders``
+    and :func:`probe_gpu` finds a device; otherwise one line says why and the JSON has
+    ``"gpu": null`` and ``"gpu_reason"``."""
     def say(*a):
         print(*a, file=out if out is not None else sys.stdout, flush=True)
 
     configs = [OPTIMIZERS[o] for o in optimizers]
     wls = [parse_workload(w) for w in workloads]
-    torch = import_torch() if use_torch and any(c.startswith("torch") for c in contenders) else None
+    if not use_gpu:
+        gpu, gpu_reason = None, "disabled (--no-gpu)"
+    elif not any(c in GPU_CONTENDERS for c in contenders):
+        gpu, gpu_reason = None, "no GPU contender requested (--contenders)"
+    else:
+        gpu, gpu_reason = probe_gpu()
+    cpu_contenders = [c for c in contenders if c not in GPU_CONTENDERS]
+    gpu_contenders = [c for c in contenders if c in GPU_CONTENDERS] if gpu is not None else []
+    torch = import_torch() if use_torch and any(c.startswith("torch") for c in
+                                                 cpu_contenders + gpu_contenders) else None
     if threads is not None:
         _kernels.set_num_threads(threads)
     nthreads = _kernels.get_num_threads()
@@ -710,7 +1122,9 @@ def run(optimizers: Sequence[str], workloads: Sequence[str], repeat: int, warmup
                          "warmup": warmup, "min_time_s": min_time, "seed": seed,
                          "optimizers": list(optimizers), "workloads": list(workloads),
                          "contenders": list(contenders)},
-              "roofline": [], "results": [], "memory": None}
+              "roofline": [], "results": [], "memory": None,
+              "gpu": None if gpu is None else dict(gpu.info, roofline=[], timing=_GPU_TIMING),
+              "gpu_reason": gpu_reason}
     t_start = time.perf_counter()
     say(f"fusedoptim {info['fusedoptim']} bench | {info['cpu_model']} | {info['cpus_available']} CPUs available"
         f" | load {tuple(round(x, 2) for x in info['loadavg']) if info['loadavg'] else '?'}")
@@ -720,6 +1134,13 @@ def run(optimizers: Sequence[str], workloads: Sequence[str], repeat: int, warmup
         f"{info['grain_size']}) | SIMD {info['simd']['clone']}")
     say(f"median of {repeat} interleaved samples, each >= {min_time * 1e3:g} ms of steps; "
         f"speedup = contender time / fusedoptim time (>1: fusedoptim faster)")
+    if gpu is None:
+        say(f"GPU columns left out: {gpu_reason}")
+    else:
+        say(_gpu_line(gpu.info))
+        say("GPU columns: fusedoptim on cupy arrays (gpu step, GB/s, %peak of the theoretical peak, %roof of "
+            "the device STREAM), torch fused on CUDA (t.cuda); timed around batches of steps with "
+            "Device().synchronize()")
 
     if roofline_sizes:
         ths = sorted({1, nthreads})
@@ -732,21 +1153,45 @@ def run(optimizers: Sequence[str], workloads: Sequence[str], repeat: int, warmup
                 row = [r for r in roof if r["n_elements"] == n and r["threads"] == th]
                 say(f"{n:>10} {th:>7} " + " ".join(f"{r['gb_s']:>7.1f}" for r in row))
 
+    if gpu is not None and gpu_roofline_sizes:
+        peak = gpu.peak_gb_s
+        say("\nGPU STREAM roofline (device level, float32, bytes = 4*(2k-1) per element), GB/s"
+            + (f" (% of the {peak:.0f} GB/s theoretical peak)" if peak else ""))
+        say(f"{'elements':>10} " + " ".join(f"{'k=' + str(k):>13}" for k in range(2, 7)))
+        try:
+            groof = gpu_stream_roofline(gpu, gpu_roofline_sizes, repeat=repeat, min_time=min_time)
+        except Exception as e:  # out of device memory for the largest size, ...
+            say(f"  failed: {_one_line(e)}")
+            groof = []
+        report["gpu"]["roofline"] = groof
+        for n in gpu_roofline_sizes:
+            row = [r for r in groof if r["n_elements"] == n]
+            if row:
+                say(f"{n:>10} " + " ".join(
+                    f"{r['gb_s']:>7.1f}" + (f" ({r['pct_peak']:>3.0f}%)" if r["pct_peak"] is not None else " " * 7)
+                    for r in row))
+
     for wl in wls:
         t_wl = time.perf_counter()
         params, grads = make_data(wl, seed)
         say(f"\n== {wl.name}: {wl.n_tensors} tensor{'s' if wl.n_tensors > 1 else ''}, "
             f"{wl.n_elements:,} {wl.dtype} elements" + (f" ({wl.note})" if wl.note else "") + " ==")
-        say(_HEAD)
+        say(_HEAD + (_GPU_HEAD if gpu is not None else ""))
         for cfg in configs:
-            case = build_case(cfg, wl, params, grads, contenders, torch)
-            res = measure(case.fns, repeat, min_time, warmup)
-            d = _row_figures(case, res)
+            case = build_case(cfg, wl, params, grads, cpu_contenders + gpu_contenders, torch, gpu)
+            fns = {n: f for n, f in case.fns.items() if n not in GPU_CONTENDERS}
+            res = measure(fns, repeat, min_time, warmup)
+            gfns = {n: f for n, f in case.fns.items() if n in GPU_CONTENDERS}
+            if gfns:
+                res.update(measure(gfns, repeat, min_time, warmup, sync=gpu.sync))
+            d = _row_figures(case, res, gpu.peak_gb_s if gpu is not None else None)
             report["results"].append(d)
-            say(_row_text(d))
-            del case, res
+            say(_row_text(d, gpu is not None))
+            del case, res, fns, gfns
         del params, grads
         gc.collect()
+        if gpu is not None:
+            gpu.free()
         say(f"({time.perf_counter() - t_wl:.1f} s)")
 
     if memory:
@@ -775,7 +1220,9 @@ def _summary(report: dict, say) -> None:
         parts = []
         for key, label, f in (("pct_roofline", "%roof", "{:.0f}"), ("speedup_vs_numpy", "vs numpy", "{:.3g}x"),
                               ("speedup_vs_torch_foreach", "vs torch foreach", "{:.3g}x"),
-                              ("speedup_vs_torch_fused", "vs torch fused", "{:.3g}x")):
+                              ("speedup_vs_torch_fused", "vs torch fused", "{:.3g}x"),
+                              ("gpu_pct_peak", "gpu %peak", "{:.0f}"), ("gpu_pct_roofline", "gpu %roof", "{:.0f}"),
+                              ("speedup_vs_torch_cuda_fused", "gpu vs torch cuda fused", "{:.3g}x")):
             v = [r[key] for r in rs if r[key] is not None]
             if v:
                 parts.append(f"{label} {f.format(statistics.median(v))}")
@@ -825,14 +1272,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fusedoptim.bench",
         description="Time fusedoptim's optimizers against the STREAM roofline, naive NumPy and "
-                    "torch.optim (foreach/fused). See bench/README.md for the columns.")
+                    "torch.optim (foreach/fused), and on a GPU (cupy) where one is present. "
+                    "See bench/README.md for the columns.")
     p.add_argument("--optimizers", type=_list_arg(list(OPTIMIZERS), "optimizer"), default=list(OPTIMIZERS),
                    help="comma list or 'all' (default): " + ", ".join(OPTIMIZERS))
     p.add_argument("--workloads", type=_workload_list, default=None,
                    help="comma list or 'all': " + ", ".join(WORKLOADS) + "; any NxS (K=2**10, M=2**20, "
                         "prefix f64- for float64). Default: all, without 1x16M under --quick")
-    p.add_argument("--contenders", type=_list_arg(list(CONTENDERS), "contender"), default=list(CONTENDERS),
-                   help="comma list (default all): " + ", ".join(CONTENDERS))
+    p.add_argument("--contenders", type=_list_arg(list(ALL_CONTENDERS), "contender"), default=list(ALL_CONTENDERS),
+                   help="comma list (default all): " + ", ".join(ALL_CONTENDERS) + " (the GPU ones "
+                        "only where cupy sees a CUDA device)")
     p.add_argument("--repeat", type=int, default=None, help="timed samples per contender (default 15; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps after the first (state-allocating) one (default 2; 0 with --quick)")
@@ -843,7 +1292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roofline-sizes", type=lambda s: [] if s in ("", "none") else [_parse_size(x) for x in s.split(",")],
                    default=None, help="element counts of the extension-level STREAM table, or 'none' "
                                       "(default 64K,1M,16M; 64K,1M,4M with --quick)")
+    p.add_argument("--gpu-roofline-sizes", type=lambda s: [] if s in ("", "none") else [_parse_size(x) for x in s.split(",")],
+                   default=None, help="element counts of the device STREAM table, or 'none' "
+                                      "(default 1M,16M,64M; 1M,16M with --quick); only with a GPU")
     p.add_argument("--no-torch", action="store_true", help="skip the torch contenders even if torch imports")
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU contenders even if cupy sees a device")
     p.add_argument("--memory", type=int, nargs="?", const=-1, default=None, metavar="STEPS",
                    help="also run the memory check (Adam, 200x327) for STEPS steps (default 10000; 1000 with --quick)")
     p.add_argument("--seed", type=int, default=0)
@@ -873,11 +1326,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workloads = args.workloads if args.workloads is not None else list(QUICK_WORKLOADS if q else WORKLOADS)
     sizes = args.roofline_sizes if args.roofline_sizes is not None else (
         [64 * KI, MI, 4 * MI] if q else [64 * KI, MI, 16 * MI])
+    gsizes = args.gpu_roofline_sizes if args.gpu_roofline_sizes is not None else (
+        [MI, 16 * MI] if q else [MI, 16 * MI, 64 * MI])
     memory = None if args.memory is None else (args.memory if args.memory > 0 else (1000 if q else 10_000))
     if repeat < 1 or warmup < 0 or min_time < 0:
         build_parser().error("--repeat must be >= 1, --warmup and --min-time >= 0")
     report = run(args.optimizers, workloads, repeat, warmup, min_time, args.threads, sizes,
-                 use_torch=not args.no_torch, contenders=args.contenders, seed=args.seed, memory=memory)
+                 use_torch=not args.no_torch, contenders=args.contenders, seed=args.seed, memory=memory,
+                 use_gpu=not args.no_gpu, gpu_roofline_sizes=gsizes)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=_json_default)
