@@ -308,3 +308,21 @@ def test_checkpoint_keeps_toolkit_state_bit_exact(rng, tmp_path):
     for p, q in zip(straight, fresh):
         np.testing.assert_array_equal(p, q)
         np.testing.assert_array_equal(a.state[p]["ema"], c.state[q]["ema"])
+
+
+def test_accumulation_with_missing_gradients_never_reuses_stale_sums(rng):
+    """A parameter without a gradient in some micro-batches gets the sum of the ones it
+    had, divided by k (optax MultiSteps' mean); one with none in a cycle is skipped."""
+    a, b = np.zeros(4, np.float32), np.zeros(3, np.float32)
+    opt = fo.SGD([a, b], lr=1.0, gradient_accumulation_steps=2)
+    ga = [np.full(4, v, np.float32) for v in (1.0, 3.0, 5.0, 7.0)]
+    gb = np.full(3, 2.0, np.float32)
+    opt.step([ga[0], gb])          # cycle 1: b gets a gradient only here
+    opt.step([ga[1], None])
+    np.testing.assert_allclose(a, -(1.0 + 3.0) / 2)
+    np.testing.assert_allclose(b, -2.0 / 2)
+    opt.step([ga[2], None])        # cycle 2: b has no gradient at all -> untouched, step not counted
+    opt.step([ga[3], None])
+    np.testing.assert_allclose(a, -2.0 - (5.0 + 7.0) / 2)
+    np.testing.assert_allclose(b, -1.0)
+    assert opt.state[b]["step"] == 1 and opt.state[a]["step"] == 2

@@ -254,7 +254,8 @@ class Optimizer:
         self.nonfinite_count = 0      # steps skipped because a gradient was NaN/Inf
         self.last_step_skipped = False
         self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
-        self._acc: Optional[List[Optional[np.ndarray]]] = None   # gradient accumulators
+        self._acc: Dict[int, np.ndarray] = {}       # param index -> accumulator of this cycle
+        self._acc_pool: Dict[int, np.ndarray] = {}  # reused accumulator arrays
         self._acc_count = 0
         self.defaults = defaults
         self.param_groups: List[dict] = []
@@ -512,26 +513,39 @@ class Optimizer:
 
     def _accumulate(self, grads: list) -> Optional[list]:
         """Add this call's gradients into the accumulators (one native pass); return the
-        accumulated gradients on every k-th call, else None."""
+        accumulated gradients on every k-th call, else None.
+
+        ``self._acc`` maps a parameter index to its accumulator for the current cycle: a
+        parameter's first gradient of the cycle is copied in, later ones added, and a
+        parameter that got no gradient in the whole cycle gets ``None`` (is skipped)."""
         k = self.options["gradient_accumulation_steps"]
-        if self._acc is None or len(self._acc) != len(grads):
-            self._acc = [None] * len(grads)
-        first = self._acc_count == 0
+        if self._acc_count == 0:
+            self._acc = {}
+        acc = self._acc
+        pool = self._acc_pool
+        fresh, adds, into = [], [], []
         for i, gr in enumerate(grads):
-            if gr is not None and (self._acc[i] is None or self._acc[i].shape != gr.shape):
-                self._acc[i] = np.zeros_like(gr)
-        pairs = [(self._acc[i], gr) for i, gr in enumerate(grads) if gr is not None]
-        if pairs:
-            if first:
-                for a, gr in pairs:
-                    np.copyto(a, gr)
+            if gr is None:
+                continue
+            a = acc.get(i)
+            if a is None:
+                a = pool.get(i)
+                if a is None or a.shape != gr.shape or a.dtype != gr.dtype:
+                    a = pool[i] = np.empty_like(gr)
+                acc[i] = a
+                fresh.append((a, gr))
             else:
-                _backend([pairs[0][0]]).accumulate([a for a, _ in pairs], [gr for _, gr in pairs])
+                into.append(a)
+                adds.append(gr)
+        for a, gr in fresh:
+            np.copyto(a, gr)
+        if into:
+            _backend(into).accumulate(into, adds)
         self._acc_count += 1
         if self._acc_count < k:
             return None
         self._acc_count = 0
-        return [None if gr is None else self._acc[i] for i, gr in enumerate(grads)]
+        return [acc.get(i) for i in range(len(grads))]
 
     def _resolve(self, gi: int, g: dict):
         """This step's view of group gi: hyperparameters (lr resolved from a schedule),
@@ -747,9 +761,8 @@ class Optimizer:
             gd["params"] = idx
             groups.append(gd)
         if self._acc_count:
-            for i, a in enumerate(self._acc or ()):
-                if a is not None:
-                    state.setdefault(i, {})["grad_accum"] = a.copy()
+            for i, a in self._acc.items():
+                state.setdefault(i, {})["grad_accum"] = _cuda.to_host(a) if _cuda.is_device_array(a) else a.copy()
         return {"kind": type(self).__name__, "iterations": self.iterations,
                 "nonfinite_count": self.nonfinite_count, "accum_count": self._acc_count,
                 "state": state, "param_groups": groups}
@@ -840,7 +853,8 @@ class Optimizer:
         if accum_count >= self.options["gradient_accumulation_steps"] and accum_count:
             raise ValueError(f"state_dict['accum_count'] = {accum_count} is not below this optimizer's "
                              f"gradient_accumulation_steps = {self.options['gradient_accumulation_steps']}")
-        accs = [ns.pop("grad_accum", None) for ns in (new_state.get(id(p), {}) for p in self._params)]
+        accs = {i: a for i, a in ((i, new_state.get(id(p), {}).pop("grad_accum", None))
+                                  for i, p in enumerate(self._params)) if a is not None}
         # commit
         for g, ng in zip(self.param_groups, new_groups):
             g.clear()
@@ -850,7 +864,8 @@ class Optimizer:
         self.iterations = its
         self.nonfinite_count = nonfinite
         self._acc_count = accum_count
-        self._acc = accs if accum_count else None
+        self._acc = accs if accum_count else {}
+        self._acc_pool.update(self._acc)
         self._invalidate()
 
     def __repr__(self) -> str:
