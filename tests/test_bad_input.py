@@ -396,3 +396,20 @@ def test_nan_gradients_are_data():
     opt = fusedoptim.SGD([p], lr=0.1)
     opt.step([np.array([NAN, INF, 1.0])])
     assert np.isnan(p[0]) and np.isneginf(p[1]) and p[2] == 0.9
+
+
+
+def test_gradient_aliasing_another_parameter_is_rejected():
+    """A gradient that is (a view of) another parameter would race with that
+    parameter's update under threads: refused before anything is written."""
+    a = np.ones(8, np.float32)
+    b = np.full(16, 2.0, np.float32)
+    opt = fusedoptim.SGD([a, b], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\].*another parameter"):
+        opt.step([b[4:12], np.zeros(16, np.float32)])
+    np.testing.assert_array_equal(a, 1.0)
+    np.testing.assert_array_equal(b, 2.0)
+    big = np.zeros(16, np.float32)
+    opt2 = fusedoptim.SGD([big[:8]], lr=0.1)
+    opt2.step([big[8:]])                 # a neighbour in the same buffer that is no parameter: fine
+    assert opt2.iterations == 1

@@ -131,11 +131,25 @@ cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
     return True
 
 
-def check_grads(list params, list grads, object labels=None):
+def param_spans(list params):
+    """The memory spans of the parameters, for check_grads: an int64 array of rows
+    (start address, end address, index), sorted by start, zero-size arrays left out."""
+    rows = sorted((<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>p),
+                   <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>p) + cnp.PyArray_NBYTES(<cnp.ndarray>p), i)
+                  for i, p in enumerate(params) if cnp.PyArray_NBYTES(<cnp.ndarray>p) > 0)
+    return np.ascontiguousarray(np.array(rows, dtype=np.int64).reshape(-1, 3))
+
+
+def check_grads(list params, list grads, object labels=None, object spans=None):
     """Raise unless grads[i] is None or matches params[i]: ndarray, same dtype and
-    shape, C-contiguous, not overlapping the parameter.  Read-only grads are fine.
-    Returns the number of None entries."""
-    cdef Py_ssize_t i, n = len(params), nnone = 0
+    shape, C-contiguous, not overlapping the parameter (nor, given ``spans`` from
+    param_spans, any other parameter: a write race under threads).  Read-only grads
+    are fine.  Returns the number of None entries."""
+    cdef Py_ssize_t i, n = len(params), nnone = 0, lo, hi, mid, nsp = 0
+    cdef const long long *sp = NULL      # rows of (start, end, index), see param_spans
+    if spans is not None:
+        sp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>spans)
+        nsp = cnp.PyArray_DIM(<cnp.ndarray>spans, 0)
     cdef cnp.ndarray p, g
     cdef char *pb
     cdef char *gb
@@ -164,6 +178,20 @@ def check_grads(list params, list grads, object labels=None):
         gn = cnp.PyArray_NBYTES(g)
         if pn > 0 and gn > 0 and pb < gb + gn and gb < pb + pn:
             raise ValueError(f"{_gname(i, labels)}: the gradient shares memory with its parameter")
+        if nsp > 0 and gn > 0:
+            # spans are disjoint and sorted: only the last one starting before the
+            # gradient's end can overlap it
+            lo = 0
+            hi = nsp
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if sp[3 * mid] < <long long>(gb + gn):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo > 0 and sp[3 * (lo - 1) + 1] > <long long>gb:
+                raise ValueError(f"{_gname(i, labels)}: the gradient shares memory with "
+                                 f"{_where(sp[3 * (lo - 1) + 2], labels)}, another parameter")
     return nnone
 
 

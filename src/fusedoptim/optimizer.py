@@ -254,6 +254,7 @@ class Optimizer:
         self.nonfinite_count = 0      # steps skipped because a gradient was NaN/Inf
         self.last_step_skipped = False
         self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
+        self._spans = None                          # memory spans of the params (grad aliasing check)
         self._acc: Dict[int, np.ndarray] = {}       # param index -> accumulator of this cycle
         self._acc_pool: Dict[int, np.ndarray] = {}  # reused accumulator arrays
         self._acc_count = 0
@@ -322,6 +323,7 @@ class Optimizer:
 
     def _add_group(self, g: dict) -> None:
         self._invalidate()
+        self._spans = None
         gi = len(self.param_groups)
         for j, p in enumerate(g["params"]):
             self._index[id(p)] = len(self._params)
@@ -416,7 +418,12 @@ class Optimizer:
         params = self._params
         be = _backend(params)
         be.check_params(params, self._labels)
-        skipped = be.check_grads(params, grads, self._labels)
+        if be is _kernels:
+            if self._spans is None:
+                self._spans = _kernels.param_spans(params)
+            skipped = _kernels.check_grads(params, grads, self._labels, self._spans)
+        else:
+            skipped = be.check_grads(params, grads, self._labels)
         if grad_scale != 1.0:
             _check_real(grad_scale, "grad_scale", lo=0.0)
         groups = self.param_groups
