@@ -49,117 +49,140 @@ enum fo_algo {
 
 /* Every loop takes its buffers as restrict-qualified parameters and the scalar blocks
  * by value, so the compiler knows nothing aliases and hoists every scalar: each loop
- * body is the element rule, then the EMA epilogue when the optimizer keeps one.       */
+ * body is the element rule, then the EMA epilogue when the optimizer keeps one.
+ *
+ * A loop is compiled for a MODE fixed per segment (rules.h): without EMA, FO_PLAIN
+ * (no clip value / coupled decay / L1) and the lerp form are compile-time, so the common
+ * configuration carries no dead selects; with an EMA buffer (FO_EMA) everything is decided
+ * at run time.  Every mode gives bit-identical results.                                */
+#define FO_EMA 8
 #define FO_PG T *FO_RESTRICT p, const T *FO_RESTRICT g, T *FO_RESTRICT e
 #define FO_FOR(...)                                                                    \
     for (ptrdiff_t i = 0; i < n; i++) {                                                \
         __VA_ARGS__;                                                                   \
-        if (EMA) fo_ema_rule(e[i], p[i], c);                                           \
+        if (M & FO_EMA) fo_ema_rule(e[i], p[i], c);                                    \
     }
+static FO_INLINE int fo_mode(const void *ema, bool plain, int lerp) {
+    return ema ? FO_EMA : ((plain ? FO_PLAIN : 0) | lerp);
+}
+/* CALL is evaluated with the constexpr int M equal to `mode`. */
+#define FO_CASE(m, CALL)                                                               \
+    case (m): {                                                                        \
+        constexpr int M = (m);                                                         \
+        CALL;                                                                          \
+    } break;
+#define FO_WITH_MODE3(mode, CALL) /* rules without a lerp */                            \
+    switch (mode) { FO_CASE(FO_EMA, CALL) FO_CASE(0, CALL) default: FO_CASE(FO_PLAIN, CALL) }
+#define FO_WITH_MODE5(mode, CALL) /* rules with a lerp */                               \
+    switch (mode) {                                                                    \
+        FO_CASE(FO_EMA, CALL)                                                          \
+        FO_CASE(FO_LERP_SMALL, CALL)                                                   \
+        FO_CASE(FO_LERP_BIG, CALL)                                                     \
+        FO_CASE(FO_PLAIN | FO_LERP_BIG, CALL)                                          \
+        default: FO_CASE(FO_PLAIN | FO_LERP_SMALL, CALL)                               \
+    }
+#define FO_LERP(small) ((small) ? FO_LERP_SMALL : FO_LERP_BIG)
+
 /* ---- SGD ------------------------------------------------------------------------- */
-template <typename T, bool EMA, bool MOM>
+template <typename T, int M, bool MOM>
 static FO_INLINE void fo_sgd_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT b, const fo_common<T> c,
-                               const fo_sgd_hp<T> h) {
+                                  const fo_sgd_hp<T> h) {
     T unused;
-    FO_FOR(fo_sgd_rule<T, MOM>(p[i], g[i], MOM ? b[i] : unused, c, h))
+    FO_FOR(fo_sgd_rule<T, MOM, M>(p[i], g[i], MOM ? b[i] : unused, c, h))
 }
 template <typename T> static FO_INLINE void fo_sgd_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_sgd_hp<T> h = fo_sgd_hp<T>::load(hd);
-    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
-    if (hd[FO_HP_COMMON + 1] != 0.0) {
-        T *b = FO_BUF(T, FO_STATE);
-        if (e) fo_sgd_loop<T, true, true>(n, p, g, e, b, c, h);
-        else fo_sgd_loop<T, false, true>(n, p, g, e, b, c, h);
-    } else {
-        if (e) fo_sgd_loop<T, true, false>(n, p, g, e, nullptr, c, h);
-        else fo_sgd_loop<T, false, false>(n, p, g, e, nullptr, c, h);
-    }
+    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *b = FO_BUF(T, FO_STATE);
+    const int mode = fo_mode(e, c.plain(), 0);
+    if (hd[FO_HP_COMMON + 1] != 0.0) FO_WITH_MODE3(mode, (fo_sgd_loop<T, M, true>(n, p, g, e, b, c, h)))
+    else FO_WITH_MODE3(mode, (fo_sgd_loop<T, M, false>(n, p, g, e, nullptr, c, h)))
 }
 
 /* ---- Adam ------------------------------------------------------------------------ */
-template <typename T, bool EMA, bool AMS>
+template <typename T, int M, bool AMS>
 static FO_INLINE void fo_adam_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT m, T *FO_RESTRICT v,
-                                T *FO_RESTRICT vm, const fo_common<T> c, const fo_adam_hp<T> h) {
+                                   T *FO_RESTRICT vm, const fo_common<T> c, const fo_adam_hp<T> h) {
     T unused;
-    FO_FOR(fo_adam_rule<T, AMS>(p[i], g[i], m[i], v[i], AMS ? vm[i] : unused, c, h))
+    FO_FOR(fo_adam_rule<T, AMS, M>(p[i], g[i], m[i], v[i], AMS ? vm[i] : unused, c, h))
 }
 template <typename T> static FO_INLINE void fo_adam_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adam_hp<T> h = fo_adam_hp<T>::load(hd);
     T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
     T *m = FO_BUF(T, FO_STATE), *v = FO_BUF(T, FO_STATE + 1);
+    const int mode = fo_mode(e, c.plain(), FO_LERP(h.small_w1));
     if (h.amsgrad) {
         T *vm = FO_BUF(T, FO_STATE + 2);
-        if (e) fo_adam_loop<T, true, true>(n, p, g, e, m, v, vm, c, h);
-        else fo_adam_loop<T, false, true>(n, p, g, e, m, v, vm, c, h);
+        FO_WITH_MODE5(mode, (fo_adam_loop<T, M, true>(n, p, g, e, m, v, vm, c, h)))
     } else {
-        if (e) fo_adam_loop<T, true, false>(n, p, g, e, m, v, nullptr, c, h);
-        else fo_adam_loop<T, false, false>(n, p, g, e, m, v, nullptr, c, h);
+        FO_WITH_MODE5(mode, (fo_adam_loop<T, M, false>(n, p, g, e, m, v, nullptr, c, h)))
     }
 }
 
 /* ---- Adagrad --------------------------------------------------------------------- */
-template <typename T, bool EMA>
+template <typename T, int M>
 static FO_INLINE void fo_adagrad_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s, const fo_common<T> c,
-                                   const fo_adagrad_hp<T> h) {
-    FO_FOR(fo_adagrad_rule<T>(p[i], g[i], s[i], c, h))
+                                      const fo_adagrad_hp<T> h) {
+    FO_FOR(fo_adagrad_rule<T, M>(p[i], g[i], s[i], c, h))
 }
 template <typename T> static FO_INLINE void fo_adagrad_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_adagrad_hp<T> h = fo_adagrad_hp<T>::load(hd);
     T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *s = FO_BUF(T, FO_STATE);
-    if (e) fo_adagrad_loop<T, true>(n, p, g, e, s, c, h);
-    else fo_adagrad_loop<T, false>(n, p, g, e, s, c, h);
+    FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_adagrad_loop<T, M>(n, p, g, e, s, c, h)))
 }
 
 /* ---- RMSprop: state square_avg, then grad_avg if centered, then momentum_buffer ---- */
-template <typename T, bool EMA, bool C, bool M>
+template <typename T, int M, bool C, bool MOM>
 static FO_INLINE void fo_rmsprop_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT sq, T *FO_RESTRICT ga,
-                                   T *FO_RESTRICT mb, const fo_common<T> c,
-                                   const fo_rmsprop_hp<T> h) {
+                                      T *FO_RESTRICT mb, const fo_common<T> c,
+                                      const fo_rmsprop_hp<T> h) {
     T ua, ub;
-    FO_FOR(fo_rmsprop_rule<T, C, M>(p[i], g[i], sq[i], C ? ga[i] : ua, M ? mb[i] : ub, c, h))
+    FO_FOR(fo_rmsprop_rule<T, C, MOM, M>(p[i], g[i], sq[i], C ? ga[i] : ua, MOM ? mb[i] : ub, c, h))
 }
-template <typename T, bool C, bool M>
-static FO_INLINE void fo_rmsprop_ema(ptrdiff_t n, char **bufs, const fo_common<T> &c,
-                                  const fo_rmsprop_hp<T> &h) {
+template <typename T, bool C, bool MOM>
+static FO_INLINE void fo_rmsprop_flags(ptrdiff_t n, char **bufs, const fo_common<T> &c,
+                                       const fo_rmsprop_hp<T> &h) {
     T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *sq = FO_BUF(T, FO_STATE);
     T *ga = C ? FO_BUF(T, FO_STATE + 1) : nullptr;
-    T *mb = M ? FO_BUF(T, C ? FO_STATE + 2 : FO_STATE + 1) : nullptr;
-    if (e) fo_rmsprop_loop<T, true, C, M>(n, p, g, e, sq, ga, mb, c, h);
-    else fo_rmsprop_loop<T, false, C, M>(n, p, g, e, sq, ga, mb, c, h);
+    T *mb = MOM ? FO_BUF(T, C ? FO_STATE + 2 : FO_STATE + 1) : nullptr;
+    if (C) {
+        FO_WITH_MODE5(fo_mode(e, c.plain(), FO_LERP(h.small_w)),
+                      (fo_rmsprop_loop<T, M, C, MOM>(n, p, g, e, sq, ga, mb, c, h)))
+    } else {
+        FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_rmsprop_loop<T, M, C, MOM>(n, p, g, e, sq, ga, mb, c, h)))
+    }
 }
 template <typename T> static FO_INLINE void fo_rmsprop_seg(const double *hd, char **bufs, ptrdiff_t n) {
     const fo_common<T> c = fo_common<T>::load(hd);
     const fo_rmsprop_hp<T> h = fo_rmsprop_hp<T>::load(hd);
-    if (h.centered && h.has_momentum) fo_rmsprop_ema<T, true, true>(n, bufs, c, h);
-    else if (h.centered) fo_rmsprop_ema<T, true, false>(n, bufs, c, h);
-    else if (h.has_momentum) fo_rmsprop_ema<T, false, true>(n, bufs, c, h);
-    else fo_rmsprop_ema<T, false, false>(n, bufs, c, h);
+    if (h.centered && h.has_momentum) fo_rmsprop_flags<T, true, true>(n, bufs, c, h);
+    else if (h.centered) fo_rmsprop_flags<T, true, false>(n, bufs, c, h);
+    else if (h.has_momentum) fo_rmsprop_flags<T, false, true>(n, bufs, c, h);
+    else fo_rmsprop_flags<T, false, false>(n, bufs, c, h);
 }
 
-/* ---- Adamax, NAdam, RAdam, Adadelta: two state buffers each ----------------------- */
-#define FO_TWO_STATE(algo)                                                               \
-    template <typename T, bool EMA>                                                      \
-    static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,          \
-                                        T *FO_RESTRICT s1, const fo_common<T> c,         \
-                                        const fo_##algo##_hp<T> h) {                     \
-        FO_FOR(fo_##algo##_rule<T>(p[i], g[i], s0[i], s1[i], c, h))                      \
+/* ---- Adamax, NAdam, RAdam (lerp) and Adadelta (none): two state buffers each ------- */
+#define FO_TWO_STATE(algo, MODE_SWITCH, LERP)                                             \
+    template <typename T, int M>                                                         \
+    static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,         \
+                                           T *FO_RESTRICT s1, const fo_common<T> c,      \
+                                           const fo_##algo##_hp<T> h) {                  \
+        FO_FOR(fo_##algo##_rule<T, M>(p[i], g[i], s0[i], s1[i], c, h))                   \
     }                                                                                    \
     template <typename T>                                                                \
-    static FO_INLINE void fo_##algo##_seg(const double *hd, char **bufs, ptrdiff_t n) {            \
+    static FO_INLINE void fo_##algo##_seg(const double *hd, char **bufs, ptrdiff_t n) {  \
         const fo_common<T> c = fo_common<T>::load(hd);                                   \
         const fo_##algo##_hp<T> h = fo_##algo##_hp<T>::load(hd);                         \
         T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);                       \
         T *s0 = FO_BUF(T, FO_STATE), *s1 = FO_BUF(T, FO_STATE + 1);                      \
-        if (e) fo_##algo##_loop<T, true>(n, p, g, e, s0, s1, c, h);                      \
-        else fo_##algo##_loop<T, false>(n, p, g, e, s0, s1, c, h);                       \
+        MODE_SWITCH(fo_mode(e, c.plain(), LERP), (fo_##algo##_loop<T, M>(n, p, g, e, s0, s1, c, h))) \
     }
-FO_TWO_STATE(adamax)
-FO_TWO_STATE(nadam)
-FO_TWO_STATE(radam)
-FO_TWO_STATE(adadelta)
+FO_TWO_STATE(adamax, FO_WITH_MODE5, FO_LERP(h.small_w1))
+FO_TWO_STATE(nadam, FO_WITH_MODE5, FO_LERP(h.small_w1))
+FO_TWO_STATE(radam, FO_WITH_MODE5, FO_LERP(h.small_w1))
+FO_TWO_STATE(adadelta, FO_WITH_MODE3, 0)
 #undef FO_TWO_STATE
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------

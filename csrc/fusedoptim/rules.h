@@ -40,11 +40,23 @@ FO_HD double fo_sqrt(double x) { return sqrt(x); }
 FO_HD float fo_abs(float x) { return fabsf(x); }
 FO_HD double fo_abs(double x) { return fabs(x); }
 
+template <typename T> FO_HD T fo_inf() { return T(1) / T(0); }
+
 /* max that propagates NaN from either side, like torch.maximum */
 template <typename T> FO_HD T fo_max(T a, T b) { return (a > b || a != a) ? a : b; }
 
+/* Compile-time modes a caller may fix for a whole loop (the CPU loops do; the default 0
+ * decides at run time, per element, with the same results):
+ *   FO_PLAIN       no clip value, no coupled weight decay, no L1 (the common case)
+ *   FO_LERP_SMALL  every lerp weight w has |w| < 0.5;  FO_LERP_BIG  none has            */
+#define FO_PLAIN 1
+#define FO_LERP_SMALL 2
+#define FO_LERP_BIG 4
+
 /* torch.lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w) */
-template <typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w, bool small_w) {
+template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w, bool small_w) {
+    if (MODE & FO_LERP_SMALL) return a + w * (b - a);
+    if (MODE & FO_LERP_BIG) return b - (b - a) * one_minus_w;
     return small_w ? a + w * (b - a) : b - (b - a) * one_minus_w;
 }
 
@@ -61,6 +73,8 @@ template <typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w, bool small_w
 template <typename T> struct fo_common {
     T gscale, wd, l1, ema_w, ema_rest, clip;
     bool ema_small;
+    /* true when the clip value, coupled decay and L1 are all off (FO_PLAIN applies) */
+    FO_HD bool plain() const { return !(clip < fo_inf<T>()) && wd == T(0) && l1 == T(0); }
     FO_HD static fo_common load(const double *h) {
         fo_common c;
         c.gscale = (T)h[0];
@@ -74,7 +88,8 @@ template <typename T> struct fo_common {
     }
 };
 template <typename T> FO_HD T fo_sign(T x) { return (T)((x > T(0)) - (x < T(0))); }
-template <typename T> FO_HD T fo_grad(T g, T p, const fo_common<T> &c) {
+template <int MODE = 0, typename T> FO_HD T fo_grad(T g, T p, const fo_common<T> &c) {
+    if (MODE & FO_PLAIN) return c.gscale * g;
     g = g > c.clip ? c.clip : (g < -c.clip ? -c.clip : g);
     g = c.gscale * g;
     if (c.wd != T(0)) g = g + c.wd * p;
@@ -101,9 +116,9 @@ template <typename T> struct fo_sgd_hp {
         return s;
     }
 };
-template <typename T, bool MOMENTUM>
+template <typename T, bool MOMENTUM, int MODE = 0>
 FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp<T> &h) {
-    T d = fo_grad(g, p, c);
+    T d = fo_grad<MODE>(g, p, c);
     if (MOMENTUM) {
         buf = h.first ? d : buf * h.momentum + h.one_minus_dampening * d;
         d = h.nesterov ? d + h.momentum * buf : buf;
@@ -133,12 +148,12 @@ template <typename T> struct fo_adam_hp {
         return s;
     }
 };
-template <typename T, bool AMSGRAD>
+template <typename T, bool AMSGRAD, int MODE = 0>
 FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
                         const fo_adam_hp<T> &h) {
-    g = fo_grad(g, p, c);
+    g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
-    m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     T s = v;
     if (AMSGRAD) { vmax = fo_max(vmax, v); s = vmax; }
@@ -160,9 +175,9 @@ template <typename T> struct fo_adagrad_hp {
         return s;
     }
 };
-template <typename T>
+template <typename T, int MODE = 0>
 FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_adagrad_hp<T> &h) {
-    g = fo_grad(g, p, c);
+    g = fo_grad<MODE>(g, p, c);
     sum = sum + g * g;
     T std_ = fo_sqrt(sum) + h.eps;
     p = p + h.neg_clr * g / std_;
@@ -188,14 +203,14 @@ template <typename T> struct fo_rmsprop_hp {
         return s;
     }
 };
-template <typename T, bool CENTERED, bool MOMENTUM>
+template <typename T, bool CENTERED, bool MOMENTUM, int MODE = 0>
 FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
                            const fo_common<T> &c, const fo_rmsprop_hp<T> &h) {
-    g = fo_grad(g, p, c);
+    g = fo_grad<MODE>(g, p, c);
     square_avg = square_avg * h.alpha + h.one_minus_alpha * g * g;
     T avg;
     if (CENTERED) {
-        grad_avg = fo_lerp(grad_avg, g, h.one_minus_alpha, h.w_rest, h.small_w);
+        grad_avg = fo_lerp<MODE>(grad_avg, g, h.one_minus_alpha, h.w_rest, h.small_w);
         avg = fo_sqrt(square_avg + T(-1) * grad_avg * grad_avg);
     } else {
         avg = fo_sqrt(square_avg);
@@ -226,10 +241,10 @@ template <typename T> struct fo_adamax_hp {
         return s;
     }
 };
-template <typename T>
+template <typename T, int MODE = 0>
 FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_common<T> &c, const fo_adamax_hp<T> &h) {
-    g = fo_grad(g, p, c);
-    m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    g = fo_grad<MODE>(g, p, c);
+    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
     u = fo_max(u * h.beta2, fo_abs(g) + h.eps);
     p = p + h.neg_clr * m / u;
 }
@@ -256,11 +271,11 @@ template <typename T> struct fo_nadam_hp {
         return s;
     }
 };
-template <typename T>
+template <typename T, int MODE = 0>
 FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_nadam_hp<T> &h) {
-    g = fo_grad(g, p, c);
+    g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
-    m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     /* one division per element instead of torch's three (v / bc2 and two addcdiv) */
     T r = T(1) / (fo_sqrt(v * h.inv_bc2) + h.eps);
@@ -292,11 +307,11 @@ template <typename T> struct fo_radam_hp {
         return s;
     }
 };
-template <typename T>
+template <typename T, int MODE = 0>
 FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_radam_hp<T> &h) {
-    g = fo_grad(g, p, c);
+    g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
-    m = fo_lerp(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     T step = (m * h.inv_bc1) * h.lr;
     /* torch evaluates `float / tensor` as reciprocal(tensor) * float */
@@ -318,10 +333,10 @@ template <typename T> struct fo_adadelta_hp {
         return s;
     }
 };
-template <typename T>
+template <typename T, int MODE = 0>
 FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_common<T> &c,
                             const fo_adadelta_hp<T> &h) {
-    g = fo_grad(g, p, c);
+    g = fo_grad<MODE>(g, p, c);
     square_avg = square_avg * h.rho + h.one_minus_rho * g * g;
     T std_sq = square_avg + h.eps;
     T delta = fo_sqrt((acc_delta + h.eps) / std_sq) * g;   /* one sqrt: sqrt(a) / sqrt(b) = sqrt(a / b) */
