@@ -248,7 +248,26 @@ class Constant(LearningRateSchedule):
         return float(self.value)
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _StepDecay(LearningRateSchedule):
+    """Arguments and progress ``p = t / decay_steps`` (floored if ``staircase``) shared by
+    ExponentialDecay and InverseTimeDecay."""
+
+    _fields = ("initial_learning_rate", "decay_steps", "decay_rate", "staircase")
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, *, name=None):
+        w = type(self).__name__
+        self.initial_learning_rate = _real(w, "initial_learning_rate", initial_learning_rate, lo=0.0)
+        self.decay_steps = _real(w, "decay_steps", decay_steps, lo=0.0, lo_open=True)
+        self.decay_rate = _real(w, "decay_rate", decay_rate, lo=0.0)
+        self.staircase = _bool(w, "staircase", staircase)
+        self.name = name
+
+    def _progress(self, step) -> float:
+        p = _step(step) / float(self.decay_steps)
+        return math.floor(p) if self.staircase else p
+
+
+class ExponentialDecay(_StepDecay):
     r"""Exponential decay (Keras ``ExponentialDecay``).
 
     Symbols: :math:`\gamma_0` = ``initial_learning_rate``, :math:`r` = ``decay_rate``,
@@ -263,20 +282,8 @@ class ExponentialDecay(LearningRateSchedule):
     0.025
     """
 
-    _fields = ("initial_learning_rate", "decay_steps", "decay_rate", "staircase")
-
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, *, name=None):
-        w = "ExponentialDecay"
-        self.initial_learning_rate = _real(w, "initial_learning_rate", initial_learning_rate, lo=0.0)
-        self.decay_steps = _real(w, "decay_steps", decay_steps, lo=0.0, lo_open=True)
-        self.decay_rate = _real(w, "decay_rate", decay_rate, lo=0.0)
-        self.staircase = _bool(w, "staircase", staircase)
-        self.name = name
-
     def __call__(self, step) -> float:
-        p = _step(step) / float(self.decay_steps)
-        if self.staircase:
-            p = math.floor(p)
+        p = self._progress(step)
         return float(self.initial_learning_rate) * float(self.decay_rate) ** p
 
 
@@ -355,7 +362,7 @@ class PolynomialDecay(LearningRateSchedule):
         return (lr0 - end) * (1 - p) ** float(self.power) + end
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_StepDecay):
     r"""Inverse time decay (Keras ``InverseTimeDecay``).
 
     Symbols: :math:`\gamma_0` = ``initial_learning_rate``, :math:`r` = ``decay_rate``,
@@ -370,20 +377,8 @@ class InverseTimeDecay(LearningRateSchedule):
     0.05
     """
 
-    _fields = ("initial_learning_rate", "decay_steps", "decay_rate", "staircase")
-
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, *, name=None):
-        w = "InverseTimeDecay"
-        self.initial_learning_rate = _real(w, "initial_learning_rate", initial_learning_rate, lo=0.0)
-        self.decay_steps = _real(w, "decay_steps", decay_steps, lo=0.0, lo_open=True)
-        self.decay_rate = _real(w, "decay_rate", decay_rate, lo=0.0)
-        self.staircase = _bool(w, "staircase", staircase)
-        self.name = name
-
     def __call__(self, step) -> float:
-        p = _step(step) / float(self.decay_steps)
-        if self.staircase:
-            p = math.floor(p)
+        p = self._progress(step)
         return float(self.initial_learning_rate) / (1.0 + float(self.decay_rate) * p)
 
 
