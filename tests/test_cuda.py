@@ -336,6 +336,8 @@ def test_rules_header_is_valid_host_cxx(build_dir):
                 fo_nadam_rule<T>(p, g, s0, s1, c, fo_nadam_hp<T>::load(h));
                 fo_radam_rule<T>(p, g, s0, s1, c, fo_radam_hp<T>::load(h));
                 fo_adadelta_rule<T>(p, g, s0, s1, c, fo_adadelta_hp<T>::load(h));
+                fo_rprop_rule<T>(p, g, s0, s1, c, fo_rprop_hp<T>::load(h));
+                fo_lion_rule<T>(p, g, s0, c, fo_lion_hp<T>::load(h));
                 fo_ema_rule<T>(e, p, c);
                 printf("%.17g %.17g\\n", (double)p, (double)e);
                 return p == p && e == e ? 0 : 1;
@@ -399,7 +401,7 @@ typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, c
 #define FO_EMU(a) {"fo_" #a "_kernel_f32", fo_##a##_kernel_f32}, {"fo_" #a "_kernel_f64", fo_##a##_kernel_f64}
 static const struct { const char *name; fo_emu_update fn; } fo_emu_table[] = {
     FO_EMU(sgd), FO_EMU(adam), FO_EMU(adagrad), FO_EMU(rmsprop),
-    FO_EMU(adamax), FO_EMU(nadam), FO_EMU(radam), FO_EMU(adadelta)};
+    FO_EMU(adamax), FO_EMU(nadam), FO_EMU(radam), FO_EMU(adadelta), FO_EMU(rprop), FO_EMU(lion)};
 
 extern "C" int emu_update(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
                           int ntens, int nbuf, int ema, const double *tscale, const double *ctrl) {

@@ -37,7 +37,7 @@ typedef void (*fo_seg_fn)(const double *h, char **bufs, ptrdiff_t n);
 
 enum fo_algo {
     FO_SGD = 0, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA,
-    FO_STREAM, FO_NALGO
+    FO_RPROP, FO_LION, FO_STREAM, FO_NALGO
 };
 
 #define FO_BUF(T, i) ((T *FO_RESTRICT)bufs[i])
@@ -163,7 +163,7 @@ template <typename T> static FO_INLINE void fo_rmsprop_seg(const double *hd, cha
     else fo_rmsprop_flags<T, false, false>(n, bufs, c, h);
 }
 
-/* ---- Adamax, NAdam, RAdam (lerp) and Adadelta (none): two state buffers each ------- */
+/* ---- Adamax, NAdam, RAdam (lerp), Adadelta and Rprop (none): two state buffers each - */
 #define FO_TWO_STATE(algo, MODE_SWITCH, LERP)                                             \
     template <typename T, int M>                                                         \
     static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,         \
@@ -183,7 +183,21 @@ FO_TWO_STATE(adamax, FO_WITH_MODE5, FO_LERP(h.small_w1))
 FO_TWO_STATE(nadam, FO_WITH_MODE5, FO_LERP(h.small_w1))
 FO_TWO_STATE(radam, FO_WITH_MODE5, FO_LERP(h.small_w1))
 FO_TWO_STATE(adadelta, FO_WITH_MODE3, 0)
+FO_TWO_STATE(rprop, FO_WITH_MODE3, 0)
 #undef FO_TWO_STATE
+
+/* ---- Lion: one state buffer, no lerp ------------------------------------------------ */
+template <typename T, int M>
+static FO_INLINE void fo_lion_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT m, const fo_common<T> c,
+                                   const fo_lion_hp<T> h) {
+    FO_FOR(fo_lion_rule<T, M>(p[i], g[i], m[i], c, h))
+}
+template <typename T> static FO_INLINE void fo_lion_seg(const double *hd, char **bufs, ptrdiff_t n) {
+    const fo_common<T> c = fo_common<T>::load(hd);
+    const fo_lion_hp<T> h = fo_lion_hp<T>::load(hd);
+    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *m = FO_BUF(T, FO_STATE);
+    FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_lion_loop<T, M>(n, p, g, e, m, c, h)))
+}
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------
  * h[0] = number of buffers k (2..6: param, grad and k - 2 state buffers at bufs[3..]),
@@ -237,6 +251,8 @@ FO_ENTRY(fo_adamax)
 FO_ENTRY(fo_nadam)
 FO_ENTRY(fo_radam)
 FO_ENTRY(fo_adadelta)
+FO_ENTRY(fo_rprop)
+FO_ENTRY(fo_lion)
 FO_ENTRY(fo_stream)
 #undef FO_ENTRY
 
@@ -307,6 +323,7 @@ static fo_seg_fn fo_cpu_seg(int algo, int dtype) {
         {fo_adagrad_f32, fo_adagrad_f64}, {fo_rmsprop_f32, fo_rmsprop_f64},
         {fo_adamax_f32, fo_adamax_f64},   {fo_nadam_f32, fo_nadam_f64},
         {fo_radam_f32, fo_radam_f64},     {fo_adadelta_f32, fo_adadelta_f64},
+        {fo_rprop_f32, fo_rprop_f64},     {fo_lion_f32, fo_lion_f64},
         {fo_stream_f32, fo_stream_f64},
     };
     if (algo < 0 || algo >= FO_NALGO || dtype < 0 || dtype > 1) return NULL;

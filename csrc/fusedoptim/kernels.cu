@@ -331,6 +331,36 @@ template <typename T> __device__ void fo_adadelta_body(FO_ARGS) {
 }
 /* @end */
 
+/* @algo rprop -- state: prev, step_size */
+template <typename T> struct fo_rprop_op {
+    enum { NS = 2 };
+    fo_common<T> c;
+    fo_rprop_hp<T> h;
+    __device__ fo_rprop_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_rprop_hp<T>::load(hd)) {}
+    __device__ void operator()(T &p, T g, T *s) const { fo_rprop_rule<T>(p, g, s[0], s[1], c, h); }
+};
+template <typename T> __device__ void fo_rprop_body(FO_ARGS) {
+    double hd[FO_MAXHP];
+    if (!fo_hparams_load(hd, hp, ctrl)) return;
+    fo_run<T, fo_rprop_op<T> >(FO_PASS);
+}
+/* @end */
+
+/* @algo lion -- state: exp_avg */
+template <typename T> struct fo_lion_op {
+    enum { NS = 1 };
+    fo_common<T> c;
+    fo_lion_hp<T> h;
+    __device__ fo_lion_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_lion_hp<T>::load(hd)) {}
+    __device__ void operator()(T &p, T g, T *s) const { fo_lion_rule<T>(p, g, s[0], c, h); }
+};
+template <typename T> __device__ void fo_lion_body(FO_ARGS) {
+    double hd[FO_MAXHP];
+    if (!fo_hparams_load(hd, hp, ctrl)) return;
+    fo_run<T, fo_lion_op<T> >(FO_PASS);
+}
+/* @end */
+
 /* ---- the extern "C" entry points: fo_<algo>_kernel_f32 / _f64 ----------------------
  * (hp, meta, ntens, nbuf, ema, tscale, ctrl): tscale (NULL or one double per tensor)
  * and ctrl (NULL or a control block) are device pointers.                              */
@@ -353,6 +383,8 @@ FO_KERNEL(adamax)
 FO_KERNEL(nadam)
 FO_KERNEL(radam)
 FO_KERNEL(adadelta)
+FO_KERNEL(rprop)
+FO_KERNEL(lion)
 #undef FO_KERNEL
 #undef FO_ARGS
 #undef FO_PASS

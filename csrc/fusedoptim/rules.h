@@ -87,7 +87,14 @@ template <typename T> struct fo_common {
         return c;
     }
 };
+/* sign for the L1 term: -1, 0, +1, and 0 for NaN (a NaN p is NaN anyway) */
 template <typename T> FO_HD T fo_sign(T x) { return (T)((x > T(0)) - (x < T(0))); }
+/* sign of an update direction (Lion, Rprop): -1, +1, and x itself for +-0 and NaN, so 0
+ * maps to 0 and NaN stays NaN, like np.sign and jnp.sign.  torch.sign maps NaN to 0, which
+ * would let a NaN gradient vanish silently (no step); here it reaches the parameter, as
+ * with every other rule.  (Returning x rather than testing x == x also keeps GCC from
+ * threading the zero case into a branch, which stopped Rprop's loop from vectorizing.)  */
+template <typename T> FO_HD T fo_signum(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x); }
 template <int MODE = 0, typename T> FO_HD T fo_grad(T g, T p, const fo_common<T> &c) {
     if (MODE & FO_PLAIN) return c.gscale * g;
     g = g > c.clip ? c.clip : (g < -c.clip ? -c.clip : g);
@@ -342,6 +349,71 @@ FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_com
     T delta = fo_sqrt((acc_delta + h.eps) / std_sq) * g;   /* one sqrt: sqrt(a) / sqrt(b) = sqrt(a / b) */
     acc_delta = acc_delta * h.rho + h.one_minus_rho * delta * delta;
     p = p + h.neg_lr * delta;
+}
+
+/* ---- Rprop ---------------------------------------------------------------------------- */
+/* a: etaminus, etaplus, step_size_min, step_size_max                                      */
+template <typename T> struct fo_rprop_hp {
+    T etaminus, etaplus, step_min, step_max;
+    FO_HD static fo_rprop_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
+        fo_rprop_hp s;
+        s.etaminus = (T)a[0];
+        s.etaplus = (T)a[1];
+        s.step_min = (T)a[2];
+        s.step_max = (T)a[3];
+        return s;
+    }
+};
+/* torch's _single_tensor_rprop, element by element: the sign of g * prev (the product, as
+ * torch computes it, so an underflow to 0 counts as "no sign") picks the factor of the
+ * step size, which is clamped like torch.clamp_ (NaN stays NaN; min > max gives max); the
+ * gradient is zeroed where the sign flipped; every product is exact except step * eta, so
+ * the bits equal torch's.  NaN: torch.sign(NaN) is 0, so torch skips a NaN gradient
+ * element (step size and parameter unchanged, prev = NaN); here a NaN g * prev is itself
+ * the factor and fo_signum keeps NaN, so the step size, the parameter and prev turn NaN,
+ * as a NaN gradient does to every other optimizer (see Rprop's docstring).                 */
+template <typename T, int MODE = 0>
+FO_HD void fo_rprop_rule(T &p, T g, T &prev, T &step_size, const fo_common<T> &c,
+                         const fo_rprop_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    const T s = g * prev;
+    const T eta = s > T(0) ? h.etaplus : (s < T(0) ? h.etaminus : (s == T(0) ? T(1) : s));
+    T st = step_size * eta;
+    st = st < h.step_min ? h.step_min : st;
+    st = st > h.step_max ? h.step_max : st;
+    step_size = st;
+    if (s < T(0)) g = T(0);
+    p = p - fo_signum(g) * st;
+    prev = g;
+}
+
+/* ---- Lion ------------------------------------------------------------------------------ */
+/* a: decay (1 - lr * weight_decay), beta1, 1 - beta1, beta2, 1 - beta2, -lr                */
+template <typename T> struct fo_lion_hp {
+    T decay, beta1, one_minus_beta1, beta2, one_minus_beta2, neg_lr;
+    FO_HD static fo_lion_hp load(const double *h) {
+        const double *a = h + FO_HP_COMMON;
+        fo_lion_hp s;
+        s.decay = (T)a[0];
+        s.beta1 = (T)a[1];
+        s.one_minus_beta1 = (T)a[2];
+        s.beta2 = (T)a[3];
+        s.one_minus_beta2 = (T)a[4];
+        s.neg_lr = (T)a[5];
+        return s;
+    }
+};
+/* optax.lion / lion-pytorch: decoupled decay, then the sign of the beta1 interpolation
+ * (beta1 m + (1 - beta1) g, a multiply-add like both references, not torch.lerp), then the
+ * beta2 momentum.  A NaN in c makes the parameter NaN (fo_signum), as jnp.sign does.      */
+template <typename T, int MODE = 0>
+FO_HD void fo_lion_rule(T &p, T g, T &m, const fo_common<T> &c, const fo_lion_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
+    const T u = m * h.beta1 + h.one_minus_beta1 * g;
+    p = p + h.neg_lr * fo_signum(u);
+    m = m * h.beta2 + h.one_minus_beta2 * g;
 }
 
 #endif /* FUSEDOPTIM_RULES_H */

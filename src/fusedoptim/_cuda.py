@@ -42,7 +42,8 @@ __all__ = [
 _ALGOS = {
     _kernels.SGD: "sgd", _kernels.ADAM: "adam", _kernels.ADAGRAD: "adagrad",
     _kernels.RMSPROP: "rmsprop", _kernels.ADAMAX: "adamax", _kernels.NADAM: "nadam",
-    _kernels.RADAM: "radam", _kernels.ADADELTA: "adadelta",
+    _kernels.RADAM: "radam", _kernels.ADADELTA: "adadelta", _kernels.RPROP: "rprop",
+    _kernels.LION: "lion",
 }
 
 # NVRTC options.  --fmad=false keeps a*b+c unfused, like the CPU build's -ffp-contract=off,
@@ -119,11 +120,11 @@ def _nstate(algo: int, hp: Sequence[float]) -> int:
         return 1 if hp[c + 1] != 0.0 else 0
     if algo == _kernels.ADAM:
         return 3 if hp[c + 7] != 0.0 else 2
-    if algo == _kernels.ADAGRAD:
+    if algo in (_kernels.ADAGRAD, _kernels.LION):
         return 1
     if algo == _kernels.RMSPROP:
         return 1 + (hp[c + 5] != 0.0) + (hp[c + 6] != 0.0)
-    return 2  # adamax, nadam, radam, adadelta
+    return 2  # adamax, nadam, radam, adadelta, rprop
 
 
 def _hp_struct(hp: Sequence[float]) -> np.ndarray:

@@ -29,7 +29,8 @@ cdef extern from "fusedoptim/cpu.h" nogil:
     ctypedef void (*fo_stats_fn)(const void *x, Py_ssize_t n, double *sumsq, double *maxabs) noexcept nogil
     fo_stats_fn fo_cpu_stats(int dtype)
     enum:
-        FO_SGD, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA, FO_STREAM
+        FO_SGD, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA, FO_RPROP,
+        FO_LION, FO_STREAM
 
 SGD = FO_SGD
 ADAM = FO_ADAM
@@ -39,6 +40,8 @@ ADAMAX = FO_ADAMAX
 NADAM = FO_NADAM
 RADAM = FO_RADAM
 ADADELTA = FO_ADADELTA
+RPROP = FO_RPROP
+LION = FO_LION
 STREAM = FO_STREAM
 HAVE_OPENMP = bool(FO_HAVE_OPENMP)
 
