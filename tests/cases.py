@@ -3,7 +3,7 @@
 ``CASES`` lists ``(optimizer name, kwargs)``: for each optimizer, the product of its
 flags (maximize, amsgrad, nesterov, centered, decoupled_weight_decay) and of its
 structural hyperparameters switched on or off (weight_decay, momentum, dampening,
-lr_decay, initial_accumulator_value), minus the combinations the optimizer rejects
+lr_decay, initial_accumulator_value; Rprop's narrow step_sizes window), minus the combinations the optimizer rejects
 (nesterov needs momentum and no dampening).  The kwargs only say *which* features are
 on; ``draw_hparams`` then draws every continuous hyperparameter from a seed, keeping the
 zeros zero, so each case runs with hyperparameters nobody hand-picked.
@@ -20,7 +20,8 @@ import pytest
 
 from reference import DEFAULTS
 
-OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta")
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop",
+              "Lion")
 
 # (name, list of axes); each axis is a list of kwargs fragments, one of which is chosen.
 _ON_OFF = lambda k, v: [{}, {k: v}]  # noqa: E731
@@ -41,6 +42,9 @@ _AXES: Dict[str, List[List[dict]]] = {
     "RAdam": [[{}, {"weight_decay": 1e-2}, {"weight_decay": 1e-2, "decoupled_weight_decay": True}],
               _ON_OFF("maximize", True)],
     "Adadelta": [_ON_OFF("weight_decay", 1e-2), _ON_OFF("maximize", True)],
+    # step sizes are drawn from a wide window; the fixed narrow one makes both clamps bind often
+    "Rprop": [_ON_OFF("step_sizes", (1e-3, 2e-2)), _ON_OFF("maximize", True)],
+    "Lion": [_ON_OFF("weight_decay", 1e-2), _ON_OFF("maximize", True)],
 }
 
 
@@ -101,7 +105,8 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
     reached); eps log-uniform [1e-10, 1e-6] (Adadelta [1e-8, 1e-4]: its eps seeds the step
     size); rho [0, 0.999); momentum [0.1, 0.99); dampening [0.05, 1]; weight_decay
     log-uniform [1e-4, 1e-1]; lr_decay [1e-4, 1e-1]; initial_accumulator_value [1e-2, 1];
-    momentum_decay [1e-3, 1e-2].
+    momentum_decay [1e-3, 1e-2]; Rprop's etas (uniform [0.1, 0.9), uniform [1.05, 2)) and,
+    unless the case fixes them, step_sizes (log-uniform [1e-7, 1e-4], [1e-2, 50]).
 
     Why the second-moment decay starts at 0.5: with a shorter window the denominator
     tracks |g_t| alone, and when weight decay nearly cancels the gradient (g + lambda theta
@@ -134,6 +139,10 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
         hp["rho"] = uni(0.0, 0.999)
     if "momentum_decay" in d:
         hp["momentum_decay"] = logu(1e-3, 1e-2)
+    if "etas" in d:
+        hp["etas"] = (uni(0.1, 0.9), uni(1.05, 2.0))
+    if "step_sizes" in d and "step_sizes" not in kwargs:
+        hp["step_sizes"] = (logu(1e-7, 1e-4), logu(1e-2, 50.0))
     draw = {"weight_decay": lambda: logu(1e-4, 1e-1), "momentum": lambda: uni(0.1, 0.99),
             "dampening": lambda: uni(0.05, 1.0), "lr_decay": lambda: logu(1e-4, 1e-1),
             "initial_accumulator_value": lambda: logu(1e-2, 1.0)}

@@ -1,4 +1,5 @@
-"""Independent NumPy references of the nine optimizers, written from torch.optim's formulas.
+"""Independent NumPy references of the eleven optimizers, written from torch.optim's formulas
+(Lion, which torch lacks, from Chen et al. 2023 and optax.lion).
 
 Each rule is written from the docstring of its fusedoptim class (same symbols, one line
 of code per formula line) and checked against torch/optim/*.py for the semantics (where
@@ -38,6 +39,9 @@ DEFAULTS: Dict[str, dict] = {
     "RAdam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
                   maximize=False),
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
+    "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
+    # not in torch: optax.lion's / lion-pytorch's defaults
+    "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
 }
 
 # The buffers each optimizer keeps, whatever its flags (torch's names).
@@ -51,6 +55,8 @@ BUFFERS: Dict[str, tuple] = {
     "NAdam": ("exp_avg", "exp_avg_sq"),
     "RAdam": ("exp_avg", "exp_avg_sq"),
     "Adadelta": ("square_avg", "acc_delta"),
+    "Rprop": ("prev", "step_size"),
+    "Lion": ("exp_avg",),
 }
 
 
@@ -208,9 +214,40 @@ def adadelta(theta, g, s, *, lr, rho, eps, weight_decay, maximize):
     return theta - lr * dx                                       # theta <- theta - gamma dx
 
 
+# ------------------------------------------------------------------------- Rprop
+def rprop(theta, g, s, *, lr, etas, step_sizes, maximize):
+    s["step"] += 1
+    T = theta.dtype.type                                         # etas and bounds round to the dtype, as in torch
+    eta_minus, eta_plus = etas
+    lo, hi = step_sizes
+    g_prev, step = _buf(s, "prev", theta), _buf(s, "step_size", theta, lr)   # g^_0 = 0, s_0 = gamma
+    if maximize:
+        g = -g
+    d = g_prev * g
+    f = np.where(d > 0, T(eta_plus), np.where(d < 0, T(eta_minus), np.where(d == 0, T(1), d)))  # NaN stays
+    s["step_size"] = step = np.minimum(np.maximum(f * step, T(lo)), T(hi))  # s <- min(max(f s, lo), hi)
+    g = np.where(d < 0, T(0), g)                                 # g <- 0 where the sign flipped
+    s["prev"] = g                                                # g^ <- g
+    return theta - step * np.sign(g)                             # theta <- theta - s sign(g)
+
+
+# -------------------------------------------------------------------------- Lion
+def lion(theta, g, s, *, lr, betas, weight_decay, maximize):
+    s["step"] += 1
+    b1, b2 = betas
+    m = _buf(s, "exp_avg", theta)
+    if maximize:
+        g = -g
+    theta = theta * (1 - lr * weight_decay)                      # theta <- theta (1 - gamma lambda)
+    c = b1 * m + (1 - b1) * g                                    # c <- b1 m + (1 - b1) g
+    theta = theta - lr * np.sign(c)                              # theta <- theta - gamma sign(c)
+    s["exp_avg"] = b2 * m + (1 - b2) * g                         # m <- b2 m + (1 - b2) g
+    return theta
+
+
 RULES: Dict[str, Callable] = {
     "SGD": sgd, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad, "RMSprop": rmsprop,
-    "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Adadelta": adadelta,
+    "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Adadelta": adadelta, "Rprop": rprop, "Lion": lion,
 }
 
 
@@ -268,7 +305,7 @@ class ReferenceOptimizer:
             hp = {k: v for k, v in grp.items() if k != "params"}
             if callable(hp["lr"]):
                 hp["lr"] = hp["lr"](self.iterations)
-            hp = {k: (tuple(float(b) for b in v) if k == "betas" else
+            hp = {k: (tuple(float(b) for b in v) if isinstance(v, (tuple, list)) else
                       v if isinstance(v, (bool, np.bool_)) else float(v)) for k, v in hp.items()}
             for p in grp["params"]:
                 gr = grads[i]

@@ -24,6 +24,8 @@ CASES = [
     ("NAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     ("RAdam", dict(lr=1e-2)),
     ("Adadelta", dict(lr=1.0, weight_decay=0.01)),
+    ("Rprop", dict(lr=1e-2, step_sizes=(1e-3, 0.05))),
+    ("Lion", dict(lr=1e-3, weight_decay=0.1, maximize=True)),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in CASES]
 

@@ -90,6 +90,22 @@ GROUP_CASES = [
     ("negative lr_decay", "Adagrad", lambda: [ones(3)], dict(lr_decay=-1e-3), ValueError, G + r": lr_decay"),
     ("negative initial_accumulator_value", "Adagrad", lambda: [ones(3)], dict(initial_accumulator_value=-1.0),
      ValueError, G + r": initial_accumulator_value"),
+    ("etaminus = 0", "Rprop", lambda: [ones(3)], dict(etas=(0.0, 1.2)), ValueError, G + r": Invalid eta values"),
+    ("etaplus = 1", "Rprop", lambda: [ones(3)], dict(etas=(0.5, 1.0)), ValueError, G + r": Invalid eta values"),
+    ("inf etaplus", "Rprop", lambda: [ones(3)], dict(etas=(0.5, INF)), ValueError, G + r": Invalid eta values"),
+    ("NaN etaminus", "Rprop", lambda: [ones(3)], dict(etas=(NAN, 1.2)), ValueError, G + r": Invalid eta values"),
+    ("three etas", "Rprop", lambda: [ones(3)], dict(etas=(0.5, 1.2, 2.0)), ValueError, G + r": etas must be a pair"),
+    ("string eta", "Rprop", lambda: [ones(3)], dict(etas=(0.5, "1.2")), TypeError,
+     G + r": etas value at index 1 must be a real number"),
+    ("negative step size", "Rprop", lambda: [ones(3)], dict(step_sizes=(-1e-6, 50)), ValueError,
+     G + r": .*step size at index 0"),
+    ("inf step size", "Rprop", lambda: [ones(3)], dict(step_sizes=(1e-6, INF)), ValueError,
+     G + r": step size at index 1 must be finite"),
+    ("min step size > max", "Rprop", lambda: [ones(3)], dict(step_sizes=(1.0, 0.5)), ValueError,
+     G + r": Invalid step sizes: min 1.0 > max 0.5"),
+    ("beta1 = 1 (Lion)", "Lion", lambda: [ones(3)], dict(betas=(1.0, 0.99)), ValueError, G + r".*beta.*index 0"),
+    ("negative weight_decay (Lion)", "Lion", lambda: [ones(3)], dict(weight_decay=-0.1), ValueError,
+     G + r": weight_decay"),
     ("negative momentum_decay", "NAdam", lambda: [ones(3)], dict(momentum_decay=-1e-3), ValueError,
      G + r": momentum_decay"),
     ("int amsgrad", "Adam", lambda: [ones(3)], dict(amsgrad=1), TypeError, G + r": amsgrad must be a bool"),
@@ -222,7 +238,8 @@ def test_disjoint_views_of_one_buffer_are_fine():
 
 def test_zero_size_params_work():
     params = [np.zeros((0,)), np.ones(3), np.zeros((2, 0, 4), np.float64)]
-    for name in ("SGD", "Adam", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "AdamW"):
+    for name in ("SGD", "Adam", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "AdamW", "Rprop",
+                 "Lion"):
         opt = getattr(fusedoptim, name)(params)
         opt.step([np.zeros((0,)), np.ones(3), np.zeros((2, 0, 4))])
         assert opt.state[params[2]]["step"] == 1
@@ -317,6 +334,8 @@ SPECIFIC = {
     "NAdam": ("momentum_decay", INF, ValueError, r"momentum_decay"),
     "RAdam": ("betas", (0.9, -0.5), ValueError, r"beta parameter at index 1"),
     "Adadelta": ("rho", 2.0, ValueError, r"rho"),
+    "Rprop": ("etas", (1.2, 0.5), ValueError, r"Invalid eta values"),
+    "Lion": ("betas", (0.9, NAN), ValueError, r"beta parameter at index 1"),
 }
 
 

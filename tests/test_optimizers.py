@@ -64,14 +64,21 @@ def test_updates_in_place(name, kwargs):
     params = make_params(1, SHAPES, np.float32)
     views = [p.view() for p in params]        # other handles on the same memory
     opt = build(name, params, **kwargs)
+    sign = -1 if kwargs.get("maximize") else 1
     for grads in grad_stream(2, SHAPES, np.float32, 3):
         before = [p.copy() for p in params]
+        # Rprop leaves an element whose gradient changed sign where it is for this step
+        rests = [p.size > 0 and name == "Rprop" and p in opt.state
+                 and bool(np.all(opt.state[p]["prev"] * (sign * g) < 0)) for p, g in zip(params, grads)]
         opt.step(grads)
-        for p, v, b, pg in zip(params, views, before, opt.param_groups[0]["params"]):
+        for p, v, b, pg, r in zip(params, views, before, opt.param_groups[0]["params"], rests):
             assert pg is p
             assert np.shares_memory(p, v) or p.size == 0
             assert np.array_equal(v, p)
-            assert p.size == 0 or not np.array_equal(p, b), "parameter did not move"
+            if r:
+                assert np.array_equal(p, b), "Rprop moved an element whose gradient changed sign"
+            else:
+                assert p.size == 0 or not np.array_equal(p, b), "parameter did not move"
         for p in params:
             for k, buf in opt.state[p].items():
                 if isinstance(buf, np.ndarray):
@@ -455,3 +462,81 @@ def test_zero_size_only_optimizer():
     opt = fusedoptim.Adam(params, amsgrad=True)
     opt.step([np.zeros((0,)), np.zeros((3, 0))])
     assert opt.state[params[1]]["exp_avg"].shape == (3, 0) and opt.state[params[1]]["step"] == 1
+
+
+# ------------------------------------------------------------------ Rprop and Lion specifics
+def test_rprop_step_size_clamps_and_sign_flips(dtype):
+    """A constant gradient grows the step size by etaplus until step_sizes[1] caps it; an
+    alternating one zeroes the gradient on every flip (no move, prev = 0) and shrinks the
+    step size by etaminus down to step_sizes[0]; a zero gradient leaves it as it is."""
+    p = np.zeros(3, dtype)
+    opt = fusedoptim.Rprop([p], lr=0.1, etas=(0.5, 2.0), step_sizes=(0.01, 1.0))
+    ref = ReferenceOptimizer("Rprop", [p.copy()], lr=0.1, etas=(0.5, 2.0), step_sizes=(0.01, 1.0))
+    for t in range(12):
+        g = np.array([1.0, (-1.0) ** t, 0.0], dtype)
+        opt.step([g])
+        ref.step([g])
+    st = opt.state[p]
+    assert st["step_size"][0] == 1.0                    # 0.1 * 2**k, capped at 1.0
+    np.testing.assert_allclose(p[0], -(0.1 + 0.2 + 0.4 + 0.8 + 8 * 1.0), **TOL[dtype])
+    # alternating: move (factor 1 after a rest), flip (halve, rest, prev = 0), ...: the step
+    # size goes 0.1, 0.05, 0.025, 0.0125, then 0.00625 is floored at 0.01
+    assert st["step_size"][1] == dtype.type(0.01)
+    np.testing.assert_allclose(p[1], -(0.1 + 0.05 + 0.025 + 0.0125 + 0.01 + 0.01), **TOL[dtype])
+    assert st["step_size"][2] == dtype.type(0.1) and p[2] == 0.0     # g = 0: factor 1, no move
+    assert_matches([p], _state_of(opt, [p]), ref, **TOL[dtype], what="Rprop clamps")
+
+
+@pytest.mark.parametrize("name", ["Rprop", "Lion"])
+def test_sign_optimizers_nan_gradient_reaches_the_parameter(name, dtype):
+    """sign(NaN) is NaN (np.sign, jnp.sign): a NaN gradient element makes its parameter
+    NaN, as for every other optimizer, instead of being skipped silently (torch.sign(NaN)
+    is 0); the other elements step normally and sign(0) = 0."""
+    p = np.ones(4, dtype)
+    ref = ReferenceOptimizer(name, [p.copy()], lr=0.1)
+    opt = getattr(fusedoptim, name)([p], lr=0.1)
+    g = np.array([np.nan, 2.0, 0.0, -3.0], dtype)
+    for _ in range(2):
+        opt.step([g])
+        ref.step([g])
+    assert np.isnan(p[0]) and np.isfinite(p[1:]).all()
+    assert p[2] == 1.0 and p[1] < 1.0 < p[3]
+    np.testing.assert_array_equal(p, ref.params[0])
+    for k, v in opt.state[p].items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, ref.state[0][k])
+
+
+def _optax_lion(params, grads_seq, *, lr, b1, b2, weight_decay, maximize):
+    """optax.lion written out: chain(scale_by_lion(b1, b2), add_decayed_weights(wd),
+    scale_by_learning_rate(lr)), then optax.apply_updates; maximize negates the gradient."""
+    mu = [np.zeros_like(p) for p in params]
+    params = [p.copy() for p in params]
+    for grads in grads_seq:
+        grads = [-g if maximize else g for g in grads]
+        updates = [np.sign((1.0 - b1) * g + b1 * m) for g, m in zip(grads, mu)]      # scale_by_lion
+        mu = [(1.0 - b2) * g + b2 * m for g, m in zip(grads, mu)]
+        updates = [u + weight_decay * p for u, p in zip(updates, params)]            # add_decayed_weights
+        updates = [-lr * u for u in updates]                                          # scale_by_learning_rate
+        params = [p + u for p, u in zip(params, updates)]                             # apply_updates
+    return params, mu
+
+
+@pytest.mark.parametrize("name,kwargs", case_params([c for c in CASES if c[0] == "Lion"]))
+def test_lion_matches_optax_formulas(name, kwargs):
+    """float64, 200 steps, against optax's formulation (decay folded into the update and
+    scaled by lr, rather than lion-pytorch's multiply-first): the same trajectory up to
+    rounding; the momentum is bit-identical because it never depends on the parameters."""
+    dtype = np.dtype(np.float64)
+    seed = seed_for(name, kwargs, "optax")
+    hp = draw_hparams(name, kwargs, seed)
+    params = make_params(seed, SHAPES, dtype)
+    stream = list(grad_stream(seed + 1, SHAPES, dtype, STEPS))
+    want, mu = _optax_lion(params, stream, lr=hp["lr"], b1=hp["betas"][0], b2=hp["betas"][1],
+                           weight_decay=hp.get("weight_decay", 0.0), maximize=hp.get("maximize", False))
+    opt = build(name, params, **hp)
+    for grads in stream:
+        opt.step(grads)
+    for p, w, m in zip(params, want, mu):
+        np.testing.assert_allclose(p, w, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(opt.state[p]["exp_avg"], m)

@@ -65,4 +65,6 @@ CASES = [
     ("NAdam", dict(lr=1e-2)),
     ("RAdam", dict(lr=1e-2)),
     ("Adadelta", dict(lr=1.0)),
+    ("Rprop", dict(lr=1e-2)),
+    ("Lion", dict(lr=1e-3)),
 ]

@@ -7,5 +7,7 @@ from .adamax import Adamax
 from .nadam import NAdam
 from .radam import RAdam
 from .adadelta import Adadelta
+from .rprop import Rprop
+from .lion import Lion
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion"]
