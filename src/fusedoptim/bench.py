@@ -13,7 +13,8 @@ column.  For each optimizer configuration and workload the report gives
   over the tensors, expressions with temporaries, as a user would write it);
 * the speedup over ``torch.optim`` with ``foreach=True`` and, where torch has one,
   ``fused=True`` (SGD, Adam, AdamW, Adagrad), with ``torch.set_num_threads`` equal to
-  fusedoptim's thread count.  torch is optional: without it those columns are empty.
+  fusedoptim's thread count.  torch is optional: without it (and for Lion, which
+  torch.optim lacks) those columns are empty.
 
 It also measures the extension-level roofline: STREAM bandwidth in GB/s for k = 2..6
 buffers at a few sizes (bytes = itemsize * (2k - 1) per element).
@@ -55,7 +56,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _kernels
-from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta
+from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion
 
 __all__ = [
     "OPTIMIZERS", "WORKLOADS", "QUICK_WORKLOADS", "CONTENDERS", "GPU_CONTENDERS", "ALL_CONTENDERS",
@@ -282,6 +283,25 @@ def _np_adadelta(p, g, st, grp, t):
     p -= lr * delta
 
 
+def _np_rprop(p, g, st, grp, t):
+    (etaminus, etaplus), (lo, hi) = grp["etas"], grp["step_sizes"]
+    prev = st.setdefault("prev", np.zeros_like(p))
+    step = st.setdefault("step_size", np.full_like(p, grp["lr"]))
+    d = g * prev
+    f = np.where(d > 0, p.dtype.type(etaplus), np.where(d < 0, p.dtype.type(etaminus), p.dtype.type(1)))
+    step[...] = np.clip(step * f, lo, hi)
+    prev[...] = np.where(d < 0, 0, g)
+    p -= np.sign(prev) * step
+
+
+def _np_lion(p, g, st, grp, t):
+    lr, (b1, b2), wd = grp["lr"], grp["betas"], grp["weight_decay"]
+    m = st.setdefault("exp_avg", np.zeros_like(p))
+    p *= 1 - lr * wd
+    p -= lr * np.sign(b1 * m + (1 - b1) * g)
+    m[...] = b2 * m + (1 - b2) * g
+
+
 class NaiveNumPy:
     """Straightforward NumPy optimizer: ``step(grads)`` loops over the tensors."""
 
@@ -312,6 +332,7 @@ class OptConfig:
     kwargs: dict
     naive: Callable
     torch_fused: bool   # torch.optim has fused=True for this class on CPU
+    in_torch: bool = True   # torch.optim has this class at all (Lion: no)
 
     @property
     def torch_name(self) -> str:
@@ -333,6 +354,8 @@ OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in [
     OptConfig("nadam", NAdam, dict(lr=2e-3), _np_nadam, False),
     OptConfig("radam", RAdam, dict(lr=1e-3), _np_radam, False),
     OptConfig("adadelta", Adadelta, dict(lr=1.0), _np_adadelta, False),
+    OptConfig("rprop", Rprop, dict(lr=1e-2), _np_rprop, False),
+    OptConfig("lion", Lion, dict(lr=1e-4), _np_lion, False, in_torch=False),
 ]}
 
 #: CPU contender names, in the order the report prints them.
@@ -406,6 +429,9 @@ def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
         elif name in ("torch_foreach", "torch_fused"):
             if torch is None:
                 case.skipped[name] = "torch not importable"
+                continue
+            if not config.in_torch:
+                case.skipped[name] = f"torch.optim has no {config.torch_name}"
                 continue
             if name == "torch_fused" and not config.torch_fused:
                 case.skipped[name] = f"torch.optim.{config.torch_name} has no fused variant"
@@ -1312,7 +1338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("optimizers:")
         for c in OPTIMIZERS.values():
             print(f"  {c.key:<27} {c.cls.__name__}({', '.join(f'{k}={v!r}' for k, v in c.kwargs.items())})"
-                  + ("  [torch fused]" if c.torch_fused else ""))
+                  + ("  [torch fused]" if c.torch_fused else "") + ("" if c.in_torch else "  [not in torch]"))
         print("workloads:")
         for w in WORKLOADS:
             wl = parse_workload(w)
