@@ -120,18 +120,23 @@ template <typename T> static FO_INLINE void fo_adam_seg(const double *hd, char *
     }
 }
 
-/* ---- Adagrad --------------------------------------------------------------------- */
-template <typename T, int M>
-static FO_INLINE void fo_adagrad_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s, const fo_common<T> c,
-                                      const fo_adagrad_hp<T> h) {
-    FO_FOR(fo_adagrad_rule<T, M>(p[i], g[i], s[i], c, h))
-}
-template <typename T> static FO_INLINE void fo_adagrad_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_adagrad_hp<T> h = fo_adagrad_hp<T>::load(hd);
-    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *s = FO_BUF(T, FO_STATE);
-    FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_adagrad_loop<T, M>(n, p, g, e, s, c, h)))
-}
+/* ---- Adagrad and Lion: one state buffer each, no lerp ------------------------------- */
+#define FO_ONE_STATE(algo)                                                                \
+    template <typename T, int M>                                                         \
+    static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,         \
+                                           const fo_common<T> c, const fo_##algo##_hp<T> h) { \
+        FO_FOR(fo_##algo##_rule<T, M>(p[i], g[i], s0[i], c, h))                          \
+    }                                                                                    \
+    template <typename T>                                                                \
+    static FO_INLINE void fo_##algo##_seg(const double *hd, char **bufs, ptrdiff_t n) {  \
+        const fo_common<T> c = fo_common<T>::load(hd);                                   \
+        const fo_##algo##_hp<T> h = fo_##algo##_hp<T>::load(hd);                         \
+        T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *s0 = FO_BUF(T, FO_STATE); \
+        FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_##algo##_loop<T, M>(n, p, g, e, s0, c, h))) \
+    }
+FO_ONE_STATE(adagrad)
+FO_ONE_STATE(lion)
+#undef FO_ONE_STATE
 
 /* ---- RMSprop: state square_avg, then grad_avg if centered, then momentum_buffer ---- */
 template <typename T, int M, bool C, bool MOM>
@@ -185,19 +190,6 @@ FO_TWO_STATE(radam, FO_WITH_MODE5, FO_LERP(h.small_w1))
 FO_TWO_STATE(adadelta, FO_WITH_MODE3, 0)
 FO_TWO_STATE(rprop, FO_WITH_MODE3, 0)
 #undef FO_TWO_STATE
-
-/* ---- Lion: one state buffer, no lerp ------------------------------------------------ */
-template <typename T, int M>
-static FO_INLINE void fo_lion_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT m, const fo_common<T> c,
-                                   const fo_lion_hp<T> h) {
-    FO_FOR(fo_lion_rule<T, M>(p[i], g[i], m[i], c, h))
-}
-template <typename T> static FO_INLINE void fo_lion_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_lion_hp<T> h = fo_lion_hp<T>::load(hd);
-    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *m = FO_BUF(T, FO_STATE);
-    FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_lion_loop<T, M>(n, p, g, e, m, c, h)))
-}
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------
  * h[0] = number of buffers k (2..6: param, grad and k - 2 state buffers at bufs[3..]),
