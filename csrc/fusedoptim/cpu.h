@@ -23,6 +23,20 @@
 #define FO_CLONES
 #endif
 
+/* The instruction set whose clone the loops run: the choice the target_clones resolver
+ * makes at load time (the best arch level the CPU supports), or "generic" in a build
+ * without multiversioning. */
+static inline const char *fo_simd_level(void) {
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FO_NO_MULTIVERSION) && defined(__linux__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
+    if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
+    return "x86-64";
+#else
+    return "generic";
+#endif
+}
+
 #if defined(__GNUC__)
 #define FO_RESTRICT __restrict__
 /* Everything below a multiversioned entry point must inline into it, so that each clone

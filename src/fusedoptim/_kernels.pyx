@@ -28,6 +28,7 @@ cdef extern from "fusedoptim/cpu.h" nogil:
     fo_seg_fn fo_cpu_seg(int algo, int dtype)
     ctypedef void (*fo_stats_fn)(const void *x, Py_ssize_t n, double *sumsq, double *maxabs) noexcept nogil
     fo_stats_fn fo_cpu_stats(int dtype)
+    const char *fo_simd_level()
     enum:
         FO_SGD, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA, FO_RPROP,
         FO_LION, FO_STREAM
@@ -64,6 +65,13 @@ def get_num_threads():
     """Threads a large step will use: the value set by ``set_num_threads``, else the
     OpenMP default (``OMP_NUM_THREADS``; follows ``threadpoolctl.threadpool_limits``)."""
     return _num_threads if _num_threads > 0 else omp_get_max_threads()
+
+
+def simd_level():
+    """The instruction set of the loop clones this CPU runs: ``"x86-64-v4"`` (AVX-512),
+    ``"x86-64-v3"`` (AVX2/FMA), ``"x86-64"`` (SSE2), or ``"generic"`` for a build without
+    multiversioning (not x86-64 Linux with GCC/Clang)."""
+    return fo_simd_level().decode()
 
 
 def set_grain_size(Py_ssize_t n):

@@ -284,6 +284,16 @@ class Optimizer:
         for g in staged:
             self._add_group(g)
 
+    @property
+    def params(self) -> List[np.ndarray]:
+        """Every parameter, flat, in param-group order (the order ``step`` takes gradients)."""
+        return list(self._params)
+
+    @property
+    def labels(self) -> List[str]:
+        """The name of each parameter in error messages, aligned with :attr:`params`."""
+        return list(self._labels)
+
     # ------------------------------------------------------------------ groups
     @staticmethod
     def _group_params(group) -> list:
