@@ -1,9 +1,12 @@
 """A custom optimizer on the fusedoptim base class: Lion, in NumPy.
 
-Subclass ``fusedoptim.Optimizer``, set ``_kernel = None`` and write ``update(param, grad,
-state, group)``; the base class brings param groups, validation, schedules, ``step``,
-``state_dict``/``load_state_dict``.  ``_state_names`` lists the per-parameter buffers the
-base class allocates (zeros) before the first update.
+Subclass ``fusedoptim.Optimizer`` and write ``update(param, grad, state, group)``; the base
+class brings param groups, validation, schedules, ``step``, ``state_dict`` /
+``load_state_dict``, clipping, accumulation and EMA.  Only public names are used:
+``buffers`` lists the per-parameter buffers the base class allocates (zeros) before the
+first update and ``load_state_dict`` accepts; ``check_group`` validates hyperparameters
+with the validators of ``fusedoptim.validate``.  (The built-in optimizers instead name a
+native rule with a ``spec``: docs/ARCHITECTURE.md.)
 
 Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023)::
 
@@ -16,24 +19,18 @@ Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023)::
 import numpy as np
 
 import fusedoptim as fo
-from fusedoptim.optimizer import _check_betas
+from fusedoptim.validate import check_betas
 
 
 class Lion(fo.Optimizer):
-    _kernel = None                                   # no native kernel: use update() below
+    buffers = ("exp_avg",)                           # created (zeros) before the first update
 
     def __init__(self, params=None, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
-    def _check_group(self, g, where):                # runs at construction and when a value changes
-        super()._check_group(g, where)
-        _check_betas(g, where)
-
-    def _state_names(self, g):                       # buffers created (zeros) before the first update
-        return ("exp_avg",)
-
-    def _all_state_names(self):                      # what load_state_dict accepts
-        return ("exp_avg",)
+    def check_group(self, g, where):                 # runs at construction and when a value changes
+        super().check_group(g, where)
+        check_betas(g["betas"], where)
 
     def update(self, param, grad, state, group):     # one parameter, in place
         lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]

@@ -361,24 +361,18 @@ def test_add_param_group_takes_defaults():
 # ------------------------------------------------------------------ the subclass API
 class NumpySGDM(fusedoptim.Optimizer):
     """SGD with momentum in plain NumPy: the documented way to add an optimizer without a
-    native kernel.  ``_kernel = None`` routes each parameter to ``update``; the base class
-    does the groups, validation, buffers, step counting, schedules and state_dict."""
+    native kernel.  No ``spec`` routes each parameter to ``update``; the base class does
+    the groups, validation, buffers, step counting, schedules and state_dict."""
 
-    _kernel = None
+    buffers = ("momentum_buffer",)
 
     def __init__(self, params=None, lr=1e-3, momentum=0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum))
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
+    def check_group(self, g, where):
+        super().check_group(g, where)
         if not 0.0 <= g["momentum"] < 1.0:
             raise ValueError(f"{where}: momentum must be in [0, 1), got {g['momentum']!r}")
-
-    def _state_names(self, g):
-        return ("momentum_buffer",)
-
-    def _all_state_names(self):
-        return ("momentum_buffer",)
 
     def update(self, param, grad, state, group):
         buf = state["momentum_buffer"]

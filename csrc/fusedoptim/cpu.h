@@ -15,6 +15,7 @@
 #define FUSEDOPTIM_CPU_H
 
 #include <stddef.h>
+#include <string.h>
 #include "rules.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FO_NO_MULTIVERSION) && defined(__linux__)
@@ -47,168 +48,104 @@ static inline const char *fo_simd_level(void) {
 #define FO_INLINE inline
 #endif
 
-typedef void (*fo_seg_fn)(const double *h, char **bufs, ptrdiff_t n);
+/* A segment function runs one algorithm over n consecutive elements of one tensor:
+ * h is the named scalar block (fo_common_scalars, then the algorithm's scalars), flags
+ * the algorithm's flag bits, bufs[0] the parameter, bufs[1] its gradient, bufs[2] its EMA
+ * (NULL when the optimizer keeps none), bufs[3..] the buffers the flags keep (mask(flags),
+ * in declaration order), each already offset to the segment start.                     */
+typedef void (*fo_seg_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_t n);
 
-enum fo_algo {
-    FO_SGD = 0, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA,
-    FO_RPROP, FO_LION, FO_STREAM, FO_NALGO
-};
-
+#define FO_STATE 3      /* bufs[FO_STATE + k]: the k-th kept state buffer */
+#define FO_MAXSTATE 4   /* state buffers a descriptor may declare (the loop's restrict pointers) */
 #define FO_BUF(T, i) ((T *FO_RESTRICT)bufs[i])
 
-/* Buffer layout of a segment: bufs[0] param, bufs[1] grad, bufs[2] EMA of the param
- * (NULL when the optimizer keeps none), bufs[3..] the algorithm's state buffers in the
- * order of its Python class's _state_names().                                          */
-#define FO_STATE 3
-
-/* Every loop takes its buffers as restrict-qualified parameters and the scalar blocks
- * by value, so the compiler knows nothing aliases and hoists every scalar: each loop
- * body is the element rule, then the EMA epilogue when the optimizer keeps one.
- *
- * A loop is compiled for a MODE fixed per segment (rules.h): without EMA, FO_PLAIN
- * (no clip value / coupled decay / L1) and the lerp form are compile-time, so the common
- * configuration carries no dead selects; with an EMA buffer (FO_EMA) everything is decided
- * at run time.  Every mode gives bit-identical results.                                */
+/* Loop modes (rules.h): without EMA, FO_PLAIN (no clip value / coupled decay / L1) and the
+ * lerp form are fixed per segment, so the common configuration carries no dead selects;
+ * with an EMA buffer (FO_EMA) everything is decided at run time.  Every mode gives
+ * bit-identical results.                                                               */
 #define FO_EMA 8
-#define FO_PG T *FO_RESTRICT p, const T *FO_RESTRICT g, T *FO_RESTRICT e
-#define FO_FOR(...)                                                                    \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                \
-        __VA_ARGS__;                                                                   \
-        if (M & FO_EMA) fo_ema_rule(e[i], p[i], c);                                    \
-    }
-static FO_INLINE int fo_mode(const void *ema, bool plain, int lerp) {
-    return ema ? FO_EMA : ((plain ? FO_PLAIN : 0) | lerp);
-}
-/* CALL is evaluated with the constexpr int M equal to `mode`. */
-#define FO_CASE(m, CALL)                                                               \
-    case (m): {                                                                        \
-        constexpr int M = (m);                                                         \
-        CALL;                                                                          \
-    } break;
-#define FO_WITH_MODE3(mode, CALL) /* rules without a lerp */                            \
-    switch (mode) { FO_CASE(FO_EMA, CALL) FO_CASE(0, CALL) default: FO_CASE(FO_PLAIN, CALL) }
-#define FO_WITH_MODE5(mode, CALL) /* rules with a lerp */                               \
-    switch (mode) {                                                                    \
-        FO_CASE(FO_EMA, CALL)                                                          \
-        FO_CASE(FO_LERP_SMALL, CALL)                                                   \
-        FO_CASE(FO_LERP_BIG, CALL)                                                     \
-        FO_CASE(FO_PLAIN | FO_LERP_BIG, CALL)                                          \
-        default: FO_CASE(FO_PLAIN | FO_LERP_SMALL, CALL)                               \
-    }
-#define FO_LERP(small) ((small) ? FO_LERP_SMALL : FO_LERP_BIG)
 
-/* ---- SGD ------------------------------------------------------------------------- */
-template <typename T, int M, bool MOM>
-static FO_INLINE void fo_sgd_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT b, const fo_common<T> c,
-                                  const fo_sgd_hp<T> h) {
-    T unused;
-    FO_FOR(fo_sgd_rule<T, MOM, M>(p[i], g[i], MOM ? b[i] : unused, c, h))
-}
-template <typename T> static FO_INLINE void fo_sgd_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_sgd_hp<T> h = fo_sgd_hp<T>::load(hd);
-    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *b = FO_BUF(T, FO_STATE);
-    const int mode = fo_mode(e, c.plain(), 0);
-    if (hd[FO_HP_COMMON + 1] != 0.0) FO_WITH_MODE3(mode, (fo_sgd_loop<T, M, true>(n, p, g, e, b, c, h)))
-    else FO_WITH_MODE3(mode, (fo_sgd_loop<T, M, false>(n, p, g, e, nullptr, c, h)))
+/* The one CPU loop: declared buffer k lives in s[k] (a register after inlining); the
+ * buffers the flags drop stay scratch and are never loaded or stored.  Every buffer is a
+ * restrict-qualified parameter and the scalar blocks come by value, so the compiler
+ * knows nothing aliases and hoists every scalar: the body is the rule, then the EMA
+ * epilogue when the optimizer keeps one.                                               */
+template <class A, typename T, unsigned F, int M>
+static FO_INLINE void fo_loop(ptrdiff_t n, T *FO_RESTRICT p, const T *FO_RESTRICT g, T *FO_RESTRICT e,
+                              T *FO_RESTRICT b0, T *FO_RESTRICT b1, T *FO_RESTRICT b2, T *FO_RESTRICT b3,
+                              const fo_common<T> c, const typename A::template hp<T> h) {
+    constexpr unsigned K = A::mask(F);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T s[FO_MAXSTATE] = {};
+        if (K & 1u) s[0] = b0[i];
+        if (K & 2u) s[1] = b1[i];
+        if (K & 4u) s[2] = b2[i];
+        if (K & 8u) s[3] = b3[i];
+        A::template rule<T, F, M>(p[i], g[i], s, c, h);
+        if (K & 1u) b0[i] = s[0];
+        if (K & 2u) b1[i] = s[1];
+        if (K & 4u) b2[i] = s[2];
+        if (K & 8u) b3[i] = s[3];
+        if (M & FO_EMA) fo_ema_rule(e[i], p[i], c);
+    }
 }
 
-/* ---- Adam ------------------------------------------------------------------------ */
-template <typename T, int M, bool AMS>
-static FO_INLINE void fo_adam_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT m, T *FO_RESTRICT v,
-                                   T *FO_RESTRICT vm, const fo_common<T> c, const fo_adam_hp<T> h) {
-    T unused;
-    FO_FOR(fo_adam_rule<T, AMS, M>(p[i], g[i], m[i], v[i], AMS ? vm[i] : unused, c, h))
-}
-template <typename T> static FO_INLINE void fo_adam_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_adam_hp<T> h = fo_adam_hp<T>::load(hd);
+/* Flags fixed: map the kept buffers to their declared slots, pick the loop mode. */
+template <class A, typename T, unsigned F>
+static FO_INLINE void fo_seg_flags(const fo_common<T> &c, const typename A::template hp<T> &h, char **bufs,
+                                   ptrdiff_t n) {
+    static_assert(A::MAXSTATE <= FO_MAXSTATE, "a descriptor declares more state buffers than the loop has");
+    constexpr unsigned K = A::mask(F);
+    T *slot[FO_MAXSTATE] = {};
+    for (int k = 0, kept = 0; k < A::MAXSTATE; k++)
+        if ((K >> k) & 1u) slot[k] = FO_BUF(T, FO_STATE + kept++);
     T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
-    T *m = FO_BUF(T, FO_STATE), *v = FO_BUF(T, FO_STATE + 1);
-    const int mode = fo_mode(e, c.plain(), FO_LERP(h.small_w1));
-    if (h.amsgrad) {
-        T *vm = FO_BUF(T, FO_STATE + 2);
-        FO_WITH_MODE5(mode, (fo_adam_loop<T, M, true>(n, p, g, e, m, v, vm, c, h)))
-    } else {
-        FO_WITH_MODE5(mode, (fo_adam_loop<T, M, false>(n, p, g, e, m, v, nullptr, c, h)))
+    const int mode = e ? FO_EMA : ((c.plain() ? FO_PLAIN : 0) | A::lerp(F, h));
+#define FO_RUN_(m) fo_loop<A, T, F, (m)>(n, p, g, e, slot[0], slot[1], slot[2], slot[3], c, h)
+    switch (mode) {
+        case FO_EMA: FO_RUN_(FO_EMA); return;
+        case 0: FO_RUN_(0); return;
+        case FO_PLAIN: FO_RUN_(FO_PLAIN); return;
     }
+    if constexpr (A::LERP != 0) {   /* lerp modes: only reached when A::lerp returns one */
+        switch (mode) {
+            case FO_LERP_SMALL: FO_RUN_(FO_LERP_SMALL); return;
+            case FO_LERP_BIG: FO_RUN_(FO_LERP_BIG); return;
+            case FO_PLAIN | FO_LERP_BIG: FO_RUN_(FO_PLAIN | FO_LERP_BIG); return;
+            default: FO_RUN_(FO_PLAIN | FO_LERP_SMALL); return;
+        }
+    }
+#undef FO_RUN_
 }
 
-/* ---- Adagrad and Lion: one state buffer each, no lerp ------------------------------- */
-#define FO_ONE_STATE(algo)                                                                \
-    template <typename T, int M>                                                         \
-    static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,         \
-                                           const fo_common<T> c, const fo_##algo##_hp<T> h) { \
-        FO_FOR(fo_##algo##_rule<T, M>(p[i], g[i], s0[i], c, h))                          \
-    }                                                                                    \
-    template <typename T>                                                                \
-    static FO_INLINE void fo_##algo##_seg(const double *hd, char **bufs, ptrdiff_t n) {  \
-        const fo_common<T> c = fo_common<T>::load(hd);                                   \
-        const fo_##algo##_hp<T> h = fo_##algo##_hp<T>::load(hd);                         \
-        T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *s0 = FO_BUF(T, FO_STATE); \
-        FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_##algo##_loop<T, M>(n, p, g, e, s0, c, h))) \
+/* The run-time flag bits select the instantiation F (0 .. 2^NFLAGS - 1). */
+template <class A, typename T, unsigned F = 0>
+static FO_INLINE void fo_seg_dispatch(unsigned flags, const fo_common<T> &c, const typename A::template hp<T> &h,
+                                      char **bufs, ptrdiff_t n) {
+    if constexpr (F + 1 < (1u << A::NFLAGS)) {
+        if (flags != F) {
+            fo_seg_dispatch<A, T, F + 1>(flags, c, h, bufs, n);
+            return;
+        }
     }
-FO_ONE_STATE(adagrad)
-FO_ONE_STATE(lion)
-#undef FO_ONE_STATE
-
-/* ---- RMSprop: state square_avg, then grad_avg if centered, then momentum_buffer ---- */
-template <typename T, int M, bool C, bool MOM>
-static FO_INLINE void fo_rmsprop_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT sq, T *FO_RESTRICT ga,
-                                      T *FO_RESTRICT mb, const fo_common<T> c,
-                                      const fo_rmsprop_hp<T> h) {
-    T ua, ub;
-    FO_FOR(fo_rmsprop_rule<T, C, MOM, M>(p[i], g[i], sq[i], C ? ga[i] : ua, MOM ? mb[i] : ub, c, h))
-}
-template <typename T, bool C, bool MOM>
-static FO_INLINE void fo_rmsprop_flags(ptrdiff_t n, char **bufs, const fo_common<T> &c,
-                                       const fo_rmsprop_hp<T> &h) {
-    T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2), *sq = FO_BUF(T, FO_STATE);
-    T *ga = C ? FO_BUF(T, FO_STATE + 1) : nullptr;
-    T *mb = MOM ? FO_BUF(T, C ? FO_STATE + 2 : FO_STATE + 1) : nullptr;
-    if (C) {
-        FO_WITH_MODE5(fo_mode(e, c.plain(), FO_LERP(h.small_w)),
-                      (fo_rmsprop_loop<T, M, C, MOM>(n, p, g, e, sq, ga, mb, c, h)))
-    } else {
-        FO_WITH_MODE3(fo_mode(e, c.plain(), 0), (fo_rmsprop_loop<T, M, C, MOM>(n, p, g, e, sq, ga, mb, c, h)))
-    }
-}
-template <typename T> static FO_INLINE void fo_rmsprop_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const fo_common<T> c = fo_common<T>::load(hd);
-    const fo_rmsprop_hp<T> h = fo_rmsprop_hp<T>::load(hd);
-    if (h.centered && h.has_momentum) fo_rmsprop_flags<T, true, true>(n, bufs, c, h);
-    else if (h.centered) fo_rmsprop_flags<T, true, false>(n, bufs, c, h);
-    else if (h.has_momentum) fo_rmsprop_flags<T, false, true>(n, bufs, c, h);
-    else fo_rmsprop_flags<T, false, false>(n, bufs, c, h);
+    fo_seg_flags<A, T, F>(c, h, bufs, n);
 }
 
-/* ---- Adamax, NAdam, RAdam (lerp), Adadelta and Rprop (none): two state buffers each - */
-#define FO_TWO_STATE(algo, MODE_SWITCH, LERP)                                             \
-    template <typename T, int M>                                                         \
-    static FO_INLINE void fo_##algo##_loop(ptrdiff_t n, FO_PG, T *FO_RESTRICT s0,         \
-                                           T *FO_RESTRICT s1, const fo_common<T> c,      \
-                                           const fo_##algo##_hp<T> h) {                  \
-        FO_FOR(fo_##algo##_rule<T, M>(p[i], g[i], s0[i], s1[i], c, h))                   \
-    }                                                                                    \
-    template <typename T>                                                                \
-    static FO_INLINE void fo_##algo##_seg(const double *hd, char **bufs, ptrdiff_t n) {  \
-        const fo_common<T> c = fo_common<T>::load(hd);                                   \
-        const fo_##algo##_hp<T> h = fo_##algo##_hp<T>::load(hd);                         \
-        T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);                       \
-        T *s0 = FO_BUF(T, FO_STATE), *s1 = FO_BUF(T, FO_STATE + 1);                      \
-        MODE_SWITCH(fo_mode(e, c.plain(), LERP), (fo_##algo##_loop<T, M>(n, p, g, e, s0, s1, c, h))) \
-    }
-FO_TWO_STATE(adamax, FO_WITH_MODE5, FO_LERP(h.small_w1))
-FO_TWO_STATE(nadam, FO_WITH_MODE5, FO_LERP(h.small_w1))
-FO_TWO_STATE(radam, FO_WITH_MODE5, FO_LERP(h.small_w1))
-FO_TWO_STATE(adadelta, FO_WITH_MODE3, 0)
-FO_TWO_STATE(rprop, FO_WITH_MODE3, 0)
-#undef FO_TWO_STATE
+/* The segment of algorithm A: load the named block, dispatch on the flags. */
+template <class A, typename T>
+static FO_INLINE void fo_seg(const double *hd, unsigned flags, char **bufs, ptrdiff_t n) {
+    fo_common_scalars cs;
+    typename A::scalars as;
+    memcpy(&cs, hd, sizeof cs);
+    memcpy(&as, hd + FO_NCOMMON, sizeof as);
+    fo_seg_dispatch<A, T>(flags, fo_common<T>::load(cs), A::template hp<T>::load(as), bufs, n);
+}
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------
- * h[0] = number of buffers k (2..6: param, grad and k - 2 state buffers at bufs[3..]),
- * h[1] = a multiplier (0 in the benchmark).  Reads all k buffers and writes all but the
- * gradient: exactly the traffic of an optimizer with k - 2 state buffers.               */
+ * Not an optimizer (no rule, no spec): flags = number of buffers k (2..6: param, grad and
+ * k - 2 state buffers at bufs[3..]), h[0] = a multiplier (0 in the benchmark).  Reads all
+ * k buffers and writes all but the gradient: exactly the traffic of an optimizer with
+ * k - 2 state buffers.                                                                   */
 template <typename T, int K>
 static FO_INLINE void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
     T *FO_RESTRICT b0 = FO_BUF(T, 0);
@@ -230,9 +167,9 @@ static FO_INLINE void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
         if (K > 5) b5[i] = b5[i] + c * s;
     }
 }
-template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, char **bufs, ptrdiff_t n) {
-    const T c = (T)hd[1];
-    switch ((int)hd[0]) {
+template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, unsigned k, char **bufs, ptrdiff_t n) {
+    const T c = (T)hd[0];
+    switch (k) {
         case 2: fo_stream_loop<T, 2>(c, bufs, n); break;
         case 3: fo_stream_loop<T, 3>(c, bufs, n); break;
         case 4: fo_stream_loop<T, 4>(c, bufs, n); break;
@@ -241,26 +178,37 @@ template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, char
     }
 }
 
-/* ---- multiversioned entry points and the dispatch table --------------------------- */
-#define FO_ENTRY(algo)                                                                   \
-    FO_CLONES static void algo##_f32(const double *h, char **b, ptrdiff_t n) {           \
-        algo##_seg<float>(h, b, n);                                                      \
+/* ---- multiversioned entry points and the dispatch table ---------------------------
+ * One pair of entry points per algorithm of FO_ALGOS (rules.h), each a clone set, so
+ * every loop is compiled for every instruction set; the ids are the list's order.       */
+#define FO_ENTRY_(a, P)                                                                   \
+    FO_CLONES static void fo_##a##_f32(const double *h, unsigned f, char **b, ptrdiff_t n) { \
+        fo_seg<fo_##a, float>(h, f, b, n);                                              \
     }                                                                                    \
-    FO_CLONES static void algo##_f64(const double *h, char **b, ptrdiff_t n) {           \
-        algo##_seg<double>(h, b, n);                                                     \
+    FO_CLONES static void fo_##a##_f64(const double *h, unsigned f, char **b, ptrdiff_t n) { \
+        fo_seg<fo_##a, double>(h, f, b, n);                                             \
     }
-FO_ENTRY(fo_sgd)
-FO_ENTRY(fo_adam)
-FO_ENTRY(fo_adagrad)
-FO_ENTRY(fo_rmsprop)
-FO_ENTRY(fo_adamax)
-FO_ENTRY(fo_nadam)
-FO_ENTRY(fo_radam)
-FO_ENTRY(fo_adadelta)
-FO_ENTRY(fo_rprop)
-FO_ENTRY(fo_lion)
-FO_ENTRY(fo_stream)
-#undef FO_ENTRY
+FO_ALGOS(FO_ENTRY_)
+#undef FO_ENTRY_
+FO_CLONES static void fo_stream_f32(const double *h, unsigned k, char **b, ptrdiff_t n) {
+    fo_stream_seg<float>(h, k, b, n);
+}
+FO_CLONES static void fo_stream_f64(const double *h, unsigned k, char **b, ptrdiff_t n) {
+    fo_stream_seg<double>(h, k, b, n);
+}
+
+#define FO_ID_(a, P) FO_ID_##a,
+enum fo_algo_id { FO_ALGOS(FO_ID_) FO_NALGO };
+#undef FO_ID_
+
+/* dtype: 0 = float32, 1 = float64; algo FO_NALGO is the roofline loop */
+static fo_seg_fn fo_cpu_seg(int algo, int dtype) {
+#define FO_ROW_(a, P) {fo_##a##_f32, fo_##a##_f64},
+    static const fo_seg_fn table[FO_NALGO + 1][2] = {FO_ALGOS(FO_ROW_){fo_stream_f32, fo_stream_f64}};
+#undef FO_ROW_
+    if (algo < 0 || algo > FO_NALGO || dtype < 0 || dtype > 1) return NULL;
+    return table[algo][dtype];
+}
 
 /* ---- gradient statistics for clipping and the non-finite guard -------------------
  * Sum of squares and (optionally) max |x| of one block.  Squares are summed in T over
@@ -321,19 +269,5 @@ FO_CLONES static void fo_stats_f64(const void *x, ptrdiff_t n, double *s, double
 }
 typedef void (*fo_stats_fn)(const void *x, ptrdiff_t n, double *sumsq, double *maxabs);
 static fo_stats_fn fo_cpu_stats(int dtype) { return dtype == 0 ? fo_stats_f32 : fo_stats_f64; }
-
-/* dtype: 0 = float32, 1 = float64 */
-static fo_seg_fn fo_cpu_seg(int algo, int dtype) {
-    static const fo_seg_fn table[FO_NALGO][2] = {
-        {fo_sgd_f32, fo_sgd_f64},         {fo_adam_f32, fo_adam_f64},
-        {fo_adagrad_f32, fo_adagrad_f64}, {fo_rmsprop_f32, fo_rmsprop_f64},
-        {fo_adamax_f32, fo_adamax_f64},   {fo_nadam_f32, fo_nadam_f64},
-        {fo_radam_f32, fo_radam_f64},     {fo_adadelta_f32, fo_adadelta_f64},
-        {fo_rprop_f32, fo_rprop_f64},     {fo_lion_f32, fo_lion_f64},
-        {fo_stream_f32, fo_stream_f64},
-    };
-    if (algo < 0 || algo >= FO_NALGO || dtype < 0 || dtype > 1) return NULL;
-    return table[algo][dtype];
-}
 
 #endif /* FUSEDOPTIM_CPU_H */

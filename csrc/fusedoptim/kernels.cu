@@ -1,9 +1,10 @@
-/* fusedoptim/kernels.cu -- the CUDA kernels: thin multi-tensor loops around rules.h.
+/* fusedoptim/kernels.cu -- the CUDA kernels: one generic multi-tensor loop around rules.h.
  *
- * Every update kernel applies the element rule of rules.h (fo_<algo>_rule, with the
- * hyperparameters loaded by fo_common<T>::load and fo_<algo>_hp<T>::load) to all tensors
- * of a parameter bucket in ONE launch.  No formula lives here: a rule is written once,
- * tested on the CPU (cpu.h), and is the same code on the GPU.
+ * Every update kernel applies the element rule of rules.h (the descriptor's rule(), with
+ * the named scalars loaded by fo_common<T>::load and the descriptor's hp<T>::load) to all
+ * tensors of a parameter bucket in ONE launch.  No formula lives here and nothing is
+ * written per algorithm: the entry points fo_<algo>_kernel_f32/_f64 are instantiated
+ * from rules.h's one list FO_ALGOS, as the CPU dispatch table of cpu.h is.
  *
  * Loaded at run time by fusedoptim/_cuda.py through cupy.RawModule (NVRTC).  CuPy's
  * compile cache does not hash headers pulled in with -I, so _cuda.py passes the text of
@@ -11,12 +12,15 @@
  * below is then skipped.  With nvcc: `nvcc -ptx -I csrc/fusedoptim kernels.cu`.
  *
  * Launch contract (the Python side reads the #defines below from this file)
- *  - hp: the per-step scalars by value, fo_hparams = 16 doubles: the common block then
- *    the algorithm block, exactly the tuple the CPU backend receives (rules.h).
+ *  - hp: the per-step scalars by value, fo_hparams = FO_MAXSCALARS doubles: the named
+ *    block of rules.h (fo_common_scalars, then the algorithm's scalars), packed by name by
+ *    the extension (fusedoptim._kernels.pack_scalars) exactly as the CPU receives it.
+ *  - flags: the algorithm's flag bits; they select the instantiation (no mode branch runs
+ *    inside an element loop) and, through the descriptor's mask(), the kept buffers.
  *  - meta: one device array of long long: starts[0..ntens] (prefix sum of the tensor
  *    sizes, starts[ntens] = total element count), then ntens rows of nbuf pointers with
- *    the segment layout of cpu.h: param, grad, EMA or 0, state buffers in the order of
- *    the Python class's _state_names().
+ *    the segment layout of cpu.h: param, grad, EMA or 0, then the kept state buffers in
+ *    declaration order.
  *  - The element range [0, total) is cut into FO_CHUNK-element chunks; block b handles
  *    chunks b, b + gridDim.x, ... (grid-stride over chunks), finds the first tensor of a
  *    chunk by binary search in starts[] and walks the tensors the chunk overlaps.  Any
@@ -24,22 +28,17 @@
  *  - Where every buffer of a tensor is 16-byte aligned, whole 16-byte packs are loaded and
  *    stored at once (float4 / double2 traffic); the unaligned head and tail of a segment
  *    run element by element.
- *  - tscale (may be NULL): one double per tensor multiplying h[0] for that tensor
- *    (per-parameter norm clipping; the CPU driver's tscale), e.g. written on device by
- *    fo_grad_control_kernel.
+ *  - tscale (may be NULL): one double per tensor multiplying the common block's gscale
+ *    for that tensor (per-parameter norm clipping; the CPU driver's tscale), e.g. written
+ *    on device by fo_grad_control_kernel.
  *  - ctrl (may be NULL): the control block written on device by fo_grad_control_kernel;
- *    ctrl[3] != 0 skips the step (non-finite guard), ctrl[2] multiplies the gradient
- *    scale h[0] (global-norm clipping).  No host synchronisation is needed.
- *  - Structural flags (momentum, amsgrad, centered, EMA) are decided once per launch,
- *    exactly as cpu.h decides them, and select a template instantiation: no mode branch
- *    runs inside an element loop.
+ *    ctrl[3] != 0 skips the step (non-finite guard), ctrl[2] multiplies gscale (global-norm
+ *    clipping).  No host synchronisation is needed.
  */
 #ifndef FUSEDOPTIM_RULES_H
 #include "rules.h"
 #endif
 
-#define FO_MAXHP 16         /* doubles in fo_hparams */
-#define FO_MAXBUF 8         /* pointers per tensor row, at most */
 #define FO_THREADS 256      /* threads per block of the update kernels (any size works) */
 #define FO_CHUNK 8192       /* elements per block iteration of the update kernels */
 #define FO_RED_THREADS 256  /* threads per block of the reductions (required: fixed blocking) */
@@ -54,7 +53,7 @@
 typedef long long fo_i64;
 
 struct fo_hparams {
-    double h[FO_MAXHP];
+    double h[FO_MAXSCALARS];
 };
 
 /* ---- the engine: chunks -> tensor segments -> elements / 16-byte packs ------------- */
@@ -77,19 +76,32 @@ __device__ __forceinline__ int fo_find_tensor(const fo_i64 *starts, int ntens, f
     return a;
 }
 
-/* One element: load, rule, EMA epilogue (as cpu.h's fo_loop_ema), store.  s[Op::NS] is a
- * scratch slot that is never loaded or stored: a rule's unused buffer argument binds to it. */
+/* The op of algorithm A under flags F: its loaded scalars and the rule call.  NS =
+ * declared buffers; buffer k is kept when bit k of K is set (b[FO_STATE + k] is then its
+ * pointer, else NULL and s[k] is a scratch register never loaded or stored).            */
+template <class A, typename T, unsigned F> struct fo_op {
+    enum { NS = A::MAXSTATE, K = A::mask(F) };
+    fo_common<T> c;
+    typename A::template hp<T> h;
+    __device__ fo_op(const fo_common_scalars &cs, const typename A::scalars &as)
+        : c(fo_common<T>::load(cs)), h(A::template hp<T>::load(as)) {}
+    __device__ void operator()(T &p, T g, T *s) const { A::template rule<T, F, 0>(p, g, s, c, h); }
+};
+
+/* One element: load, rule, EMA epilogue (as cpu.h's loop), store. */
 template <typename T, bool EMA, typename Op>
 __device__ __forceinline__ void fo_elem(const Op &op, T *const *b, fo_i64 i) {
-    T s[Op::NS + 1];
+    T s[Op::NS + 1] = {};
     T p = b[0][i];
     const T g = b[1][i];
 #pragma unroll
-    for (int k = 0; k < Op::NS; k++) s[k] = b[FO_STATE + k][i];
+    for (int k = 0; k < Op::NS; k++)
+        if ((Op::K >> k) & 1u) s[k] = b[FO_STATE + k][i];
     op(p, g, s);
     b[0][i] = p;
 #pragma unroll
-    for (int k = 0; k < Op::NS; k++) b[FO_STATE + k][i] = s[k];
+    for (int k = 0; k < Op::NS; k++)
+        if ((Op::K >> k) & 1u) b[FO_STATE + k][i] = s[k];
     if (EMA) {
         T e = b[2][i];
         fo_ema_rule(e, p, op.c);
@@ -106,21 +118,25 @@ __device__ __forceinline__ void fo_elem_pack(const Op &op, T *const *b, fo_i64 j
     fo_pack<T> sp[Op::NS + 1];
     fo_pack<T> ep;
 #pragma unroll
-    for (int k = 0; k < Op::NS; k++) sp[k] = ((const fo_pack<T> *)b[FO_STATE + k])[j];
+    for (int k = 0; k < Op::NS; k++)
+        if ((Op::K >> k) & 1u) sp[k] = ((const fo_pack<T> *)b[FO_STATE + k])[j];
     if (EMA) ep = ((const fo_pack<T> *)b[2])[j];
 #pragma unroll
     for (int l = 0; l < V; l++) {
-        T s[Op::NS + 1];
+        T s[Op::NS + 1] = {};
 #pragma unroll
-        for (int k = 0; k < Op::NS; k++) s[k] = sp[k].v[l];
+        for (int k = 0; k < Op::NS; k++)
+            if ((Op::K >> k) & 1u) s[k] = sp[k].v[l];
         op(pp.v[l], gp.v[l], s);
 #pragma unroll
-        for (int k = 0; k < Op::NS; k++) sp[k].v[l] = s[k];
+        for (int k = 0; k < Op::NS; k++)
+            if ((Op::K >> k) & 1u) sp[k].v[l] = s[k];
         if (EMA) fo_ema_rule(ep.v[l], pp.v[l], op.c);
     }
     ((fo_pack<T> *)b[0])[j] = pp;
 #pragma unroll
-    for (int k = 0; k < Op::NS; k++) ((fo_pack<T> *)b[FO_STATE + k])[j] = sp[k];
+    for (int k = 0; k < Op::NS; k++)
+        if ((Op::K >> k) & 1u) ((fo_pack<T> *)b[FO_STATE + k])[j] = sp[k];
     if (EMA) ((fo_pack<T> *)b[2])[j] = ep;
 }
 
@@ -141,31 +157,10 @@ __device__ __forceinline__ void fo_segment(const Op &op, T *const *b, fo_i64 lo,
     for (fo_i64 i = vhi + threadIdx.x; i < hi; i += blockDim.x) fo_elem<T, EMA>(op, b, i);
 }
 
-/* The per-step scalars of one launch: a copy of hp with the device-side control block
- * applied.  Returns false when the step is to be skipped (ctrl[3] != 0); otherwise the
- * global clip coefficient ctrl[2] joins the gradient scale h[0], in double, as the CPU
- * path folds it into h[0] on the host. */
-__device__ __forceinline__ bool fo_hparams_load(double *hd, const fo_hparams &hp, const double *ctrl) {
-#pragma unroll
-    for (int k = 0; k < FO_MAXHP; k++) hd[k] = hp.h[k];
-    if (ctrl) {
-        if (ctrl[3] != 0.0) return false;
-        hd[0] = hd[0] * ctrl[2];
-    }
-    return true;
-}
-
-/* The scalars of tensor t: h[0] times its per-tensor scale (per-parameter norm clipping,
- * like the CPU driver's tscale), or unchanged. */
-__device__ __forceinline__ void fo_hparams_tensor(double *ht, const double *hd, const double *tscale, int t) {
-#pragma unroll
-    for (int k = 0; k < FO_MAXHP; k++) ht[k] = hd[k];
-    if (tscale) ht[0] = hd[0] * tscale[t];
-}
-
-template <typename T, bool EMA, typename Op>
-__device__ __forceinline__ void fo_chunks(const double *hd, const fo_i64 *meta, int ntens, int nbuf,
-                                          const double *tscale) {
+template <class A, typename T, unsigned F, bool EMA>
+__device__ __forceinline__ void fo_chunks(const fo_common_scalars &cs, const typename A::scalars &as,
+                                          const fo_i64 *meta, int ntens, int nbuf, const double *tscale) {
+    typedef fo_op<A, T, F> Op;
     const fo_i64 *starts = meta;
     const fo_i64 *rows = meta + ntens + 1;
     const fo_i64 total = starts[ntens];
@@ -175,219 +170,64 @@ __device__ __forceinline__ void fo_chunks(const double *hd, const fo_i64 *meta, 
             const fo_i64 a = fo_max64(lo, starts[t]), z = fo_min64(hi, starts[t + 1]);
             if (a >= z) continue;
             T *b[FO_STATE + Op::NS];
-#pragma unroll
-            for (int k = 0; k < FO_STATE + Op::NS; k++) b[k] = (T *)rows[(fo_i64)t * nbuf + k];
-            double ht[FO_MAXHP];
-            fo_hparams_tensor(ht, hd, tscale, t);
-            const Op op(ht);
+            for (int k = 0; k < FO_STATE; k++) b[k] = (T *)rows[(fo_i64)t * nbuf + k];
+            for (int k = 0, kept = 0; k < Op::NS; k++)
+                b[FO_STATE + k] = ((Op::K >> k) & 1u) ? (T *)rows[(fo_i64)t * nbuf + FO_STATE + kept++] : (T *)0;
+            fo_common_scalars ct = cs;
+            if (tscale) ct.gscale = cs.gscale * tscale[t];
+            const Op op(ct, as);
             fo_segment<T, EMA>(op, b, a - starts[t], z - starts[t]);
         }
     }
 }
 
-/* Launch-wide dispatch on the EMA flag (as cpu.h does on bufs[2]). */
-template <typename T, typename Op>
-__device__ __forceinline__ void fo_run(const double *hd, const fo_i64 *meta, int ntens, int nbuf, int ema,
-                                       const double *tscale) {
-    if (ema) fo_chunks<T, true, Op>(hd, meta, ntens, nbuf, tscale);
-    else fo_chunks<T, false, Op>(hd, meta, ntens, nbuf, tscale);
-}
-
-/* ---- one op per algorithm: the hyperparameter loads and the rule call, nothing else.
- * NS = number of state buffers; operator() gets the element's registers.  Each body
- * decides the structural flags once, from the same h[] entries cpu.h tests.           */
-#define FO_ARGS const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, \
-                const double *tscale, const double *ctrl
-#define FO_PASS hd, meta, ntens, nbuf, ema, tscale
-
-/* @algo sgd */
-template <typename T, bool MOMENTUM> struct fo_sgd_op {
-    enum { NS = MOMENTUM ? 1 : 0 };
-    fo_common<T> c;
-    fo_sgd_hp<T> h;
-    __device__ fo_sgd_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_sgd_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_sgd_rule<T, MOMENTUM>(p, g, s[0], c, h); }
-};
-template <typename T> __device__ void fo_sgd_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    if (hd[FO_HP_COMMON + 1] != 0.0) fo_run<T, fo_sgd_op<T, true> >(FO_PASS);
-    else fo_run<T, fo_sgd_op<T, false> >(FO_PASS);
-}
-/* @end */
-
-/* @algo adam */
-template <typename T, bool AMSGRAD> struct fo_adam_op {
-    enum { NS = AMSGRAD ? 3 : 2 };
-    fo_common<T> c;
-    fo_adam_hp<T> h;
-    __device__ fo_adam_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adam_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const {
-        fo_adam_rule<T, AMSGRAD>(p, g, s[0], s[1], s[AMSGRAD ? 2 : NS], c, h);
+/* The run-time flag bits select the instantiation F (0 .. 2^NFLAGS - 1), then the EMA flag. */
+template <class A, typename T, unsigned F = 0>
+__device__ void fo_dispatch(unsigned flags, const fo_common_scalars &cs, const typename A::scalars &as,
+                            const fo_i64 *meta, int ntens, int nbuf, int ema, const double *tscale) {
+    if constexpr (F + 1 < (1u << A::NFLAGS)) {
+        if (flags != F) {
+            fo_dispatch<A, T, F + 1>(flags, cs, as, meta, ntens, nbuf, ema, tscale);
+            return;
+        }
     }
-};
-template <typename T> __device__ void fo_adam_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    if (fo_adam_hp<T>::load(hd).amsgrad) fo_run<T, fo_adam_op<T, true> >(FO_PASS);
-    else fo_run<T, fo_adam_op<T, false> >(FO_PASS);
+    if (ema) fo_chunks<A, T, F, true>(cs, as, meta, ntens, nbuf, tscale);
+    else fo_chunks<A, T, F, false>(cs, as, meta, ntens, nbuf, tscale);
 }
-/* @end */
 
-/* @algo adagrad */
-template <typename T> struct fo_adagrad_op {
-    enum { NS = 1 };
-    fo_common<T> c;
-    fo_adagrad_hp<T> h;
-    __device__ fo_adagrad_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adagrad_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_adagrad_rule<T>(p, g, s[0], c, h); }
-};
-template <typename T> __device__ void fo_adagrad_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_adagrad_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* @algo rmsprop -- state: square_avg, then grad_avg if centered, then momentum_buffer */
-template <typename T, bool CENTERED, bool MOMENTUM> struct fo_rmsprop_op {
-    enum { NS = 1 + (CENTERED ? 1 : 0) + (MOMENTUM ? 1 : 0) };
-    fo_common<T> c;
-    fo_rmsprop_hp<T> h;
-    __device__ fo_rmsprop_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_rmsprop_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const {
-        fo_rmsprop_rule<T, CENTERED, MOMENTUM>(p, g, s[0], s[CENTERED ? 1 : NS],
-                                               s[MOMENTUM ? (CENTERED ? 2 : 1) : NS], c, h);
+/* A launch: the named block (with the device control block applied), then the dispatch.
+ * Returns at once when ctrl asks to skip the step; the global clip coefficient ctrl[2]
+ * joins gscale in double, as the CPU path folds it in on the host.                      */
+template <class A, typename T>
+__device__ void fo_update(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, unsigned flags,
+                          const double *tscale, const double *ctrl) {
+    fo_common_scalars cs;
+    typename A::scalars as;
+    memcpy(&cs, hp.h, sizeof cs);
+    memcpy(&as, hp.h + FO_NCOMMON, sizeof as);
+    if (ctrl) {
+        if (ctrl[3] != 0.0) return;
+        cs.gscale = cs.gscale * ctrl[2];
     }
-};
-template <typename T> __device__ void fo_rmsprop_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    const fo_rmsprop_hp<T> h = fo_rmsprop_hp<T>::load(hd);
-    if (h.centered && h.has_momentum) fo_run<T, fo_rmsprop_op<T, true, true> >(FO_PASS);
-    else if (h.centered) fo_run<T, fo_rmsprop_op<T, true, false> >(FO_PASS);
-    else if (h.has_momentum) fo_run<T, fo_rmsprop_op<T, false, true> >(FO_PASS);
-    else fo_run<T, fo_rmsprop_op<T, false, false> >(FO_PASS);
+    fo_dispatch<A, T>(flags, cs, as, meta, ntens, nbuf, ema, tscale);
 }
-/* @end */
 
-/* @algo adamax */
-template <typename T> struct fo_adamax_op {
-    enum { NS = 2 };
-    fo_common<T> c;
-    fo_adamax_hp<T> h;
-    __device__ fo_adamax_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adamax_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_adamax_rule<T>(p, g, s[0], s[1], c, h); }
-};
-template <typename T> __device__ void fo_adamax_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_adamax_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* @algo nadam */
-template <typename T> struct fo_nadam_op {
-    enum { NS = 2 };
-    fo_common<T> c;
-    fo_nadam_hp<T> h;
-    __device__ fo_nadam_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_nadam_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_nadam_rule<T>(p, g, s[0], s[1], c, h); }
-};
-template <typename T> __device__ void fo_nadam_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_nadam_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* @algo radam */
-template <typename T> struct fo_radam_op {
-    enum { NS = 2 };
-    fo_common<T> c;
-    fo_radam_hp<T> h;
-    __device__ fo_radam_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_radam_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_radam_rule<T>(p, g, s[0], s[1], c, h); }
-};
-template <typename T> __device__ void fo_radam_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_radam_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* @algo adadelta */
-template <typename T> struct fo_adadelta_op {
-    enum { NS = 2 };
-    fo_common<T> c;
-    fo_adadelta_hp<T> h;
-    __device__ fo_adadelta_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_adadelta_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_adadelta_rule<T>(p, g, s[0], s[1], c, h); }
-};
-template <typename T> __device__ void fo_adadelta_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_adadelta_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* @algo rprop -- state: prev, step_size */
-template <typename T> struct fo_rprop_op {
-    enum { NS = 2 };
-    fo_common<T> c;
-    fo_rprop_hp<T> h;
-    __device__ fo_rprop_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_rprop_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_rprop_rule<T>(p, g, s[0], s[1], c, h); }
-};
-template <typename T> __device__ void fo_rprop_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_rprop_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* @algo lion -- state: exp_avg */
-template <typename T> struct fo_lion_op {
-    enum { NS = 1 };
-    fo_common<T> c;
-    fo_lion_hp<T> h;
-    __device__ fo_lion_op(const double *hd) : c(fo_common<T>::load(hd)), h(fo_lion_hp<T>::load(hd)) {}
-    __device__ void operator()(T &p, T g, T *s) const { fo_lion_rule<T>(p, g, s[0], c, h); }
-};
-template <typename T> __device__ void fo_lion_body(FO_ARGS) {
-    double hd[FO_MAXHP];
-    if (!fo_hparams_load(hd, hp, ctrl)) return;
-    fo_run<T, fo_lion_op<T> >(FO_PASS);
-}
-/* @end */
-
-/* ---- the extern "C" entry points: fo_<algo>_kernel_f32 / _f64 ----------------------
- * (hp, meta, ntens, nbuf, ema, tscale, ctrl): tscale (NULL or one double per tensor)
- * and ctrl (NULL or a control block) are device pointers.                              */
-#define FO_KERNEL(algo)                                                                         \
-    extern "C" __global__ void fo_##algo##_kernel_f32(const fo_hparams hp, const fo_i64 *meta,   \
-                                                      int ntens, int nbuf, int ema,              \
-                                                      const double *tscale, const double *ctrl) { \
-        fo_##algo##_body<float>(hp, meta, ntens, nbuf, ema, tscale, ctrl);                       \
-    }                                                                                           \
-    extern "C" __global__ void fo_##algo##_kernel_f64(const fo_hparams hp, const fo_i64 *meta,   \
-                                                      int ntens, int nbuf, int ema,              \
-                                                      const double *tscale, const double *ctrl) { \
-        fo_##algo##_body<double>(hp, meta, ntens, nbuf, ema, tscale, ctrl);                      \
+/* ---- the extern "C" entry points, from the one list: fo_<algo>_kernel_f32 / _f64 ------
+ * (hp, meta, ntens, nbuf, ema, flags, tscale, ctrl): tscale (NULL or one double per
+ * tensor) and ctrl (NULL or a control block) are device pointers.                       */
+#define FO_KERNEL_(a, P)                                                                          \
+    extern "C" __global__ void fo_##a##_kernel_f32(const fo_hparams hp, const fo_i64 *meta, int ntens, \
+                                                   int nbuf, int ema, unsigned flags,               \
+                                                   const double *tscale, const double *ctrl) {      \
+        fo_update<fo_##a, float>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl);                 \
+    }                                                                                             \
+    extern "C" __global__ void fo_##a##_kernel_f64(const fo_hparams hp, const fo_i64 *meta, int ntens, \
+                                                   int nbuf, int ema, unsigned flags,               \
+                                                   const double *tscale, const double *ctrl) {      \
+        fo_update<fo_##a, double>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl);                \
     }
-FO_KERNEL(sgd)
-FO_KERNEL(adam)
-FO_KERNEL(adagrad)
-FO_KERNEL(rmsprop)
-FO_KERNEL(adamax)
-FO_KERNEL(nadam)
-FO_KERNEL(radam)
-FO_KERNEL(adadelta)
-FO_KERNEL(rprop)
-FO_KERNEL(lion)
-#undef FO_KERNEL
-#undef FO_ARGS
-#undef FO_PASS
+FO_ALGOS(FO_KERNEL_)
+#undef FO_KERNEL_
 
 /* ---- deterministic reductions: gradient norms and the non-finite guard ---------------
  * rmeta = starts[0..n] (prefix sum of the sizes), blk[0..n] (prefix sum of the blocks

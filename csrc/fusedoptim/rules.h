@@ -8,8 +8,8 @@
  *  - T is float or double.  Arithmetic happens in T, like torch's CPU kernels; the
  *    per-step scalars are computed in double by the Python layer and rounded to T once,
  *    when a hyperparameter block is loaded (fo_<algo>_hp<T>::load).
- *  - A hyperparameter block arrives as `const double *h`; the order of its entries is
- *    the order of the load() lines below and of `_hyper()` in the Python class.
+ *  - A hyperparameter block arrives as `const double *h`; its entries are named
+ *    (see "named per-step scalars" below), never read by index.
  *  - Structural flags that decide which buffers are touched (amsgrad, momentum,
  *    centered, ...) are template parameters, so no mode branch survives in a loop.
  *  - `p + c * a / b` follows torch's addcdiv (value * t1 / t2 evaluated left to right)
@@ -60,30 +60,57 @@ template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w
     return small_w ? a + w * (b - a) : b - (b - a) * one_minus_w;
 }
 
-/* ---- the common block: h[0..4] of every hyperparameter block ---------------------
- * h[0] gscale: gradient multiplier = (-1 if maximize) * global-norm clip coefficient
- *      * loss-scale / accumulation factor (* per-tensor clip coefficient, by the driver)
- * h[1] weight_decay: coupled L2, g += wd * p (skipped when 0, so an Inf p can't poison g)
- * h[2] l1: L1 penalty, g += l1 * sign(p) (skipped when 0)
- * h[3] ema_weight: 1 - ema decay; with an EMA buffer, ema = lerp(ema, p_new, ema_weight)
- * h[4] clip_value: raw gradients are clamped to [-clip_value, clip_value] before the
- *      scale (Inf disables it; NaN gradients stay NaN, like torch.clamp)
- * Algorithm-specific entries follow at h[FO_HP_COMMON].                               */
-#define FO_HP_COMMON 5
+/* ---- named per-step scalars -----------------------------------------------------
+ * Every per-step scalar travels by name.  Each algorithm lists its scalars, its flags and
+ * its state buffers in three X-macros (FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS); from them
+ *  - FO_SCALAR_STRUCT makes a struct of doubles whose field order IS the packing order
+ *    (the Python layer packs a dict by the names the extension exports: spec.h),
+ *  - FO_DESCRIBE gives the descriptor (struct fo_<algo>) its flag bits, MAXSTATE and
+ *    mask(flags): bit k set when buffer k is kept under these flags.
+ * A block is the common scalars followed by the algorithm's: h = {fo_common_scalars,
+ * fo_<algo>_scalars}, at most FO_MAXSCALARS doubles.                                   */
+#define FO_MAXSCALARS 32
+#define FO_FIELD_(n) double n;
+#define FO_SCALAR_STRUCT(type, LIST) struct type { LIST(FO_FIELD_) };
+#define FO_FLAG_ENUM_(n) n##_flag,
+#define FO_PLUS_ONE_(n, cond) +1
+#define FO_FLAG_LOCAL_(n) const bool n = ((f >> n##_flag) & 1u) != 0; (void)n;
+#define FO_BUF_BIT_(n, cond) m |= ((cond) ? 1u : 0u) << k; k++;
+#define FO_DESCRIBE(P)                                                                  \
+    enum { P##_FLAGS(FO_FLAG_ENUM_) NFLAGS };                                          \
+    enum { MAXSTATE = 0 P##_BUFFERS(FO_PLUS_ONE_) };                                   \
+    FO_HD static constexpr unsigned mask(unsigned f) {                                 \
+        (void)f; P##_FLAGS(FO_FLAG_LOCAL_) unsigned m = 0, k = 0;                      \
+        P##_BUFFERS(FO_BUF_BIT_) return m;                                             \
+    }
+/* flag `name` of the descriptor D in the flag bits F (a compile-time bool) */
+#define FO_FLAG(D, F, name) ((((F) >> D::name##_flag) & 1u) != 0)
+
+/* ---- the common block, first in every block ------------------------------------
+ * gscale      gradient multiplier = (-1 if maximize) * global-norm clip coefficient
+ *             * loss-scale / accumulation factor (* per-tensor clip coefficient, by the driver)
+ * weight_decay coupled L2, g += wd * p (skipped when 0, so an Inf p can't poison g)
+ * l1          L1 penalty, g += l1 * sign(p) (skipped when 0)
+ * ema_weight  1 - ema decay; with an EMA buffer, ema = lerp(ema, p_new, ema_weight)
+ * clip_value  raw gradients are clamped to [-clip_value, clip_value] before the scale
+ *             (Inf disables it; NaN gradients stay NaN, like torch.clamp)              */
+#define FO_COMMON_SCALARS(X) X(gscale) X(weight_decay) X(l1) X(ema_weight) X(clip_value)
+FO_SCALAR_STRUCT(fo_common_scalars, FO_COMMON_SCALARS)
+enum { FO_NCOMMON = sizeof(fo_common_scalars) / sizeof(double) };
 template <typename T> struct fo_common {
     T gscale, wd, l1, ema_w, ema_rest, clip;
     bool ema_small;
     /* true when the clip value, coupled decay and L1 are all off (FO_PLAIN applies) */
     FO_HD bool plain() const { return !(clip < fo_inf<T>()) && wd == T(0) && l1 == T(0); }
-    FO_HD static fo_common load(const double *h) {
+    FO_HD static fo_common load(const fo_common_scalars &a) {
         fo_common c;
-        c.gscale = (T)h[0];
-        c.wd = (T)h[1];
-        c.l1 = (T)h[2];
-        c.ema_w = (T)h[3];
+        c.gscale = (T)a.gscale;
+        c.wd = (T)a.weight_decay;
+        c.l1 = (T)a.l1;
+        c.ema_w = (T)a.ema_weight;
         c.ema_rest = T(1) - c.ema_w;
         c.ema_small = fo_abs(c.ema_w) < T(0.5);
-        c.clip = (T)h[4];
+        c.clip = (T)a.clip_value;
         return c;
     }
 };
@@ -107,19 +134,33 @@ template <typename T> FO_HD void fo_ema_rule(T &ema, T p, const fo_common<T> &c)
     ema = fo_lerp(ema, p, c.ema_w, c.ema_rest, c.ema_small);
 }
 
-/* ---- SGD (momentum, dampening, nesterov) -------------------------------------- */
-/* a = h + FO_HP_COMMON: lr, momentum, 1 - dampening, nesterov, first                 */
+/* ---- the algorithms ------------------------------------------------------------------
+ * Each one: its scalar/flag/buffer lists, its scalars loaded into T (fo_<algo>_hp), its
+ * element rule (fo_<algo>_rule, the named-argument form the tests audit), and its
+ * descriptor struct fo_<algo>, which every loop (cpu.h, kernels.cu) drives generically:
+ *   scalars, hp<T>          the named block and its loaded form
+ *   mask(flags), MAXSTATE   which of the declared buffers the flags keep
+ *   LERP, lerp(flags, h)    whether the rule has a lerp; the form the loop may fix
+ *                           for these scalars (FO_LERP_SMALL/BIG), 0: none
+ *   rule<T, F, MODE>(p, g, s, c, h)   s[k] is declared buffer k (a scratch slot when off)
+ * Buffer order (and names) are those of torch's state keys.                           */
+#define FO_LERP(small) ((small) ? FO_LERP_SMALL : FO_LERP_BIG)
+
+/* ---- SGD (momentum, dampening, nesterov) ---------------------------------------------- */
+#define FO_SGD_SCALARS(X) X(lr) X(momentum) X(one_minus_dampening) X(nesterov) X(first)
+#define FO_SGD_FLAGS(X) X(momentum)
+#define FO_SGD_BUFFERS(X) X(momentum_buffer, momentum)
+FO_SCALAR_STRUCT(fo_sgd_scalars, FO_SGD_SCALARS)
 template <typename T> struct fo_sgd_hp {
     T neg_lr, momentum, one_minus_dampening;
     bool nesterov, first;
-    FO_HD static fo_sgd_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_sgd_hp load(const fo_sgd_scalars &a) {
         fo_sgd_hp s;
-        s.neg_lr = (T)(-a[0]);
-        s.momentum = (T)a[1];
-        s.one_minus_dampening = (T)a[2];
-        s.nesterov = a[3] != 0.0;
-        s.first = a[4] != 0.0;
+        s.neg_lr = (T)(-a.lr);
+        s.momentum = (T)a.momentum;
+        s.one_minus_dampening = (T)a.one_minus_dampening;
+        s.nesterov = a.nesterov != 0.0;
+        s.first = a.first != 0.0;
         return s;
     }
 };
@@ -132,26 +173,39 @@ FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp
     }
     p = p + h.neg_lr * d;
 }
+struct fo_sgd {
+    FO_DESCRIBE(FO_SGD)
+    typedef fo_sgd_scalars scalars;
+    template <typename T> using hp = fo_sgd_hp<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_sgd_rule<T, FO_FLAG(fo_sgd, F, momentum), M>(p, g, s[0], c, h);
+    }
+};
 
-/* ---- Adam / AdamW / AMSGrad ----------------------------------------------------- */
-/* a: decay (1 - lr*wd if decoupled, else 1), 1 - beta1, beta2, 1 - beta2,
- *    sqrt(1 - beta2^t), eps, -lr / (1 - beta1^t), amsgrad                              */
+/* ---- Adam / AdamW / AMSGrad ------------------------------------------------------------
+ * decay: 1 - lr*wd if decoupled, else 1; bc2_sqrt: sqrt(1 - beta2^t);
+ * neg_step: -lr / (1 - beta1^t)                                                           */
+#define FO_ADAM_SCALARS(X) X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step)
+#define FO_ADAM_FLAGS(X) X(amsgrad)
+#define FO_ADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true) X(max_exp_avg_sq, amsgrad)
+FO_SCALAR_STRUCT(fo_adam_scalars, FO_ADAM_SCALARS)
 template <typename T> struct fo_adam_hp {
     T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc2_sqrt, eps, neg_step;
-    bool small_w1, amsgrad;
-    FO_HD static fo_adam_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    bool small_w1;
+    FO_HD static fo_adam_hp load(const fo_adam_scalars &a) {
         fo_adam_hp s;
-        s.decay = (T)a[0];
-        s.w1 = (T)a[1];
+        s.decay = (T)a.decay;
+        s.w1 = (T)a.one_minus_beta1;
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a[2];
-        s.one_minus_beta2 = (T)a[3];
-        s.inv_bc2_sqrt = (T)(1.0 / a[4]);
-        s.eps = (T)a[5];
-        s.neg_step = (T)a[6];
-        s.amsgrad = a[7] != 0.0;
+        s.beta2 = (T)a.beta2;
+        s.one_minus_beta2 = (T)a.one_minus_beta2;
+        s.inv_bc2_sqrt = (T)(1.0 / a.bc2_sqrt);
+        s.eps = (T)a.eps;
+        s.neg_step = (T)a.neg_step;
         return s;
     }
 };
@@ -169,16 +223,30 @@ FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
     T denom = fo_sqrt(s) * h.inv_bc2_sqrt + h.eps;
     p = p + h.neg_step * m / denom;
 }
+struct fo_adam {
+    FO_DESCRIBE(FO_ADAM)
+    typedef fo_adam_scalars scalars;
+    template <typename T> using hp = fo_adam_hp<T>;
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_adam_rule<T, FO_FLAG(fo_adam, F, amsgrad), M>(p, g, s[0], s[1], s[2], c, h);
+    }
+};
 
-/* ---- Adagrad ---------------------------------------------------------------------- */
-/* a: -lr / (1 + (t - 1) lr_decay), eps                                                 */
+/* ---- Adagrad ---------------------------------------------------------------------------
+ * neg_clr: -lr / (1 + (t - 1) lr_decay)                                                    */
+#define FO_ADAGRAD_SCALARS(X) X(neg_clr) X(eps)
+#define FO_ADAGRAD_FLAGS(X)
+#define FO_ADAGRAD_BUFFERS(X) X(sum, true)
+FO_SCALAR_STRUCT(fo_adagrad_scalars, FO_ADAGRAD_SCALARS)
 template <typename T> struct fo_adagrad_hp {
     T neg_clr, eps;
-    FO_HD static fo_adagrad_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_adagrad_hp load(const fo_adagrad_scalars &a) {
         fo_adagrad_hp s;
-        s.neg_clr = (T)a[0];
-        s.eps = (T)a[1];
+        s.neg_clr = (T)a.neg_clr;
+        s.eps = (T)a.eps;
         return s;
     }
 };
@@ -189,24 +257,35 @@ FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_ad
     T std_ = fo_sqrt(sum) + h.eps;
     p = p + h.neg_clr * g / std_;
 }
+struct fo_adagrad {
+    FO_DESCRIBE(FO_ADAGRAD)
+    typedef fo_adagrad_scalars scalars;
+    template <typename T> using hp = fo_adagrad_hp<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_adagrad_rule<T, M>(p, g, s[0], c, h);
+    }
+};
 
-/* ---- RMSprop (centered, momentum) ------------------------------------------------- */
-/* a: alpha, 1 - alpha, eps, momentum, -lr, centered, has momentum                       */
+/* ---- RMSprop (centered, momentum) --------------------------------------------------------- */
+#define FO_RMSPROP_SCALARS(X) X(alpha) X(one_minus_alpha) X(eps) X(momentum) X(neg_lr)
+#define FO_RMSPROP_FLAGS(X) X(centered) X(momentum)
+#define FO_RMSPROP_BUFFERS(X) X(square_avg, true) X(grad_avg, centered) X(momentum_buffer, momentum)
+FO_SCALAR_STRUCT(fo_rmsprop_scalars, FO_RMSPROP_SCALARS)
 template <typename T> struct fo_rmsprop_hp {
     T alpha, one_minus_alpha, w_rest, eps, momentum, neg_lr;
-    bool small_w, centered, has_momentum;
-    FO_HD static fo_rmsprop_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    bool small_w;
+    FO_HD static fo_rmsprop_hp load(const fo_rmsprop_scalars &a) {
         fo_rmsprop_hp s;
-        s.alpha = (T)a[0];
-        s.one_minus_alpha = (T)a[1];
+        s.alpha = (T)a.alpha;
+        s.one_minus_alpha = (T)a.one_minus_alpha;
         s.w_rest = T(1) - s.one_minus_alpha;
         s.small_w = fo_abs(s.one_minus_alpha) < T(0.5);
-        s.eps = (T)a[2];
-        s.momentum = (T)a[3];
-        s.neg_lr = (T)a[4];
-        s.centered = a[5] != 0.0;
-        s.has_momentum = a[6] != 0.0;
+        s.eps = (T)a.eps;
+        s.momentum = (T)a.momentum;
+        s.neg_lr = (T)a.neg_lr;
         return s;
     }
 };
@@ -230,21 +309,38 @@ FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
         p = p + h.neg_lr * g / avg;
     }
 }
+struct fo_rmsprop {
+    FO_DESCRIBE(FO_RMSPROP)
+    typedef fo_rmsprop_scalars scalars;
+    template <typename T> using hp = fo_rmsprop_hp<T>;
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned f, const hp<T> &h) {
+        return FO_FLAG(fo_rmsprop, f, centered) ? FO_LERP(h.small_w) : 0;
+    }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_rmsprop_rule<T, FO_FLAG(fo_rmsprop, F, centered), FO_FLAG(fo_rmsprop, F, momentum), M>(
+            p, g, s[0], s[1], s[2], c, h);
+    }
+};
 
-/* ---- Adamax ------------------------------------------------------------------------ */
-/* a: 1 - beta1, beta2, eps, -lr / (1 - beta1^t)                                        */
+/* ---- Adamax ------------------------------------------------------------------------------
+ * neg_clr: -lr / (1 - beta1^t)                                                                */
+#define FO_ADAMAX_SCALARS(X) X(one_minus_beta1) X(beta2) X(eps) X(neg_clr)
+#define FO_ADAMAX_FLAGS(X)
+#define FO_ADAMAX_BUFFERS(X) X(exp_avg, true) X(exp_inf, true)
+FO_SCALAR_STRUCT(fo_adamax_scalars, FO_ADAMAX_SCALARS)
 template <typename T> struct fo_adamax_hp {
     T w1, one_minus_w1, beta2, eps, neg_clr;
     bool small_w1;
-    FO_HD static fo_adamax_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_adamax_hp load(const fo_adamax_scalars &a) {
         fo_adamax_hp s;
-        s.w1 = (T)a[0];
+        s.w1 = (T)a.one_minus_beta1;
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a[1];
-        s.eps = (T)a[2];
-        s.neg_clr = (T)a[3];
+        s.beta2 = (T)a.beta2;
+        s.eps = (T)a.eps;
+        s.neg_clr = (T)a.neg_clr;
         return s;
     }
 };
@@ -255,26 +351,40 @@ FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_common<T> &c, const fo
     u = fo_max(u * h.beta2, fo_abs(g) + h.eps);
     p = p + h.neg_clr * m / u;
 }
+struct fo_adamax {
+    FO_DESCRIBE(FO_ADAMAX)
+    typedef fo_adamax_scalars scalars;
+    template <typename T> using hp = fo_adamax_hp<T>;
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_adamax_rule<T, M>(p, g, s[0], s[1], c, h);
+    }
+};
 
-/* ---- NAdam -------------------------------------------------------------------------- */
-/* a: decay (decoupled), 1 - beta1, beta2, 1 - beta2, 1 - beta2^t, eps,
- *    -lr (1 - mu_t) / (1 - prod mu), -lr mu_{t+1} / (1 - prod mu * mu_{t+1})           */
+/* ---- NAdam -------------------------------------------------------------------------------
+ * decay (decoupled); bc2: 1 - beta2^t; c_grad: -lr (1 - mu_t) / (1 - prod mu);
+ * c_avg: -lr mu_{t+1} / (1 - prod mu * mu_{t+1})                                              */
+#define FO_NADAM_SCALARS(X) X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc2) X(eps) X(c_grad) X(c_avg)
+#define FO_NADAM_FLAGS(X)
+#define FO_NADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+FO_SCALAR_STRUCT(fo_nadam_scalars, FO_NADAM_SCALARS)
 template <typename T> struct fo_nadam_hp {
     T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc2, eps, c_grad, c_avg;
     bool small_w1;
-    FO_HD static fo_nadam_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_nadam_hp load(const fo_nadam_scalars &a) {
         fo_nadam_hp s;
-        s.decay = (T)a[0];
-        s.w1 = (T)a[1];
+        s.decay = (T)a.decay;
+        s.w1 = (T)a.one_minus_beta1;
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a[2];
-        s.one_minus_beta2 = (T)a[3];
-        s.inv_bc2 = (T)(1.0 / a[4]);
-        s.eps = (T)a[5];
-        s.c_grad = (T)a[6];
-        s.c_avg = (T)a[7];
+        s.beta2 = (T)a.beta2;
+        s.one_minus_beta2 = (T)a.one_minus_beta2;
+        s.inv_bc2 = (T)(1.0 / a.bc2);
+        s.eps = (T)a.eps;
+        s.c_grad = (T)a.c_grad;
+        s.c_avg = (T)a.c_avg;
         return s;
     }
 };
@@ -289,28 +399,43 @@ FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_
     p = p + (h.c_grad * g) * r;
     p = p + (h.c_avg * m) * r;
 }
+struct fo_nadam {
+    FO_DESCRIBE(FO_NADAM)
+    typedef fo_nadam_scalars scalars;
+    template <typename T> using hp = fo_nadam_hp<T>;
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_nadam_rule<T, M>(p, g, s[0], s[1], c, h);
+    }
+};
 
-/* ---- RAdam -------------------------------------------------------------------------- */
-/* a: decay (decoupled), 1 - beta1, beta2, 1 - beta2, 1 - beta1^t, lr,
- *    rectified (rho_t > 5), sqrt(1 - beta2^t), eps, rect                                */
+/* ---- RAdam -------------------------------------------------------------------------------
+ * decay (decoupled); bc1: 1 - beta1^t; rectified: rho_t > 5 (1 or 0);
+ * bc2_sqrt: sqrt(1 - beta2^t); rect: the rectification term r_t                              */
+#define FO_RADAM_SCALARS(X) \
+    X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc1) X(lr) X(rectified) X(bc2_sqrt) X(eps) X(rect)
+#define FO_RADAM_FLAGS(X)
+#define FO_RADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+FO_SCALAR_STRUCT(fo_radam_scalars, FO_RADAM_SCALARS)
 template <typename T> struct fo_radam_hp {
     T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc1, lr, bc2_sqrt, eps, rect;
     bool small_w1, rectified;
-    FO_HD static fo_radam_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_radam_hp load(const fo_radam_scalars &a) {
         fo_radam_hp s;
-        s.decay = (T)a[0];
-        s.w1 = (T)a[1];
+        s.decay = (T)a.decay;
+        s.w1 = (T)a.one_minus_beta1;
         s.one_minus_w1 = T(1) - s.w1;
         s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a[2];
-        s.one_minus_beta2 = (T)a[3];
-        s.inv_bc1 = (T)(1.0 / a[4]);
-        s.lr = (T)a[5];
-        s.rectified = a[6] != 0.0;
-        s.bc2_sqrt = (T)a[7];
-        s.eps = (T)a[8];
-        s.rect = (T)a[9];
+        s.beta2 = (T)a.beta2;
+        s.one_minus_beta2 = (T)a.one_minus_beta2;
+        s.inv_bc1 = (T)(1.0 / a.bc1);
+        s.lr = (T)a.lr;
+        s.rectified = a.rectified != 0.0;
+        s.bc2_sqrt = (T)a.bc2_sqrt;
+        s.eps = (T)a.eps;
+        s.rect = (T)a.rect;
         return s;
     }
 };
@@ -325,18 +450,31 @@ FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_
     if (h.rectified) step = step * ((T(1) / (fo_sqrt(v) + h.eps)) * h.bc2_sqrt) * h.rect;
     p = p + T(-1) * step;
 }
+struct fo_radam {
+    FO_DESCRIBE(FO_RADAM)
+    typedef fo_radam_scalars scalars;
+    template <typename T> using hp = fo_radam_hp<T>;
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_radam_rule<T, M>(p, g, s[0], s[1], c, h);
+    }
+};
 
-/* ---- Adadelta ---------------------------------------------------------------------- */
-/* a: rho, 1 - rho, eps, -lr                                                             */
+/* ---- Adadelta ------------------------------------------------------------------------------ */
+#define FO_ADADELTA_SCALARS(X) X(rho) X(one_minus_rho) X(eps) X(neg_lr)
+#define FO_ADADELTA_FLAGS(X)
+#define FO_ADADELTA_BUFFERS(X) X(square_avg, true) X(acc_delta, true)
+FO_SCALAR_STRUCT(fo_adadelta_scalars, FO_ADADELTA_SCALARS)
 template <typename T> struct fo_adadelta_hp {
     T rho, one_minus_rho, eps, neg_lr;
-    FO_HD static fo_adadelta_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_adadelta_hp load(const fo_adadelta_scalars &a) {
         fo_adadelta_hp s;
-        s.rho = (T)a[0];
-        s.one_minus_rho = (T)a[1];
-        s.eps = (T)a[2];
-        s.neg_lr = (T)a[3];
+        s.rho = (T)a.rho;
+        s.one_minus_rho = (T)a.one_minus_rho;
+        s.eps = (T)a.eps;
+        s.neg_lr = (T)a.neg_lr;
         return s;
     }
 };
@@ -350,18 +488,31 @@ FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_com
     acc_delta = acc_delta * h.rho + h.one_minus_rho * delta * delta;
     p = p + h.neg_lr * delta;
 }
+struct fo_adadelta {
+    FO_DESCRIBE(FO_ADADELTA)
+    typedef fo_adadelta_scalars scalars;
+    template <typename T> using hp = fo_adadelta_hp<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_adadelta_rule<T, M>(p, g, s[0], s[1], c, h);
+    }
+};
 
-/* ---- Rprop ---------------------------------------------------------------------------- */
-/* a: etaminus, etaplus, step_size_min, step_size_max                                      */
+/* ---- Rprop ----------------------------------------------------------------------------------- */
+#define FO_RPROP_SCALARS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max)
+#define FO_RPROP_FLAGS(X)
+#define FO_RPROP_BUFFERS(X) X(prev, true) X(step_size, true)
+FO_SCALAR_STRUCT(fo_rprop_scalars, FO_RPROP_SCALARS)
 template <typename T> struct fo_rprop_hp {
     T etaminus, etaplus, step_min, step_max;
-    FO_HD static fo_rprop_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_rprop_hp load(const fo_rprop_scalars &a) {
         fo_rprop_hp s;
-        s.etaminus = (T)a[0];
-        s.etaplus = (T)a[1];
-        s.step_min = (T)a[2];
-        s.step_max = (T)a[3];
+        s.etaminus = (T)a.etaminus;
+        s.etaplus = (T)a.etaplus;
+        s.step_min = (T)a.step_size_min;
+        s.step_max = (T)a.step_size_max;
         return s;
     }
 };
@@ -387,20 +538,34 @@ FO_HD void fo_rprop_rule(T &p, T g, T &prev, T &step_size, const fo_common<T> &c
     p = p - fo_signum(g) * st;
     prev = g;
 }
+struct fo_rprop {
+    FO_DESCRIBE(FO_RPROP)
+    typedef fo_rprop_scalars scalars;
+    template <typename T> using hp = fo_rprop_hp<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_rprop_rule<T, M>(p, g, s[0], s[1], c, h);
+    }
+};
 
-/* ---- Lion ------------------------------------------------------------------------------ */
-/* a: decay (1 - lr * weight_decay), beta1, 1 - beta1, beta2, 1 - beta2, -lr                */
+/* ---- Lion ------------------------------------------------------------------------------------
+ * decay: 1 - lr * weight_decay                                                                   */
+#define FO_LION_SCALARS(X) X(decay) X(beta1) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(neg_lr)
+#define FO_LION_FLAGS(X)
+#define FO_LION_BUFFERS(X) X(exp_avg, true)
+FO_SCALAR_STRUCT(fo_lion_scalars, FO_LION_SCALARS)
 template <typename T> struct fo_lion_hp {
     T decay, beta1, one_minus_beta1, beta2, one_minus_beta2, neg_lr;
-    FO_HD static fo_lion_hp load(const double *h) {
-        const double *a = h + FO_HP_COMMON;
+    FO_HD static fo_lion_hp load(const fo_lion_scalars &a) {
         fo_lion_hp s;
-        s.decay = (T)a[0];
-        s.beta1 = (T)a[1];
-        s.one_minus_beta1 = (T)a[2];
-        s.beta2 = (T)a[3];
-        s.one_minus_beta2 = (T)a[4];
-        s.neg_lr = (T)a[5];
+        s.decay = (T)a.decay;
+        s.beta1 = (T)a.beta1;
+        s.one_minus_beta1 = (T)a.one_minus_beta1;
+        s.beta2 = (T)a.beta2;
+        s.one_minus_beta2 = (T)a.one_minus_beta2;
+        s.neg_lr = (T)a.neg_lr;
         return s;
     }
 };
@@ -415,5 +580,27 @@ FO_HD void fo_lion_rule(T &p, T g, T &m, const fo_common<T> &c, const fo_lion_hp
     p = p + h.neg_lr * fo_signum(u);
     m = m * h.beta2 + h.one_minus_beta2 * g;
 }
+struct fo_lion {
+    FO_DESCRIBE(FO_LION)
+    typedef fo_lion_scalars scalars;
+    template <typename T> using hp = fo_lion_hp<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_lion_rule<T, M>(p, g, s[0], c, h);
+    }
+};
+
+/* ---- the one algorithm list ------------------------------------------------------------
+ * FO_ALGOS(X) calls X(name, LISTS) for every algorithm, in the order of the native ids
+ * (LISTS is the prefix of its FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS lists).  cpu.h
+ * builds the CPU dispatch table from it, kernels.cu the CUDA entry points, spec.h the
+ * names the Python layer checks its specs against.  Adding an element-wise optimizer:
+ * its section above (lists, hp, rule, descriptor) and its name here.                     */
+#define FO_ALGOS(X)                                                                       \
+    X(sgd, FO_SGD) X(adam, FO_ADAM) X(adagrad, FO_ADAGRAD) X(rmsprop, FO_RMSPROP)           \
+    X(adamax, FO_ADAMAX) X(nadam, FO_NADAM) X(radam, FO_RADAM) X(adadelta, FO_ADADELTA)      \
+    X(rprop, FO_RPROP) X(lion, FO_LION)
 
 #endif /* FUSEDOPTIM_RULES_H */

@@ -5,8 +5,8 @@ One launch per step updates every tensor of a parameter bucket: a device table h
 per tensor, the pointers (param, grad, EMA or 0, state buffers: the segment layout of
 ``cpu.h``) after the prefix sum of the tensor sizes, and the kernel calls the element
 rule of ``rules.h``, the very function the CPU loops call.  The per-step scalars travel
-by value as kernel arguments (a struct of 16 doubles), so a step never waits for the
-GPU.  Global-norm clipping and the non-finite guard are computed on the device
+by value as kernel arguments (the named block of rules.h, packed by name by
+``_kernels.pack_scalars``), so a step never waits for the GPU.  Global-norm clipping and the non-finite guard are computed on the device
 (:func:`grad_control`) and consumed there by the update kernel.
 
 The kernels are compiled once per process by NVRTC through ``cupy.RawModule`` from the
@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _kernels
+from .validate import positive_or_none
 
 __all__ = [
     "check_params", "check_grads", "fused_step", "zeros_like", "full_like", "to_host",
@@ -38,13 +39,9 @@ __all__ = [
     "NVRTC_OPTIONS",
 ]
 
-# algorithm id (shared with the CPU backend) -> kernel name stem in kernels.cu
-_ALGOS = {
-    _kernels.SGD: "sgd", _kernels.ADAM: "adam", _kernels.ADAGRAD: "adagrad",
-    _kernels.RMSPROP: "rmsprop", _kernels.ADAMAX: "adamax", _kernels.NADAM: "nadam",
-    _kernels.RADAM: "radam", _kernels.ADADELTA: "adadelta", _kernels.RPROP: "rprop",
-    _kernels.LION: "lion",
-}
+# algorithm id (shared with the CPU backend) -> kernel name stem in kernels.cu: both are
+# instantiated from rules.h's one list FO_ALGOS
+_ALGOS = {spec.id: name for name, spec in _kernels.ALGORITHMS.items()}
 
 # NVRTC options.  --fmad=false keeps a*b+c unfused, like the CPU build's -ffp-contract=off,
 # so GPU and CPU round the same way except for float32 denormals (CuPy adds -ftz=true).
@@ -91,14 +88,12 @@ class _Consts:
 
     def __init__(self, text: str):
         d = _parse_defines(text)
-        self.MAXHP = int(d["FO_MAXHP"])
-        self.MAXBUF = int(d["FO_MAXBUF"])
+        self.MAXHP = int(_parse_defines(_read("rules.h"))["FO_MAXSCALARS"])
         self.THREADS = int(d["FO_THREADS"])
         self.CHUNK = int(d["FO_CHUNK"])
         self.RED_THREADS = int(d["FO_RED_THREADS"])
         self.RED_CHUNK = int(d["FO_RED_CHUNK"])
         self.CTRL = int(d["FO_CTRL"])
-        self.HP_COMMON = int(_parse_defines(_read("rules.h"))["FO_HP_COMMON"])
 
 
 _consts_cache: Optional[_Consts] = None
@@ -112,28 +107,13 @@ def _consts() -> _Consts:
 
 
 # ------------------------------------------------------------------ pure host logic
-def _nstate(algo: int, hp: Sequence[float]) -> int:
-    """State buffers the kernel of ``algo`` touches for these scalars (the structural
-    flags of rules.h, decided as cpu.h decides them)."""
-    c = _consts().HP_COMMON
-    if algo == _kernels.SGD:
-        return 1 if hp[c + 1] != 0.0 else 0
-    if algo == _kernels.ADAM:
-        return 3 if hp[c + 7] != 0.0 else 2
-    if algo in (_kernels.ADAGRAD, _kernels.LION):
-        return 1
-    if algo == _kernels.RMSPROP:
-        return 1 + (hp[c + 5] != 0.0) + (hp[c + 6] != 0.0)
-    return 2  # adamax, nadam, radam, adadelta, rprop
-
-
-def _hp_struct(hp: Sequence[float]) -> np.ndarray:
-    """The per-step scalars as one ``fo_hparams`` passed by value (16 doubles)."""
+def _hp_struct(block: np.ndarray) -> np.ndarray:
+    """A packed block (``_kernels.pack_scalars``) as one ``fo_hparams`` passed by value."""
     k = _consts()
-    if len(hp) > k.MAXHP:
-        raise ValueError(f"{len(hp)} hyperparameters; the CUDA kernels take at most {k.MAXHP}")
+    if block.shape != (k.MAXHP,):
+        raise ValueError(f"a scalar block has {k.MAXHP} doubles, got shape {block.shape}")
     a = np.zeros(1, dtype=np.dtype([("h", np.float64, (k.MAXHP,))]))
-    a["h"][0, :len(hp)] = [float(x) for x in hp]
+    a["h"][0] = block
     return a
 
 
@@ -149,21 +129,19 @@ def _pack_meta(sizes: Sequence[int], rows: Sequence[Sequence[int]]) -> np.ndarra
     return meta
 
 
-def _prepare(algo, hp, params, grads, states, emas, ptr) -> Tuple[str, np.ndarray, np.ndarray, int, int]:
+def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr):
     """Check the call and build its launch arguments; ``ptr(a)`` gives an array's address.
 
     Returns ``(kernel name, fo_hparams struct, meta table, nbuf, has_ema)``."""
     if algo not in _ALGOS:
         raise ValueError(f"no CUDA kernel for algorithm {algo}")
-    hp = tuple(float(x) for x in hp)
+    block = _kernels.pack_scalars(algo, common, scalars)     # by name; raises on a missing one
     ntens = len(params)
-    nstate = len(states)
-    want = _nstate(algo, hp)
-    if nstate != want:
-        raise ValueError(f"algorithm {_ALGOS[algo]} with these flags uses {want} state buffer(s), got {nstate}")
-    nbuf = _FO_STATE + nstate
-    if nbuf > _consts().MAXBUF:
-        raise ValueError("too many buffers for the CUDA kernel")
+    want = _kernels.kept_buffers(algo, flags)
+    if len(states) != len(want):
+        raise ValueError(f"algorithm {_ALGOS[algo]} with flags {flags:#x} keeps {len(want)} state buffer(s) "
+                         f"{want}, got {len(states)}")
+    nbuf = _FO_STATE + len(states)
     if len(grads) != ntens or (emas is not None and len(emas) != ntens):
         raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
     dtype = params[0].dtype
@@ -188,14 +166,14 @@ def _prepare(algo, hp, params, grads, states, emas, ptr) -> Tuple[str, np.ndarra
             if a is None or a.size != size or a.dtype != dtype:
                 raise ValueError(f"{what} of tensor {i} does not match its parameter")
             row.append(ptr(a))
-        for k in range(nstate):
+        for k in range(len(states)):
             a = states[k][i]
             if a.size != size or a.dtype != dtype:
                 raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter")
             row.append(ptr(a))
         sizes.append(size)
         rows.append(row)
-    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(hp), _pack_meta(sizes, rows), nbuf,
+    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta(sizes, rows), nbuf,
             0 if emas is None else 1)
 
 
@@ -359,13 +337,13 @@ def check_grads(params: list, grads: list, labels=None) -> int:
 
 
 # --------------------------------------------------------------------------- step
-def fused_step(algo: int, hp: tuple, params: list, grads: list, states: list, emas: Optional[list] = None,
-               tscale=None, control=None) -> None:
+def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list, grads: list, states: list,
+               emas: Optional[list] = None, tscale=None, control=None) -> None:
     """Run ``algo`` once over all tensors, in one kernel launch on the parameters' GPU.
 
     Same arguments as the CPU backend's ``fused_step`` (arrays already checked by
     ``check_params``/``check_grads``): ``tscale`` (optional) multiplies the gradient scale
-    ``hp[0]`` per tensor -- a sequence of floats, or a float64 cupy array with one entry
+    ``gscale`` per tensor -- a sequence of floats, or a float64 cupy array with one entry
     per tensor (e.g. from :func:`grad_control`, so it never leaves the device).
     ``control`` (optional) is the control block of :func:`grad_control`, read by the
     kernel on the device: skip flag and global clip coefficient.
@@ -374,7 +352,7 @@ def fused_step(algo: int, hp: tuple, params: list, grads: list, states: list, em
     if len(params) == 0:
         return
     cp = _cp()
-    name, hps, meta, nbuf, ema = _prepare(algo, hp, params, grads, states, emas, _ptr)
+    name, hps, meta, nbuf, ema = _prepare(algo, common, scalars, flags, params, grads, states, emas, _ptr)
     ntens = len(params)
     total = int(meta[ntens])
     if total == 0:
@@ -388,18 +366,15 @@ def fused_step(algo: int, hp: tuple, params: list, grads: list, states: list, em
         fn = _function(dev, name)
         meta_d = _upload(meta, dev)
         fn((_grid(total, k.CHUNK, _nsm(dev)),), (k.THREADS,),
-           (hps, meta_d, np.int32(ntens), np.int32(nbuf), np.int32(ema),
+           (hps, meta_d, np.int32(ntens), np.int32(nbuf), np.int32(ema), np.uint32(flags),
             _null() if ts is None else ts, _null() if control is None else control))
 
 
 def accumulate(accs: list, grads: list) -> None:
     """accs[i] += grads[i] for every pair, in one launch: the SGD rule with lr = -1 and no
     decay (as the CPU backend does; arrays checked by the caller)."""
-    fused_step(_kernels.SGD, _ACCUMULATE_HP, accs, grads, [])
-
-
-# the scalars of _kernels.accumulate: gscale 1, no decay, no L1, no EMA, no clip; lr -1
-_ACCUMULATE_HP = (1.0, 0.0, 0.0, 0.0, float("inf"), -1.0, 0.0, 0.0, 0.0, 0.0)
+    fused_step(_kernels.ALGORITHMS["sgd"].id, _kernels.ACCUMULATE_COMMON, _kernels.ACCUMULATE_SCALARS, 0, accs,
+               grads, [])
 
 
 def _tscale_arg(tscale, ntens: int, dev: int):
@@ -455,8 +430,8 @@ def grad_control(grads: list, *, grad_scale: float = 1.0, global_clipnorm: Optio
     never on the launch configuration.
     """
     cp = _cp()
-    gclip = _positive_or_none(global_clipnorm, "global_clipnorm")
-    pclip = _positive_or_none(clipnorm, "clipnorm")
+    gclip = positive_or_none(global_clipnorm, "global_clipnorm")
+    pclip = positive_or_none(clipnorm, "clipnorm")
     grad_scale = float(grad_scale)
     present = [(i, g) for i, g in enumerate(grads) if g is not None]
     check_params([g for _, g in present], [f"grads[{i}]" for i, _ in present])
@@ -484,15 +459,6 @@ def grad_control(grads: list, *, grad_scale: float = 1.0, global_clipnorm: Optio
              np.int32(bool(skip_nonfinite)), ctrl,
              _null() if tscale is None else tscale, _null() if per is None else per))
     return ctrl, tscale, per
-
-
-def _positive_or_none(v, what: str) -> Optional[float]:
-    if v is None:
-        return None
-    v = float(v)
-    if not v > 0.0 or v == float("inf"):
-        raise ValueError(f"{what} must be a positive finite number, got {v!r}")
-    return v
 
 
 def grad_stats(arrays: list, per_tensor: bool = False, want_max: bool = False):

@@ -4,18 +4,27 @@
 One call updates every tensor of a parameter bucket: the total element count of all
 tensors is split into one contiguous chunk per thread (chunks cross tensor boundaries),
 each chunk is cut at tensor boundaries into segments, and every segment runs the
-optimizer's contiguous loop from ``csrc/fusedoptim/cpu.h`` (which calls the element rule
-of ``rules.h``).  Below ``GRAIN`` elements the call stays on one thread.
+algorithm's loop from ``csrc/fusedoptim/cpu.h`` (one generic loop around the element rule
+of ``rules.h``).  Below the grain size the call stays on one thread.
+
+The algorithms and their specs come from the native list (``rules.h``: ``FO_ALGOS`` and
+each algorithm's named scalars, flags and buffers; ``spec.h`` exports the names):
+:data:`ALGORITHMS` maps a name to its :class:`NativeSpec`, and :func:`fused_step` takes
+the per-step scalars as dicts, packed here by name in the order the loops were compiled
+with.  Nothing is positional.
 
 This module checks arrays, not hyperparameters: the Python classes validate those.
 """
+import os
+from collections import namedtuple
+
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
-from cpython.dict cimport PyDict_Update
-from libc.stdint cimport uintptr_t
+from libc.string cimport memcpy, memset
+from cpython.dict cimport PyDict_Update, PyDict_GetItem
+from cpython.object cimport PyObject
 
 cnp.import_array()
 
@@ -23,31 +32,120 @@ cdef extern from "fusedoptim/fo_omp.h" nogil:
     int omp_get_max_threads()
     int FO_HAVE_OPENMP
 
-cdef extern from "fusedoptim/cpu.h" nogil:
-    ctypedef void (*fo_seg_fn)(const double *h, char **bufs, Py_ssize_t n) noexcept nogil
+cdef extern from "fusedoptim/spec.h" nogil:
+    ctypedef void (*fo_seg_fn)(const double *h, unsigned flags, char **bufs, Py_ssize_t n) noexcept nogil
     fo_seg_fn fo_cpu_seg(int algo, int dtype)
     ctypedef void (*fo_stats_fn)(const void *x, Py_ssize_t n, double *sumsq, double *maxabs) noexcept nogil
     fo_stats_fn fo_cpu_stats(int dtype)
     const char *fo_simd_level()
+    ctypedef struct fo_spec:
+        const char *name
+        const char *const *scalars
+        const char *const *flags
+        const char *const *buffers
+        int nscalars, nflags, nbuffers
+        unsigned (*mask)(unsigned flags)
+    const fo_spec *fo_cpu_spec(int algo)
+    const char *const fo_common_names[]
     enum:
-        FO_SGD, FO_ADAM, FO_ADAGRAD, FO_RMSPROP, FO_ADAMAX, FO_NADAM, FO_RADAM, FO_ADADELTA, FO_RPROP,
-        FO_LION, FO_STREAM
+        FO_NALGO
+        FO_MAXSCALARS
+        FO_NCOMMON
+        FO_STATE
+        FO_MAXSTATE
 
-SGD = FO_SGD
-ADAM = FO_ADAM
-ADAGRAD = FO_ADAGRAD
-RMSPROP = FO_RMSPROP
-ADAMAX = FO_ADAMAX
-NADAM = FO_NADAM
-RADAM = FO_RADAM
-ADADELTA = FO_ADADELTA
-RPROP = FO_RPROP
-LION = FO_LION
-STREAM = FO_STREAM
 HAVE_OPENMP = bool(FO_HAVE_OPENMP)
+MAX_SCALARS = FO_MAXSCALARS
 
-DEF MAXBUF = 8
-DEF MAXHP = 16
+
+cdef tuple _names(const char *const *lst):
+    cdef list out = []
+    cdef int k = 0
+    while lst[k] != NULL:
+        out.append(lst[k].decode())
+        k += 1
+    return tuple(out)
+
+
+NativeSpec = namedtuple("NativeSpec", "id name scalars flags buffers")
+NativeSpec.__doc__ = """One algorithm as the extension was compiled: its id, the names of its
+per-step scalars (packing order, after :data:`COMMON_SCALARS`), of its flags (flag k is bit
+k) and of every state buffer it can keep (declaration order)."""
+
+#: The scalars every block starts with (rules.h ``FO_COMMON_SCALARS``).
+COMMON_SCALARS = _names(fo_common_names)
+#: name -> :class:`NativeSpec`, in native id order (rules.h ``FO_ALGOS``).
+ALGORITHMS = {}
+
+
+cdef _export_specs():
+    cdef const fo_spec *s
+    for i in range(FO_NALGO):
+        s = fo_cpu_spec(i)
+        ALGORITHMS[s.name.decode()] = NativeSpec(i, s.name.decode(), _names(s.scalars), _names(s.flags),
+                                                 _names(s.buffers))
+
+
+_export_specs()
+#: The roofline loop's id (not an optimizer: see :func:`stream`).
+STREAM = FO_NALGO
+cdef list _SCALAR_NAMES = [ALGORITHMS[n].scalars for n in ALGORITHMS]
+cdef int _GSCALE = COMMON_SCALARS.index("gscale")
+
+
+def kept_buffers(int algo, unsigned flags):
+    """The names of the state buffers algorithm ``algo`` keeps under ``flags``, in the
+    order :func:`fused_step` takes them (native: the descriptor's ``mask``)."""
+    cdef const fo_spec *s = _spec(algo, flags)
+    cdef unsigned m = s.mask(flags)
+    return tuple(s.buffers[k].decode() for k in range(s.nbuffers) if (m >> k) & 1u)
+
+
+cdef const fo_spec *_spec(int algo, unsigned flags) except NULL:
+    cdef const fo_spec *s = fo_cpu_spec(algo)
+    if s == NULL:
+        raise ValueError(f"no native algorithm with id {algo}")
+    if flags >> s.nflags:
+        raise ValueError(f"{s.name.decode()}: flag bits {flags:#x} outside its {s.nflags} flag(s) "
+                         f"{_names(s.flags)}")
+    return s
+
+
+cdef int _popcount(unsigned m) noexcept:
+    cdef int n = 0
+    while m:
+        n += m & 1u
+        m >>= 1
+    return n
+
+
+cdef int _pack(dict d, tuple names, double *out, str what) except -1:
+    """out[k] = d[names[k]]; every name present, no other key."""
+    cdef Py_ssize_t k, n = len(names)
+    cdef PyObject *v
+    for k in range(n):
+        v = PyDict_GetItem(d, names[k])
+        if v == NULL:
+            raise ValueError(f"{what}: the scalar {names[k]!r} is missing (expected {names})")
+        out[k] = <object>v
+    if len(d) != n:
+        raise ValueError(f"{what}: unknown scalar(s) {sorted(set(d) - set(names))}; expected {names}")
+    return 0
+
+
+def pack_scalars(int algo, dict common, dict scalars):
+    """The block of ``algo``'s per-step scalars as the loops read it: a float64 array of
+    :data:`MAX_SCALARS` entries, the common block then the algorithm's, packed by name
+    (the CUDA backend passes it to the kernels by value)."""
+    out = np.zeros(FO_MAXSCALARS, dtype=np.float64)
+    cdef double[::1] o = out
+    cdef const fo_spec *s = _spec(algo, 0)
+    _pack(common, COMMON_SCALARS, &o[0], "common block")
+    _pack(scalars, _SCALAR_NAMES[algo], &o[FO_NCOMMON], s.name.decode())
+    return out
+
+
+DEF MAXBUF = 8           # FO_STATE + FO_MAXSTATE + 1
 DEF ALIGN = 64           # chunk boundaries are multiples of this many elements
 
 # Below this many elements a call runs on one thread (no OpenMP fork/join).
@@ -59,6 +157,18 @@ def set_num_threads(int n):
     """Use ``n`` threads for every step (``n <= 0`` restores the OpenMP default)."""
     global _num_threads
     _num_threads = n if n > 0 else 0
+
+
+def _after_fork_in_child():
+    # GNU OpenMP keeps its thread pool across fork() but not its threads: the first
+    # parallel region in a child of a process that ran one waits forever.  A forked
+    # child therefore runs single-threaded; see fusedoptim.set_num_threads.
+    global _num_threads
+    _num_threads = 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_num_threads():
@@ -95,6 +205,21 @@ cdef inline int _dtype_code(cnp.ndarray a):
     return -1
 
 
+cdef str _layout_problem(cnp.ndarray a):
+    """Why the loops can't use ``a`` in place (None when they can): they read memory as
+    native-endian, aligned float32/float64 in C order."""
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        return (f"dtype {a.dtype.str} is not in this machine's byte order; the optimizer would read "
+                f"garbage (a.astype(a.dtype.newbyteorder('=')) converts it)")
+    if not cnp.PyArray_ISALIGNED(a):
+        return ("array is not aligned to its itemsize (a view into raw bytes at an odd offset?); "
+                "np.require(a, requirements='A') makes an aligned copy")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        return ("array is not C-contiguous; the optimizer works in place on contiguous memory "
+                "(np.ascontiguousarray makes a copy)")
+    return None
+
+
 cdef str _where(Py_ssize_t i, object labels):
     if labels is None:
         return f"params[{i}]"
@@ -107,6 +232,7 @@ def check_params(list params, object labels=None):
     cdef Py_ssize_t i, n = len(params)
     cdef int code, first = -1
     cdef object a
+    cdef str problem
     for i in range(n):
         a = params[i]
         if not isinstance(a, cnp.ndarray):
@@ -119,9 +245,9 @@ def check_params(list params, object labels=None):
         elif code != first:
             raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} differs from {params[0].dtype} of the "
                             "first parameter; float32 and float64 can't be mixed in one optimizer")
-        if not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
-            raise ValueError(f"{_where(i, labels)}: array is not C-contiguous; the optimizer updates it "
-                             "in place, so pass a contiguous array (np.ascontiguousarray makes a copy)")
+        problem = _layout_problem(<cnp.ndarray>a)
+        if problem is not None:
+            raise ValueError(f"{_where(i, labels)}: {problem}")
         if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a):
             raise ValueError(f"{_where(i, labels)}: array is read-only; the optimizer updates it in place")
 
@@ -166,6 +292,7 @@ def check_grads(list params, list grads, object labels=None, object spans=None):
     cdef char *gb
     cdef Py_ssize_t pn, gn
     cdef object go
+    cdef str problem
     if len(grads) != n:
         raise ValueError(f"expected {n} gradients, one per parameter, got {len(grads)}")
     for i in range(n):
@@ -181,8 +308,9 @@ def check_grads(list params, list grads, object labels=None, object spans=None):
             raise TypeError(f"{_gname(i, labels)}: dtype {go.dtype} does not match the parameter's {params[i].dtype}")
         if not _same_shape(p, g):
             raise ValueError(f"{_gname(i, labels)}: shape {go.shape} does not match the parameter's shape {params[i].shape}")
-        if not cnp.PyArray_IS_C_CONTIGUOUS(g):
-            raise ValueError(f"{_gname(i, labels)}: array is not C-contiguous (np.ascontiguousarray makes a copy)")
+        problem = _layout_problem(g)
+        if problem is not None:
+            raise ValueError(f"{_gname(i, labels)}: {problem}")
         pb = <char *>cnp.PyArray_DATA(p)
         gb = <char *>cnp.PyArray_DATA(g)
         pn = cnp.PyArray_NBYTES(p)
@@ -206,16 +334,16 @@ def check_grads(list params, list grads, object labels=None, object spans=None):
     return nnone
 
 
-cdef void _run_chunk(fo_seg_fn fn, const double *hp, char **table, const Py_ssize_t *starts,
+cdef void _run_chunk(fo_seg_fn fn, const double *hp, unsigned flags, char **table, const Py_ssize_t *starts,
                      Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
                      Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     # IN: global element range [lo, hi); starts[t] = first global index of tensor t;
-    #     tscale[t] (or NULL) multiplies the gradient scale hp[0] of tensor t
+    #     tscale[t] (or NULL) multiplies the common block's gscale for tensor t
     cdef char *bufs[MAXBUF]
-    cdef double hloc[MAXHP]
+    cdef double hloc[FO_MAXSCALARS]
     cdef const double *h = hp
     if tscale != NULL:
-        memcpy(hloc, hp, MAXHP * sizeof(double))
+        memcpy(hloc, hp, FO_MAXSCALARS * sizeof(double))
         h = hloc
     cdef Py_ssize_t a = 0, b = ntens, mid, t, off, n
     cdef int k
@@ -239,44 +367,70 @@ cdef void _run_chunk(fo_seg_fn fn, const double *hp, char **table, const Py_ssiz
                 if bufs[k] != NULL:       # an absent buffer (no EMA) stays NULL
                     bufs[k] += off * itemsize
             if tscale != NULL:
-                hloc[0] = hp[0] * tscale[t]
-            fn(h, bufs, n)
+                hloc[_GSCALE] = hp[_GSCALE] * tscale[t]
+            fn(h, flags, bufs, n)
             lo += n
         t += 1
 
 
-cdef void _drive(fo_seg_fn fn, const double *hp, char **table, const Py_ssize_t *starts,
+cdef void _drive(fo_seg_fn fn, const double *hp, unsigned flags, char **table, const Py_ssize_t *starts,
                  Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
                  int nthreads) noexcept nogil:
     cdef Py_ssize_t total = starts[ntens]
     cdef Py_ssize_t per, c
     if nthreads <= 1 or total < _grain:
-        _run_chunk(fn, hp, table, starts, ntens, nbuf, itemsize, tscale, 0, total)
+        _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale, 0, total)
         return
     per = (total + nthreads - 1) // nthreads
     per = ((per + ALIGN - 1) // ALIGN) * ALIGN
     for c in prange(nthreads, num_threads=nthreads, schedule='static'):
-        _run_chunk(fn, hp, table, starts, ntens, nbuf, itemsize, tscale,
+        _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale,
                    c * per if c * per < total else total,
                    (c + 1) * per if (c + 1) * per < total else total)
 
 
-def fused_step(int algo, tuple hp, list params, list grads, list states, list emas=None,
-               object tscale=None):
-    """Run ``algo`` once over all tensors.
+def fused_step(int algo, dict common, dict scalars, unsigned flags, list params, list grads, list states,
+               list emas=None, object tscale=None):
+    """Run algorithm ``algo`` (an id of :data:`ALGORITHMS`) once over all tensors.
 
-    params[i] and grads[i] are ndarrays already checked by check_params/check_grads;
-    states is a list of buffer lists, states[k][i] being state buffer k of tensor i,
-    each with the parameter's dtype and size; emas[i] (optional) is an exponential
-    moving average of params[i], updated in the same pass.  hp holds the per-step
-    scalars: the common block then the algorithm's block, as documented in rules.h.
-    tscale (optional, one float per tensor) multiplies the gradient scale hp[0] per
-    tensor (per-parameter norm clipping).
+    ``common`` and ``scalars`` are the per-step scalars by name (every name of
+    :data:`COMMON_SCALARS` and of the algorithm's ``scalars``, no other), ``flags`` its
+    flag bits.  params[i] and grads[i] are ndarrays already checked by
+    check_params/check_grads; ``states[k][i]`` is the k-th buffer of
+    ``kept_buffers(algo, flags)`` for tensor i, with the parameter's dtype and size;
+    ``emas[i]`` (optional) is an exponential moving average of params[i], updated in the
+    same pass; ``tscale`` (optional, one float per tensor) multiplies the gradient scale
+    ``gscale`` per tensor (per-parameter norm clipping).
     """
+    cdef double hbuf[FO_MAXSCALARS]
+    cdef const fo_spec *s = _spec(algo, flags)
+    memset(hbuf, 0, sizeof(hbuf))
+    _pack(common, COMMON_SCALARS, hbuf, "common block")
+    _pack(scalars, <tuple>_SCALAR_NAMES[algo], hbuf + FO_NCOMMON, s.name.decode())
+    cdef int nstate = _popcount(s.mask(flags))
+    if len(states) != nstate:
+        raise ValueError(f"{s.name.decode()} with flags {flags:#x} keeps {nstate} state buffer(s) "
+                         f"{kept_buffers(algo, flags)}, got {len(states)}")
+    _run(algo, hbuf, flags, params, grads, states, emas, tscale)
+
+
+def stream(int k, list params, list grads, list states, double scale=0.0):
+    """The roofline loop (cpu.h ``fo_stream``): reads param, grad and the ``k - 2`` state
+    buffers, writes all but the gradient (``x += scale * sum``): the memory traffic of
+    an optimizer with ``k - 2`` state buffers and no arithmetic to speak of."""
+    cdef double hbuf[FO_MAXSCALARS]
+    if not 2 <= k <= 6 or len(states) != k - 2:
+        raise ValueError(f"stream: k must be in 2..6 with k - 2 state buffers, got k={k}, {len(states)}")
+    memset(hbuf, 0, sizeof(hbuf))
+    hbuf[0] = scale
+    _run(STREAM, hbuf, k, params, grads, states, None, None)
+
+
+cdef _run(int algo, double *hbuf, unsigned flags, list params, list grads, list states, list emas,
+          object tscale):
     cdef Py_ssize_t ntens = len(params), i, k
     cdef int nstate = len(states)
-    cdef int nbuf = 3 + nstate
-    cdef double hbuf[MAXHP]
+    cdef int nbuf = FO_STATE + nstate
     cdef int code
     cdef fo_seg_fn fn
     cdef char **table
@@ -287,14 +441,15 @@ def fused_step(int algo, tuple hp, list params, list grads, list states, list em
     cdef double *ts = NULL
     if ntens == 0:
         return
-    if nbuf > MAXBUF or len(hp) > MAXHP:
-        raise ValueError("too many buffers or hyperparameters for the native kernel")
+    if nbuf > MAXBUF:
+        raise ValueError("too many state buffers for the native kernel")
     if len(grads) != ntens or (emas is not None and len(emas) != ntens):
         raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
-    for k in range(MAXHP):
-        hbuf[k] = hp[k] if k < len(hp) else 0.0
     if tscale is not None and len(tscale) != ntens:
         raise ValueError(f"expected {ntens} per-tensor scales, got {len(tscale)}")
+    for k in range(nstate):
+        if len(states[k]) != ntens:
+            raise ValueError(f"state buffer {k}: expected {ntens} arrays, got {len(states[k])}")
     code = _dtype_code(<cnp.ndarray>params[0])
     fn = fo_cpu_seg(algo, code)
     if fn == NULL:
@@ -319,30 +474,32 @@ def fused_step(int algo, tuple hp, list params, list grads, list states, list em
             if _dtype_code(a) != code:
                 raise TypeError("mixed dtypes in one native call")
             table[i * nbuf] = <char *>cnp.PyArray_DATA(a)
-            a = <cnp.ndarray>grads[i]
-            if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
-                raise ValueError(f"gradient {i} does not match its parameter")
-            table[i * nbuf + 1] = <char *>cnp.PyArray_DATA(a)
+            table[i * nbuf + 1] = _data(grads[i], size, code, "gradient", i)
             if emas is None:
                 table[i * nbuf + 2] = NULL
             else:
-                a = <cnp.ndarray>emas[i]
-                if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
-                    raise ValueError(f"EMA buffer of tensor {i} does not match its parameter")
-                table[i * nbuf + 2] = <char *>cnp.PyArray_DATA(a)
+                table[i * nbuf + 2] = _data(emas[i], size, code, "EMA buffer", i)
             for k in range(nstate):
-                a = <cnp.ndarray>(<list>states[k])[i]
-                if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
-                    raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter")
-                table[i * nbuf + 3 + k] = <char *>cnp.PyArray_DATA(a)
+                table[i * nbuf + FO_STATE + k] = _data((<list>states[k])[i], size, code, "state buffer", i)
             starts[i + 1] = starts[i] + size
         nthreads = get_num_threads()
         with nogil:
-            _drive(fn, hbuf, table, starts, ntens, nbuf, 4 if code == 0 else 8, ts, nthreads)
+            _drive(fn, hbuf, flags, table, starts, ntens, nbuf, 4 if code == 0 else 8, ts, nthreads)
     finally:
         free(table)
         free(starts)
         free(ts)
+
+
+cdef char *_data(object o, Py_ssize_t size, int code, str what, Py_ssize_t i) except NULL:
+    """The data pointer of a buffer that must match its parameter (size, dtype, layout)."""
+    if not isinstance(o, cnp.ndarray):
+        raise TypeError(f"{what} of tensor {i}: expected a numpy.ndarray, got {type(o).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>o
+    if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{what} of tensor {i} does not match its parameter")
+    return <char *>cnp.PyArray_DATA(a)
 
 
 DEF STATS_BLOCK = 16384   # elements per reduction block (fixed: results never depend on threads)
@@ -391,8 +548,10 @@ def grad_stats(list arrays, bint per_tensor=False, bint want_max=False):
                 continue
             a = <cnp.ndarray>arrays[i]
             codes[i] = _dtype_code(a)
-            if codes[i] < 0 or not cnp.PyArray_IS_C_CONTIGUOUS(a):
-                raise TypeError(f"arrays[{i}]: expected a C-contiguous float32/float64 array")
+            if codes[i] < 0:
+                raise TypeError(f"arrays[{i}]: expected a float32/float64 array, got dtype {a.dtype}")
+            if _layout_problem(a) is not None:
+                raise ValueError(f"arrays[{i}]: {_layout_problem(a)}")
             sizes[i] = cnp.PyArray_SIZE(a)
             data[i] = <char *>cnp.PyArray_DATA(a)
             nblk += (sizes[i] + STATS_BLOCK - 1) // STATS_BLOCK
@@ -459,10 +618,17 @@ cdef void _stats_block(Py_ssize_t b, Py_ssize_t ntens, const Py_ssize_t *blk_sta
 def accumulate(list accs, list grads):
     """accs[i] += grads[i] for every pair, in one native multi-tensor pass.
 
-    This is the SGD rule with lr = -1 and no decay (p + 1 * g), so it needs no kernel of
-    its own; arrays must be checked by the caller (same shapes, dtype, C-contiguous).
+    This is the SGD rule with lr = -1 and nothing else (p - (-1) * g = p + g exactly), so
+    it needs no kernel of its own; arrays must be checked by the caller (same shapes,
+    dtype, C-contiguous).
     """
-    fused_step(FO_SGD, (1.0, 0.0, 0.0, 0.0, float("inf"), -1.0, 0.0, 0.0, 0.0, 0.0), accs, grads, [])
+    fused_step(ALGORITHMS["sgd"].id, ACCUMULATE_COMMON, ACCUMULATE_SCALARS, 0, accs, grads, [])
+
+
+#: The scalars of :func:`accumulate` (also used by the CUDA backend): gradient scale 1, no
+#: decay, no L1, no EMA, no clip value; SGD without momentum at lr = -1.
+ACCUMULATE_COMMON = dict(gscale=1.0, weight_decay=0.0, l1=0.0, ema_weight=0.0, clip_value=float("inf"))
+ACCUMULATE_SCALARS = dict(lr=-1.0, momentum=0.0, one_minus_dampening=1.0, nesterov=0.0, first=0.0)
 
 
 def update_dicts(list dicts, dict values):

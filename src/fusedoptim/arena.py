@@ -110,7 +110,7 @@ def _scalar_keys(state_dict: dict) -> frozenset:
     named by ``state_dict["kind"]``; every other state entry is an array buffer."""
     from . import optim
     cls = getattr(optim, str(state_dict.get("kind")), None)
-    return frozenset(getattr(cls, "_scalar_state", ("step",))) | {"step"}
+    return frozenset(getattr(cls, "scalar_state", ("step",))) | {"step"}
 
 
 class _ArenaBase:

@@ -6,7 +6,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .optimizer import Optimizer, _check_real, _scalar_from
+from .optimizer import Optimizer
+from .validate import check_real, scalar_from
 
 __all__ = ["DynamicLossScale", "split_decay_groups"]
 
@@ -29,16 +30,16 @@ class DynamicLossScale:
 
     def __init__(self, initial_scale: float = 2.0 ** 15, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000, min_scale: float = 1.0):
-        _check_real(initial_scale, "initial_scale", lo=0.0)
+        check_real(initial_scale, "initial_scale", lo=0.0)
         if initial_scale <= 0:
             raise ValueError(f"initial_scale must be > 0, got {initial_scale=}")
-        _check_real(growth_factor, "growth_factor", lo=1.0)
-        _check_real(backoff_factor, "backoff_factor", lo=0.0, hi=1.0, hi_open=True)
+        check_real(growth_factor, "growth_factor", lo=1.0)
+        check_real(backoff_factor, "backoff_factor", lo=0.0, hi=1.0, hi_open=True)
         if backoff_factor <= 0:
             raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor=}")
         if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
             raise ValueError(f"growth_interval must be an integer >= 1, got {growth_interval=}")
-        _check_real(min_scale, "min_scale", lo=0.0)
+        check_real(min_scale, "min_scale", lo=0.0)
         self.scale = float(initial_scale)
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
@@ -70,10 +71,10 @@ class DynamicLossScale:
         return {"scale": self.scale, "good_steps": self.good_steps}
 
     def load_state_dict(self, sd: dict) -> None:
-        scale = _scalar_from(sd["scale"], "state_dict['scale']")
+        scale = scalar_from(sd["scale"], "state_dict['scale']")
         if scale <= 0:
             raise ValueError(f"state_dict['scale'] must be > 0, got {scale}")
-        good = _scalar_from(sd["good_steps"], "state_dict['good_steps']", integer=True)
+        good = scalar_from(sd["good_steps"], "state_dict['good_steps']", integer=True)
         self.scale, self.good_steps = scale, good
 
 

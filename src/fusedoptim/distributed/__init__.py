@@ -17,7 +17,7 @@ imports without mpi4py; the MPI calls import it on first use, and
 ``assert_synchronized``            check that every rank holds the same parameter bits
 =================================  ==========================================================
 """
-from .clip import clip_grad_norm, global_norm
+from .clip import clip_by_global_norm, global_norm
 from .data_parallel import (DEFAULT_BUCKET_BYTES, DistributedOptimizer, allreduce_gradients,
                             assert_synchronized, broadcast_optimizer_state, broadcast_parameters,
                             params_digest)
@@ -27,7 +27,7 @@ from .zero import ZeroOptimizer, consolidate_checkpoint, shard_bounds
 __all__ = [
     "DistributedOptimizer", "ZeroOptimizer", "ParameterServer", "PSWorker", "run_worker",
     "broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients",
-    "assert_synchronized", "params_digest", "clip_grad_norm", "global_norm",
+    "assert_synchronized", "params_digest", "clip_by_global_norm", "global_norm",
     "consolidate_checkpoint", "shard_bounds", "WorkerLostError", "ServerTimeoutError",
     "DEFAULT_BUCKET_BYTES",
 ]

@@ -35,7 +35,7 @@ def _param_list(params) -> List[np.ndarray]:
     if isinstance(params, _ArenaBase):
         return [params.flat]
     if isinstance(params, Optimizer):
-        return list(params._params)
+        return list(params.params)
     if isinstance(params, np.ndarray):
         return [params]
     if isinstance(params, dict):
@@ -104,14 +104,14 @@ def broadcast_optimizer_state(optimizer: Optimizer, comm=None, root: int = 0) ->
                     ent[k] = _plain(v)
             state[key] = ent
         meta = {"top": {k: _plain(v) for k, v in sd.items() if k not in ("state", "param_groups")},
-                "param_groups": groups, "state": state, "shapes": _signature(optimizer._params)}
+                "param_groups": groups, "state": state, "shapes": _signature(optimizer.params)}
     meta = comm.bcast(meta, root=root)
     err = None
     if comm.rank != root:
         kind = meta["top"].get("kind")
         if kind != type(optimizer).__name__:
             err = f"optimizer is a {type(optimizer).__name__}, rank {root}'s is a {kind}"
-        elif meta["shapes"] != _signature(optimizer._params):
+        elif meta["shapes"] != _signature(optimizer.params):
             err = f"optimizer parameters' shapes/dtypes differ from rank {root}'s"
         elif [len(g["params"]) for g in meta["param_groups"]] != [len(g["params"]) for g in optimizer.param_groups]:
             err = f"param group sizes differ from rank {root}'s"
@@ -373,7 +373,7 @@ class DistributedOptimizer:
         self._norm = value
 
     def _as_list(self, grads) -> List[Optional[np.ndarray]]:
-        params = self.optimizer._params
+        params = self.optimizer.params
         if isinstance(grads, GradArena):
             if len(params) == 1 and params[0].shape == grads.flat.shape:
                 return [grads.flat]
@@ -387,10 +387,10 @@ class DistributedOptimizer:
 
     def _reduce(self, grads, divisor: Optional[int]) -> List[Optional[np.ndarray]]:
         lst = self._as_list(grads)
-        params = self.optimizer._params
+        params = self.optimizer.params
         if len(lst) != len(params):
             raise ValueError(f"expected {len(params)} gradients, one per parameter, got {len(lst)}")
-        _kernels.check_grads(params, lst, self.optimizer._labels)
+        _kernels.check_grads(params, lst, self.optimizer.labels)
         if isinstance(grads, GradArena):  # one Allreduce of the whole buffer, whatever the optimizer
             _reduce_list(self.comm, [grads.flat], divisor, _Plan([grads.flat], 1))
             return lst
@@ -432,7 +432,7 @@ class DistributedOptimizer:
     def apply_gradients(self, grads_and_vars) -> None:
         """Keras spelling of ``step`` (collective).  The wrapped optimizer must already
         hold every variable (build it with its parameters), so all ranks agree on them."""
-        params = self.optimizer._params
+        params = self.optimizer.params
         index = {id(p): i for i, p in enumerate(params)}
         grads: List[Optional[np.ndarray]] = [None] * len(params)
         for k, pair in enumerate(grads_and_vars):

@@ -93,7 +93,7 @@ class ParameterServer:
         self.comm = resolve_comm(comm)
         self.optimizer = optimizer
         self.flat = _flat_of(arena)
-        params = optimizer._params
+        params = optimizer.params
         if len(params) == 1 and params[0] is self.flat:
             self._gflat = np.zeros_like(self.flat)
             self._grads = [self._gflat]

@@ -1,5 +1,6 @@
-from .. import _kernels
-from ..optimizer import Optimizer, _check_real
+from .._spec import AlgoSpec
+from ..optimizer import Optimizer
+from ..validate import check_real
 
 
 class Adadelta(Optimizer):
@@ -20,17 +21,16 @@ class Adadelta(Optimizer):
     References: Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
     """
 
-    _kernel = _kernels.ADADELTA
-    _buffers = ("square_avg", "acc_delta")
+    spec = AlgoSpec("adadelta", scalars=("rho", "one_minus_rho", "eps", "neg_lr"), buffers=("square_avg", "acc_delta"))
 
     def __init__(self, params=None, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), **options)
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        _check_real(g["rho"], f"{where}: rho value", lo=0.0, hi=1.0)
+    def check_group(self, g, where):
+        super().check_group(g, where)
+        check_real(g["rho"], f"{where}: rho value", lo=0.0, hi=1.0)
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         r = g["rho"]
-        return (r, 1.0 - r, g["eps"], -g["lr"])
+        return dict(rho=r, one_minus_rho=1.0 - r, eps=g["eps"], neg_lr=-g["lr"])

@@ -1,6 +1,5 @@
-import numpy as np
-
-from .. import _kernels
+from .._backends import backend_for
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -22,8 +21,7 @@ class Adagrad(Optimizer):
     References: Duchi et al., "Adaptive Subgradient Methods", JMLR 2011.
     """
 
-    _kernel = _kernels.ADAGRAD
-    _buffers = ("sum",)
+    spec = AlgoSpec("adagrad", scalars=("neg_clr", "eps"), buffers=("sum",))
 
     def __init__(self, params=None, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, **options):
@@ -31,10 +29,9 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), **options)
 
-    def _new_buffer(self, name, p, g):
-        return np.full_like(p, g["initial_accumulator_value"])
+    def init_buffer(self, name, p, g):
+        return backend_for([p]).full_like(p, g["initial_accumulator_value"])
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
-        clr = g["lr"] / (1.0 + (t - 1) * g["lr_decay"])
-        return (-clr, g["eps"])
+        return dict(neg_clr=-(g["lr"] / (1.0 + (t - 1) * g["lr_decay"])), eps=g["eps"])

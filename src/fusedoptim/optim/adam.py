@@ -1,6 +1,6 @@
 import math
 
-from .. import _kernels
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -30,8 +30,9 @@ class Adam(Optimizer):
     Reddi et al., "On the Convergence of Adam and Beyond", 2018.
     """
 
-    _kernel = _kernels.ADAM
-    _buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    spec = AlgoSpec("adam", scalars=("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bc2_sqrt", "eps",
+                                     "neg_step"),
+                    flags=("amsgrad",), buffers=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False, **options):
@@ -39,18 +40,15 @@ class Adam(Optimizer):
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), **options)
 
-    def _state_names(self, g):
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if g["amsgrad"] else ("exp_avg", "exp_avg_sq")
+    def kernel_flags(self, g):
+        return {"amsgrad": g["amsgrad"]}
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2), wd = g["lr"], g["betas"], g["weight_decay"]
-        decoupled = g["decoupled_weight_decay"]
-        bc1 = 1.0 - b1 ** t
-        bc2 = 1.0 - b2 ** t
-        return (1.0 - lr * wd if decoupled else 1.0,
-                1.0 - b1, b2, 1.0 - b2, math.sqrt(bc2), g["eps"], -(lr / bc1),
-                1.0 if g["amsgrad"] else 0.0)
+        return dict(decay=1.0 - lr * wd if g["decoupled_weight_decay"] else 1.0, one_minus_beta1=1.0 - b1,
+                    beta2=b2, one_minus_beta2=1.0 - b2, bc2_sqrt=math.sqrt(1.0 - b2 ** t), eps=g["eps"],
+                    neg_step=-(lr / (1.0 - b1 ** t)))
 
 
 class AdamW(Adam):

@@ -1,4 +1,4 @@
-from .. import _kernels
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -17,16 +17,14 @@ class Adamax(Optimizer):
     References: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2015, sec. 7.
     """
 
-    _kernel = _kernels.ADAMAX
-    _buffers = ("exp_avg", "exp_inf")
+    spec = AlgoSpec("adamax", scalars=("one_minus_beta1", "beta2", "eps", "neg_clr"), buffers=("exp_avg", "exp_inf"))
 
     def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), **options)
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         b1, b2 = g["betas"]
-        return (1.0 - b1, b2, g["eps"],
-                -(g["lr"] / (1.0 - b1 ** t)))
+        return dict(one_minus_beta1=1.0 - b1, beta2=b2, eps=g["eps"], neg_clr=-(g["lr"] / (1.0 - b1 ** t)))

@@ -1,4 +1,4 @@
-from .. import _kernels
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -38,18 +38,18 @@ class Lion(Optimizer):
         array([-0.1,  0.1,  0. ], dtype=float32)
     """
 
-    _kernel = _kernels.LION
-    _buffers = ("exp_avg",)
+    spec = AlgoSpec("lion", scalars=("decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "neg_lr"),
+                    buffers=("exp_avg",))
 
     def __init__(self, params=None, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
                          **options)
 
-    def _common(self, g):
-        c = super()._common(g)
-        return (c[0], 0.0) + c[2:]       # weight decay is decoupled: in _hyper's decay factor
+    def common_scalars(self, g):
+        return dict(super().common_scalars(g), weight_decay=0.0)   # decoupled: the decay scalar
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         lr, (b1, b2) = g["lr"], g["betas"]
-        return (1.0 - lr * g["weight_decay"], b1, 1.0 - b1, b2, 1.0 - b2, -lr)
+        return dict(decay=1.0 - lr * g["weight_decay"], beta1=b1, one_minus_beta1=1.0 - b1, beta2=b2,
+                    one_minus_beta2=1.0 - b2, neg_lr=-lr)

@@ -1,4 +1,4 @@
-from .. import _kernels
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -24,9 +24,10 @@ class NAdam(Optimizer):
     References: Dozat, "Incorporating Nesterov Momentum into Adam", 2016.
     """
 
-    _kernel = _kernels.NADAM
-    _buffers = ("exp_avg", "exp_avg_sq")
-    _scalar_state = ("step", "mu_product")
+    spec = AlgoSpec("nadam", scalars=("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bc2", "eps", "c_grad",
+                                      "c_avg"),
+                    buffers=("exp_avg", "exp_avg_sq"))
+    scalar_state = ("step", "mu_product")
 
     def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False, **options):
@@ -34,17 +35,17 @@ class NAdam(Optimizer):
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), **options)
 
-    def _init_scalars(self, g):
+    def init_scalars(self, g):
         return {"step": 0, "mu_product": 1.0}
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2), wd, psi = g["lr"], g["betas"], g["weight_decay"], g["momentum_decay"]
         decoupled = g["decoupled_weight_decay"]
         mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         scal["mu_product"] = mu_product = scal["mu_product"] * mu
-        return (1.0 - lr * wd if decoupled else 1.0,
-                1.0 - b1, b2, 1.0 - b2, 1.0 - b2 ** t, g["eps"],
-                -lr * (1.0 - mu) / (1.0 - mu_product),
-                -lr * mu_next / (1.0 - mu_product * mu_next))
+        return dict(decay=1.0 - lr * wd if decoupled else 1.0, one_minus_beta1=1.0 - b1, beta2=b2,
+                    one_minus_beta2=1.0 - b2, bc2=1.0 - b2 ** t, eps=g["eps"],
+                    c_grad=-lr * (1.0 - mu) / (1.0 - mu_product),
+                    c_avg=-lr * mu_next / (1.0 - mu_product * mu_next))

@@ -1,6 +1,6 @@
 import math
 
-from .. import _kernels
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -25,15 +25,16 @@ class RAdam(Optimizer):
     References: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", 2020.
     """
 
-    _kernel = _kernels.RADAM
-    _buffers = ("exp_avg", "exp_avg_sq")
+    spec = AlgoSpec("radam", scalars=("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bc1", "lr", "rectified",
+                                      "bc2_sqrt", "eps", "rect"),
+                    buffers=("exp_avg", "exp_avg_sq"))
 
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), **options)
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2), wd = g["lr"], g["betas"], g["weight_decay"]
         decoupled = g["decoupled_weight_decay"]
@@ -44,6 +45,6 @@ class RAdam(Optimizer):
         rectified = rho_t > 5.0
         rect = (math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
                 if rectified else 0.0)
-        return (1.0 - lr * wd if decoupled else 1.0,
-                1.0 - b1, b2, 1.0 - b2, bc1, lr, 1.0 if rectified else 0.0,
-                math.sqrt(bc2), g["eps"], rect)
+        return dict(decay=1.0 - lr * wd if decoupled else 1.0, one_minus_beta1=1.0 - b1, beta2=b2,
+                    one_minus_beta2=1.0 - b2, bc1=bc1, lr=lr, rectified=1.0 if rectified else 0.0,
+                    bc2_sqrt=math.sqrt(bc2), eps=g["eps"], rect=rect)

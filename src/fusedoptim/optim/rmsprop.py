@@ -1,4 +1,4 @@
-from .. import _kernels
+from .._spec import AlgoSpec
 from ..optimizer import Optimizer
 
 
@@ -22,21 +22,18 @@ class RMSprop(Optimizer):
     References: Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
     """
 
-    _kernel = _kernels.RMSPROP
-    _buffers = ("square_avg", "grad_avg", "momentum_buffer")
+    spec = AlgoSpec("rmsprop", scalars=("alpha", "one_minus_alpha", "eps", "momentum", "neg_lr"),
+                    flags=("centered", "momentum"), buffers=("square_avg", "grad_avg", "momentum_buffer"))
 
     def __init__(self, params=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize), **options)
 
-    def _state_names(self, g):
-        return (("square_avg",) + (("grad_avg",) if g["centered"] else ())
-                + (("momentum_buffer",) if g["momentum"] > 0 else ()))
+    def kernel_flags(self, g):
+        return {"centered": g["centered"], "momentum": g["momentum"] > 0}
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         a = g["alpha"]
-        return (a, 1.0 - a, g["eps"],
-                g["momentum"], -g["lr"], 1.0 if g["centered"] else 0.0,
-                1.0 if g["momentum"] > 0 else 0.0)
+        return dict(alpha=a, one_minus_alpha=1.0 - a, eps=g["eps"], momentum=g["momentum"], neg_lr=-g["lr"])

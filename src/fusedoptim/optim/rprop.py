@@ -1,9 +1,9 @@
 import math
 
-import numpy as np
-
-from .. import _kernels
-from ..optimizer import Optimizer, _check_real, _is_number
+from .._backends import backend_for
+from .._spec import AlgoSpec
+from ..optimizer import Optimizer
+from ..validate import check_pair, check_real
 
 
 class Rprop(Optimizer):
@@ -39,46 +39,35 @@ class Rprop(Optimizer):
     Learning: The RPROP Algorithm", IEEE ICNN 1993.
     """
 
-    _kernel = _kernels.RPROP
-    _buffers = ("prev", "step_size")
+    spec = AlgoSpec("rprop", scalars=("etaminus", "etaplus", "step_size_min", "step_size_max"),
+                    buffers=("prev", "step_size"))
 
     def __init__(self, params=None, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False,
                  **options):
         super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize),
                          **options)
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        etas = _pair(g["etas"], "etas", "(etaminus, etaplus)", where)
+    def check_group(self, g, where):
+        super().check_group(g, where)
+        etas = check_pair(g["etas"], "etas", "(etaminus, etaplus)", where)
         em, ep = float(etas[0]), float(etas[1])
         if not (0.0 < em < 1.0 < ep and math.isfinite(ep)):
             raise ValueError(f"{where}: Invalid eta values: {etas[0]!r}, {etas[1]!r} "
                              "(must be 0 < etaminus < 1 < etaplus, finite)")
-        sizes = _pair(g["step_sizes"], "step_sizes", "(min, max)", where)
+        sizes = check_pair(g["step_sizes"], "step_sizes", "(min, max)", where)
         for i, v in enumerate(sizes):
-            _check_real(v, f"{where}: step size at index {i}", lo=0.0)
+            check_real(v, f"{where}: step size at index {i}", lo=0.0)
         if float(sizes[0]) > float(sizes[1]):
             raise ValueError(f"{where}: Invalid step sizes: min {sizes[0]!r} > max {sizes[1]!r}")
 
-    def _new_buffer(self, name, p, g):
-        if name == "step_size":
-            return np.full_like(p, g["lr"])
-        return np.zeros_like(p)
+    def init_buffer(self, name, p, g):
+        be = backend_for([p])
+        return be.full_like(p, g["lr"]) if name == "step_size" else be.zeros_like(p)
 
-    def _common(self, g):
-        c = super()._common(g)
-        return (c[0], 0.0) + c[2:]       # no weight decay, even if a group is given one
+    def common_scalars(self, g):
+        return dict(super().common_scalars(g), weight_decay=0.0)   # no weight decay, even if a group has one
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         (em, ep), (lo, hi) = g["etas"], g["step_sizes"]
-        return (float(em), float(ep), float(lo), float(hi))
-
-
-def _pair(v, name: str, what: str, where: str):
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
-        raise ValueError(f"{where}: {name} must be a pair {what}, got {v!r}")
-    for i, x in enumerate(v):
-        if not _is_number(x):
-            raise TypeError(f"{where}: {name} value at index {i} must be a real number, got {x!r}")
-    return v
+        return dict(etaminus=float(em), etaplus=float(ep), step_size_min=float(lo), step_size_max=float(hi))

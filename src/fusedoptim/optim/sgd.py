@@ -1,5 +1,6 @@
-from .. import _kernels
-from ..optimizer import Optimizer, _check_real
+from .._spec import AlgoSpec
+from ..optimizer import Optimizer
+from ..validate import check_real
 
 
 class SGD(Optimizer):
@@ -23,24 +24,24 @@ class SGD(Optimizer):
     State: ``momentum_buffer`` (only when momentum != 0), ``step``.
     """
 
-    _kernel = _kernels.SGD
-    _buffers = ("momentum_buffer",)
+    spec = AlgoSpec("sgd", scalars=("lr", "momentum", "one_minus_dampening", "nesterov", "first"),
+                    flags=("momentum",), buffers=("momentum_buffer",))
 
     def __init__(self, params=None, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov, maximize=maximize), **options)
 
-    def _check_group(self, g, where):
-        super()._check_group(g, where)
-        _check_real(g["dampening"], f"{where}: dampening", lo=0.0, hi=1.0)
+    def check_group(self, g, where):
+        super().check_group(g, where)
+        check_real(g["dampening"], f"{where}: dampening", lo=0.0, hi=1.0)
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError(f"{where}: Nesterov momentum requires a momentum and zero dampening")
 
-    def _state_names(self, g):
-        return ("momentum_buffer",) if g["momentum"] != 0 else ()
+    def kernel_flags(self, g):
+        return {"momentum": g["momentum"] != 0}
 
-    def _hyper(self, g, scal, fresh):
+    def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
-        return (g["lr"], g["momentum"], 1.0 - g["dampening"], 1.0 if g["nesterov"] else 0.0,
-                1.0 if "momentum_buffer" in fresh else 0.0)
+        return dict(lr=g["lr"], momentum=g["momentum"], one_minus_dampening=1.0 - g["dampening"],
+                    nesterov=1.0 if g["nesterov"] else 0.0, first=1.0 if "momentum_buffer" in fresh else 0.0)

@@ -1,0 +1,62 @@
+"""The CPU backend: NumPy arrays, the OpenMP loops of the ``_kernels`` extension."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels
+
+__all__ = ["CpuBackend", "CPU"]
+
+
+class CpuBackend:
+    """NumPy arrays on the host.  Statistics come back to the host (``device_control``
+    is False): the gradient pipeline turns them into clip factors."""
+
+    name = "cpu"
+    device_control = False
+
+    @staticmethod
+    def is_array(x) -> bool:
+        return isinstance(x, np.ndarray)
+
+    check_params = staticmethod(_kernels.check_params)
+    param_spans = staticmethod(_kernels.param_spans)
+    grad_stats = staticmethod(_kernels.grad_stats)
+    accumulate = staticmethod(_kernels.accumulate)
+
+    @staticmethod
+    def check_grads(params, grads, labels=None, spans=None) -> int:
+        return _kernels.check_grads(params, grads, labels, spans)
+
+    @staticmethod
+    def fused_step(algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, control=None):
+        if control is not None:
+            raise ValueError("the CPU backend takes no device control block")
+        _kernels.fused_step(algo, common, scalars, flags, params, grads, states, emas, tscale)
+
+    @staticmethod
+    def zeros_like(p):
+        return np.zeros_like(p)
+
+    @staticmethod
+    def full_like(p, v):
+        return np.full_like(p, v)
+
+    @staticmethod
+    def to_host(a) -> np.ndarray:
+        return np.array(a, copy=True)
+
+    @staticmethod
+    def from_host(a, like) -> np.ndarray:
+        return np.array(a, dtype=like.dtype, order="C", copy=True)
+
+    @staticmethod
+    def address(a) -> int:
+        return a.__array_interface__["data"][0]
+
+    @staticmethod
+    def take(values, idx):
+        return [values[i] for i in idx]
+
+
+CPU = CpuBackend()

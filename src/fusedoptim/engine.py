@@ -1,0 +1,148 @@
+"""From a validated step to the native calls: per-group resolution, state creation,
+bucketing, the fused call (or the NumPy fallback of a custom optimizer).
+
+For each param group the :class:`Engine` keeps
+
+- the *resolution*: the group's hyperparameters checked by the optimizer's
+  ``check_group`` (again only after the group changed: :class:`~fusedoptim.registry.Group`
+  counts its mutations), the common scalars, the algorithm's flag bits and the state
+  buffers they keep;
+- the *plan*: when every parameter of the group stepped together last time, its state
+  dicts and buffer lists, so the next step is one native call with no Python loop over
+  parameters.
+
+Parameters whose scalar state differs (a parameter added later has its own ``step``)
+are bucketed: one native call per bucket.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import numpy as np
+
+from ._kernels import update_dicts
+
+__all__ = ["Engine"]
+
+_NO_FRESH = frozenset()
+
+
+class Engine:
+    """The step path of one optimizer (``opt``: its hooks, registry and options)."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self._plans: Dict[int, tuple] = {}      # group index -> (names, scal, states, bufs, emas)
+        self._resolved: Dict[int, tuple] = {}   # group index -> validated hyperparameters
+
+    def invalidate(self) -> None:
+        """Forget cached plans and validated hyperparameters (state or groups changed)."""
+        self._plans.clear()
+        self._resolved.clear()
+
+    # ------------------------------------------------------------ resolution
+    def resolve(self, gi: int, g: dict):
+        """This step's view of group gi: ``(hyperparameters with the lr resolved from a
+        schedule, common scalars, flag bits, state buffer names)``."""
+        ver = getattr(g, "version", None)    # a plain dict put in param_groups is checked every step
+        cached = self._resolved.get(gi)
+        if ver is None or cached is None or cached[0] is not g or cached[1] != ver:
+            opt = self.opt
+            if isinstance(g.get("betas"), list):
+                g["betas"] = tuple(g["betas"])
+                ver = getattr(g, "version", None)
+            opt.check_group(g, f"param group {gi}")
+            geff = dict(g)
+            flags = opt.spec.flag_bits(opt.kernel_flags(geff)) if opt.spec is not None else 0
+            names = opt.spec.state_names(flags) if opt.spec is not None else tuple(opt.state_names(geff))
+            cached = (g, ver, geff, opt.common_scalars(geff), flags, names, callable(g["lr"]))
+            self._resolved[gi] = cached
+        _, _, geff, common, flags, names, scheduled = cached
+        if scheduled:
+            geff = dict(geff)
+            geff["lr"] = self.opt.scheduled_lr(g, gi)
+        return geff, common, flags, names
+
+    # ----------------------------------------------------------------- steps
+    def step_group(self, gi: int, resolved, params: list, grads: list, complete: bool, ctl, tscale, be) -> None:
+        """Update the parameters of group gi (``grads[j]`` None: skipped this step) under
+        the pipeline's StepControl ``ctl``; ``tscale``: this group's per-parameter scales."""
+        g, common, flags, names = resolved
+        if not ctl.plain:
+            common = dict(common, gscale=common["gscale"] * ctl.gscale, clip_value=ctl.clip_value)
+        plan = self._plans.get(gi)
+        if complete and plan is not None and plan[0] == names:
+            _, scal, states, bufs, emas = plan       # every parameter steps and has its state
+            self._call(g, common, flags, scal, _NO_FRESH, params, grads, states, bufs, emas, tscale,
+                       ctl.control, be)
+            return
+        self._plans.pop(gi, None)
+        buckets = self._buckets(g, names, params, grads)
+        for key, items in buckets.items():
+            opt = self.opt
+            scal = {k: key[i] for i, k in enumerate(opt.scalar_state)}
+            states = [it[2] for it in items]
+            bufs = [[st[name] for st in states] for name in names]
+            emas = [st["ema"] for st in states] if opt.options["ema_decay"] is not None else None
+            ts = None if tscale is None else be.take(tscale, [it[3] for it in items])
+            self._call(g, common, flags, scal, key[-1], [it[0] for it in items], [it[1] for it in items], states,
+                       bufs, emas, ts, ctl.control, be)
+            if complete and len(buckets) == 1:
+                self._plans[gi] = (names, scal, states, bufs, emas)
+
+    def _buckets(self, g: dict, names, params: list, grads: list) -> Dict[tuple, list]:
+        """Create missing state; group the parameters by their scalar state and the
+        buffers created for this step."""
+        opt = self.opt
+        store = opt.registry.store
+        ema = opt.options["ema_decay"] is not None
+        buckets: Dict[tuple, list] = {}
+        for j, (p, gr) in enumerate(zip(params, grads)):
+            if gr is None:
+                continue
+            st = store.get(id(p))
+            if st is None:
+                st = store[id(p)] = opt.registry.new_state(p, opt.init_scalars(g))
+            fresh = []
+            for name in names:
+                if name not in st:
+                    dict.__setitem__(st, name, opt.init_buffer(name, p, g))
+                    fresh.append(name)
+            if ema and "ema" not in st:
+                dict.__setitem__(st, "ema", p.copy())
+            key = tuple([st[k] for k in opt.scalar_state]) + (frozenset(fresh),)
+            buckets.setdefault(key, []).append((p, gr, st, j))
+        return buckets
+
+    def _call(self, g, common, flags, scal, fresh, params, grads, states, bufs, emas, tscale, control, be) -> None:
+        opt = self.opt
+        scalars = opt.kernel_scalars(g, scal, fresh)     # advances the scalar state
+        if opt.spec is None:
+            _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas)
+        else:
+            be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control)
+        update_dicts(states, scal)
+
+
+def _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas) -> None:
+    """The custom-optimizer path: the same gradient transform as the kernels' ``fo_grad``
+    (clip value, scale/maximize, coupled weight decay, L1), then the optimizer's
+    ``update``, then the EMA epilogue."""
+    gscale, wd, l1 = common["gscale"], common["weight_decay"], common["l1"]
+    clip, ema_w = common["clip_value"], common["ema_weight"]
+    for j, (p, gr, st) in enumerate(zip(params, grads, states)):
+        st.update(scal)
+        s = gscale * (1.0 if tscale is None else tscale[j])
+        if math.isfinite(clip) or s != 1.0 or wd != 0.0 or l1 != 0.0:
+            gr = np.clip(gr, -clip, clip) if math.isfinite(clip) else gr
+            gr = gr * p.dtype.type(s)
+            if wd != 0.0:
+                gr = gr + p.dtype.type(wd) * p
+            if l1 != 0.0:
+                gr = gr + p.dtype.type(l1) * np.sign(p)
+        opt.update(p, gr, st, g)
+        if emas is not None:
+            e = emas[j]
+            e += p.dtype.type(ema_w) * (p - e)
+

@@ -1,0 +1,132 @@
+"""The numeric validators of fusedoptim, in one place.
+
+Every hyperparameter, schedule argument, checkpoint scalar and option is checked by these
+functions before any array is touched, so errors read alike everywhere:
+
+- ``check_real(x, "param group 0: lr", lo=0.0)`` ->
+  ``ValueError: Invalid param group 0: lr: -0.1 (must be >= 0.0)`` (a label, torch style);
+- ``check_real(x, "ExponentialDecay: decay_steps", lo=0, lo_open=True, name="decay_steps")``
+  -> ``ValueError: ExponentialDecay: decay_steps must be > 0, got decay_steps=0`` (a
+  keyword argument, optax style: ``name`` is shown with the value).
+
+Custom optimizers use them in :meth:`fusedoptim.Optimizer.check_group`::
+
+    from fusedoptim.validate import check_betas, check_real
+
+    def check_group(self, group, where):
+        super().check_group(group, where)
+        check_betas(group["betas"], where)
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+__all__ = ["is_real", "check_real", "check_int", "check_bool", "check_betas", "check_pair", "scalar_from",
+           "positive_or_none"]
+
+
+def is_real(x) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _py(x):
+    """A NumPy scalar as the equal Python number (keeps configs and state JSON-able)."""
+    if is_real(x) and not isinstance(x, (int, float)) and hasattr(x, "item"):
+        return x.item()
+    return x
+
+
+def check_real(x, what: str, *, lo: Optional[float] = None, lo_open: bool = False, hi: Optional[float] = None,
+               hi_open: bool = False, name: Optional[str] = None):
+    """Raise unless ``x`` is a finite real number in the range; return it as a Python number.
+
+    ``what`` labels the value in the message; with ``name`` (a keyword argument's name) the
+    message shows ``name=x``."""
+    shown = repr(x) if name is None else f"{name}={x!r}"
+    if not is_real(x):
+        raise TypeError(f"{what} must be a real number, got {shown}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be finite, got {shown}")
+    for bound, is_open, below in ((lo, lo_open, True), (hi, hi_open, False)):
+        if bound is None:
+            continue
+        bad = (v <= bound if is_open else v < bound) if below else (v >= bound if is_open else v > bound)
+        if bad:
+            op = (">" if is_open else ">=") if below else ("<" if is_open else "<=")
+            if name is None:
+                raise ValueError(f"Invalid {what}: {x!r} (must be {op} {bound})")
+            raise ValueError(f"{what} must be {op} {bound:g}, got {shown}")
+    return _py(x)
+
+
+def check_int(x, what: str, *, lo: Optional[int] = None, name: Optional[str] = None) -> int:
+    """Raise unless ``x`` is an integer (Python or NumPy, not a bool) >= ``lo``."""
+    shown = repr(x) if name is None else f"{name}={x!r}"
+    if not isinstance(x, numbers.Integral) or isinstance(x, bool):
+        raise TypeError(f"{what} must be an integer, got {shown}")
+    if lo is not None and int(x) < lo:
+        raise ValueError(f"{what} must be >= {lo}, got {shown}")
+    return int(x)
+
+
+def check_bool(x, what: str, *, name: Optional[str] = None) -> bool:
+    """Raise unless ``x`` is a bool (Python or NumPy)."""
+    if not isinstance(x, bool) and type(x).__name__ != "bool_":
+        shown = repr(x) if name is None else f"{name}={x!r}"
+        raise TypeError(f"{what} must be a bool, got {shown}")
+    return bool(x)
+
+
+def check_pair(x, what: str, meaning: str, where: str) -> tuple:
+    """Raise unless ``x`` is a pair (tuple or list of two), e.g. ``etas`` = ``(etaminus,
+    etaplus)``; its entries are checked by the caller."""
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise ValueError(f"{where}: {what} must be a pair {meaning}, got {x!r}")
+    for i, v in enumerate(x):
+        if not is_real(v):
+            raise TypeError(f"{where}: {what} value at index {i} must be a real number, got {v!r}")
+    return tuple(x)
+
+
+def check_betas(betas, where: str, n: int = 2) -> None:
+    """torch's beta checks: ``n`` numbers in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != n:
+        raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, v in enumerate(betas):
+        if not is_real(v):
+            raise TypeError(f"{where}: beta parameter at index {i} must be a real number, got {v!r}")
+        if not 0.0 <= float(v) < 1.0:
+            raise ValueError(f"{where}: Invalid beta parameter at index {i}: {v!r} (must be in [0, 1))")
+
+
+def scalar_from(v, what: str, integer: bool = False):
+    """A finite scalar read back from a state_dict or a checkpoint (a number, a NumPy
+    scalar, a one-element array); ``integer`` also requires a non-negative integer value."""
+    try:
+        if hasattr(v, "size") and hasattr(v, "reshape") and not is_real(v):
+            if v.size != 1:
+                raise ValueError(f"{what} must be a scalar, got an array of shape {v.shape}")
+            v = v.reshape(()).item()
+        elif hasattr(v, "item") and not isinstance(v, (int, float)):
+            v = v.item()
+        if not is_real(v) or not math.isfinite(float(v)):
+            raise ValueError(f"{what} must be a finite number, got {v!r}")
+        if integer:
+            if float(v) != int(v) or v < 0:
+                raise ValueError(f"{what} must be a non-negative integer, got {v!r}")
+            return int(v)
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{what} must be a finite number, got {v!r}") from None
+
+
+def positive_or_none(v, what: str) -> Optional[float]:
+    """None, or a positive finite number (clip norms)."""
+    if v is None:
+        return None
+    check_real(v, what, lo=0.0, lo_open=True, name=what)
+    return float(v)
