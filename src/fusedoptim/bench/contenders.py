@@ -10,7 +10,7 @@ baselines of :mod:`.numpy_baselines`), ``torch_foreach`` / ``torch_fused``, and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
