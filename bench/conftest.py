@@ -91,7 +91,7 @@ def pytest_report_header(config):
     t = f"torch {TORCH.__version__}" if TORCH is not None else "torch not used"
     return (f"fusedoptim bench: workloads {', '.join(WORKLOADS)}; {ROUNDS} rounds of >= "
             f"{MIN_TIME * 1e3:g} ms; {t}; threads {_kernels.get_num_threads()} "
-            f"(FO_BENCH_THREADS); SIMD {fb.simd_clone()['clone']}")
+            f"(FO_BENCH_THREADS); SIMD {_kernels.simd_level()}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -34,6 +34,7 @@ import pytest
 
 from fusedoptim import _kernels
 from fusedoptim import bench as fb
+from fusedoptim.bench.report import gpu_line
 
 
 def _env_flag(name: str) -> bool:
@@ -105,7 +106,7 @@ class _GpuSummary:
         tr, peak = terminalreporter, self.gpu.peak_gb_s
         f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         tr.section("fusedoptim GPU figures (medians)")
-        tr.write_line(fb._gpu_line(self.gpu.info))
+        tr.write_line(gpu_line(self.gpu.info))
         tr.write_line(f"{'group':<40} {'gpu GB/s':>8} {'%peak':>5} {'roof GB/s':>9} {'%roof':>5} {'x t.cuda':>8}")
         for group, res in self.rows.items():
             gb = lambda n: res[n][1] / res[n][0] / 1e9 if n in res else None  # noqa: E731
@@ -136,7 +137,7 @@ def test_step_gpu(benchmark, bench_cfg, workload_data, gpu_summary, gpu_case):
         optimizer=algo, workload=workload, contender=contender, dtype=wl.dtype,
         n_tensors=wl.n_tensors, n_elements=wl.n_elements, k=case.k,
         bytes_moved=case.bytes_per_step, device=GPU.info["name"], peak_gb_s=GPU.peak_gb_s,
-        timing=fb._GPU_TIMING)
+        timing=fb.GPU_TIMING)
     with np.errstate(all="ignore"):
         iterations = fb.calibrate_synced(fn, GPU.sync, bench_cfg.min_time, warmup=1)
         benchmark.pedantic(fb.sync_every(fn, GPU.sync, iterations), rounds=bench_cfg.rounds,

@@ -17,7 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from fusedoptim import _kernels
 from fusedoptim import bench as fb
+from fusedoptim.bench import report as fr
 
 # tiny everything: the point is that every code path runs and reports
 TINY = ["--workloads", "3x50,1x1", "--repeat", "2", "--warmup", "1", "--min-time", "0",
@@ -124,7 +126,7 @@ def test_cli_json_with_torch(tmp_path, capsys):
         assert fb.main(["--optimizers", "adam,nadam", "--threads", "1"] + TINY + ["--json", str(out)]) == 0
     finally:
         torch.set_num_threads(saved)
-        fb._kernels.set_num_threads(0)
+        _kernels.set_num_threads(0)
     d = json.loads(out.read_text())
     _check_report(d, ["adam", "nadam"], ["3x50", "1x1"], torch_expected=True)
     assert d["config"]["threads"] == d["config"]["torch_threads"] == 1
@@ -152,6 +154,32 @@ def test_bad_arguments():
         fb.main(["--optimizers", "adamm"])
     with pytest.raises(SystemExit):
         fb.main(["--workloads", "1xQ"])
+    with pytest.raises(SystemExit):
+        fb.main(["--roofline-sizes", "2G"])
+    with pytest.raises(SystemExit):
+        fb.main(["--contenders", "torch-fusedd"])
+
+
+def test_contender_names_with_hyphens():
+    """``--contenders torch-fused`` means torch_fused (both spellings are accepted)."""
+    args = fb.build_parser().parse_args(["--contenders", "fusedoptim,torch-fused,torch_foreach,gpu-stream"])
+    assert args.contenders == ["fusedoptim", "torch_fused", "torch_foreach", "gpu_stream"]
+
+
+def test_native_stream_changes_nothing():
+    """The native roofline loop over k buffers (multiplier 0): runs, writes nothing new."""
+    params, grads = fb.make_data(fb.parse_workload("2x1001"))
+    states = [[np.ones_like(p) for p in params] for _ in range(3)]
+    before = [p.copy() for p in params] + [b.copy() for s in states for b in s]
+    run = fb.native_stream(5, params, grads, states)
+    assert run() is None
+    for x, y in zip(params + [b for s in states for b in s], before):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_machine_info_simd_from_the_extension():
+    simd = fb.machine_info()["simd"]
+    assert simd["clone"] == _kernels.simd_level() in ("x86-64-v4", "x86-64-v3", "x86-64", "generic")
 
 
 # ====================================================================== GPU columns
@@ -303,7 +331,7 @@ def test_report_gpu_columns_on_fake_cupy(tmp_path, capsys, monkeypatch):
     assert "GPU columns left out" not in text
     assert ("GPU 0: NVIDIA A100-SXM4-40GB (sm 8.0, 108 SMs, 39.6 GiB) | cupy 0.0-fake, CUDA runtime 12.9 | "
             "peak 1555.2 GB/s (theoretical: 2 x 1215 MHz x 5120 bit / 8)") in text
-    assert "GPU STREAM roofline" in text and text.count(fb._HEAD + fb._GPU_HEAD) == 2   # one per workload
+    assert "GPU STREAM roofline" in text and text.count(fr.HEAD + fr.GPU_HEAD) == 2   # one per workload
     g = d["gpu"]
     assert d["gpu_reason"] is None
     assert g["name"] == "NVIDIA A100-SXM4-40GB" and g["peak_gb_s"] == pytest.approx(1555.2)
