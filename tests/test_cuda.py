@@ -40,7 +40,8 @@ import pytest
 
 import fusedoptim
 from fusedoptim import _cuda, _kernels
-from fusedoptim import optimizer as optimizer_mod
+from fusedoptim._backends import CPU
+from fusedoptim.pipeline import keras_clip_coef
 from cases import (RICH_CASES, SHAPES, build, case_params, draw_hparams, grad_stream, make_params,
                    seed_for)
 
@@ -51,6 +52,7 @@ SRC = _cuda._source_dir()
 KERNELS_CU = os.path.join(SRC, "kernels.cu")
 K = _cuda._consts()
 ALGOS = sorted(_cuda._ALGOS.values())
+ADAM = _kernels.ALGORITHMS["adam"].id
 
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
@@ -209,7 +211,7 @@ def cpu_objdump(build_dir):
 
 def _cpu_segment(objfuncs: dict, algo: str, suffix: str):
     for name, v in objfuncs.items():
-        if re.fullmatch(rf"_ZL\d+fo_{algo}_{suffix}PKdPPcl", name):
+        if re.fullmatch(rf"_ZL\d+fo_{algo}_{suffix}PKdjPPcl", name):
             return v
     raise AssertionError(f"CPU segment fo_{algo}_{suffix} not found in the object code")
 
@@ -281,11 +283,12 @@ def _kernels_cu_line(text: str) -> int:
 def test_gpu_update_kernels_have_no_arithmetic_of_their_own(build_dir):
     """Device-debug PTX (-G keeps every instruction on its source line): each floating-point
     instruction of an update kernel comes from rules.h, except the gradient-scale
-    multiplies by the device clip coefficients (ctrl[2], tscale[t]) and the CUDA math
+    multiplies of the named gscale by the device clip coefficients (ctrl[2], tscale[t]) and the CUDA math
     library's sqrt/fabs that rules.h's fo_sqrt/fo_abs call."""
     ptx = _nvcc_ptx(build_dir, "sm_80", ["-G"])
     funcs, files = _ptx_functions(ptx), _ptx_files(ptx)
-    allowed = {_kernels_cu_line("hd[0] = hd[0] * ctrl[2];"), _kernels_cu_line("ht[0] = hd[0] * tscale[t];")}
+    allowed = {_kernels_cu_line("cs.gscale = cs.gscale * ctrl[2];"),
+               _kernels_cu_line("if (tscale) ct.gscale = cs.gscale * tscale[t];")}
     for algo in ALGOS:
         for suffix in ("f32", "f64"):
             entry = f"fo_{algo}_kernel_{suffix}"
@@ -315,40 +318,53 @@ def test_cpu_segments_have_no_arithmetic_of_their_own(cpu_objdump):
 
 @needs_cxx
 def test_rules_header_is_valid_host_cxx(build_dir):
-    """rules.h alone, without __CUDACC__, compiles warning-free as C++11 and C++17 and
-    every rule runs for float and double (the GPU build is checked by the nvcc tests)."""
+    """rules.h alone, without __CUDACC__, compiles warning-free as C++14 and C++17 and
+    every algorithm of FO_ALGOS runs through its descriptor for float and double, under
+    every flag combination (the GPU build is checked by the nvcc tests)."""
     src = os.path.join(build_dir, "rules_host.cpp")
     with open(src, "w") as f:
         f.write(textwrap.dedent("""\
             #include "rules.h"
             #include <stdio.h>
-            template <typename T> static int run() {
-                double h[16] = {1.0, 0.01, 0.0, 0.1, 1e300};           /* common block */
-                double a[16] = {0.9, 0.1, 0.999, 0.001, 0.5, 1e-8, -0.01, 0.0, 0.0, 0.0};
-                for (int k = 0; k < 10; k++) h[FO_HP_COMMON + k] = a[k];
-                const fo_common<T> c = fo_common<T>::load(h);
-                T p = T(1), g = T(0.5), s0 = T(0.1), s1 = T(0.2), s2 = T(0.3), e = T(1);
-                fo_sgd_rule<T, true>(p, g, s0, c, fo_sgd_hp<T>::load(h));
-                fo_adam_rule<T, true>(p, g, s0, s1, s2, c, fo_adam_hp<T>::load(h));
-                fo_adagrad_rule<T>(p, g, s0, c, fo_adagrad_hp<T>::load(h));
-                fo_rmsprop_rule<T, true, true>(p, g, s0, s1, s2, c, fo_rmsprop_hp<T>::load(h));
-                fo_adamax_rule<T>(p, g, s0, s1, c, fo_adamax_hp<T>::load(h));
-                fo_nadam_rule<T>(p, g, s0, s1, c, fo_nadam_hp<T>::load(h));
-                fo_radam_rule<T>(p, g, s0, s1, c, fo_radam_hp<T>::load(h));
-                fo_adadelta_rule<T>(p, g, s0, s1, c, fo_adadelta_hp<T>::load(h));
-                fo_rprop_rule<T>(p, g, s0, s1, c, fo_rprop_hp<T>::load(h));
-                fo_lion_rule<T>(p, g, s0, c, fo_lion_hp<T>::load(h));
+            #include <string.h>
+            template <class A, typename T, unsigned F> static int run_flags(T &p) {
+                double raw[FO_MAXSCALARS];
+                for (int k = 0; k < FO_MAXSCALARS; k++) raw[k] = 0.5 / (k + 1);
+                fo_common_scalars cs;
+                memcpy(&cs, raw, sizeof cs);
+                cs.clip_value = 1e300;
+                typename A::scalars as;
+                memcpy(&as, raw + FO_NCOMMON, sizeof as);
+                const fo_common<T> c = fo_common<T>::load(cs);
+                T s[A::MAXSTATE + 1] = {};
+                T e = T(1);
+                A::template rule<T, F, 0>(p, T(0.5), s, c, A::template hp<T>::load(as));
                 fo_ema_rule<T>(e, p, c);
-                printf("%.17g %.17g\\n", (double)p, (double)e);
-                return p == p && e == e ? 0 : 1;
+                if constexpr (F + 1 < (1u << A::NFLAGS)) return run_flags<A, T, F + 1>(p) + (e == e ? 0 : 1);
+                return e == e ? 0 : 1;
+            }
+            template <typename T> static int run() {
+                T p = T(1);
+                int bad = 0;
+            #define FO_RUN(a, P) bad += run_flags<fo_##a, T, 0>(p);
+                FO_ALGOS(FO_RUN)
+                printf("%.17g\\n", (double)p);
+                return bad + (p == p ? 0 : 1);
             }
             int main() { return run<float>() + run<double>(); }
             """))
-    for std in ("c++11", "c++17"):
+    for std in ("c++17",):
         exe = os.path.join(build_dir, f"rules_host_{std}")
         _run([CXX, f"-std={std}", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", SRC, src, "-o", exe])
         out = _run([exe]).stdout.split()
-        assert len(out) == 4 and all(math.isfinite(float(x)) for x in out)
+        assert len(out) == 2 and all(math.isfinite(float(x)) for x in out)
+    # the header itself (no if constexpr in it) is C++14
+    hdr = os.path.join(build_dir, "rules_only.cpp")
+    with open(hdr, "w") as f:
+        f.write('#include "rules.h"\nint main() { return fo_adam::mask(1) == 7u ? 0 : 1; }\n')
+    exe = os.path.join(build_dir, "rules_only")
+    _run([CXX, "-std=c++14", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", SRC, hdr, "-o", exe])
+    _run([exe])
 
 
 # ====================================================== host emulation of kernels.cu
@@ -397,19 +413,18 @@ template <class F> static void emu_threads(int grid, int block, F f) {
     }
 }
 
-typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, const double *, const double *);
-#define FO_EMU(a) {"fo_" #a "_kernel_f32", fo_##a##_kernel_f32}, {"fo_" #a "_kernel_f64", fo_##a##_kernel_f64}
-static const struct { const char *name; fo_emu_update fn; } fo_emu_table[] = {
-    FO_EMU(sgd), FO_EMU(adam), FO_EMU(adagrad), FO_EMU(rmsprop),
-    FO_EMU(adamax), FO_EMU(nadam), FO_EMU(radam), FO_EMU(adadelta), FO_EMU(rprop), FO_EMU(lion)};
+typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
+                              const double *);
+#define FO_EMU(a, P) {"fo_" #a "_kernel_f32", fo_##a##_kernel_f32}, {"fo_" #a "_kernel_f64", fo_##a##_kernel_f64},
+static const struct { const char *name; fo_emu_update fn; } fo_emu_table[] = {FO_ALGOS(FO_EMU)};
 
 extern "C" int emu_update(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
-                          int ntens, int nbuf, int ema, const double *tscale, const double *ctrl) {
+                          int ntens, int nbuf, int ema, unsigned flags, const double *tscale, const double *ctrl) {
     fo_hparams hp;
     std::memcpy(hp.h, h, sizeof hp.h);
     for (const auto &e : fo_emu_table)
         if (!std::strcmp(e.name, name)) {
-            emu_serial(grid, block, [&] { e.fn(hp, meta, ntens, nbuf, ema, tscale, ctrl); });
+            emu_serial(grid, block, [&] { e.fn(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl); });
             return 0;
         }
     return -1;
@@ -447,7 +462,7 @@ def emu(build_dir):
     so = ctypes.CDLL(lib)
     P = ctypes.c_void_p
     so.emu_update.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, P, P, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, P, P]
+                              ctypes.c_int, ctypes.c_uint, P, P]
     so.emu_update.restype = ctypes.c_int
     so.emu_sumsq.argtypes = [ctypes.c_int, ctypes.c_int, P, ctypes.c_int, P]
     so.emu_control.argtypes = [P, ctypes.c_int, P, ctypes.c_double, ctypes.c_double, ctypes.c_double,
@@ -463,13 +478,14 @@ def _optr(a):
     return None if a is None else _addr(a)
 
 
-def emu_fused_step(emu, algo, hp, params, grads, states, emas=None, tscale=None, ctrl=None, grid=2, block=32):
+def emu_fused_step(emu, algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, ctrl=None,
+                   grid=2, block=32):
     """_cuda.fused_step with the launch replaced by the host emulation (same table builder)."""
     if not params:
         return
-    name, hps, meta, nbuf, ema = _cuda._prepare(algo, hp, params, grads, states, emas, _addr)
+    name, hps, meta, nbuf, ema = _cuda._prepare(algo, common, scalars, flags, params, grads, states, emas, _addr)
     ts = None if tscale is None else np.ascontiguousarray(tscale, dtype=np.float64)
-    rc = emu.emu_update(name.encode(), grid, block, _addr(hps), _addr(meta), len(params), nbuf, ema,
+    rc = emu.emu_update(name.encode(), grid, block, _addr(hps), _addr(meta), len(params), nbuf, ema, flags,
                         _optr(ts), _optr(ctrl))
     assert rc == 0, name
 
@@ -492,7 +508,7 @@ def emu_grad_control(emu, grads, grid=3, grad_scale=1.0, global_clipnorm=None, c
 
 
 class _Mirror:
-    """A stand-in for the native module: every fused_step runs on the CPU backend AND, on
+    """A stand-in for the CPU backend's fused_step: every call runs on the CPU backend AND, on
     mirror copies of every array taken just before, on another backend (``run``).  The
     optimizer itself is untouched, so the second backend sees exactly the CPU's
     per-step scalars, state buffers and bucketing."""
@@ -502,9 +518,6 @@ class _Mirror:
         self.pairs = {}   # id(array) -> (array, mirror) for params, state and EMA buffers
         self.calls = 0
 
-    def __getattr__(self, name):
-        return getattr(_kernels, name)
-
     def _mirror(self, a):
         hit = self.pairs.get(id(a))
         if hit is None or hit[0] is not a:
@@ -512,13 +525,13 @@ class _Mirror:
             self.pairs[id(a)] = hit
         return hit[1]
 
-    def fused_step(self, algo, hp, params, grads, states, emas=None, tscale=None):
+    def fused_step(self, algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, control=None):
         mp = [self._mirror(p) for p in params]
         ms = [[self._mirror(a) for a in col] for col in states]
         me = None if emas is None else [self._mirror(e) for e in emas]
         mg = [self._copy(g, (i % 2) if self._offsets else 0) for i, g in enumerate(grads)]
-        _kernels.fused_step(algo, hp, params, grads, states, emas, tscale)
-        self._run(algo, hp, mp, mg, ms, me, tscale)
+        _kernels.fused_step(algo, common, scalars, flags, params, grads, states, emas, tscale)
+        self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale)
         self.calls += 1
 
 
@@ -547,7 +560,7 @@ def _run_mirrored(monkeypatch, mirror, name, hp, dtype, shapes, steps, seed, ste
     params = make_params(seed, shapes, dtype)
     opt = build(name, params, **hp, **opt_kw)
     with monkeypatch.context() as m:
-        m.setattr(optimizer_mod, "_kernels", mirror)
+        m.setattr(CPU, "fused_step", mirror.fused_step)
         for grads in grad_stream(seed + 1, shapes, dtype, steps):
             opt.step(grads, **(step_kw or {}))
     return opt
@@ -598,21 +611,23 @@ def test_emulated_result_does_not_depend_on_launch_config(emu, grid, block):
     e0 = [rng.standard_normal(s) for s in shapes]
     hp = _adam_hp(amsgrad=True, ema_decay=0.9, weight_decay=0.01, step=3)
     cpu = [a.copy() for a in p0], [[a.copy() for a in c] for c in st0], [a.copy() for a in e0]
-    _kernels.fused_step(_kernels.ADAM, hp, cpu[0], g, cpu[1], cpu[2])
+    _kernels.fused_step(ADAM, *hp, cpu[0], g, cpu[1], cpu[2])
     gpu = [a.copy() for a in p0], [[a.copy() for a in c] for c in st0], [a.copy() for a in e0]
-    emu_fused_step(emu, _kernels.ADAM, hp, gpu[0], g, gpu[1], gpu[2], grid=grid, block=block)
+    emu_fused_step(emu, ADAM, *hp, gpu[0], g, gpu[1], gpu[2], grid=grid, block=block)
     for x, y in zip(cpu[0] + sum(cpu[1], []) + cpu[2], gpu[0] + sum(gpu[1], []) + gpu[2]):
         assert np.array_equal(x, y)
 
 
 def _adam_hp(amsgrad=False, ema_decay=None, weight_decay=0.0, step=0):
-    """Adam's per-step scalars as the Optimizer builds them (common block + Adam block)."""
+    """Adam's per-step scalars as the Optimizer builds them: (common block, Adam's named
+    scalars, flag bits)."""
     opt = fusedoptim.Adam([np.zeros(1)], lr=1e-2, betas=(0.8, 0.99), weight_decay=weight_decay,
                           amsgrad=amsgrad, ema_decay=ema_decay)
     g = dict(opt.param_groups[0])
-    scal = {k: 0 for k in opt._scalar_state}
+    scal = opt.init_scalars(g)
     scal["step"] = step
-    return tuple(opt._common(g)) + tuple(opt._hyper(g, scal, frozenset()))
+    return (opt.common_scalars(g), opt.kernel_scalars(g, scal, frozenset()),
+            opt.spec.flag_bits(opt.kernel_flags(g)))
 
 
 def _adam_arrays(seed=3, shapes=((7,), (4099,), (K.CHUNK + 1,))):
@@ -628,11 +643,12 @@ def test_emulated_control_block_skip_and_scale(emu):
     exactly as the CPU path's folded h[0] does."""
     p, g, st, hp = _adam_arrays()
     before = [a.copy() for a in p + st[0] + st[1]]
-    emu_fused_step(emu, _kernels.ADAM, hp, p, g, st, ctrl=np.array([0.0, 1.0, 0.25, 1.0]))
+    emu_fused_step(emu, ADAM, *hp, p, g, st, ctrl=np.array([0.0, 1.0, 0.25, 1.0]))
     assert all(np.array_equal(a, b) for a, b in zip(before, p + st[0] + st[1]))
-    emu_fused_step(emu, _kernels.ADAM, hp, p, g, st, ctrl=np.array([0.0, 0.0, 0.25, 0.0]))
+    emu_fused_step(emu, ADAM, *hp, p, g, st, ctrl=np.array([0.0, 0.0, 0.25, 0.0]))
     q, _, sq, _ = _adam_arrays()
-    _kernels.fused_step(_kernels.ADAM, (hp[0] * 0.25,) + hp[1:], q, g, sq)
+    common, scalars, flags = hp
+    _kernels.fused_step(ADAM, dict(common, gscale=common["gscale"] * 0.25), scalars, flags, q, g, sq)
     assert all(np.array_equal(a, b) for a, b in zip(q + sq[0] + sq[1], p + st[0] + st[1]))
 
 
@@ -643,7 +659,8 @@ def test_emulated_accumulate_matches_cpu(emu):
     g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     a, b = [x.copy() for x in acc0], [x.copy() for x in acc0]
     _kernels.accumulate(a, g)
-    emu_fused_step(emu, _kernels.SGD, _cuda._ACCUMULATE_HP, b, g, [])
+    emu_fused_step(emu, _kernels.ALGORITHMS["sgd"].id, _kernels.ACCUMULATE_COMMON, _kernels.ACCUMULATE_SCALARS, 0,
+                   b, g, [])
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert np.array_equal(a[1], acc0[1] + g[1])
 
@@ -667,7 +684,7 @@ def test_emulated_grad_control(emu, dt):
     np.testing.assert_allclose(per, want, rtol=1e-13)
     np.testing.assert_allclose(ctrl[0], sum(want), rtol=1e-13)
     assert ctrl[1] == 0.0 and ctrl[2] == 1.0 and ctrl[3] == 0.0
-    assert np.array_equal(tscale, [optimizer_mod._clip_coef(math.sqrt(s) * gs, 20.0) for s in per])
+    assert np.array_equal(tscale, [keras_clip_coef(math.sqrt(s) * gs, 20.0) for s in per])
     assert 0 < tscale.min() < 1.0 and tscale[0] == 1.0
     cpu_sumsq, _, cpu_per = _kernels.grad_stats(grads, per_tensor=True)
     np.testing.assert_allclose(per, cpu_per, rtol=1e-5 if dt == "float32" else 1e-12)
@@ -792,7 +809,7 @@ class _FakeCuPy:
                 return _addr(v.a)
             assert type(v) is np.uint64 and v == 0, where   # NULL, 8 bytes
             return None
-        want = {"int": np.int32, "fo_i64": np.int64, "double": np.float64}[ctype]
+        want = {"int": np.int32, "unsigned": np.uint32, "fo_i64": np.int64, "double": np.float64}[ctype]
         assert type(v) is want, f"{where}: got {type(v).__name__}"
         return v.item()
 
@@ -848,7 +865,7 @@ def test_cuda_reductions_and_helpers_on_fake_cupy(fake_cupy):
     np.testing.assert_allclose(per.a, want, rtol=1e-13)
     assert ctrl.a[1] == 0.0 and ctrl.a[3] == 0.0
     assert ctrl.a[2] == 1.0 / max(math.sqrt(ctrl.a[0]) * 2.0, 1.0)
-    assert list(tscale.a) == [optimizer_mod._clip_coef(math.sqrt(x) * 2.0, 3.0) for x in per.a]
+    assert list(tscale.a) == [keras_clip_coef(math.sqrt(x) * 2.0, 3.0) for x in per.a]
     assert tscale.a[1] == 1.0 and tscale.a[0] < 1.0
     sumsq, none, per2 = _cuda.grad_stats(grads, per_tensor=True)
     assert none is None and float(sumsq) == ctrl.a[0] and np.array_equal(per2.a, per.a)
@@ -876,12 +893,12 @@ def test_cuda_reductions_and_helpers_on_fake_cupy(fake_cupy):
     st = [[_cuda.zeros_like(x) for x in prm] for _ in range(2)]
     before = [x.a.copy() for x in prm]
     bad = fk.asarray(np.array([0.0, 1.0, 1.0, 1.0]))
-    _cuda.fused_step(_kernels.ADAM, _adam_hp(), prm, g64, st, control=bad)
+    _cuda.fused_step(ADAM, *_adam_hp(), prm, g64, st, control=bad)
     assert all(np.array_equal(x.a, y) for x, y in zip(prm, before))
     with pytest.raises(TypeError, match="control"):
-        _cuda.fused_step(_kernels.ADAM, _adam_hp(), prm, g64, st, control=fk.asarray(np.zeros(3)))
+        _cuda.fused_step(ADAM, *_adam_hp(), prm, g64, st, control=fk.asarray(np.zeros(3)))
     with pytest.raises(ValueError, match="per-tensor scales"):
-        _cuda.fused_step(_kernels.ADAM, _adam_hp(), prm, g64, st, tscale=[1.0])
+        _cuda.fused_step(ADAM, *_adam_hp(), prm, g64, st, tscale=[1.0])
 
 
 def test_cuda_checks_on_fake_cupy(fake_cupy):
@@ -924,13 +941,17 @@ def test_import_never_needs_cupy():
 
 def test_sources_and_launch_constants():
     code = _cuda.kernel_source()
-    assert code.index("#define FUSEDOPTIM_RULES_H") < code.index("FO_KERNEL(adam)")
+    assert code.index("#define FUSEDOPTIM_RULES_H") < code.index("FO_ALGOS(FO_KERNEL_)")
     assert K.RED_THREADS & (K.RED_THREADS - 1) == 0   # the tree reduction needs a power of two
-    assert K.CHUNK % 4 == 0 and K.MAXHP == 16 and K.CTRL == 4
-    hp = _cuda._hp_struct((1.0, 2.0, 3.0))
-    assert hp.itemsize == 8 * K.MAXHP and list(hp["h"][0][:4]) == [1.0, 2.0, 3.0, 0.0]
-    with pytest.raises(ValueError, match="at most"):
-        _cuda._hp_struct((0.0,) * (K.MAXHP + 1))
+    assert K.CHUNK % 4 == 0 and K.MAXHP == _kernels.MAX_SCALARS and K.CTRL == 4
+    common, scalars, flags = _adam_hp()
+    block = _kernels.pack_scalars(ADAM, common, scalars)
+    hp = _cuda._hp_struct(block)
+    names = _kernels.COMMON_SCALARS + _kernels.ALGORITHMS["adam"].scalars
+    assert hp.itemsize == 8 * K.MAXHP and list(hp["h"][0][:len(names)]) == [{**common, **scalars}[n] for n in names]
+    assert not hp["h"][0][len(names):].any()
+    with pytest.raises(ValueError, match="doubles"):
+        _cuda._hp_struct(np.zeros(K.MAXHP + 1))
 
 
 def test_pointer_table_layout():
@@ -943,14 +964,17 @@ def test_pointer_table_layout():
     assert list(r[5:10]) == [0, 0, 1, 2, 4] and list(r[10:]) == [0, 10, 20, 30]
 
 
-def test_prepare_checks_state_buffer_count():
+def test_prepare_checks_state_buffer_count_and_scalar_names():
     p, g, st, hp = _adam_arrays()
-    with pytest.raises(ValueError, match="state buffer"):
-        _cuda._prepare(_kernels.ADAM, hp, p, g, st[:1], None, _addr)
-    with pytest.raises(ValueError, match="uses 3 state buffer"):
-        _cuda._prepare(_kernels.ADAM, _adam_hp(amsgrad=True), p, g, st, None, _addr)
+    with pytest.raises(ValueError, match="keeps 2 state buffer"):
+        _cuda._prepare(ADAM, *hp, p, g, st[:1], None, _addr)
+    with pytest.raises(ValueError, match="keeps 3 state buffer"):
+        _cuda._prepare(ADAM, *_adam_hp(amsgrad=True), p, g, st, None, _addr)
     with pytest.raises(ValueError, match="no CUDA kernel"):
-        _cuda._prepare(_kernels.STREAM, (2.0, 0.0), p, g, [], None, _addr)
+        _cuda._prepare(_kernels.STREAM, {}, {}, 6, p, g, [], None, _addr)
+    common, scalars, flags = hp
+    with pytest.raises(ValueError, match="'eps' is missing"):
+        _cuda._prepare(ADAM, common, {k: v for k, v in scalars.items() if k != "eps"}, flags, p, g, st, None, _addr)
 
 
 # ================================================================ (b) CuPy + device
@@ -1034,7 +1058,7 @@ def test_gpu_grad_control_and_skip(cp):
     np.testing.assert_allclose(float(_cuda.grad_norm_sq(grads)), sum(want), rtol=1e-12)
     again = _cuda.grad_control(grads, grad_scale=0.5, clipnorm=20.0, per_tensor=True)
     assert all(bool((x == y).all()) for x, y in zip((ctrl, tscale, per), again))
-    np.testing.assert_allclose(cp.asnumpy(tscale), [optimizer_mod._clip_coef(math.sqrt(s) * 0.5, 20.0) for s in want],
+    np.testing.assert_allclose(cp.asnumpy(tscale), [keras_clip_coef(math.sqrt(s) * 0.5, 20.0) for s in want],
                                rtol=1e-12)
     host[1][17] = np.nan
     grads = [cp.asarray(g) for g in host]
@@ -1043,7 +1067,7 @@ def test_gpu_grad_control_and_skip(cp):
     st = [[cp.zeros_like(x) for x in p] for _ in range(2)]
     before = [cp.asnumpy(x) for x in p]
     _, _, _, hp = _adam_arrays()
-    _cuda.fused_step(_kernels.ADAM, hp, p, grads, st, control=ctrl)
+    _cuda.fused_step(ADAM, *hp, p, grads, st, control=ctrl)
     assert all(np.array_equal(cp.asnumpy(x), y) for x, y in zip(p, before))
     assert cp.asnumpy(ctrl)[3] == 1.0
 
@@ -1060,7 +1084,7 @@ def test_gpu_backend_rejects_numpy_arrays(cp):
         _cuda.check_params([cp.zeros((4, 4), cp.float32).T])
 
 
-# The tests below need the Optimizer to pick this backend for cupy arrays (optimizer.py).
+# The tests below need the Optimizer to pick this backend for cupy arrays (_backends).
 @pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
 def test_gpu_optimizer_matches_cpu(cp, name, kwargs):
     dtype = np.dtype(np.float32)

@@ -76,9 +76,14 @@ __device__ __forceinline__ int fo_find_tensor(const fo_i64 *starts, int ntens, f
     return a;
 }
 
+/* the position of declared buffer k among the kept ones (bits of mask below k) */
+FO_HD constexpr int fo_rank(unsigned mask, int k) {
+    return k == 0 ? 0 : (int)(mask & 1u) + fo_rank(mask >> 1, k - 1);
+}
+
 /* The op of algorithm A under flags F: its loaded scalars and the rule call.  NS =
  * declared buffers; buffer k is kept when bit k of K is set (b[FO_STATE + k] is then its
- * pointer, else NULL and s[k] is a scratch register never loaded or stored).            */
+ * pointer, else s[k] is a scratch register never loaded or stored).                    */
 template <class A, typename T, unsigned F> struct fo_op {
     enum { NS = A::MAXSTATE, K = A::mask(F) };
     fo_common<T> c;
@@ -169,10 +174,13 @@ __device__ __forceinline__ void fo_chunks(const fo_common_scalars &cs, const typ
         for (int t = fo_find_tensor(starts, ntens, lo); t < ntens && starts[t] < hi; t++) {
             const fo_i64 a = fo_max64(lo, starts[t]), z = fo_min64(hi, starts[t + 1]);
             if (a >= z) continue;
+            const fo_i64 *row = rows + (fo_i64)t * nbuf;
             T *b[FO_STATE + Op::NS];
-            for (int k = 0; k < FO_STATE; k++) b[k] = (T *)rows[(fo_i64)t * nbuf + k];
-            for (int k = 0, kept = 0; k < Op::NS; k++)
-                b[FO_STATE + k] = ((Op::K >> k) & 1u) ? (T *)rows[(fo_i64)t * nbuf + FO_STATE + kept++] : (T *)0;
+#pragma unroll
+            for (int k = 0; k < FO_STATE; k++) b[k] = (T *)row[k];
+#pragma unroll
+            for (int k = 0; k < Op::NS; k++) /* a dropped buffer aliases the parameter, never touched */
+                b[FO_STATE + k] = (T *)row[((Op::K >> k) & 1u) ? FO_STATE + fo_rank(Op::K, k) : 0];
             fo_common_scalars ct = cs;
             if (tscale) ct.gscale = cs.gscale * tscale[t];
             const Op op(ct, as);

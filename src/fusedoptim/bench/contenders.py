@@ -78,18 +78,17 @@ def import_torch():
 
 def native_stream(k: int, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
                   states: Sequence[Sequence[np.ndarray]]) -> Callable[[], None]:
-    """The native roofline loop (``_kernels``' STREAM "algorithm"), bound to its arrays:
+    """The native roofline loop (``_kernels.stream``), bound to its arrays:
     a zero-argument callable that streams ``k`` buffers per element (the gradient is only
     read; the parameter and the ``k - 2`` state buffers, one list per buffer in
     ``states``, are read and written with a zero multiplier, so nothing changes) through
     the same driver, threads, chunking and SIMD clone as the optimizers.
 
-    Every native STREAM call of the benchmark goes through here: this is the one place to
-    follow a change of ``_kernels.fused_step``'s signature.  The arguments are bound once
-    so that the timed call is the bare native call."""
-    fs, algo, hp = _kernels.fused_step, _kernels.STREAM, (float(k), 0.0)
+    Every native STREAM call of the benchmark goes through here.  The arguments are bound
+    once so that the timed call is the bare native call."""
+    stream = _kernels.stream
     params, grads, states = list(params), list(grads), [list(s) for s in states]
-    return lambda: fs(algo, hp, params, grads, states)
+    return lambda: stream(k, params, grads, states)
 
 
 @dataclass
