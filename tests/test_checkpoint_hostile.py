@@ -209,6 +209,16 @@ def test_corrupt_metadata_raises_checkpoint_error(tmp_path, name, fn, match):
     _refused(bad, match)
 
 
+def _patch_headers(src, dst, local: int, central: int, value: int) -> None:
+    """Set a 16-bit field of every local and central zip header (compression method, flags)."""
+    raw = bytearray(src.read_bytes())
+    for sig, off in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        i = -1
+        while (i := raw.find(sig, i + 1)) >= 0:
+            struct.pack_into("<H", raw, i + off, value)
+    dst.write_bytes(bytes(raw))
+
+
 def test_damaged_headers_and_zip_features_raise_checkpoint_error(tmp_path):
     members = _members(_good(tmp_path))
     cases = {
@@ -223,20 +233,10 @@ def test_damaged_headers_and_zip_features_raise_checkpoint_error(tmp_path):
         _refused(bad, r"no valid .npy header|not a plain numeric dtype")
     bad = tmp_path / "method.npz"  # an unknown compression method: zipfile would raise NotImplementedError
     _zip(bad, members)
-    raw = bytearray(bad.read_bytes())
-    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
-        i = -1
-        while (i := raw.find(sig, i + 1)) >= 0:
-            struct.pack_into("<H", raw, i + off, 99)
-    bad.write_bytes(bytes(raw))
+    _patch_headers(bad, bad, local=8, central=10, value=99)
     _refused(bad, r"is compressed \(method 99\)")
     enc = tmp_path / "encrypted.npz"  # the encryption flag: zipfile would raise RuntimeError
-    raw = bytearray((tmp_path / "token.npz").read_bytes())
-    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        i = -1
-        while (i := raw.find(sig, i + 1)) >= 0:
-            struct.pack_into("<H", raw, i + off, 1)
-    enc.write_bytes(bytes(raw))
+    _patch_headers(tmp_path / "token.npz", enc, local=6, central=8, value=1)
     _refused(enc, r"is encrypted")
 
 
