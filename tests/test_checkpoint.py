@@ -215,7 +215,9 @@ def test_file_is_a_plain_npz_with_json_metadata(tmp_path):
     meta_arr = entries["__meta__"]
     assert meta_arr.dtype == np.uint8 and meta_arr.ndim == 1
     meta = json.loads(meta_arr.tobytes().decode("utf-8"))  # standard JSON (no NaN/Infinity literals)
-    assert meta["format"] == "fusedoptim.checkpoint" and meta["version"] == 1
+    assert meta["format"] == "fusedoptim.checkpoint" and meta["version"] == 2
+    assert meta["arrays"] == {k: {"dtype": a.dtype.str, "shape": list(a.shape)}
+                              for k, a in entries.items() if k != "__meta__"}
     om = meta["optimizer"]
     assert om["kind"] == "NAdam" and om["iterations"] == 3
     assert om["param_groups"][0]["lr"]["__schedule__"]["class_name"] == "LinearWarmup"
@@ -413,6 +415,9 @@ def _rewrite(src, dst, fn):
     orig = entries["__meta__"]
     meta = json.loads(orig.tobytes().decode())
     fn(entries, meta)
+    if "arrays" in meta:  # keep the file self-consistent: what fn put in is what the table declares
+        meta["arrays"] = {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in entries.items()
+                          if k != "__meta__"}
     if entries.get("__meta__") is orig:  # (unless fn replaced or removed the entry itself)
         entries["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     _write(dst, entries)
@@ -473,7 +478,9 @@ FILE_CASES = [
      r"can't rebuild the schedule"),
     ("sched-state", _set(["schedulers", 0, "state", "gamma"], -1.0), r"schedulers\[0\] \(StepLR\).*gamma"),
     ("iterations", _set(["optimizer", "iterations"], -3), r"iterations must be a non-negative integer"),
-    ("no-optimizer", _set(["optimizer"], None), r"holds no optimizer state"),
+    ("no-optimizer", lambda e, m: [_set(["optimizer"], None)(e, m)] + [e.pop(k) for k in list(e)
+                                                                       if k.startswith("optimizer/")],
+     r"holds no optimizer state"),
 ]
 
 

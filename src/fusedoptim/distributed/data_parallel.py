@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _kernels
+from .. import codec as _codec
 from ..arena import GradArena, _ArenaBase
 from ..optimizer import Optimizer
 from . import clip as _clip
@@ -74,68 +75,34 @@ def broadcast_parameters(params, comm=None, root: int = 0) -> None:
             comm.Bcast([a, mpi_type(a.dtype)], root=root)
 
 
-def _plain(v):
-    """A hyperparameter value as plain Python data (tuples/lists of numbers, bools, ...)."""
-    if isinstance(v, (list, tuple)):
-        return type(v)(_plain(x) for x in v)
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def broadcast_optimizer_state(optimizer: Optimizer, comm=None, root: int = 0) -> None:
     """Make every rank's optimizer state, hyperparameters and ``iterations`` equal to
     ``root``'s (collective).  Callable hyperparameters (an ``lr`` schedule) are not sent:
-    each rank keeps its own, which must be the same function."""
+    each rank keeps its own, which must be the same function.
+
+    The state travels in the checkpoint encoding (``fusedoptim.codec``): root's metadata
+    in one ``bcast``, then each state buffer as raw bytes; every rank checks the metadata
+    against its own optimizer before any buffer is sent."""
     comm = resolve_comm(comm)
-    meta = None
-    arrays: List[np.ndarray] = []
-    if comm.rank == root:
-        sd = optimizer.state_dict()
-        groups = [{k: _plain(v) for k, v in g.items() if not callable(v)} for g in sd["param_groups"]]
-        state: Dict[Any, dict] = {}
-        for key, st in sd["state"].items():
-            ent = {}
-            for k, v in st.items():
-                if isinstance(v, np.ndarray):
-                    ent[k] = ("__array__", len(arrays), tuple(v.shape), v.dtype.str)
-                    arrays.append(np.ascontiguousarray(v))
-                else:
-                    ent[k] = _plain(v)
-            state[key] = ent
-        meta = {"top": {k: _plain(v) for k, v in sd.items() if k not in ("state", "param_groups")},
-                "param_groups": groups, "state": state, "shapes": _signature(optimizer.params)}
+    meta, arrays = _codec.encode(optimizer, skip_callables=True) if comm.rank == root else (None, {})
     meta = comm.bcast(meta, root=root)
+    src = f"rank {root}'s state"
     err = None
     if comm.rank != root:
-        kind = meta["top"].get("kind")
-        if kind != type(optimizer).__name__:
-            err = f"optimizer is a {type(optimizer).__name__}, rank {root}'s is a {kind}"
-        elif meta["shapes"] != _signature(optimizer.params):
-            err = f"optimizer parameters' shapes/dtypes differ from rank {root}'s"
-        elif [len(g["params"]) for g in meta["param_groups"]] != [len(g["params"]) for g in optimizer.param_groups]:
-            err = f"param group sizes differ from rank {root}'s"
+        try:
+            _codec.check_optimizer_entry({k: v for k, v in meta.items() if k != "arrays"}, optimizer, src)
+            arrays = {k: np.empty(shape, dtype) for k, (dtype, shape) in _codec.read_array_table(meta["arrays"]).items()}
+        except ValueError as e:
+            err = str(e)
     agree(comm, err, "broadcast_optimizer_state")
-    if comm.rank != root:
-        specs = [None] * sum(1 for st in meta["state"].values() for v in st.values()
-                             if isinstance(v, tuple) and v and v[0] == "__array__")
-        for st in meta["state"].values():
-            for k, v in st.items():
-                if isinstance(v, tuple) and v and v[0] == "__array__":
-                    specs[v[1]] = v
-        arrays = [np.empty(s[2], dtype=np.dtype(s[3])) for s in specs]
-    for a in arrays:
-        if a.size:  # as raw bytes: any dtype a state buffer may have
-            comm.Bcast([a.reshape(-1).view(np.uint8), mpi().BYTE], root=root)
+    for k in sorted(arrays):
+        if arrays[k].size:  # as raw bytes: any dtype a state buffer may have
+            comm.Bcast([np.ascontiguousarray(arrays[k]).reshape(-1).view(np.uint8), mpi().BYTE], root=root)
     err = None
     if comm.rank != root:
-        state = {}
-        for key, st in meta["state"].items():
-            state[key] = {k: (arrays[v[1]] if isinstance(v, tuple) and v and v[0] == "__array__" else v)
-                          for k, v in st.items()}
         try:  # load_state_dict validates everything before changing anything
-            optimizer.load_state_dict(dict(meta["top"], param_groups=meta["param_groups"], state=state))
-        except (ValueError, TypeError, KeyError) as e:
+            optimizer.load_state_dict(_codec.decode(meta, arrays, optimizer, src))
+        except (ValueError, TypeError, KeyError, ArithmeticError) as e:
             err = f"{type(e).__name__}: {e}"
     agree(comm, err, "broadcast_optimizer_state (loading rank {}'s state)".format(root))
 

@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import codec as _codec
+from ..archive import CheckpointError, read_archive, write_archive
 from ..arena import GradArena, _aligned_empty, _ArenaBase
 from ..optimizer import Optimizer
 from . import clip as _clip
@@ -33,7 +35,9 @@ __all__ = ["ZeroOptimizer", "shard_bounds", "consolidate_checkpoint", "CHECKPOIN
 
 log = logging.getLogger("fusedoptim.distributed")
 
-CHECKPOINT_FORMAT = "fusedoptim-zero1-v1"
+CHECKPOINT_FORMAT = "fusedoptim-zero1-v1"   # the manifest's format
+SHARD_FORMAT = "fusedoptim.zero1-shard"     # each rank's file: fusedoptim.archive + fusedoptim.codec
+SHARD_VERSION = 2
 _MANIFEST = "zero-manifest.json"
 
 
@@ -50,26 +54,6 @@ def shard_bounds(numel: int, world: int, align: int = 1) -> List[Tuple[int, int]
 
 def _shard_file(rank: int, world: int) -> str:
     return f"zero-rank{rank:05d}-of-{world:05d}.npz"
-
-
-def _plain_json(v):
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def _jsonable_groups(groups: Sequence[dict]) -> List[dict]:
-    out = []
-    for g in groups:
-        d = {}
-        for k, v in g.items():
-            if k == "params" or callable(v):
-                continue
-            if isinstance(v, np.generic):
-                v = v.item()
-            if isinstance(v, tuple):
-                v = [x.item() if isinstance(x, np.generic) else x for x in v]
-            d[k] = v
-        out.append(d)
-    return out
 
 
 class ZeroOptimizer:
@@ -270,44 +254,27 @@ class ZeroOptimizer:
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, directory: str, include_params: bool = True) -> None:
         """Collective: every rank writes its shard's optimizer state (and parameter slice)
-        to ``directory/zero-rankRRRRR-of-WWWWW.npz``; rank 0 then writes the manifest
-        ``zero-manifest.json``.  Files are written to a temporary name and renamed."""
+        to ``directory/zero-rankRRRRR-of-WWWWW.npz`` (the checkpoint container and state
+        codec of ``fusedoptim.save``, written atomically); rank 0 then writes the manifest
+        ``zero-manifest.json``.  Callable hyperparameters (an ``lr`` function) are not
+        saved: the loading optimizer keeps its own."""
         comm = self.comm
         err = None
         try:
             os.makedirs(directory, exist_ok=True)
-            sd = self.optimizer.state_dict()
-            st = sd["state"].get(0, {})
+            enc = _codec.Encoder()
             lo, hi = self.shard
-            arrays = {
-                "format": np.array(CHECKPOINT_FORMAT),
-                "kind": np.array(sd["kind"]),
-                "rank": np.int64(comm.rank), "world": np.int64(comm.size),
-                "lo": np.int64(lo), "hi": np.int64(hi), "numel": np.int64(self.flat.size),
-                "dtype": np.array(self.flat.dtype.str),
-                "iterations": np.int64(sd["iterations"]),
-                "param_groups": np.array(json.dumps(_jsonable_groups(sd["param_groups"]))),
-                "has_state": np.bool_(bool(st)),
-                # other top-level entries of the state_dict (counters), as JSON
-                "extra": np.array(json.dumps({k: _plain_json(v) for k, v in sd.items()
-                                              if k not in ("kind", "iterations", "state", "param_groups")})),
-            }
-            for k, v in st.items():
-                if isinstance(v, np.ndarray):
-                    arrays["state/" + k] = v
-                else:
-                    arrays["scalar/" + k] = np.asarray(v)
-            if include_params:
-                arrays["param"] = self.shard_param
-            path = os.path.join(directory, _shard_file(comm.rank, comm.size))
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except OSError as e:
+            meta = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "rank": comm.rank, "world": comm.size,
+                    "lo": lo, "hi": hi, "numel": int(self.flat.size), "dtype": self.flat.dtype.str,
+                    "optimizer": _codec.encode_optimizer(self.optimizer, enc, skip_callables=True),
+                    "param": enc.add_array("param", self.shard_param, "param") if include_params else None}
+            write_archive(os.path.join(directory, _shard_file(comm.rank, comm.size)), meta, enc.arrays)
+        except (OSError, TypeError, ValueError) as e:
             err = f"{type(e).__name__}: {e}"
         agree(comm, err, "ZeroOptimizer.save_checkpoint")
         if comm.rank == 0:
-            manifest = {"format": CHECKPOINT_FORMAT, "world": comm.size, "numel": int(self.flat.size),
+            manifest = {"format": CHECKPOINT_FORMAT, "shard_format": SHARD_FORMAT, "shard_version": SHARD_VERSION,
+                        "world": comm.size, "numel": int(self.flat.size), "params": bool(include_params),
                         "dtype": self.flat.dtype.str, "kind": type(self.optimizer).__name__,
                         "iterations": self.optimizer.iterations,
                         "files": [_shard_file(r, comm.size) for r in range(comm.size)],
@@ -337,7 +304,7 @@ class ZeroOptimizer:
             sd, pslice = _read_range(directory, manifest, lo, hi, np.dtype(self.flat.dtype), load_params)
             # dry run on a throwaway optimizer so a bad file raises on every rank, changing nothing
             self._optimizer_class([np.zeros_like(self.shard_param)], **self._hyper).load_state_dict(sd)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as e:
             err = f"{type(e).__name__}: {e}"
         agree(comm, err, f"ZeroOptimizer.load_checkpoint({directory!r})")
         self.optimizer.load_state_dict(sd)
@@ -349,18 +316,67 @@ class ZeroOptimizer:
 def _read_manifest(directory: str) -> dict:
     path = os.path.join(directory, _MANIFEST)
     with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {manifest.get('format')!r})")
+        try:
+            manifest = json.load(f)
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {fmt!r})")
+    if manifest.get("shard_format") != SHARD_FORMAT or manifest.get("shard_version") != SHARD_VERSION:
+        raise CheckpointError(f"{path}: shard files of format {manifest.get('shard_format', 'v1 (npz of scalars)')!r} "
+                              f"version {manifest.get('shard_version')!r}; this fusedoptim reads {SHARD_FORMAT!r} "
+                              f"version {SHARD_VERSION} (save it again with the fusedoptim that wrote it)")
+    ints = ("world", "numel", "iterations")
+    if not (all(isinstance(manifest.get(k), int) and manifest[k] >= 0 for k in ints)
+            and isinstance(manifest.get("params"), bool) and isinstance(manifest.get("kind"), str) and isinstance(manifest.get("dtype"), str)
+            and isinstance(manifest.get("files"), list) and isinstance(manifest.get("bounds"), list)
+            and all(isinstance(n, str) and os.path.basename(n) == n for n in manifest["files"])
+            and all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, int) for x in b)
+                    for b in manifest["bounds"])):
+        raise CheckpointError(f"{path}: the manifest is malformed")
     bounds = [tuple(b) for b in manifest["bounds"]]
     pos = 0
     for lo, hi in bounds:
         if lo != pos and lo != hi or hi < lo:
-            raise ValueError(f"{path}: shard bounds {bounds} do not tile [0, {manifest['numel']})")
+            raise CheckpointError(f"{path}: shard bounds {bounds} do not tile [0, {manifest['numel']})")
         pos = max(pos, hi)
     if pos != manifest["numel"] or len(manifest["files"]) != len(bounds) or len(bounds) != manifest["world"]:
-        raise ValueError(f"{path}: shard bounds {bounds} do not tile [0, {manifest['numel']})")
+        raise CheckpointError(f"{path}: shard bounds {bounds} do not tile [0, {manifest['numel']})")
     return manifest
+
+
+def _read_shard(path: str, manifest: dict, r: int, olo: int, ohi: int) -> Tuple[dict, Optional[np.ndarray]]:
+    """One shard file, checked against the manifest: (state_dict, parameter slice or None)."""
+    def check(meta: dict) -> bool:
+        if meta.get("format") != SHARD_FORMAT or meta.get("version") != SHARD_VERSION:
+            raise CheckpointError(f"{path}: not a {SHARD_FORMAT} version {SHARD_VERSION} file")
+        return True
+
+    meta, arrays = read_archive(path, check)
+    expect = {"rank": r, "world": manifest["world"], "lo": olo, "hi": ohi, "numel": manifest["numel"],
+              "dtype": manifest["dtype"]}
+    om = meta.get("optimizer")
+    if any(meta.get(k) != v for k, v in expect.items()) or not isinstance(om, dict) \
+            or om.get("kind") != manifest["kind"] or om.get("params") != _codec.signature(
+                [np.empty(ohi - olo, np.dtype(manifest["dtype"]))]):
+        raise CheckpointError(f"{path}: shard metadata does not match {_MANIFEST}")
+    try:
+        sd = _codec.decode_optimizer(om, arrays, src=path)
+        param = None if meta.get("param") is None else _codec.decode_value(meta["param"], arrays, "param")
+    except CheckpointError:
+        raise
+    except _codec.StateFormatError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if param is not None and (not isinstance(param, np.ndarray) or param.shape != (ohi - olo,)
+                              or param.dtype != np.dtype(manifest["dtype"])):
+        raise CheckpointError(f"{path}: the parameter slice does not match {_MANIFEST}")
+    if sd["iterations"] != manifest["iterations"]:
+        raise CheckpointError(f"{path}: saved at iteration {sd['iterations']}, the manifest says "
+                              f"{manifest['iterations']} (a mix of two checkpoints?)")
+    if len(sd["param_groups"]) != 1 or set(sd["state"]) - {0}:
+        raise CheckpointError(f"{path}: a shard optimizer has one parameter in one group")
+    return sd, param
 
 
 def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtype,
@@ -368,63 +384,42 @@ def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtyp
     """The state_dict for an optimizer over the slice [lo, hi) of the flat parameters,
     assembled from the shard files overlapping it, and the parameter slice."""
     n = hi - lo
+    if np.dtype(manifest["dtype"]) != dtype:
+        raise CheckpointError(f"{directory}: the checkpoint holds {manifest['dtype']} parameters, not {dtype.str}")
     state: Dict[str, Any] = {}
-    scalars: Optional[Dict[str, Any]] = None
-    groups = None
-    extra: Dict[str, Any] = {}
-    has_state = None
+    first: Optional[dict] = None
+    scalars: Dict[str, Any] = {}
     params = np.zeros(n, dtype=dtype) if want_params else None
     for r, (fname, (olo, ohi)) in enumerate(zip(manifest["files"], manifest["bounds"])):
         overlap = max(lo, olo) < min(hi, ohi)
-        if not overlap and scalars is not None:
+        if not overlap and first is not None:
             continue
         path = os.path.join(directory, fname)
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["format"]) != CHECKPOINT_FORMAT or int(z["world"]) != manifest["world"] \
-                    or int(z["rank"]) != r or (int(z["lo"]), int(z["hi"])) != (olo, ohi) \
-                    or int(z["numel"]) != manifest["numel"] or str(z["kind"]) != manifest["kind"]:
-                raise ValueError(f"{path}: shard metadata does not match {_MANIFEST}")
-            if int(z["iterations"]) != manifest["iterations"]:
-                raise ValueError(f"{path}: saved at iteration {int(z['iterations'])}, the manifest says "
-                                 f"{manifest['iterations']} (a mix of two checkpoints?)")
-            hs = bool(z["has_state"])
-            sc = {k[len("scalar/"):]: z[k].item() for k in z.files if k.startswith("scalar/")}
-            if scalars is None:
-                scalars, groups, has_state = sc, json.loads(str(z["param_groups"])), hs
-                extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
-            elif sc != scalars or hs != has_state:
-                raise ValueError(f"{path}: scalar state {sc} differs from another shard's {scalars}")
-            if not overlap:
-                continue
-            a, b = max(lo, olo), min(hi, ohi)
-            for k in z.files:
-                if k.startswith("state/"):
-                    name = k[len("state/"):]
-                    src = z[k]
-                    if src.shape != (ohi - olo,):
-                        raise ValueError(f"{path}: {k} has shape {src.shape}, expected ({ohi - olo},)")
-                    if name not in state:
-                        state[name] = np.zeros(n, dtype=dtype)
-                    state[name][a - lo:b - lo] = src[a - olo:b - olo]
-            if want_params:
-                if "param" not in z.files:
-                    raise ValueError(f"{path}: saved without parameters (include_params=False)")
-                params[a - lo:b - lo] = z["param"][a - olo:b - olo]
-    if scalars is None:
-        raise ValueError(f"{directory}: no shard files")
-    if has_state:
-        for k, v in scalars.items():
-            state[k] = v
-    if has_state and n == 0:  # an empty shard still carries the buffer names
-        with np.load(os.path.join(directory, manifest["files"][0]), allow_pickle=False) as z:
-            for k in z.files:
-                if k.startswith("state/"):
-                    state.setdefault(k[len("state/"):], np.zeros(0, dtype=dtype))
-    for gr in groups:
-        gr["params"] = [0]
-    sd = dict(extra, kind=manifest["kind"], iterations=manifest["iterations"], param_groups=groups,
-              state={0: state} if has_state else {})
-    return sd, params
+        sd, param = _read_shard(path, manifest, r, olo, ohi)
+        st = sd["state"].get(0, {})
+        sc = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+        if first is None:
+            first, scalars = sd, sc
+            for k, v in st.items():  # every buffer name, even for an empty range
+                if isinstance(v, np.ndarray):
+                    state[k] = np.zeros(n, dtype=dtype)
+        elif sc != scalars or bool(sd["state"]) != bool(first["state"]):
+            raise CheckpointError(f"{path}: scalar state {sc} differs from another shard's {scalars}")
+        if not overlap:
+            continue
+        a, b = max(lo, olo), min(hi, ohi)
+        for k, v in st.items():
+            if isinstance(v, np.ndarray):
+                state.setdefault(k, np.zeros(n, dtype=dtype))[a - lo:b - lo] = v[a - olo:b - olo]
+        if want_params:
+            if param is None:
+                raise CheckpointError(f"{path}: saved without parameters (include_params=False)")
+            params[a - lo:b - lo] = param[a - olo:b - olo]
+    if first is None:
+        raise CheckpointError(f"{directory}: no shard files")
+    groups = first["param_groups"]
+    top = {k: v for k, v in first.items() if k not in ("state", "param_groups")}
+    return dict(top, param_groups=groups, state={0: dict(state, **scalars)} if first["state"] else {}), params
 
 
 def consolidate_checkpoint(directory: str) -> Tuple[dict, Optional[np.ndarray]]:
@@ -434,8 +429,4 @@ def consolidate_checkpoint(directory: str) -> Tuple[dict, Optional[np.ndarray]]:
     (``arena.split_state_dict`` turns it into one for ``arena.params()``), and the flat
     parameter vector (None if saved with ``include_params=False``)."""
     manifest = _read_manifest(directory)
-    first = os.path.join(directory, manifest["files"][0])
-    with np.load(first, allow_pickle=False) as z:
-        dtype = np.dtype(str(z["dtype"]))
-        want = "param" in z.files
-    return _read_range(directory, manifest, 0, manifest["numel"], dtype, want)
+    return _read_range(directory, manifest, 0, manifest["numel"], np.dtype(manifest["dtype"]), manifest["params"])
