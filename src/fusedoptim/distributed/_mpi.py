@@ -127,11 +127,11 @@ def agree(comm, error: Optional[str], what: str) -> None:
 
 
 def wait_all(reqs: Sequence, timeout: Optional[float], what: str, exc=TimeoutError,
-             spin: float = 0.0) -> None:
-    """Wait for MPI requests, polling with a growing sleep (an MPI blocking wait spins,
-    which starves the other ranks when processes outnumber cores) after ``spin`` seconds
-    of polling without sleeping; raise ``exc`` after ``timeout`` seconds (None: wait
-    forever)."""
+             spin: float = 0.0, max_nap: float = 2e-3) -> None:
+    """Wait for MPI requests, polling with a growing sleep of at most ``max_nap`` seconds
+    (an MPI blocking wait spins, which starves the other ranks when processes outnumber
+    cores) after ``spin`` seconds of polling without sleeping; raise ``exc`` after
+    ``timeout`` seconds (None: wait forever)."""
     MPI = mpi()
     pending = [r for r in reqs if r is not None]
     if not pending:
@@ -150,7 +150,7 @@ def wait_all(reqs: Sequence, timeout: Optional[float], what: str, exc=TimeoutErr
             raise exc(f"{what}: no progress after {timeout:.3g} s")
         if nap:
             time.sleep(nap)
-        nap = min(2e-3, nap * 2 if nap else 2e-5)
+        nap = min(max_nap, nap * 2 if nap else 2e-5)
 
 
 def cancel(req) -> None:
@@ -191,10 +191,11 @@ def _show_grad(entry) -> str:
     return "no gradient" if entry is None else f"{np.dtype(entry[1]).name} {tuple(entry[0])}"
 
 
-def hyperparameters(optimizer) -> Tuple[Tuple[str, object], ...]:
-    """``(name, value)`` of every hyperparameter of every param group (callables, such as
-    an ``lr`` schedule, left out: each rank keeps its own), for the agreement check."""
-    return tuple((f"param_groups[{i}][{k!r}]", v) for i, g in enumerate(optimizer.param_groups)
+def hyperparameters(optimizer) -> Tuple[Tuple[Tuple[int, str], object], ...]:
+    """``((group index, name), value)`` of every hyperparameter of every param group
+    (callables, such as an ``lr`` schedule, left out: each rank keeps its own), for the
+    agreement check."""
+    return tuple(((i, k), v) for i, g in enumerate(optimizer.param_groups)
                  for k, v in g.items() if k != "params" and not callable(v))
 
 
@@ -228,21 +229,31 @@ class StepAgreement:
         self._all = np.zeros((comm.size, 5), dtype=np.int64)
         self._hashes: Dict[object, int] = {}
 
-    def _hash(self, key) -> int:
+    @staticmethod
+    def signature(grads: Optional[tuple]) -> Optional[tuple]:
+        """``grads`` reduced to ``None`` or ``(shape, dtype.str)`` per gradient."""
+        if grads is None:
+            return None
+        return tuple(None if e is None else (tuple(e[0]), np.dtype(e[1]).str) for e in grads)
+
+    def _hash(self, key, canonical: Callable = lambda k: k) -> int:
+        """``stable_hash(canonical(key))``, cached by ``key``."""
         try:
             h = self._hashes.get(key)
         except TypeError:  # an unhashable hyperparameter (a list): hash its text each time
-            return stable_hash(key)
+            return stable_hash(canonical(key))
         if h is None:
             if len(self._hashes) >= self._MAX_CACHE:
                 self._hashes.clear()
-            h = self._hashes[key] = stable_hash(key)
+            h = self._hashes[key] = stable_hash(canonical(key))
         return h
 
     def __call__(self, op: str, iterations: int, grads: Optional[tuple], settings: tuple,
                  error: Optional[BaseException], labels: Callable[[], Sequence[str]]) -> None:
-        """``grads``: one ``None`` or ``(shape, dtype.str)`` per gradient (None when
-        ``error``); ``settings``: ``(name, value)`` pairs that must be equal everywhere;
+        """``grads``: one ``None`` or ``(shape, dtype, ...)`` per gradient (None when
+        ``error``; items after the dtype are the caller's and ignored); ``settings``:
+        ``(name, value)`` pairs that must be equal everywhere, a name being a str or
+        ``(group index, hyperparameter)``;
         ``error``: this rank's refusal of its input; ``labels()``: parameter names,
         called only to word an error."""
         self.calls += 1
@@ -252,19 +263,23 @@ class StepAgreement:
             return
         MPI = mpi()
         mine = self._mine
-        mine[:] = (self._OPS[op], iterations, self._hash(grads), self._hash(settings), error is not None)
+        mine[:] = (self._OPS[op], iterations, self._hash(grads, self.signature), self._hash(settings),
+                   error is not None)
         req = self._comm.Iallgather([mine, MPI.INT64_T], [self._all, MPI.INT64_T])
         try:
-            wait_all([req], self.timeout, "", spin=2e-4)
+            # ranks usually arrive within microseconds of each other: spin briefly, then
+            # nap at most 0.2 ms so a late peer costs little latency and no busy core
+            wait_all([req], self.timeout, "", spin=1e-3, max_nap=2e-4)
         except TimeoutError:
             raise CollectiveTimeoutError(
                 f"{self.what}: not every one of the {self.world} ranks entered call {self.calls} (iteration "
                 f"{iterations}) within timeout={self.timeout:g} s: a rank skipped a step, left, failed, or is "
                 f"busy elsewhere (raise timeout=, or None to wait forever). The communicator is unusable now; "
                 f"the job must end") from error
-        if not self._all[:, 4].any() and (self._all == mine).all():
+        if error is None and self._all.tobytes() == mine.tobytes() * self.world:  # every row is mine
             return
-        info = (op, iterations, grads, settings, None if error is None else f"{type(error).__name__}: {error}")
+        info = (op, iterations, self.signature(grads), settings,
+                None if error is None else f"{type(error).__name__}: {error}")
         raise RanksDisagreeError(self._describe(self._comm.allgather(info), labels())) from error
 
     def _describe(self, infos: List[tuple], labels: Sequence[str]) -> str:
@@ -286,11 +301,11 @@ class StepAgreement:
                 parts.append(f"{name}: " + _by_value([g[i] for g in grads], _show_grad))
             if len(diff) > 5:
                 parts.append(f"and {len(diff) - 5} more parameters")
-        names = [k for k, _ in settings[0]]
-        for k in names:
+        for k, _ in settings[0]:
             vals = [dict(s).get(k) for s in settings]
             if any(v != vals[0] for v in vals):
-                parts.append(f"{k}: " + _by_value(vals, repr))
+                name = k if isinstance(k, str) else f"param_groups[{k[0]}][{k[1]!r}]"
+                parts.append(f"{name}: " + _by_value(vals, repr))
         if not parts:
             parts.append("inputs differ (see each rank's arguments)")
         return (f"{self.what}, call {self.calls}: the {len(infos)} ranks disagree: " + "; ".join(parts)

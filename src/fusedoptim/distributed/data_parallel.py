@@ -404,21 +404,21 @@ class DistributedOptimizer:
         opt = self.optimizer
         params = opt.params
         lst: List[Optional[np.ndarray]] = []
-        sig = err = None
+        key = err = None
         try:
             lst = self._as_list(grads, params)
             if len(lst) != len(params):
                 raise ValueError(f"expected {len(params)} gradients, one per parameter, got {len(lst)}")
             _kernels.check_grads(params, lst, opt.labels)
-            sig = tuple(None if g is None else (g.shape, g.dtype.str) for g in lst)
+            # what the ranks must agree on (shape, dtype) and the plan's key (+ writeable)
+            key = tuple(None if g is None else (g.shape, g.dtype, g.flags.writeable) for g in lst)
         except (ValueError, TypeError) as e:
             err = e
         arena = isinstance(grads, GradArena)
-        self._agreement(op, opt.iterations, sig, self._settings(arena), err, lambda: opt.labels)
+        self._agreement(op, opt.iterations, key, self._settings(arena), err, lambda: opt.labels)
         if arena:  # one Allreduce of the whole buffer, whatever the optimizer
             _reduce_list(self.comm, [grads.flat], divisor, _Plan([grads.flat], 1))
             return lst
-        key = tuple(None if g is None else (g.shape, g.dtype.str, g.flags.writeable) for g in lst)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = _Plan(lst, self.bucket_bytes)

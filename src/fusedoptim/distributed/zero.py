@@ -217,7 +217,7 @@ class ZeroOptimizer:
                 g = self._flat_grad(grads)
             except (ValueError, TypeError) as e:
                 err = e
-            sig = None if err else ((g.shape, g.dtype.str),)
+            sig = None if err else ((g.shape, g.dtype),)
             self._agreement(op, self.optimizer.iterations, sig, self._settings(), err, lambda: ["flat gradient"])
         t = self._mpitype
         self.comm.Reduce_scatter([g, t], [self.grad_shard, t], recvcounts=self._counts, op=MPI.SUM)
