@@ -130,8 +130,8 @@ def wait_all(reqs: Sequence, timeout: Optional[float], what: str, exc=TimeoutErr
              spin: float = 0.0, max_nap: float = 2e-3) -> None:
     """Wait for MPI requests, polling with a growing sleep of at most ``max_nap`` seconds
     (an MPI blocking wait spins, which starves the other ranks when processes outnumber
-    cores) after ``spin`` seconds of polling without sleeping; raise ``exc`` after
-    ``timeout`` seconds (None: wait forever)."""
+    cores) after ``spin`` seconds of polling that only yields the core to any process
+    waiting for it; raise ``exc`` after ``timeout`` seconds (None: wait forever)."""
     MPI = mpi()
     pending = [r for r in reqs if r is not None]
     if not pending:
@@ -142,6 +142,7 @@ def wait_all(reqs: Sequence, timeout: Optional[float], what: str, exc=TimeoutErr
     while spin and time.monotonic() - start < spin:
         if MPI.Request.Testall(pending):
             return
+        os.sched_yield()  # a peer rank sharing this core gets to run
     nap = 0.0
     while True:
         if MPI.Request.Testall(pending):
