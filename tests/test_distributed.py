@@ -1,9 +1,10 @@
 """fusedoptim.distributed: sync data parallel, ZeRO-1 and the parameter server.
 
 Multi-rank behaviour runs in ``mpiexec`` subprocesses (scripts in tests/mpi_scripts,
-``python -m mpi4py`` so an exception on one rank aborts the job instead of hanging it),
-each with a timeout; the pytest side checks what they report and recomputes references
-in one process.  World-size-1 behaviour and validation run in-process on COMM_SELF.
+mostly under ``python -m mpi4py``; the failure tests launch plain ``python`` to show the
+package's own excepthook ends the job), each with a timeout; the pytest side checks what
+they report and recomputes references in one process.  World-size-1 behaviour and
+validation run in-process on COMM_SELF.
 """
 import importlib.util
 import json
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -33,15 +35,21 @@ needs_mpiexec = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC),
 TIMEOUT = 90  # seconds per mpiexec run; each takes about 1-2 s
 
 
-def run_mpi(n, script, *args):
+def run_mpi(n, script, *args, plain=False, ok=True):
+    """``mpiexec -n n python [-m mpi4py] script args`` (``plain``: without ``-m mpi4py``);
+    ``ok``: assert it succeeded.  The result has ``seconds``, the wall time."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "MPICH_", "HYDRA_"))}
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", os.path.join(SCRIPTS, script), *map(str, args)]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, *([] if plain else ["-m", "mpi4py"]),
+           os.path.join(SCRIPTS, script), *map(str, args)]
+    t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{' '.join(cmd)} hung for {TIMEOUT} s\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
-    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode})\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    p.seconds = time.monotonic() - t0
+    if ok:
+        assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode})\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     return p
 
 
@@ -199,6 +207,23 @@ def test_parameter_server_survives_a_dead_worker(tmp_path):
 
 
 @needs_mpiexec
+def test_parameter_server_refuses_workers_that_do_not_fit(tmp_path):
+    """A worker whose arena has the server's size but other shapes, and a client whose
+    gradient message is shorter than its header says, are refused (ERROR, named in the
+    stats) and nothing of theirs is applied."""
+    out = tmp_path / "ps.json"
+    p = run_mpi(3, "param_server.py", "refuse", out)
+    st = json.loads(out.read_text())
+    assert st["updates"] == 0 and st["params_untouched"]
+    assert sorted(st["refused"]) == ["1", "2"] and sorted(st["lost"]) == [1, 2]
+    assert "w (8,), b (1,)" in st["refused"]["1"]
+    assert st["refused"]["2"] == "its gradient message has 40 bytes, the server's parameters 128"
+    assert "every worker was lost" in st["error"]
+    assert "refused this worker: it has 16 float64 parameters (w (2, 4), b (1,)" in p.stdout
+    assert "'reply_status': 3.0" in p.stdout  # ERROR
+
+
+@needs_mpiexec
 def test_parameter_server_stops_when_every_worker_is_lost(tmp_path):
     out = tmp_path / "ps.json"
     run_mpi(2, "param_server.py", "alldead", out)
@@ -206,6 +231,100 @@ def test_parameter_server_stops_when_every_worker_is_lost(tmp_path):
     assert st["lost"] == [1] and st["updates"] == 3
     assert "every worker was lost" in st["error"]
     assert st["wall"] < 10  # the timeout is 1 s: the server gave up instead of hanging
+
+
+# ----------------------------------------------- ranks that disagree, skip or fail
+# Each case of disagree.py's "agree" mode and what its error must name.  The message must
+# be the same on both ranks, and the refused step must leave the parameters untouched.
+DISAGREE = {
+    "presence": ["params[0] (group 0, index 0): float64 (3,) on rank 0; no gradient on rank 1",
+                 "params[1] (group 0, index 1): no gradient on rank 0; float64 (4,) on rank 1"],
+    "shape": ["rank 1 refused its input: ValueError:", "params[1]", "shape (5,) does not match"],
+    "dtype": ["rank 1 refused its input: TypeError:", "params[1]", "dtype float32 does not match"],
+    "count": ["rank 1 refused its input", "expected 2 gradients"],
+    "operation": ["operation: step on rank 0; allreduce on rank 1"],
+    "param_shapes": ["params[1] (group 0, index 1): float64 (4,) on rank 0; float64 (2, 2) on rank 1"],
+    "hyperparameter": ["param_groups[0]['lr']: 0.1 on rank 0; 0.2 on rank 1"],
+    "iterations": ["iterations: 0 on rank 0; 1 on rank 1"],
+    "zero_shape": ["ZeroOptimizer", "rank 1 refused its input", "gradient shape (7,)"],
+    "zero_hyperparameter": ["ZeroOptimizer", "param_groups[0]['lr']: 0.01 on rank 0; 0.02 on rank 1"],
+    "zero_operation": ["ZeroOptimizer", "operation: step on rank 0; reduce_scatter on rank 1"],
+}
+
+
+@pytest.fixture(scope="module")
+def agree_run(tmp_path_factory):
+    if not (HAVE_MPI4PY and MPIEXEC):
+        pytest.skip("mpi4py or mpiexec missing (pip install mpi4py mpich gives both)")
+    out = tmp_path_factory.mktemp("agree") / "agree.json"
+    run_mpi(2, "disagree.py", "agree", out)
+    return json.loads(out.read_text())
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("case", list(DISAGREE))
+def test_ranks_that_disagree_raise_the_same_error(agree_run, case):
+    res = agree_run[case]
+    m0, m1 = res["messages"]
+    assert m0 is not None and m0 == m1, res["messages"]
+    for part in DISAGREE[case]:
+        assert part in m0, m0
+    # nothing was reduced or stepped (in "iterations" rank 1 stepped on its own, on purpose)
+    assert res["unchanged"] == ([True, False] if case == "iterations" else [True, True])
+
+
+@needs_mpiexec
+def test_after_a_refused_step_the_ranks_go_on_in_step(agree_run):
+    after = agree_run["after"]
+    assert after["digest"][0] == after["digest"][1]
+    assert after["iterations"] == 2 and after["values"] == [[0.7] * 3, [0.7] * 4]  # 1 - 2 x 0.1 x mean(1, 2)
+
+
+FAILURE_BOUND = 30  # seconds: the timeout in disagree.py is 3 s and a launch takes about 1 s
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("kind", ["dp", "zero"])
+def test_a_rank_skipping_a_step_ends_the_job(kind):
+    """Rank 1 skips one of 4 steps and waits in a Barrier: rank 0's 4th step times out
+    (CollectiveTimeoutError) and the excepthook aborts both, under a plain launch."""
+    p = run_mpi(2, "disagree.py", "skip", kind, plain=True, ok=False)
+    assert p.returncode != 0
+    assert p.seconds < FAILURE_BOUND
+    assert "CollectiveTimeoutError" in p.stderr and "entered call 4 (iteration 3)" in p.stderr, p.stderr
+    assert "aborting every rank" in p.stderr
+
+
+@needs_mpiexec
+def test_an_exception_on_one_rank_ends_a_plain_mpiexec_job():
+    """Rank 1 raises while rank 0 waits in a step without a timeout: without the
+    excepthook this hangs until killed; with it the job ends in about a second."""
+    p = run_mpi(2, "disagree.py", "raise", plain=True, ok=False)
+    assert p.returncode != 0
+    assert p.seconds < FAILURE_BOUND
+    assert "RuntimeError: rank 1 fails between steps" in p.stderr
+    assert "uncaught RuntimeError on rank 1 of 2: aborting every rank" in p.stderr
+
+
+@needs_mpi4py
+@pytest.mark.parametrize("how", ["call", "env"])
+def test_abort_hook_opt_out(how):
+    """The hook wraps the previous one on first use; abort_on_error(False) or
+    FUSEDOPTIM_MPI_ABORT=0 leaves sys.excepthook alone."""
+    code = ("import sys\n"
+            "from mpi4py import MPI\n"
+            "import fusedoptim as fo, fusedoptim.distributed as d\n"
+            "before = sys.excepthook\n"
+            "if sys.argv[1] == 'call':\n"
+            "    d.DistributedOptimizer(fo.SGD([__import__('numpy').zeros(2)]), MPI.COMM_SELF)\n"
+            "    assert sys.excepthook is not before and sys.excepthook.previous is before\n"
+            "    d.abort_on_error(False)\n"
+            "d.DistributedOptimizer(fo.SGD([__import__('numpy').zeros(2)]), MPI.COMM_SELF)\n"
+            "assert sys.excepthook is before\n"
+            "print('ok')\n")
+    env = dict(os.environ, FUSEDOPTIM_MPI_ABORT="0" if how == "env" else "1")
+    p = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
 
 
 # ------------------------------------------------------------ in-process, world 1
@@ -284,6 +403,8 @@ def test_validation_errors():
         DistributedOptimizer(object(), self_)
     with pytest.raises(ValueError, match="bucket_bytes"):
         DistributedOptimizer(fo.SGD([p]), self_, bucket_bytes=0)
+    with pytest.raises(ValueError, match="timeout"):
+        DistributedOptimizer(fo.SGD([p]), self_, timeout=0)
     with pytest.raises(ValueError, match="global_clipnorm"):
         DistributedOptimizer(fo.SGD([p]), self_, global_clipnorm=-1.0)
     d = DistributedOptimizer(fo.SGD([p], lr=0.1), self_)

@@ -121,7 +121,8 @@ def scalar_from(v, what: str, integer: bool = False):
             return int(v)
         return float(v)
     except OverflowError:
-        raise ValueError(f"{what} must be a finite number, got {v!r}") from None
+        text = str(v)
+        raise ValueError(f"{what} is out of range: {text[:24] + '...' if len(text) > 24 else text}") from None
 
 
 def positive_or_none(v, what: str) -> Optional[float]:

@@ -7,6 +7,10 @@ MODE dead     (N=3) worker 2 pushes 3 gradients and exits without a goodbye; the
               must log it lost after worker_timeout and finish training with worker 1.
 MODE alldead  (N=2) the only worker exits without a goodbye: the server must raise
               WorkerLostError after worker_timeout instead of waiting forever.
+MODE refuse   (N=3) worker 1's arena has the server's size but other shapes; worker 2
+              pushes a gradient message shorter than its header says.  The server must
+              refuse both (ERROR, named in its stats), apply nothing, and end with
+              WorkerLostError; worker 1 raises ValueError naming both layouts.
 Rank 0 writes the server's stats (JSON) to OUTFILE."""
 import json
 import sys
@@ -18,6 +22,7 @@ from mpi4py import MPI
 import fusedoptim as fo
 from fusedoptim.arena import ParamArena
 from fusedoptim.distributed import ParameterServer, PSWorker, WorkerLostError, run_worker
+from fusedoptim.distributed.param_server import PUSHPULL, TAG_DATA, TAG_REPLY, TAG_REQ
 
 comm = MPI.COMM_WORLD
 side = comm.Dup()  # test-only coordination between workers, never seen by the server
@@ -50,6 +55,7 @@ if rank == 0:
         stats = dict(ps.stats, error=str(e))
     stats["initial_loss"] = 0.5 * float(np.mean(y * y))
     stats["final_loss"] = full_loss()
+    stats["params_untouched"] = not arena.flat.any()
     stats["wall"] = time.monotonic() - t0
     with open(outfile, "w") as f:
         json.dump(stats, f)
@@ -70,9 +76,26 @@ def compute():
     return 0.5 * float(np.mean(res * res))
 
 
-worker = PSWorker(arena, comm, timeout=30)
 info = {}
-if mode == "train":
+if mode == "refuse" and rank == 1:
+    other = ParamArena({"w": np.zeros((2, 4)), "b": np.zeros(1)})  # 9 float64 too, other shapes
+    try:
+        PSWorker(other, comm, timeout=30).pull()
+    except ValueError as e:
+        info["error"] = str(e)
+    print(f"worker {rank}: {info}", flush=True)
+    sys.exit(0)
+worker = PSWorker(arena, comm, timeout=30)
+if mode == "refuse":
+    worker.pull()
+    # by hand, as a foreign client might: a valid header (layout 0: a flat array of the
+    # server's size), then a gradient of only 5 float64
+    comm.Send(np.array([PUSHPULL, worker.version, 1.0, arena.flat.size, 8, 0]), dest=0, tag=TAG_REQ)
+    comm.Send(np.ones(5), dest=0, tag=TAG_DATA)
+    reply = np.empty(5)
+    comm.Recv(reply, source=0, tag=TAG_REPLY)
+    info["reply_status"] = float(reply[0])
+elif mode == "train":
     if rank == 2:
         worker.pull()
         compute()

@@ -20,7 +20,7 @@ from .. import codec as _codec
 from ..arena import GradArena, _ArenaBase
 from ..optimizer import Optimizer
 from . import clip as _clip
-from ._mpi import agree, mpi, mpi_type, resolve_comm
+from ._mpi import DEFAULT_TIMEOUT, StepAgreement, agree, hyperparameters, mpi, mpi_type, resolve_comm
 
 __all__ = ["DistributedOptimizer", "broadcast_parameters", "broadcast_optimizer_state",
            "allreduce_gradients", "params_digest", "assert_synchronized", "DEFAULT_BUCKET_BYTES"]
@@ -258,7 +258,13 @@ class DistributedOptimizer:
     ``step(grads)`` sums the gradients across ranks (in place), and calls
     ``opt.step(grads, grad_scale=1/world)``: the averaging is fused into the update.
     Every rank must call ``step`` the same number of times with gradients of the same
-    shapes (collective).
+    shapes (collective).  Each ``step`` / ``allreduce`` first checks that they do, with
+    one small allgather: which gradients are present, their shapes and dtypes, the
+    iteration, and the settings and hyperparameters (callables excepted) must agree, and
+    a rank that refuses its input makes every rank fail; otherwise every rank raises the
+    same ``RanksDisagreeError`` naming what differs on which ranks.  A rank that does
+    not reach the step within ``timeout`` seconds (it skipped a step or left; default
+    600, None: wait forever) makes the others raise ``CollectiveTimeoutError``.
 
     ``grads`` is what ``opt.step`` takes (a list, one per parameter); for an optimizer over
     ``[arena.flat]`` pass ``[garena.flat]`` or the GradArena itself: one Allreduce.  A
@@ -280,7 +286,8 @@ class DistributedOptimizer:
 
     def __init__(self, optimizer: Optimizer, comm=None, average: bool = True,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, *, broadcast: bool = True, root: int = 0,
-                 global_clipnorm: Optional[float] = None, skip_nonfinite: bool = False):
+                 global_clipnorm: Optional[float] = None, skip_nonfinite: bool = False,
+                 timeout: Optional[float] = DEFAULT_TIMEOUT):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"DistributedOptimizer wraps a fusedoptim Optimizer, got {type(optimizer).__name__}")
         if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
@@ -297,6 +304,7 @@ class DistributedOptimizer:
         self._skipped = False
         self._plans: Dict[tuple, _Plan] = {}
         self._fused_scale = _takes_grad_scale(optimizer)
+        self._agreement = StepAgreement(self.comm, "DistributedOptimizer", timeout)
         if broadcast:
             self.broadcast(root)
 
@@ -339,8 +347,7 @@ class DistributedOptimizer:
     def last_grad_norm(self, value: Optional[float]) -> None:
         self._norm = value
 
-    def _as_list(self, grads) -> List[Optional[np.ndarray]]:
-        params = self.optimizer.params
+    def _as_list(self, grads, params: List[np.ndarray]) -> List[Optional[np.ndarray]]:
         if isinstance(grads, GradArena):
             if len(params) == 1 and params[0].shape == grads.flat.shape:
                 return [grads.flat]
@@ -352,16 +359,33 @@ class DistributedOptimizer:
             return [grads]
         return list(grads)
 
-    def _reduce(self, grads, divisor: Optional[int]) -> List[Optional[np.ndarray]]:
-        lst = self._as_list(grads)
-        params = self.optimizer.params
-        if len(lst) != len(params):
-            raise ValueError(f"expected {len(params)} gradients, one per parameter, got {len(lst)}")
-        _kernels.check_grads(params, lst, self.optimizer.labels)
-        if isinstance(grads, GradArena):  # one Allreduce of the whole buffer, whatever the optimizer
+    def _settings(self, arena: bool) -> tuple:
+        """What every rank must have alike besides the gradients (the agreement check);
+        a GradArena is reduced as one buffer, a list in buckets."""
+        return (("optimizer", type(self.optimizer).__name__), ("average", self.average),
+                ("bucket_bytes", self.bucket_bytes), ("global_clipnorm", self.global_clipnorm),
+                ("skip_nonfinite", self.skip_nonfinite), ("gradients passed as", "GradArena" if arena else "list"),
+                *hyperparameters(self.optimizer))
+
+    def _reduce(self, grads, divisor: Optional[int], op: str) -> List[Optional[np.ndarray]]:
+        opt = self.optimizer
+        params = opt.params
+        lst: List[Optional[np.ndarray]] = []
+        key = err = None
+        try:
+            lst = self._as_list(grads, params)
+            if len(lst) != len(params):
+                raise ValueError(f"expected {len(params)} gradients, one per parameter, got {len(lst)}")
+            _kernels.check_grads(params, lst, opt.labels)
+            # what the ranks must agree on (shape, dtype) and the plan's key (+ writeable)
+            key = tuple(None if g is None else (g.shape, g.dtype, g.flags.writeable) for g in lst)
+        except (ValueError, TypeError) as e:
+            err = e
+        arena = isinstance(grads, GradArena)
+        self._agreement(op, opt.iterations, key, self._settings(arena), err, lambda: opt.labels)
+        if arena:  # one Allreduce of the whole buffer, whatever the optimizer
             _reduce_list(self.comm, [grads.flat], divisor, _Plan([grads.flat], 1))
             return lst
-        key = tuple(None if g is None else (g.shape, g.dtype.str, g.flags.writeable) for g in lst)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = _Plan(lst, self.bucket_bytes)
@@ -371,7 +395,7 @@ class DistributedOptimizer:
         """Sum (and, with ``average``, divide by the world size) ``grads`` across ranks in
         place, without stepping (collective).  Returns the list the optimizer takes."""
         world = self.comm.size
-        return self._reduce(grads, world if self.average and world > 1 else None)
+        return self._reduce(grads, world if self.average and world > 1 else None, "allreduce")
 
     def step(self, grads, closure: Optional[Callable] = None):
         """Sum ``grads`` across ranks (in place), then step with the average (and the
@@ -381,9 +405,9 @@ class DistributedOptimizer:
         scale = 1.0 / world if self.average and world > 1 else 1.0
         self._skipped = False
         if self._fused_scale:
-            reduced = self._reduce(grads, None)
+            reduced = self._reduce(grads, None, "step")
         else:  # an optimizer without grad_scale: divide in place
-            reduced = self._reduce(grads, world if scale != 1.0 else None)
+            reduced = self._reduce(grads, world if scale != 1.0 else None, "step")
             scale = 1.0
         if self.global_clipnorm is not None or self.skip_nonfinite:
             scale = _clip_decision(self, _clip.global_norm(reduced) * scale, scale)

@@ -5,10 +5,12 @@ that loops *pull parameters -> compute a gradient -> push it* at its own pace; t
 applies each gradient as it arrives, so workers never wait for each other.
 
 Protocol (all messages on the communicator given; worker -> server requests carry a
-float64 header ``[kind, version, loss, numel, itemsize]``):
+float64 header ``[kind, version, loss, numel, itemsize, layout]``, ``layout`` a 52-bit
+hash of the arena's names and shapes, 0 for a plain flat array):
 
 =========  ==========================  ==========================================
-request    worker sends                server replies ``[status, version]`` and
+request    worker sends                server replies ``[status, version, numel,
+                                       itemsize, layout]`` and
 =========  ==========================  ==========================================
 PULL       header                      the flat parameters (status OK)
 PUSH       header + flat gradient      nothing more
@@ -17,8 +19,10 @@ BYE        header                      no reply: the worker is leaving
 =========  ==========================  ==========================================
 
 ``status`` is OK (gradient applied), STALE (gradient older than ``max_staleness``
-versions: dropped, pull again), STOP (training is over: leave) or ERROR (layout
-mismatch).  The server polls with ``Iprobe`` on any source and sleeps briefly when idle;
+versions: dropped, pull again), STOP (training is over: leave) or ERROR (refused: the
+worker's parameter count, dtype or arena layout differs from the server's, or its
+gradient message has the wrong size; the server logs it, applies nothing from that
+worker again, and the worker raises ``ValueError`` naming both layouts).  The server polls with ``Iprobe`` on any source and sleeps briefly when idle;
 a worker silent for ``worker_timeout`` seconds is declared lost (logged), its later
 messages are answered with STOP, and the server carries on with the others.
 """
@@ -33,7 +37,7 @@ import numpy as np
 
 from ..arena import ParamArena, _ArenaBase
 from ..optimizer import Optimizer
-from ._mpi import cancel, mpi, mpi_type, resolve_comm, wait_all
+from ._mpi import stable_hash, cancel, mpi, mpi_type, resolve_comm, wait_all
 
 __all__ = ["ParameterServer", "PSWorker", "run_worker", "WorkerLostError", "ServerTimeoutError"]
 
@@ -55,6 +59,23 @@ class WorkerLostError(RuntimeError):
 
 class ServerTimeoutError(TimeoutError):
     """Raised by a worker when the server does not answer within ``timeout`` seconds."""
+
+
+def _layout_code(params) -> float:
+    """The header's ``layout`` field: a 52-bit hash (exact in a float64) of an arena's
+    tensor names, shapes and dtype; 0 for a plain flat array (any layout of that size)."""
+    if not isinstance(params, _ArenaBase):
+        return 0.0
+    return float(stable_hash((params.layout, params.dtype.str)) & ((1 << 52) - 1) or 1)
+
+
+def _describe_layout(numel: float, itemsize: float, layout: float, arena=None) -> str:
+    """``numel`` parameters, their dtype and layout, as far as known (a peer's arena is
+    known only by its hash)."""
+    what = "a flat array" if layout == 0 else f"arena layout {int(layout):#x}"
+    if isinstance(arena, _ArenaBase):
+        what = ", ".join(f"{n} {s}" for n, s, _ in arena.layout) + f"; {what}"
+    return f"{int(numel)} float{8 * int(itemsize)} parameters ({what})"
 
 
 def _flat_of(params) -> np.ndarray:
@@ -93,6 +114,8 @@ class ParameterServer:
         self.comm = resolve_comm(comm)
         self.optimizer = optimizer
         self.flat = _flat_of(arena)
+        self._layout = _layout_code(arena)
+        self._layout_text = _describe_layout(self.flat.size, self.flat.itemsize, self._layout, arena)
         params = optimizer.params
         if len(params) == 1 and params[0] is self.flat:
             self._gflat = np.zeros_like(self.flat)
@@ -114,7 +137,8 @@ class ParameterServer:
 
     # --------------------------------------------------------------- helpers
     def _reply(self, dest: int, status: float, params: bool) -> None:
-        hdr = np.array([status, float(self.version)], dtype=np.float64)
+        hdr = np.array([status, float(self.version), float(self.flat.size), float(self.flat.itemsize), self._layout],
+                       dtype=np.float64)
         reqs = [self.comm.Isend([hdr, mpi().DOUBLE], dest=dest, tag=TAG_REPLY)]
         if params:
             reqs.append(self.comm.Isend([self.flat, self._mpitype], dest=dest, tag=TAG_PARAMS))
@@ -132,7 +156,8 @@ class ParameterServer:
         ``stop_when(server)`` true (checked after each update), ``time_limit`` seconds, or
         every worker gone -- then tell every remaining worker to stop and return the stats:
         ``updates``, ``stale`` (dropped), ``pulls``, ``pushes`` per worker, ``lost`` ranks
-        (and ``lost_at_update``), ``finished`` (said goodbye), ``reason``,
+        (and ``lost_at_update``), ``refused`` (rank: why, for workers whose layout or
+        gradient did not fit; they are in ``lost`` too), ``finished`` (said goodbye), ``reason``,
         ``max_staleness_seen`` / ``max_staleness_applied`` (in versions), ``seconds``.
 
         Raises WorkerLostError if every worker was lost before a stop condition held."""
@@ -147,13 +172,14 @@ class ParameterServer:
         lost: List[int] = []
         finished: List[int] = []
         lost_at: Dict[int, int] = {}
+        refused: Dict[int, str] = {}
         stats = self.stats = {"updates": 0, "stale": 0, "pulls": 0, "pushes": pushes, "lost": lost,
-                              "lost_at_update": lost_at, "finished": finished, "reason": None,
+                              "lost_at_update": lost_at, "refused": refused, "finished": finished, "reason": None,
                               "max_staleness_seen": 0, "max_staleness_applied": 0}
         start = time.monotonic()
         stopping = False
         reason = None
-        hdr = np.empty(5, dtype=np.float64)
+        hdr = np.empty(6, dtype=np.float64)
         status = MPI.Status()
         nap = 0.0
         expect = (float(self.flat.size), float(self.flat.itemsize))
@@ -166,6 +192,15 @@ class ParameterServer:
                         w, why, len(live))
             if self.on_worker_lost == "raise" and not stopping:
                 raise WorkerLostError(f"worker rank {w} {why}")
+
+        def refuse(w: int, why: str) -> None:
+            """Answer ERROR and never apply anything from ``w`` again (its payload, if
+            any, was drained by the caller)."""
+            log.error("parameter server: refusing worker rank %d: %s", w, why)
+            refused[w] = why
+            self._reply_safe(w, ERROR)
+            live.discard(w)
+            lost.append(w)
 
         while live:
             if not stopping:
@@ -199,14 +234,10 @@ class ParameterServer:
                 live.discard(w)
                 finished.append(w)
                 continue
-            if (hdr[3], hdr[4]) != expect:
-                log.error("parameter server: worker rank %d has %d parameters of %d bytes, the server %d of %d",
-                          w, int(hdr[3]), int(hdr[4]), self.flat.size, self.flat.itemsize)
+            if (hdr[3], hdr[4]) != expect or (hdr[5] and self._layout and hdr[5] != self._layout):
                 if kind in (PUSH, PUSHPULL):
                     self._drain(w)
-                self._reply_safe(w, ERROR)
-                live.discard(w)
-                lost.append(w)
+                refuse(w, f"it has {_describe_layout(*hdr[3:6])}, the server {self._layout_text}")
                 continue
             if kind == PULL:
                 stats["pulls"] += 1
@@ -216,14 +247,17 @@ class ParameterServer:
                 else:
                     self._reply_safe(w, OK, params=True)
                 continue
-            # PUSH / PUSHPULL: receive the gradient
-            req = comm.Irecv([self._gflat, self._mpitype], source=w, tag=TAG_DATA)
-            try:
-                wait_all([req], self.worker_timeout, f"gradient from worker {w}")
-            except TimeoutError:
-                cancel(req)
+            # PUSH / PUSHPULL: receive the gradient, after checking its size
+            data = self._probe(w)
+            if data is None:
                 lose(w, "started a push and never finished it")
                 continue
+            nbytes = data.Get_count(MPI.BYTE)
+            if nbytes != self.flat.nbytes:
+                self._drain(w)
+                refuse(w, f"its gradient message has {nbytes} bytes, the server's parameters {self.flat.nbytes}")
+                continue
+            comm.Recv([self._gflat, self._mpitype], source=w, tag=TAG_DATA)
             pushes[w] += 1
             if stopping:
                 self._reply_safe(w, STOP)
@@ -267,15 +301,27 @@ class ParameterServer:
             log.warning("parameter server: worker rank %d did not take its reply within %g s",
                         w, self.worker_timeout)
 
-    def _drain(self, w: int) -> None:
-        """Receive (and discard) the payload that follows a push header."""
+    def _probe(self, w: int):
+        """The status of the payload that follows ``w``'s push header, once it has
+        arrived; None after ``worker_timeout`` seconds."""
         MPI = mpi()
         st = MPI.Status()
         t0 = time.monotonic()
+        nap = 0.0
         while not self.comm.Iprobe(source=w, tag=TAG_DATA, status=st):
             if time.monotonic() - t0 > self.worker_timeout:
-                return
-            time.sleep(1e-4)
+                return None
+            if nap:
+                time.sleep(nap)
+            nap = min(1e-3, nap * 2 if nap else 2e-5)
+        return st
+
+    def _drain(self, w: int) -> None:
+        """Receive (and discard) the payload that follows a push header."""
+        MPI = mpi()
+        st = self._probe(w)
+        if st is None:
+            return
         junk = np.empty(st.Get_count(MPI.BYTE), dtype=np.uint8)
         self.comm.Recv([junk, MPI.BYTE], source=w, tag=TAG_DATA)
 
@@ -296,8 +342,9 @@ class PSWorker:
         self.version = -1  # version of the parameters held; -1 before the first pull
         self.stopped = False
         self._mpitype = mpi_type(self.flat.dtype)
-        self._hdr = np.zeros(5, dtype=np.float64)
-        self._rep = np.zeros(2, dtype=np.float64)
+        self._layout = _layout_code(arena)
+        self._hdr = np.zeros(6, dtype=np.float64)
+        self._rep = np.zeros(5, dtype=np.float64)
 
     def _request(self, kind: float, grad: Optional[np.ndarray], loss: float, want_params: bool) -> float:
         MPI = mpi()
@@ -306,7 +353,7 @@ class PSWorker:
         comm, srv = self.comm, self.server
         rep_req = comm.Irecv([self._rep, MPI.DOUBLE], source=srv, tag=TAG_REPLY)
         par_req = comm.Irecv([self.flat, self._mpitype], source=srv, tag=TAG_PARAMS) if want_params else None
-        self._hdr[:] = (kind, float(self.version), loss, float(self.flat.size), float(self.flat.itemsize))
+        self._hdr[:] = (kind, float(self.version), loss, float(self.flat.size), float(self.flat.itemsize), self._layout)
         sends = [comm.Isend([self._hdr, MPI.DOUBLE], dest=srv, tag=TAG_REQ)]
         if grad is not None:
             sends.append(comm.Isend([grad, self._mpitype], dest=srv, tag=TAG_DATA))
@@ -333,8 +380,10 @@ class PSWorker:
             self.stopped = True
         elif status == ERROR:
             self.stopped = True
-            raise ValueError(f"worker {comm.rank}: the parameter server rejected this worker's parameter layout "
-                             f"({self.flat.size} x {self.flat.itemsize} bytes)")
+            raise ValueError(f"worker {comm.rank}: the parameter server (rank {srv}) refused this worker: it has "
+                             f"{_describe_layout(self.flat.size, self.flat.itemsize, self._layout, self.arena)}, the "
+                             f"server {_describe_layout(*self._rep[2:5])}: both need the same tensors, shapes and "
+                             f"dtype")
         return status
 
     def pull(self) -> Optional[int]:
@@ -362,7 +411,8 @@ class PSWorker:
         if self.stopped:
             return
         MPI = mpi()
-        self._hdr[:] = (BYE, float(self.version), math.nan, float(self.flat.size), float(self.flat.itemsize))
+        self._hdr[:] = (BYE, float(self.version), math.nan, float(self.flat.size), float(self.flat.itemsize),
+                        self._layout)
         req = self.comm.Isend([self._hdr, MPI.DOUBLE], dest=self.server, tag=TAG_REQ)
         try:
             wait_all([req], self.timeout, "sending goodbye", ServerTimeoutError)

@@ -28,7 +28,7 @@ from ..archive import CheckpointError, read_archive, write_archive
 from ..arena import GradArena, _aligned_empty, _ArenaBase
 from ..optimizer import Optimizer
 from . import clip as _clip
-from ._mpi import agree, mpi, mpi_type, resolve_comm
+from ._mpi import DEFAULT_TIMEOUT, StepAgreement, agree, hyperparameters, mpi, mpi_type, resolve_comm
 from .data_parallel import _check_clip_options, _clip_decision, _takes_grad_scale
 
 __all__ = ["ZeroOptimizer", "shard_bounds", "consolidate_checkpoint", "CHECKPOINT_FORMAT"]
@@ -71,6 +71,12 @@ class ZeroOptimizer:
     optimizer's own ``global_clipnorm`` / ``clipnorm`` / ``skip_nonfinite`` would only see
     one shard: these keywords go to ZeroOptimizer itself, and ``clipnorm`` is refused.)
 
+    Each ``step`` / ``reduce_scatter`` first checks, with one small allgather, that every
+    rank passes a valid gradient in the same iteration with the same settings and
+    hyperparameters; if not, every rank raises the same ``RanksDisagreeError``, and a
+    rank missing for ``timeout`` seconds (default 600, None: wait forever) makes the
+    others raise ``CollectiveTimeoutError``, as in DistributedOptimizer.
+
     Attributes: ``optimizer`` (the shard's optimizer), ``shard`` (this rank's ``(lo, hi)``),
     ``bounds`` (all ranks'), ``param_groups`` and ``iterations`` (the inner optimizer's:
     change ``param_groups[0]["lr"]`` on every rank alike).
@@ -78,7 +84,7 @@ class ZeroOptimizer:
 
     def __init__(self, optimizer_class, arena, comm=None, *, average: bool = True,
                  global_clipnorm: Optional[float] = None, skip_nonfinite: bool = False,
-                 broadcast: bool = True, root: int = 0, **hyper):
+                 broadcast: bool = True, root: int = 0, timeout: Optional[float] = DEFAULT_TIMEOUT, **hyper):
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
             raise TypeError(f"optimizer_class must be a fusedoptim Optimizer class (e.g. fusedoptim.Adam), "
                             f"got {optimizer_class!r}")
@@ -88,6 +94,7 @@ class ZeroOptimizer:
             raise ValueError("clipnorm would clip each rank's shard of the gradient separately; "
                              "pass global_clipnorm to ZeroOptimizer (it clips the whole gradient)")
         self.comm = comm = resolve_comm(comm)
+        self._agreement = StepAgreement(comm, "ZeroOptimizer", timeout)
         self.arena = arena if isinstance(arena, _ArenaBase) else None
         flat = arena.flat if isinstance(arena, _ArenaBase) else arena
         err = None
@@ -176,9 +183,26 @@ class ZeroOptimizer:
             raise ValueError("the gradient shares memory with the parameters")
         return g
 
-    def _reduce_scatter_sum(self, grads) -> np.ndarray:
+    def _settings(self) -> tuple:
+        """What every rank must have alike besides the gradient (the agreement check)."""
+        return (("optimizer", type(self.optimizer).__name__), ("average", self.average),
+                ("global_clipnorm", self.global_clipnorm), ("skip_nonfinite", self.skip_nonfinite),
+                *hyperparameters(self.optimizer))
+
+    def _reduce_scatter_sum(self, grads, op: Optional[str] = None) -> np.ndarray:
+        """Reduce-scatter the flat gradient; with ``op`` (``"step"``, ``"reduce_scatter"``)
+        after the ranks' agreement check."""
         MPI = mpi()
-        g = self._flat_grad(grads)
+        if op is None:
+            g = self._flat_grad(grads)
+        else:
+            g = err = None
+            try:
+                g = self._flat_grad(grads)
+            except (ValueError, TypeError) as e:
+                err = e
+            sig = None if err else ((g.shape, g.dtype),)
+            self._agreement(op, self.optimizer.iterations, sig, self._settings(), err, lambda: ["flat gradient"])
         t = self._mpitype
         self.comm.Reduce_scatter([g, t], [self.grad_shard, t], recvcounts=self._counts, op=MPI.SUM)
         return self.grad_shard
@@ -186,7 +210,7 @@ class ZeroOptimizer:
     def reduce_scatter(self, grads) -> np.ndarray:
         """Sum (and, with ``average``, divide by the world size) the flat gradient across
         ranks into this rank's shard, ``grad_shard``, without stepping (collective)."""
-        gs = self._reduce_scatter_sum(grads)
+        gs = self._reduce_scatter_sum(grads, "reduce_scatter")
         if self.average and self.comm.size > 1 and gs.size:
             np.divide(gs, gs.dtype.type(self.comm.size), out=gs)
         return gs
@@ -204,10 +228,9 @@ class ZeroOptimizer:
         world = self.comm.size
         scale = 1.0 / world if self.average and world > 1 else 1.0
         self.last_step_skipped = False
-        if self._fused_scale:
-            gs = self._reduce_scatter_sum(grads)
-        else:
-            gs = self.reduce_scatter(grads) if scale != 1.0 else self._reduce_scatter_sum(grads)
+        gs = self._reduce_scatter_sum(grads, "step")
+        if not self._fused_scale and scale != 1.0:  # an optimizer without grad_scale: divide in place
+            np.divide(gs, gs.dtype.type(world), out=gs)
             scale = 1.0
         if self.global_clipnorm is not None or self.skip_nonfinite:
             # math.fsum of the allgathered partials: the same float on every rank
