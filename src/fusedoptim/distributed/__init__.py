@@ -26,7 +26,7 @@ layout or gradient does not match its own.
 =================================  ==========================================================
 """
 from ._mpi import CollectiveTimeoutError, RanksDisagreeError, abort_on_error
-from .clip import clip_by_global_norm, global_norm
+from ..pipeline import clip_by_global_norm, global_norm
 from .data_parallel import (DEFAULT_BUCKET_BYTES, DistributedOptimizer, allreduce_gradients,
                             assert_synchronized, broadcast_optimizer_state, broadcast_parameters,
                             params_digest)

@@ -52,6 +52,7 @@ def resolve_comm(comm):
 
 
 # ------------------------------------------------------------- abort on error
+_ABORT_GRACE = 0.5   # seconds between the traceback and MPI_Abort
 _hook: Dict[str, object] = {"enabled": os.environ.get(_ABORT_ENV, "1").strip().lower() not in ("0", "no", "false", "off"),
                             "installed": None}
 
@@ -73,6 +74,9 @@ def _abort_excepthook(previous):
                         f.flush()
                     except Exception:  # pragma: no cover - a closed stream
                         pass
+                # mpiexec forwards a rank's output asynchronously and MPI_Abort kills the
+                # forwarders too: give them a moment so the traceback reaches the user
+                time.sleep(_ABORT_GRACE)
                 world.Abort(1)
     hook.previous = previous
     return hook

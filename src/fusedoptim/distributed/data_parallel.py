@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,7 +18,8 @@ from .. import _kernels
 from .. import codec as _codec
 from ..arena import GradArena, _ArenaBase
 from ..optimizer import Optimizer
-from . import clip as _clip
+from ..pipeline import clip_decision, global_norm, scale_
+from ..validate import check_bool, positive_or_none
 from ._mpi import DEFAULT_TIMEOUT, StepAgreement, agree, hyperparameters, mpi, mpi_type, resolve_comm
 
 __all__ = ["DistributedOptimizer", "broadcast_parameters", "broadcast_optimizer_state",
@@ -203,29 +203,22 @@ def _takes_grad_scale(optimizer: Optimizer) -> bool:
 
 
 def _check_clip_options(global_clipnorm, skip_nonfinite) -> None:
-    if global_clipnorm is not None and not (isinstance(global_clipnorm, (int, float)) and not
-                                            isinstance(global_clipnorm, bool) and global_clipnorm > 0
-                                            and math.isfinite(global_clipnorm)):
-        raise ValueError(f"global_clipnorm must be a positive finite number, got {global_clipnorm!r}")
-    if not isinstance(skip_nonfinite, (bool, np.bool_)):
-        raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    positive_or_none(global_clipnorm, "global_clipnorm")
+    check_bool(skip_nonfinite, "skip_nonfinite")
 
 
 def _clip_decision(owner, norm: float, scale: float) -> Optional[float]:
-    """Record ``norm`` on ``owner``; return the gradient scale for the step, or None
-    when the step is skipped (non-finite norm with ``skip_nonfinite``)."""
+    """Record ``norm`` on ``owner``; return the gradient scale for the step (the
+    pipeline's Keras clip factor), or None when the step is skipped (non-finite norm with
+    ``skip_nonfinite``)."""
     owner.last_grad_norm = norm
-    if not math.isfinite(norm):
-        if owner.skip_nonfinite:
-            owner.nonfinite_count += 1
-            owner.last_step_skipped = True
-            log.warning("non-finite gradient norm (%s) at iteration %d: step skipped on every rank",
-                        norm, owner.optimizer.iterations)
-            return None
-        return scale
-    if owner.global_clipnorm is not None:
-        scale *= _clip.clip_coefficient(norm, owner.global_clipnorm)
-    return scale
+    out = clip_decision(norm, scale, owner.global_clipnorm, owner.skip_nonfinite)
+    if out is None:
+        owner.nonfinite_count += 1
+        owner.last_step_skipped = True
+        log.warning("non-finite gradient norm (%s) at iteration %d: step skipped on every rank",
+                    norm, owner.optimizer.iterations)
+    return out
 
 
 # ------------------------------------------------------------------- consistency
@@ -410,13 +403,13 @@ class DistributedOptimizer:
             reduced = self._reduce(grads, world if scale != 1.0 else None, "step")
             scale = 1.0
         if self.global_clipnorm is not None or self.skip_nonfinite:
-            scale = _clip_decision(self, _clip.global_norm(reduced) * scale, scale)
+            scale = _clip_decision(self, global_norm(reduced) * scale, scale)
             if scale is None:
                 return loss
         if self._fused_scale:
             self.optimizer.step(reduced, grad_scale=scale)
         else:
-            _clip.scale_(reduced, scale)
+            scale_(reduced, scale)
             self.optimizer.step(reduced)
         return loss
 

@@ -27,7 +27,7 @@ from .. import codec as _codec
 from ..archive import CheckpointError, read_archive, write_archive
 from ..arena import GradArena, _aligned_empty, _ArenaBase
 from ..optimizer import Optimizer
-from . import clip as _clip
+from ..pipeline import scale_, sum_of_squares
 from ._mpi import DEFAULT_TIMEOUT, StepAgreement, agree, hyperparameters, mpi, mpi_type, resolve_comm
 from .data_parallel import _check_clip_options, _clip_decision, _takes_grad_scale
 
@@ -216,7 +216,7 @@ class ZeroOptimizer:
         return gs
 
     def _global_norm(self) -> float:
-        mine = np.array([_clip.sum_of_squares([self.grad_shard])], dtype=np.float64)
+        mine = np.array([sum_of_squares([self.grad_shard])], dtype=np.float64)
         self.comm.Allgather([mine, mpi().DOUBLE], [self._norm_parts, mpi().DOUBLE])
         return math.sqrt(math.fsum(self._norm_parts.tolist()))
 
@@ -240,7 +240,7 @@ class ZeroOptimizer:
         if self._fused_scale:
             self.optimizer.step([gs], grad_scale=scale)
         else:
-            _clip.scale_([gs], scale)
+            scale_([gs], scale)
             self.optimizer.step([gs])
         self.allgather_params()
         return loss
