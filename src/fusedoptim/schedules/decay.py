@@ -15,10 +15,6 @@ __all__ = ["Constant", "ExponentialDecay", "PiecewiseConstantDecay", "Polynomial
            "CosineDecay", "CosineDecayRestarts", "LinearWarmup"]
 
 
-def _eval(v, step: float) -> float:
-    return float(v(step)) if callable(v) else float(v)
-
-
 class Constant(LearningRateSchedule):
     r"""The constant schedule: :math:`\gamma_t = \gamma` (``value``).
 
@@ -295,6 +291,10 @@ class CosineDecayRestarts(LearningRateSchedule):
         cosine_decayed = 0.5 * m_fac * (1.0 + math.cos(math.pi * f))
         decayed = (1 - alpha) * cosine_decayed + alpha
         return float(self.initial_learning_rate) * decayed
+
+
+def _eval(v, step: float) -> float:
+    return float(v(step)) if callable(v) else float(v)
 
 
 class LinearWarmup(LearningRateSchedule):

@@ -94,8 +94,6 @@ class OneCycle(LearningRateSchedule):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-
-
 class OneCycleLR(LRScheduler):
     r"""The 1cycle policy (torch ``OneCycleLR``): lr from ``max_lr / div_factor`` up to
     ``max_lr`` and down to ``max_lr / div_factor / final_div_factor`` over
