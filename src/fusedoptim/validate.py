@@ -23,8 +23,8 @@ import math
 import numbers
 from typing import Optional
 
-__all__ = ["is_real", "check_real", "check_int", "check_bool", "check_betas", "check_pair", "scalar_from",
-           "positive_or_none"]
+__all__ = ["is_real", "py_scalar", "check_real", "check_int", "check_bool", "check_step", "check_betas", "check_pair",
+           "scalar_from", "positive_or_none"]
 
 
 def is_real(x) -> bool:
@@ -32,8 +32,9 @@ def is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _py(x):
-    """A NumPy scalar as the equal Python number (keeps configs and state JSON-able)."""
+def py_scalar(x):
+    """A NumPy scalar as the equal Python number (keeps configs and state JSON-able); any
+    other value unchanged."""
     if is_real(x) and not isinstance(x, (int, float)) and hasattr(x, "item"):
         return x.item()
     return x
@@ -60,7 +61,7 @@ def check_real(x, what: str, *, lo: Optional[float] = None, lo_open: bool = Fals
             if name is None:
                 raise ValueError(f"Invalid {what}: {x!r} (must be {op} {bound})")
             raise ValueError(f"{what} must be {op} {bound:g}, got {shown}")
-    return _py(x)
+    return py_scalar(x)
 
 
 def check_int(x, what: str, *, lo: Optional[int] = None, name: Optional[str] = None) -> int:
@@ -68,9 +69,10 @@ def check_int(x, what: str, *, lo: Optional[int] = None, name: Optional[str] = N
     shown = repr(x) if name is None else f"{name}={x!r}"
     if not isinstance(x, numbers.Integral) or isinstance(x, bool):
         raise TypeError(f"{what} must be an integer, got {shown}")
-    if lo is not None and int(x) < lo:
-        raise ValueError(f"{what} must be >= {lo}, got {shown}")
-    return int(x)
+    v = int(x)
+    if lo is not None and v < lo:
+        raise ValueError(f"{what} must be >= {lo}, got {repr(v) if name is None else f'{name}={v!r}'}")
+    return v
 
 
 def check_bool(x, what: str, *, name: Optional[str] = None) -> bool:
@@ -79,6 +81,20 @@ def check_bool(x, what: str, *, name: Optional[str] = None) -> bool:
         shown = repr(x) if name is None else f"{name}={x!r}"
         raise TypeError(f"{what} must be a bool, got {shown}")
     return bool(x)
+
+
+def check_step(step, what: str = "schedule step") -> float:
+    """Raise unless ``step`` is a finite real number >= 0 (a Python or NumPy number, or a
+    0-d array); return it as a float.  The argument of every schedule."""
+    if not is_real(step):
+        if getattr(step, "shape", None) == () and hasattr(step, "item"):
+            step = step.item()
+        if not is_real(step):
+            raise TypeError(f"{what} must be a real number, got {step!r}")
+    s = float(step)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {step!r}")
+    return s
 
 
 def check_pair(x, what: str, meaning: str, where: str) -> tuple:
