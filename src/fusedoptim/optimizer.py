@@ -19,20 +19,16 @@ from . import _state_dict
 from ._backends import backend_for, is_array
 from .engine import Engine
 from .pipeline import PENDING, SKIP, GradientPipeline, StepControl, check_options
+from .extension import ExtensionAPI
 from .registry import ParamRegistry, StateView, required
-from .validate import check_betas, check_bool, check_real
+from .validate import check_real
 
 __all__ = ["Optimizer", "required"]
 
-# hyperparameters that must be finite and >= 0 wherever they appear, with their error label
-_NONNEG_HYPER = {"eps": "epsilon value", "weight_decay": "weight_decay value", "momentum": "momentum value",
-                 "lr_decay": "lr_decay value", "initial_accumulator_value": "initial_accumulator_value value",
-                 "momentum_decay": "momentum_decay value", "alpha": "alpha value", "l1": "l1 value"}
-_FLAGS = ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay")
 _PLAIN = StepControl()
 
 
-class Optimizer:
+class Optimizer(ExtensionAPI):
     """Base class of every fusedoptim optimizer.
 
     ``params`` is an iterable of arrays, or of dicts (param groups) with a ``"params"``
@@ -48,28 +44,9 @@ class Optimizer:
     in ``nonfinite_count``), ``gradient_accumulation_steps`` (apply the mean of k calls'
     gradients every k-th call).
 
-    Extension API (docs/ARCHITECTURE.md has the recipe)
-    ----------------------------------------------------
-    ``spec``                 the native algorithm (:class:`fusedoptim._spec.AlgoSpec`),
-                             or None for a NumPy :meth:`update`
-    ``buffers``              every state buffer the optimizer can keep (what
-                             ``load_state_dict`` accepts)
-    ``scalar_state``         per-parameter scalar state (always includes ``"step"``)
-    :meth:`check_group`      validate a group's hyperparameters (extend with super())
-    :meth:`state_names`      the buffers a group needs (custom optimizers)
-    :meth:`init_buffer`, :meth:`init_scalars`    initial state
-    :meth:`kernel_flags`, :meth:`kernel_scalars`  the spec's flags and per-step scalars
-    :meth:`update`           the NumPy update of a custom optimizer
+    Subclasses implement the hooks of :class:`~fusedoptim.extension.ExtensionAPI` (a
+    built-in names its native rule with a ``spec``; a custom optimizer writes ``update``).
     """
-
-    spec = None
-    buffers: Sequence[str] = ()
-    scalar_state: Sequence[str] = ("step",)
-
-    def __init_subclass__(cls, **kw):
-        super().__init_subclass__(**kw)
-        if cls.spec is not None and "buffers" not in cls.__dict__:
-            cls.buffers = cls.spec.buffers       # a built-in's buffers are its spec's
 
     def __init__(self, params, defaults: Dict[str, Any], *, l1=0.0, global_clipnorm=None, clipnorm=None,
                  clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1):
@@ -119,64 +96,6 @@ class Optimizer:
         """Add a group of parameters with its own hyperparameters (torch semantics)."""
         with self.lock:
             self.registry.add(self.registry.stage([param_group], len(self.param_groups))[0])
-
-    # ------------------------------------------------------------ extension API
-    def check_group(self, g: dict, where: str) -> None:
-        """Validate a group's hyperparameters; subclasses extend.  Runs at construction, in
-        add_param_group / load_state_dict, and before a step after the group changed."""
-        lr = g.get("lr")
-        if lr is not None and not callable(lr):
-            check_real(lr, f"{where}: lr", lo=0.0)
-        for k, label in _NONNEG_HYPER.items():     # shared by every optimizer that has them
-            if k in g:
-                check_real(g[k], f"{where}: {label}", lo=0.0)
-        if "betas" in g:
-            check_betas(g["betas"], where)
-        for flag in _FLAGS:
-            if flag in g:
-                check_bool(g[flag], f"{where}: {flag}")
-
-    def state_names(self, g: dict) -> Sequence[str]:
-        """The buffers a custom optimizer's group needs (default: all of ``buffers``);
-        built-in optimizers get them from their spec and flags."""
-        return self.buffers
-
-    def init_buffer(self, name: str, p, g: dict):
-        """Initial value of a state buffer (default: zeros like the parameter)."""
-        return backend_for([p]).zeros_like(p)
-
-    def init_scalars(self, g: dict) -> dict:
-        return {k: 0 for k in self.scalar_state}
-
-    def kernel_flags(self, g: dict) -> Dict[str, bool]:
-        """The spec's flags for this group, by name."""
-        return {}
-
-    def kernel_scalars(self, g: dict, scal: dict, fresh: frozenset) -> Dict[str, float]:
-        """Advance ``scal`` (this bucket's scalar state) by one step and return the
-        spec's per-step scalars by name; ``fresh`` names the buffers created this step."""
-        scal["step"] += 1
-        return {}
-
-    def common_scalars(self, g: dict) -> Dict[str, float]:
-        """The common block of every rule (rules.h ``FO_COMMON_SCALARS``): gradient scale
-        (sign of maximize), coupled weight decay, L1, EMA weight, clip value."""
-        wd = 0.0 if g.get("decoupled_weight_decay") else g.get("weight_decay", 0.0)
-        ema = self.options["ema_decay"]
-        return dict(gscale=-1.0 if g.get("maximize") else 1.0, weight_decay=float(wd), l1=float(g.get("l1", 0.0)),
-                    ema_weight=0.0 if ema is None else 1.0 - ema, clip_value=float("inf"))
-
-    def update(self, param, grad, state: dict, group: dict) -> None:
-        """NumPy update of one parameter, for custom optimizers (``spec = None``).
-
-        Mutate ``param`` and the arrays in ``state`` in place; ``state["step"]`` has
-        already been incremented and ``group["lr"]`` holds this step's learning rate.
-        ``grad`` arrives transformed exactly as the built-in kernels see it: clipped,
-        scaled (``grad_scale``), negated if ``maximize``, plus ``weight_decay * param``
-        if the group has a ``weight_decay`` and ``l1 * sign(param)``.  Do not modify
-        ``grad`` in place.
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement update() or set a spec")
 
     def scheduled_lr(self, g: dict, gi: int) -> float:
         """The lr of group gi for this step: its schedule called with ``iterations``."""
@@ -245,12 +164,7 @@ class Optimizer:
         if self.options["ema_decay"] is None:
             raise RuntimeError("swap_ema() needs an optimizer built with ema_decay=...")
         with self.lock:
-            for p in self.registry.params:
-                st = self.registry.store.get(id(p))
-                if st is not None and "ema" in st:
-                    tmp = p.copy()
-                    p[...] = st["ema"]
-                    st["ema"][...] = tmp
+            self.registry.swap("ema")
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -271,32 +185,12 @@ class Optimizer:
         left out of this call are not updated.
         """
         with self.lock:
-            pairs = list(grads_and_vars)
-            reg = self.registry
-            new, seen = [], set()
-            for k, pair in enumerate(pairs):
-                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                    raise TypeError(f"grads_and_vars[{k}] must be a (gradient, variable) pair")
-                var = pair[1]
-                if not is_array(var):
-                    raise TypeError(f"grads_and_vars[{k}]: variable must be a numpy.ndarray, "
-                                    f"got {type(var).__name__}")
-                if reg.index(var) is None and id(var) not in seen:
-                    seen.add(id(var))
-                    new.append(var)
-            if new:
-                reg.learn(new)
-            grads: List[Optional[np.ndarray]] = [None] * len(reg.params)
+            grads, new = self.registry.gradients_of_pairs(list(grads_and_vars))
             try:
-                for k, (gr, var) in enumerate(pairs):
-                    i = reg.index(var)
-                    if grads[i] is not None:
-                        raise ValueError(f"grads_and_vars[{k}]: variable appears twice")
-                    grads[i] = gr
                 self.step(grads)
             except Exception:
                 if new:
-                    reg.forget(new)
+                    self.registry.forget(new)
                 raise
 
     # ------------------------------------------------------------- state dict

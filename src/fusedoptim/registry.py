@@ -274,6 +274,45 @@ class ParamRegistry:
         g0["params"] = g0["params"] + new       # keeps the flat order = group order
         self._reindex()
 
+    def gradients_of_pairs(self, pairs: list):
+        """Keras' ``grads_and_vars`` as a gradient list in parameter order (None where a
+        variable is absent), learning unknown variables first: returns ``(grads, new)``;
+        call :meth:`forget` with ``new`` if the step that follows fails."""
+        new, seen = [], set()
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"grads_and_vars[{k}] must be a (gradient, variable) pair")
+            var = pair[1]
+            if not is_array(var):
+                raise TypeError(f"grads_and_vars[{k}]: variable must be a numpy.ndarray, got {type(var).__name__}")
+            if self.index(var) is None and id(var) not in seen:
+                seen.add(id(var))
+                new.append(var)
+        if new:
+            self.learn(new)
+        grads = [None] * len(self._params)
+        try:
+            for k, (gr, var) in enumerate(pairs):
+                i = self._index[id(var)]
+                if grads[i] is not None:
+                    raise ValueError(f"grads_and_vars[{k}]: variable appears twice")
+                grads[i] = gr
+        except Exception:
+            if new:
+                self.forget(new)
+            raise
+        return grads, new
+
+    def swap(self, key: str) -> None:
+        """Exchange every parameter's values with its state buffer ``key`` (the EMA), in
+        place; parameters without that buffer are left alone."""
+        for p in self._params:
+            st = self.store.get(id(p))
+            if st is not None and key in st:
+                tmp = p.copy()
+                p[...] = st[key]
+                st[key][...] = tmp
+
     def forget(self, new: list) -> None:
         """Undo :meth:`learn` (the step that followed it failed)."""
         ids = {id(v) for v in new}

@@ -23,7 +23,7 @@ import math
 import numbers
 from typing import Optional
 
-__all__ = ["is_real", "py_scalar", "check_real", "check_int", "check_bool", "check_step", "check_betas", "check_pair",
+__all__ = ["check_hyperparameters", "is_real", "py_scalar", "check_real", "check_int", "check_bool", "check_step", "check_betas", "check_pair",
            "scalar_from", "positive_or_none"]
 
 
@@ -147,3 +147,27 @@ def positive_or_none(v, what: str) -> Optional[float]:
         return None
     check_real(v, what, lo=0.0, lo_open=True, name=what)
     return float(v)
+
+
+# hyperparameters that must be finite and >= 0 wherever they appear, with their label
+_NONNEG_HYPER = {"eps": "epsilon value", "weight_decay": "weight_decay value", "momentum": "momentum value",
+                 "lr_decay": "lr_decay value", "initial_accumulator_value": "initial_accumulator_value value",
+                 "momentum_decay": "momentum_decay value", "alpha": "alpha value", "l1": "l1 value"}
+_FLAGS = ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay")
+
+
+def check_hyperparameters(g: dict, where: str) -> None:
+    """The checks every optimizer shares (``Optimizer.check_group``): ``lr`` (a number
+    >= 0 or a schedule), the non-negative ones (eps, weight_decay, momentum, ...),
+    ``betas`` and the boolean flags, for whichever of them the group has."""
+    lr = g.get("lr")
+    if lr is not None and not callable(lr):
+        check_real(lr, f"{where}: lr", lo=0.0)
+    for k, label in _NONNEG_HYPER.items():
+        if k in g:
+            check_real(g[k], f"{where}: {label}", lo=0.0)
+    if "betas" in g:
+        check_betas(g["betas"], where)
+    for flag in _FLAGS:
+        if flag in g:
+            check_bool(g[flag], f"{where}: {flag}")
