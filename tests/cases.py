@@ -21,7 +21,7 @@ import pytest
 from reference import DEFAULTS
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop",
-              "Lion")
+              "Lion", "ASGD")
 
 # (name, list of axes); each axis is a list of kwargs fragments, one of which is chosen.
 _ON_OFF = lambda k, v: [{}, {k: v}]  # noqa: E731
@@ -45,6 +45,8 @@ _AXES: Dict[str, List[List[dict]]] = {
     # step sizes are drawn from a wide window; the fixed narrow one makes both clamps bind often
     "Rprop": [_ON_OFF("step_sizes", (1e-3, 2e-2)), _ON_OFF("maximize", True)],
     "Lion": [_ON_OFF("weight_decay", 1e-2), _ON_OFF("maximize", True)],
+    # t0 = 10: the averaging (mu_t < 1) starts within the run; the default 1e6 keeps ax = theta
+    "ASGD": [_ON_OFF("t0", 10.0), _ON_OFF("weight_decay", 1e-2), _ON_OFF("maximize", True)],
 }
 
 
@@ -105,7 +107,8 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
     reached); eps log-uniform [1e-10, 1e-6] (Adadelta [1e-8, 1e-4]: its eps seeds the step
     size); rho [0, 0.999); momentum [0.1, 0.99); dampening [0.05, 1]; weight_decay
     log-uniform [1e-4, 1e-1]; lr_decay [1e-4, 1e-1]; initial_accumulator_value [1e-2, 1];
-    momentum_decay [1e-3, 1e-2]; Rprop's etas (uniform [0.1, 0.9), uniform [1.05, 2)) and,
+    momentum_decay [1e-3, 1e-2]; ASGD's lambd log-uniform [1e-5, 1e-2] and alpha (its decay
+    power) uniform [0.5, 0.999); Rprop's etas (uniform [0.1, 0.9), uniform [1.05, 2)) and,
     unless the case fixes them, step_sizes (log-uniform [1e-7, 1e-4], [1e-2, 50]).
 
     Why the second-moment decay starts at 0.5: with a shorter window the denominator
@@ -137,6 +140,8 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
         hp["alpha"] = uni(0.9, 0.999) if kwargs.get("centered") else uni(0.5, 0.999)
     if "rho" in d:
         hp["rho"] = uni(0.0, 0.999)
+    if "lambd" in d:
+        hp["lambd"] = logu(1e-5, 1e-2)
     if "momentum_decay" in d:
         hp["momentum_decay"] = logu(1e-3, 1e-2)
     if "etas" in d:

@@ -1,4 +1,4 @@
-"""Independent NumPy references of the eleven optimizers, written from torch.optim's formulas
+"""Independent NumPy references of the twelve optimizers, written from torch.optim's formulas
 (Lion, which torch lacks, from Chen et al. 2023 and optax.lion).
 
 Each rule is written from the docstring of its fusedoptim class (same symbols, one line
@@ -42,6 +42,7 @@ DEFAULTS: Dict[str, dict] = {
     "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
     # not in torch: optax.lion's / lion-pytorch's defaults
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
+    "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
 }
 
 # The buffers each optimizer keeps, whatever its flags (torch's names).
@@ -57,6 +58,7 @@ BUFFERS: Dict[str, tuple] = {
     "Adadelta": ("square_avg", "acc_delta"),
     "Rprop": ("prev", "step_size"),
     "Lion": ("exp_avg",),
+    "ASGD": ("ax",),
 }
 
 
@@ -245,9 +247,26 @@ def lion(theta, g, s, *, lr, betas, weight_decay, maximize):
     return theta
 
 
+# -------------------------------------------------------------------------- ASGD
+def asgd(theta, g, s, *, lr, lambd, alpha, t0, weight_decay, maximize):
+    t = s["step"] = s["step"] + 1
+    eta, mu = s.get("eta", lr), s.get("mu", 1.0)                 # eta_1 = gamma, mu_1 = 1
+    ax = _buf(s, "ax", theta)
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * theta                             # g <- g + w theta
+    theta = theta * (1 - lambd * eta) - eta * g                  # theta <- theta (1 - lambda eta) - eta g
+    s["ax"] = theta.copy() if mu == 1 else ax + mu * (theta - ax)   # a <- a + mu (theta - a) | theta
+    s["eta"] = lr / (1 + lambd * lr * t) ** alpha                # eta_{t+1}
+    s["mu"] = 1 / max(1, t - t0)                                 # mu_{t+1}
+    return theta
+
+
 RULES: Dict[str, Callable] = {
     "SGD": sgd, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad, "RMSprop": rmsprop,
     "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Adadelta": adadelta, "Rprop": rprop, "Lion": lion,
+    "ASGD": asgd,
 }
 
 

@@ -239,7 +239,7 @@ def test_disjoint_views_of_one_buffer_are_fine():
 def test_zero_size_params_work():
     params = [np.zeros((0,)), np.ones(3), np.zeros((2, 0, 4), np.float64)]
     for name in ("SGD", "Adam", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "AdamW", "Rprop",
-                 "Lion"):
+                 "Lion", "ASGD"):
         opt = getattr(fusedoptim, name)(params)
         opt.step([np.zeros((0,)), np.ones(3), np.zeros((2, 0, 4))])
         assert opt.state[params[2]]["step"] == 1
@@ -336,6 +336,7 @@ SPECIFIC = {
     "Adadelta": ("rho", 2.0, ValueError, r"rho"),
     "Rprop": ("etas", (1.2, 0.5), ValueError, r"Invalid eta values"),
     "Lion": ("betas", (0.9, NAN), ValueError, r"beta parameter at index 1"),
+    "ASGD": ("lambd", -1e-4, ValueError, r"lambd"),
 }
 
 

@@ -25,7 +25,7 @@ NO_TORCH = ("Lion",)
 TORCH_CASES = [c for c in CASES if c[0] not in NO_TORCH]
 TORCH_RICH_CASES = [c for c in RICH_CASES if c[0] not in NO_TORCH]
 SHAPES = SHAPES[:4]     # sizes 0, 1, 7, 4099; torch's per-tensor Python loop is the cost here
-SCALAR_STATE = ("step", "mu_product")
+SCALAR_STATE = ("step", "mu_product", "eta", "mu")
 
 
 @pytest.fixture(scope="module", autouse=True)

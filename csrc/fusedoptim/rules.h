@@ -592,6 +592,45 @@ struct fo_lion {
     }
 };
 
+/* ---- ASGD (averaged SGD) ---------------------------------------------------------------------
+ * decay: 1 - lambd * eta_t; neg_eta: -eta_t; mu: mu_t; copy: 1 when mu_t == 1 (ax = p, as
+ * torch copies instead of averaging)                                                              */
+#define FO_ASGD_SCALARS(X) X(decay) X(neg_eta) X(mu) X(copy)
+#define FO_ASGD_FLAGS(X)
+#define FO_ASGD_BUFFERS(X) X(ax, true)
+FO_SCALAR_STRUCT(fo_asgd_scalars, FO_ASGD_SCALARS)
+template <typename T> struct fo_asgd_hp {
+    T decay, neg_eta, mu;
+    bool copy;
+    FO_HD static fo_asgd_hp load(const fo_asgd_scalars &a) {
+        fo_asgd_hp s;
+        s.decay = (T)a.decay;
+        s.neg_eta = (T)a.neg_eta;
+        s.mu = (T)a.mu;
+        s.copy = a.copy != 0.0;
+        return s;
+    }
+};
+/* torch's _single_tensor_asgd: decay, the SGD step with the decayed eta, then the average */
+template <typename T, int MODE = 0>
+FO_HD void fo_asgd_rule(T &p, T g, T &ax, const fo_common<T> &c, const fo_asgd_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
+    p = p + h.neg_eta * g;
+    ax = h.copy ? p : ax + (p - ax) * h.mu;
+}
+struct fo_asgd {
+    FO_DESCRIBE(FO_ASGD)
+    typedef fo_asgd_scalars scalars;
+    template <typename T> using hp = fo_asgd_hp<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
+    template <typename T, unsigned F, int M>
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
+        fo_asgd_rule<T, M>(p, g, s[0], c, h);
+    }
+};
+
 /* ---- the one algorithm list ------------------------------------------------------------
  * FO_ALGOS(X) calls X(name, LISTS) for every algorithm, in the order of the native ids
  * (LISTS is the prefix of its FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS lists).  cpu.h
@@ -601,6 +640,6 @@ struct fo_lion {
 #define FO_ALGOS(X)                                                                       \
     X(sgd, FO_SGD) X(adam, FO_ADAM) X(adagrad, FO_ADAGRAD) X(rmsprop, FO_RMSPROP)           \
     X(adamax, FO_ADAMAX) X(nadam, FO_NADAM) X(radam, FO_RADAM) X(adadelta, FO_ADADELTA)      \
-    X(rprop, FO_RPROP) X(lion, FO_LION)
+    X(rprop, FO_RPROP) X(lion, FO_LION) X(asgd, FO_ASGD)
 
 #endif /* FUSEDOPTIM_RULES_H */

@@ -41,7 +41,8 @@ def build(opt) -> dict:
 
 
 def _stage_groups(opt, saved_groups, me: str):
-    """The new hyperparameters of every group, checked; and saved param key -> param."""
+    """The new hyperparameters of every group, checked; and saved param key -> (param,
+    its new group)."""
     reg = opt.registry
     if len(saved_groups) != len(reg.groups):
         raise ValueError(f"state_dict has {len(saved_groups)} param groups, this optimizer has {len(reg.groups)}")
@@ -68,7 +69,7 @@ def _stage_groups(opt, saved_groups, me: str):
         ng["params"] = g["params"]
         new_groups.append(ng)
         for key, p in zip(sp, g["params"]):
-            old_to_param[key] = p
+            old_to_param[key] = (p, ng)
     return new_groups, old_to_param
 
 
@@ -81,7 +82,7 @@ def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
     for key, st in saved_state.items():
         if key not in old_to_param:
             raise ValueError(f"state_dict state has an entry for param {key!r}, which no param group lists")
-        p = old_to_param[key]
+        p, group = old_to_param[key]
         if not isinstance(st, dict):
             raise ValueError(f"state_dict state[{key!r}] must be a dict")
         # a custom optimizer that does not declare its buffers may keep any keys
@@ -89,7 +90,7 @@ def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
         if bad:
             raise ValueError(f"state_dict state[{key!r}]: unknown state key(s) {sorted(bad)} for {me}; "
                              f"known: {sorted(allowed)}")
-        ns = opt.init_scalars({})
+        ns = opt.init_scalars(group)
         for k, v in st.items():
             where = f"state_dict state[{key!r}][{k!r}]"
             if k in opt.scalar_state:

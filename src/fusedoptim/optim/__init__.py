@@ -9,5 +9,6 @@ from .radam import RAdam
 from .adadelta import Adadelta
 from .rprop import Rprop
 from .lion import Lion
+from .asgd import ASGD
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion", "ASGD"]
