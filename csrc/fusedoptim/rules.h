@@ -60,6 +60,22 @@ template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w
     return small_w ? a + w * (b - a) : b - (b - a) * one_minus_w;
 }
 
+/* a lerp weight w with 1 - w and its form (|w| < 0.5), derived once per segment */
+template <typename T> struct fo_weight {
+    T w, rest;
+    bool small;
+    FO_HD static fo_weight of(T w) {
+        fo_weight x;
+        x.w = w;
+        x.rest = T(1) - w;
+        x.small = fo_abs(w) < T(0.5);
+        return x;
+    }
+};
+template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, const fo_weight<T> &w) {
+    return fo_lerp<MODE>(a, b, w.w, w.rest, w.small);
+}
+
 /* ---- named per-step scalars -----------------------------------------------------
  * Every per-step scalar travels by name.  Each algorithm lists its scalars, its flags and
  * its state buffers in three X-macros (FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS); from them
@@ -85,6 +101,34 @@ template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, T w, T one_minus_w
     }
 /* flag `name` of the descriptor D in the flag bits F (a compile-time bool) */
 #define FO_FLAG(D, F, name) ((((F) >> D::name##_flag) & 1u) != 0)
+
+/* The loaded form of an algorithm's scalars (its hp<T>): FO_HP_FIELDS(P) declares a T field
+ * per name of P's scalar list and cast(), which rounds each double to T once; fo_hp_base
+ * gives load(), which casts and then calls derive() for what the rule needs beyond the
+ * casts (reciprocals computed in double, lerp weights, bools).                          */
+#define FO_T_FIELD_(n) T n;
+#define FO_T_CAST_(n) n = (T)a.n;
+#define FO_HP_FIELDS(P)                                                                 \
+    P##_SCALARS(FO_T_FIELD_)                                                           \
+    template <class S> FO_HD void cast(const S &a) { P##_SCALARS(FO_T_CAST_) }
+template <class H> struct fo_hp_base {
+    template <class S> FO_HD static H load(const S &a) {
+        H h;
+        h.cast(a);
+        h.derive(a);
+        return h;
+    }
+    template <class S> FO_HD void derive(const S &) {}
+};
+
+/* What a descriptor has unless it says otherwise: its scalar struct S, its loaded form
+ * HP<T>, no lerp (LERP = 0).  A descriptor adds FO_DESCRIBE and its rule().             */
+template <class S, template <typename> class HP> struct fo_algo_base {
+    typedef S scalars;
+    template <typename T> using hp = HP<T>;
+    enum { LERP = 0 };
+    template <typename T> FO_HD static int lerp(unsigned, const HP<T> &) { return 0; }
+};
 
 /* ---- the common block, first in every block ------------------------------------
  * gscale      gradient multiplier = (-1 if maximize) * global-norm clip coefficient
@@ -135,9 +179,10 @@ template <typename T> FO_HD void fo_ema_rule(T &ema, T p, const fo_common<T> &c)
 }
 
 /* ---- the algorithms ------------------------------------------------------------------
- * Each one: its scalar/flag/buffer lists, its scalars loaded into T (fo_<algo>_hp), its
- * element rule (fo_<algo>_rule, the named-argument form the tests audit), and its
- * descriptor struct fo_<algo>, which every loop (cpu.h, kernels.cu) drives generically:
+ * Each one: its scalar/flag/buffer lists, its scalars loaded into T (fo_<algo>_hp: a cast
+ * field per scalar name plus what derive() adds), its element rule (fo_<algo>_rule, the
+ * named-argument form the tests audit), and its descriptor struct fo_<algo> (defaults from
+ * fo_algo_base), which every loop (cpu.h, kernels.cu) drives generically:
  *   scalars, hp<T>          the named block and its loaded form
  *   mask(flags), MAXSTATE   which of the declared buffers the flags keep
  *   LERP, lerp(flags, h)    whether the rule has a lerp; the form the loop may fix
@@ -151,34 +196,27 @@ template <typename T> FO_HD void fo_ema_rule(T &ema, T p, const fo_common<T> &c)
 #define FO_SGD_FLAGS(X) X(momentum)
 #define FO_SGD_BUFFERS(X) X(momentum_buffer, momentum)
 FO_SCALAR_STRUCT(fo_sgd_scalars, FO_SGD_SCALARS)
-template <typename T> struct fo_sgd_hp {
-    T neg_lr, momentum, one_minus_dampening;
-    bool nesterov, first;
-    FO_HD static fo_sgd_hp load(const fo_sgd_scalars &a) {
-        fo_sgd_hp s;
-        s.neg_lr = (T)(-a.lr);
-        s.momentum = (T)a.momentum;
-        s.one_minus_dampening = (T)a.one_minus_dampening;
-        s.nesterov = a.nesterov != 0.0;
-        s.first = a.first != 0.0;
-        return s;
+template <typename T> struct fo_sgd_hp : fo_hp_base<fo_sgd_hp<T> > {
+    FO_HP_FIELDS(FO_SGD)
+    T neg_lr;
+    bool nest, first_step;
+    template <class S> FO_HD void derive(const S &a) {
+        neg_lr = (T)(-a.lr);
+        nest = a.nesterov != 0.0;
+        first_step = a.first != 0.0;
     }
 };
 template <typename T, bool MOMENTUM, int MODE = 0>
 FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp<T> &h) {
     T d = fo_grad<MODE>(g, p, c);
     if (MOMENTUM) {
-        buf = h.first ? d : buf * h.momentum + h.one_minus_dampening * d;
-        d = h.nesterov ? d + h.momentum * buf : buf;
+        buf = h.first_step ? d : buf * h.momentum + h.one_minus_dampening * d;
+        d = h.nest ? d + h.momentum * buf : buf;
     }
     p = p + h.neg_lr * d;
 }
-struct fo_sgd {
+struct fo_sgd : fo_algo_base<fo_sgd_scalars, fo_sgd_hp> {
     FO_DESCRIBE(FO_SGD)
-    typedef fo_sgd_scalars scalars;
-    template <typename T> using hp = fo_sgd_hp<T>;
-    enum { LERP = 0 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_sgd_rule<T, FO_FLAG(fo_sgd, F, momentum), M>(p, g, s[0], c, h);
@@ -192,21 +230,13 @@ struct fo_sgd {
 #define FO_ADAM_FLAGS(X) X(amsgrad)
 #define FO_ADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true) X(max_exp_avg_sq, amsgrad)
 FO_SCALAR_STRUCT(fo_adam_scalars, FO_ADAM_SCALARS)
-template <typename T> struct fo_adam_hp {
-    T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc2_sqrt, eps, neg_step;
-    bool small_w1;
-    FO_HD static fo_adam_hp load(const fo_adam_scalars &a) {
-        fo_adam_hp s;
-        s.decay = (T)a.decay;
-        s.w1 = (T)a.one_minus_beta1;
-        s.one_minus_w1 = T(1) - s.w1;
-        s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a.beta2;
-        s.one_minus_beta2 = (T)a.one_minus_beta2;
-        s.inv_bc2_sqrt = (T)(1.0 / a.bc2_sqrt);
-        s.eps = (T)a.eps;
-        s.neg_step = (T)a.neg_step;
-        return s;
+template <typename T> struct fo_adam_hp : fo_hp_base<fo_adam_hp<T> > {
+    FO_HP_FIELDS(FO_ADAM)
+    fo_weight<T> w1;
+    T inv_bc2_sqrt;
+    template <class S> FO_HD void derive(const S &a) {
+        w1 = fo_weight<T>::of(one_minus_beta1);
+        inv_bc2_sqrt = (T)(1.0 / a.bc2_sqrt);
     }
 };
 template <typename T, bool AMSGRAD, int MODE = 0>
@@ -214,7 +244,7 @@ FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
                         const fo_adam_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
-    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     T s = v;
     if (AMSGRAD) { vmax = fo_max(vmax, v); s = vmax; }
@@ -223,12 +253,10 @@ FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
     T denom = fo_sqrt(s) * h.inv_bc2_sqrt + h.eps;
     p = p + h.neg_step * m / denom;
 }
-struct fo_adam {
+struct fo_adam : fo_algo_base<fo_adam_scalars, fo_adam_hp> {
     FO_DESCRIBE(FO_ADAM)
-    typedef fo_adam_scalars scalars;
-    template <typename T> using hp = fo_adam_hp<T>;
     enum { LERP = 1 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_adam_rule<T, FO_FLAG(fo_adam, F, amsgrad), M>(p, g, s[0], s[1], s[2], c, h);
@@ -241,14 +269,8 @@ struct fo_adam {
 #define FO_ADAGRAD_FLAGS(X)
 #define FO_ADAGRAD_BUFFERS(X) X(sum, true)
 FO_SCALAR_STRUCT(fo_adagrad_scalars, FO_ADAGRAD_SCALARS)
-template <typename T> struct fo_adagrad_hp {
-    T neg_clr, eps;
-    FO_HD static fo_adagrad_hp load(const fo_adagrad_scalars &a) {
-        fo_adagrad_hp s;
-        s.neg_clr = (T)a.neg_clr;
-        s.eps = (T)a.eps;
-        return s;
-    }
+template <typename T> struct fo_adagrad_hp : fo_hp_base<fo_adagrad_hp<T> > {
+    FO_HP_FIELDS(FO_ADAGRAD)
 };
 template <typename T, int MODE = 0>
 FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_adagrad_hp<T> &h) {
@@ -257,12 +279,8 @@ FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_ad
     T std_ = fo_sqrt(sum) + h.eps;
     p = p + h.neg_clr * g / std_;
 }
-struct fo_adagrad {
+struct fo_adagrad : fo_algo_base<fo_adagrad_scalars, fo_adagrad_hp> {
     FO_DESCRIBE(FO_ADAGRAD)
-    typedef fo_adagrad_scalars scalars;
-    template <typename T> using hp = fo_adagrad_hp<T>;
-    enum { LERP = 0 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_adagrad_rule<T, M>(p, g, s[0], c, h);
@@ -274,20 +292,10 @@ struct fo_adagrad {
 #define FO_RMSPROP_FLAGS(X) X(centered) X(momentum)
 #define FO_RMSPROP_BUFFERS(X) X(square_avg, true) X(grad_avg, centered) X(momentum_buffer, momentum)
 FO_SCALAR_STRUCT(fo_rmsprop_scalars, FO_RMSPROP_SCALARS)
-template <typename T> struct fo_rmsprop_hp {
-    T alpha, one_minus_alpha, w_rest, eps, momentum, neg_lr;
-    bool small_w;
-    FO_HD static fo_rmsprop_hp load(const fo_rmsprop_scalars &a) {
-        fo_rmsprop_hp s;
-        s.alpha = (T)a.alpha;
-        s.one_minus_alpha = (T)a.one_minus_alpha;
-        s.w_rest = T(1) - s.one_minus_alpha;
-        s.small_w = fo_abs(s.one_minus_alpha) < T(0.5);
-        s.eps = (T)a.eps;
-        s.momentum = (T)a.momentum;
-        s.neg_lr = (T)a.neg_lr;
-        return s;
-    }
+template <typename T> struct fo_rmsprop_hp : fo_hp_base<fo_rmsprop_hp<T> > {
+    FO_HP_FIELDS(FO_RMSPROP)
+    fo_weight<T> w;
+    template <class S> FO_HD void derive(const S &) { w = fo_weight<T>::of(one_minus_alpha); }
 };
 template <typename T, bool CENTERED, bool MOMENTUM, int MODE = 0>
 FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
@@ -296,7 +304,7 @@ FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
     square_avg = square_avg * h.alpha + h.one_minus_alpha * g * g;
     T avg;
     if (CENTERED) {
-        grad_avg = fo_lerp<MODE>(grad_avg, g, h.one_minus_alpha, h.w_rest, h.small_w);
+        grad_avg = fo_lerp<MODE>(grad_avg, g, h.w);
         avg = fo_sqrt(square_avg + T(-1) * grad_avg * grad_avg);
     } else {
         avg = fo_sqrt(square_avg);
@@ -309,13 +317,11 @@ FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
         p = p + h.neg_lr * g / avg;
     }
 }
-struct fo_rmsprop {
+struct fo_rmsprop : fo_algo_base<fo_rmsprop_scalars, fo_rmsprop_hp> {
     FO_DESCRIBE(FO_RMSPROP)
-    typedef fo_rmsprop_scalars scalars;
-    template <typename T> using hp = fo_rmsprop_hp<T>;
     enum { LERP = 1 };
     template <typename T> FO_HD static int lerp(unsigned f, const hp<T> &h) {
-        return FO_FLAG(fo_rmsprop, f, centered) ? FO_LERP(h.small_w) : 0;
+        return FO_FLAG(fo_rmsprop, f, centered) ? FO_LERP(h.w.small) : 0;
     }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
@@ -330,33 +336,22 @@ struct fo_rmsprop {
 #define FO_ADAMAX_FLAGS(X)
 #define FO_ADAMAX_BUFFERS(X) X(exp_avg, true) X(exp_inf, true)
 FO_SCALAR_STRUCT(fo_adamax_scalars, FO_ADAMAX_SCALARS)
-template <typename T> struct fo_adamax_hp {
-    T w1, one_minus_w1, beta2, eps, neg_clr;
-    bool small_w1;
-    FO_HD static fo_adamax_hp load(const fo_adamax_scalars &a) {
-        fo_adamax_hp s;
-        s.w1 = (T)a.one_minus_beta1;
-        s.one_minus_w1 = T(1) - s.w1;
-        s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a.beta2;
-        s.eps = (T)a.eps;
-        s.neg_clr = (T)a.neg_clr;
-        return s;
-    }
+template <typename T> struct fo_adamax_hp : fo_hp_base<fo_adamax_hp<T> > {
+    FO_HP_FIELDS(FO_ADAMAX)
+    fo_weight<T> w1;
+    template <class S> FO_HD void derive(const S &) { w1 = fo_weight<T>::of(one_minus_beta1); }
 };
 template <typename T, int MODE = 0>
 FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_common<T> &c, const fo_adamax_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
-    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1);
     u = fo_max(u * h.beta2, fo_abs(g) + h.eps);
     p = p + h.neg_clr * m / u;
 }
-struct fo_adamax {
+struct fo_adamax : fo_algo_base<fo_adamax_scalars, fo_adamax_hp> {
     FO_DESCRIBE(FO_ADAMAX)
-    typedef fo_adamax_scalars scalars;
-    template <typename T> using hp = fo_adamax_hp<T>;
     enum { LERP = 1 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_adamax_rule<T, M>(p, g, s[0], s[1], c, h);
@@ -370,41 +365,30 @@ struct fo_adamax {
 #define FO_NADAM_FLAGS(X)
 #define FO_NADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
 FO_SCALAR_STRUCT(fo_nadam_scalars, FO_NADAM_SCALARS)
-template <typename T> struct fo_nadam_hp {
-    T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc2, eps, c_grad, c_avg;
-    bool small_w1;
-    FO_HD static fo_nadam_hp load(const fo_nadam_scalars &a) {
-        fo_nadam_hp s;
-        s.decay = (T)a.decay;
-        s.w1 = (T)a.one_minus_beta1;
-        s.one_minus_w1 = T(1) - s.w1;
-        s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a.beta2;
-        s.one_minus_beta2 = (T)a.one_minus_beta2;
-        s.inv_bc2 = (T)(1.0 / a.bc2);
-        s.eps = (T)a.eps;
-        s.c_grad = (T)a.c_grad;
-        s.c_avg = (T)a.c_avg;
-        return s;
+template <typename T> struct fo_nadam_hp : fo_hp_base<fo_nadam_hp<T> > {
+    FO_HP_FIELDS(FO_NADAM)
+    fo_weight<T> w1;
+    T inv_bc2;
+    template <class S> FO_HD void derive(const S &a) {
+        w1 = fo_weight<T>::of(one_minus_beta1);
+        inv_bc2 = (T)(1.0 / a.bc2);
     }
 };
 template <typename T, int MODE = 0>
 FO_HD void fo_nadam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_nadam_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
-    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     /* one division per element instead of torch's three (v / bc2 and two addcdiv) */
     T r = T(1) / (fo_sqrt(v * h.inv_bc2) + h.eps);
     p = p + (h.c_grad * g) * r;
     p = p + (h.c_avg * m) * r;
 }
-struct fo_nadam {
+struct fo_nadam : fo_algo_base<fo_nadam_scalars, fo_nadam_hp> {
     FO_DESCRIBE(FO_NADAM)
-    typedef fo_nadam_scalars scalars;
-    template <typename T> using hp = fo_nadam_hp<T>;
     enum { LERP = 1 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_nadam_rule<T, M>(p, g, s[0], s[1], c, h);
@@ -419,43 +403,32 @@ struct fo_nadam {
 #define FO_RADAM_FLAGS(X)
 #define FO_RADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
 FO_SCALAR_STRUCT(fo_radam_scalars, FO_RADAM_SCALARS)
-template <typename T> struct fo_radam_hp {
-    T decay, w1, one_minus_w1, beta2, one_minus_beta2, inv_bc1, lr, bc2_sqrt, eps, rect;
-    bool small_w1, rectified;
-    FO_HD static fo_radam_hp load(const fo_radam_scalars &a) {
-        fo_radam_hp s;
-        s.decay = (T)a.decay;
-        s.w1 = (T)a.one_minus_beta1;
-        s.one_minus_w1 = T(1) - s.w1;
-        s.small_w1 = fo_abs(s.w1) < T(0.5);
-        s.beta2 = (T)a.beta2;
-        s.one_minus_beta2 = (T)a.one_minus_beta2;
-        s.inv_bc1 = (T)(1.0 / a.bc1);
-        s.lr = (T)a.lr;
-        s.rectified = a.rectified != 0.0;
-        s.bc2_sqrt = (T)a.bc2_sqrt;
-        s.eps = (T)a.eps;
-        s.rect = (T)a.rect;
-        return s;
+template <typename T> struct fo_radam_hp : fo_hp_base<fo_radam_hp<T> > {
+    FO_HP_FIELDS(FO_RADAM)
+    fo_weight<T> w1;
+    T inv_bc1;
+    bool is_rectified;
+    template <class S> FO_HD void derive(const S &a) {
+        w1 = fo_weight<T>::of(one_minus_beta1);
+        inv_bc1 = (T)(1.0 / a.bc1);
+        is_rectified = a.rectified != 0.0;
     }
 };
 template <typename T, int MODE = 0>
 FO_HD void fo_radam_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_radam_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
-    m = fo_lerp<MODE>(m, g, h.w1, h.one_minus_w1, h.small_w1);
+    m = fo_lerp<MODE>(m, g, h.w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     T step = (m * h.inv_bc1) * h.lr;
     /* torch evaluates `float / tensor` as reciprocal(tensor) * float */
-    if (h.rectified) step = step * ((T(1) / (fo_sqrt(v) + h.eps)) * h.bc2_sqrt) * h.rect;
+    if (h.is_rectified) step = step * ((T(1) / (fo_sqrt(v) + h.eps)) * h.bc2_sqrt) * h.rect;
     p = p + T(-1) * step;
 }
-struct fo_radam {
+struct fo_radam : fo_algo_base<fo_radam_scalars, fo_radam_hp> {
     FO_DESCRIBE(FO_RADAM)
-    typedef fo_radam_scalars scalars;
-    template <typename T> using hp = fo_radam_hp<T>;
     enum { LERP = 1 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.small_w1); }
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_radam_rule<T, M>(p, g, s[0], s[1], c, h);
@@ -467,16 +440,8 @@ struct fo_radam {
 #define FO_ADADELTA_FLAGS(X)
 #define FO_ADADELTA_BUFFERS(X) X(square_avg, true) X(acc_delta, true)
 FO_SCALAR_STRUCT(fo_adadelta_scalars, FO_ADADELTA_SCALARS)
-template <typename T> struct fo_adadelta_hp {
-    T rho, one_minus_rho, eps, neg_lr;
-    FO_HD static fo_adadelta_hp load(const fo_adadelta_scalars &a) {
-        fo_adadelta_hp s;
-        s.rho = (T)a.rho;
-        s.one_minus_rho = (T)a.one_minus_rho;
-        s.eps = (T)a.eps;
-        s.neg_lr = (T)a.neg_lr;
-        return s;
-    }
+template <typename T> struct fo_adadelta_hp : fo_hp_base<fo_adadelta_hp<T> > {
+    FO_HP_FIELDS(FO_ADADELTA)
 };
 template <typename T, int MODE = 0>
 FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_common<T> &c,
@@ -488,12 +453,8 @@ FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_com
     acc_delta = acc_delta * h.rho + h.one_minus_rho * delta * delta;
     p = p + h.neg_lr * delta;
 }
-struct fo_adadelta {
+struct fo_adadelta : fo_algo_base<fo_adadelta_scalars, fo_adadelta_hp> {
     FO_DESCRIBE(FO_ADADELTA)
-    typedef fo_adadelta_scalars scalars;
-    template <typename T> using hp = fo_adadelta_hp<T>;
-    enum { LERP = 0 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_adadelta_rule<T, M>(p, g, s[0], s[1], c, h);
@@ -505,16 +466,8 @@ struct fo_adadelta {
 #define FO_RPROP_FLAGS(X)
 #define FO_RPROP_BUFFERS(X) X(prev, true) X(step_size, true)
 FO_SCALAR_STRUCT(fo_rprop_scalars, FO_RPROP_SCALARS)
-template <typename T> struct fo_rprop_hp {
-    T etaminus, etaplus, step_min, step_max;
-    FO_HD static fo_rprop_hp load(const fo_rprop_scalars &a) {
-        fo_rprop_hp s;
-        s.etaminus = (T)a.etaminus;
-        s.etaplus = (T)a.etaplus;
-        s.step_min = (T)a.step_size_min;
-        s.step_max = (T)a.step_size_max;
-        return s;
-    }
+template <typename T> struct fo_rprop_hp : fo_hp_base<fo_rprop_hp<T> > {
+    FO_HP_FIELDS(FO_RPROP)
 };
 /* torch's _single_tensor_rprop, element by element: the sign of g * prev (the product, as
  * torch computes it, so an underflow to 0 counts as "no sign") picks the factor of the
@@ -531,19 +484,15 @@ FO_HD void fo_rprop_rule(T &p, T g, T &prev, T &step_size, const fo_common<T> &c
     const T s = g * prev;
     const T eta = s > T(0) ? h.etaplus : (s < T(0) ? h.etaminus : (s == T(0) ? T(1) : s));
     T st = step_size * eta;
-    st = st < h.step_min ? h.step_min : st;
-    st = st > h.step_max ? h.step_max : st;
+    st = st < h.step_size_min ? h.step_size_min : st;
+    st = st > h.step_size_max ? h.step_size_max : st;
     step_size = st;
     if (s < T(0)) g = T(0);
     p = p - fo_signum(g) * st;
     prev = g;
 }
-struct fo_rprop {
+struct fo_rprop : fo_algo_base<fo_rprop_scalars, fo_rprop_hp> {
     FO_DESCRIBE(FO_RPROP)
-    typedef fo_rprop_scalars scalars;
-    template <typename T> using hp = fo_rprop_hp<T>;
-    enum { LERP = 0 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_rprop_rule<T, M>(p, g, s[0], s[1], c, h);
@@ -556,18 +505,8 @@ struct fo_rprop {
 #define FO_LION_FLAGS(X)
 #define FO_LION_BUFFERS(X) X(exp_avg, true)
 FO_SCALAR_STRUCT(fo_lion_scalars, FO_LION_SCALARS)
-template <typename T> struct fo_lion_hp {
-    T decay, beta1, one_minus_beta1, beta2, one_minus_beta2, neg_lr;
-    FO_HD static fo_lion_hp load(const fo_lion_scalars &a) {
-        fo_lion_hp s;
-        s.decay = (T)a.decay;
-        s.beta1 = (T)a.beta1;
-        s.one_minus_beta1 = (T)a.one_minus_beta1;
-        s.beta2 = (T)a.beta2;
-        s.one_minus_beta2 = (T)a.one_minus_beta2;
-        s.neg_lr = (T)a.neg_lr;
-        return s;
-    }
+template <typename T> struct fo_lion_hp : fo_hp_base<fo_lion_hp<T> > {
+    FO_HP_FIELDS(FO_LION)
 };
 /* optax.lion / lion-pytorch: decoupled decay, then the sign of the beta1 interpolation
  * (beta1 m + (1 - beta1) g, a multiply-add like both references, not torch.lerp), then the
@@ -580,12 +519,8 @@ FO_HD void fo_lion_rule(T &p, T g, T &m, const fo_common<T> &c, const fo_lion_hp
     p = p + h.neg_lr * fo_signum(u);
     m = m * h.beta2 + h.one_minus_beta2 * g;
 }
-struct fo_lion {
+struct fo_lion : fo_algo_base<fo_lion_scalars, fo_lion_hp> {
     FO_DESCRIBE(FO_LION)
-    typedef fo_lion_scalars scalars;
-    template <typename T> using hp = fo_lion_hp<T>;
-    enum { LERP = 0 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_lion_rule<T, M>(p, g, s[0], c, h);
@@ -599,17 +534,10 @@ struct fo_lion {
 #define FO_ASGD_FLAGS(X)
 #define FO_ASGD_BUFFERS(X) X(ax, true)
 FO_SCALAR_STRUCT(fo_asgd_scalars, FO_ASGD_SCALARS)
-template <typename T> struct fo_asgd_hp {
-    T decay, neg_eta, mu;
-    bool copy;
-    FO_HD static fo_asgd_hp load(const fo_asgd_scalars &a) {
-        fo_asgd_hp s;
-        s.decay = (T)a.decay;
-        s.neg_eta = (T)a.neg_eta;
-        s.mu = (T)a.mu;
-        s.copy = a.copy != 0.0;
-        return s;
-    }
+template <typename T> struct fo_asgd_hp : fo_hp_base<fo_asgd_hp<T> > {
+    FO_HP_FIELDS(FO_ASGD)
+    bool copies;
+    template <class S> FO_HD void derive(const S &a) { copies = a.copy != 0.0; }
 };
 /* torch's _single_tensor_asgd: decay, the SGD step with the decayed eta, then the average */
 template <typename T, int MODE = 0>
@@ -617,14 +545,10 @@ FO_HD void fo_asgd_rule(T &p, T g, T &ax, const fo_common<T> &c, const fo_asgd_h
     g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
     p = p + h.neg_eta * g;
-    ax = h.copy ? p : ax + (p - ax) * h.mu;
+    ax = h.copies ? p : ax + (p - ax) * h.mu;
 }
-struct fo_asgd {
+struct fo_asgd : fo_algo_base<fo_asgd_scalars, fo_asgd_hp> {
     FO_DESCRIBE(FO_ASGD)
-    typedef fo_asgd_scalars scalars;
-    template <typename T> using hp = fo_asgd_hp<T>;
-    enum { LERP = 0 };
-    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &) { return 0; }
     template <typename T, unsigned F, int M>
     FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         fo_asgd_rule<T, M>(p, g, s[0], c, h);
