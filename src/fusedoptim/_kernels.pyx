@@ -496,9 +496,13 @@ cdef char *_data(object o, Py_ssize_t size, int code, str what, Py_ssize_t i) ex
     if not isinstance(o, cnp.ndarray):
         raise TypeError(f"{what} of tensor {i}: expected a numpy.ndarray, got {type(o).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>o
-    if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
-            or not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{what} of tensor {i} does not match its parameter")
+    cdef str problem
+    if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
+        raise ValueError(f"{what} of tensor {i} does not match its parameter (size {cnp.PyArray_SIZE(a)}, "
+                         f"dtype {a.dtype})")
+    problem = _layout_problem(a)
+    if problem is not None:
+        raise ValueError(f"{what} of tensor {i}: {problem}")
     return <char *>cnp.PyArray_DATA(a)
 
 
@@ -615,14 +619,15 @@ cdef void _stats_block(Py_ssize_t b, Py_ssize_t ntens, const Py_ssize_t *blk_sta
                             &bm[b] if bm != NULL else NULL)
 
 
-def accumulate(list accs, list grads):
-    """accs[i] += grads[i] for every pair, in one native multi-tensor pass.
+def accumulate(list accs, list grads, double scale=1.0):
+    """accs[i] += scale * grads[i] for every pair, in one native multi-tensor pass.
 
-    This is the SGD rule with lr = -1 and nothing else (p - (-1) * g = p + g exactly), so
-    it needs no kernel of its own; arrays must be checked by the caller (same shapes,
-    dtype, C-contiguous).
+    This is the SGD rule with lr = -1 and the gradient scale ``gscale = scale`` (p - (-1) *
+    (scale * g) = p + scale * g, one rounding of the product), so it needs no kernel of
+    its own; arrays must be checked by the caller (same shapes, dtype, C-contiguous).
     """
-    fused_step(ALGORITHMS["sgd"].id, ACCUMULATE_COMMON, ACCUMULATE_SCALARS, 0, accs, grads, [])
+    common = ACCUMULATE_COMMON if scale == 1.0 else dict(ACCUMULATE_COMMON, gscale=scale)
+    fused_step(ALGORITHMS["sgd"].id, common, ACCUMULATE_SCALARS, 0, accs, grads, [])
 
 
 #: The scalars of :func:`accumulate` (also used by the CUDA backend): gradient scale 1, no
