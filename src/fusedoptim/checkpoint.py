@@ -19,6 +19,8 @@ Safety
   document are checked (names, dtypes, shapes, sizes) before any array data is read,
   and no more than the document declares is read (:mod:`fusedoptim.archive`).  Every
   failure to load is a ``CheckpointError`` (a ``ValueError``).
+* Portable: an entry stored in the other byte order (written on a big-endian machine)
+  is byte-swapped to this machine's order as it is read; dtypes must otherwise match.
 * Atomic: the archive is written to a temporary file in the target's directory,
   flushed and ``fsync``-ed, moved over the target with ``os.replace``, and the
   directory is ``fsync``-ed.  An error mid-save leaves the previous file intact and
