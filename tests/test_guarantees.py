@@ -64,6 +64,14 @@ _FORK_SCENARIOS = {
 pid = os.fork()
 if pid == 0:
     code = 0 if work("child") == 1 else 3
+    for n in (2, 0):                 # more threads would hang here: refused, not hung
+        try:
+            fo.set_num_threads(n)
+            code = 4
+        except RuntimeError as e:
+            code = code if "spawn" in str(e) else 5
+    fo.set_num_threads(1)
+    code = code if work("child") == 1 else 6
     os._exit(code)
 _, status = os.waitpid(pid, 0)
 assert os.waitstatus_to_exitcode(status) == 0, status
@@ -106,7 +114,8 @@ def run_script(code: str, timeout: float = TIMEOUT) -> subprocess.CompletedProce
 def test_forked_child_steps_after_parent_ran_threads(how):
     """Issue 11 item 1: after the parent ran a 2-thread region, a child made by fork runs
     a 4M-element step and clip_grad_norm (on one thread) instead of hanging in
-    GOMP_parallel; the parent keeps its 2 threads."""
+    GOMP_parallel, and refuses to raise its thread count (that would hang: checked by
+    hand with libgomp); the parent keeps its 2 threads."""
     code = (_FORK_PRELUDE + _FORK_SCENARIOS[how] + _FORK_EPILOGUE).format(big=BIG)
     r = run_script(code)
     assert r.returncode == 0 and "FORK-OK" in r.stdout, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
