@@ -370,11 +370,12 @@ def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list,
             _null() if ts is None else ts, _null() if control is None else control))
 
 
-def accumulate(accs: list, grads: list) -> None:
-    """accs[i] += grads[i] for every pair, in one launch: the SGD rule with lr = -1 and no
-    decay (as the CPU backend does; arrays checked by the caller)."""
-    fused_step(_kernels.ALGORITHMS["sgd"].id, _kernels.ACCUMULATE_COMMON, _kernels.ACCUMULATE_SCALARS, 0, accs,
-               grads, [])
+def accumulate(accs: list, grads: list, scale: float = 1.0) -> None:
+    """accs[i] += scale * grads[i] for every pair, in one launch: the SGD rule with lr = -1,
+    gradient scale ``scale`` and no decay (as the CPU backend does; arrays checked by the
+    caller)."""
+    common = _kernels.ACCUMULATE_COMMON if scale == 1.0 else dict(_kernels.ACCUMULATE_COMMON, gscale=float(scale))
+    fused_step(_kernels.ALGORITHMS["sgd"].id, common, _kernels.ACCUMULATE_SCALARS, 0, accs, grads, [])
 
 
 def _tscale_arg(tscale, ntens: int, dev: int):

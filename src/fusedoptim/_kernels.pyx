@@ -151,20 +151,33 @@ DEF ALIGN = 64           # chunk boundaries are multiples of this many elements
 # Below this many elements a call runs on one thread (no OpenMP fork/join).
 cdef Py_ssize_t _grain = 1 << 16
 cdef int _num_threads = 0   # 0: follow omp_get_max_threads() (OMP_NUM_THREADS, threadpoolctl)
+cdef bint _pool_started = False   # this process ran one of our parallel regions (libgomp made its pool)
+cdef bint _pool_lost = False      # forked from such a process: a parallel region here would hang
 
 
 def set_num_threads(int n):
-    """Use ``n`` threads for every step (``n <= 0`` restores the OpenMP default)."""
+    """Use ``n`` threads for every step (``n <= 0`` restores the OpenMP default).
+
+    A child made by ``fork`` runs on one thread (GNU OpenMP's threads do not survive
+    fork; the README's "Guarantees and limits" explains).  In a child of a process that
+    had run a parallel step, asking for more raises ``RuntimeError`` instead of hanging;
+    use the ``spawn`` or ``forkserver`` start method for workers that need threads."""
     global _num_threads
+    if _pool_lost and n != 1:
+        raise RuntimeError(
+            "this process was forked from one that had run fusedoptim with several OpenMP threads; "
+            "GNU OpenMP can't run threads in it again (the first parallel region would hang), so it stays "
+            "on one thread.  Start workers that need threads with the 'spawn' or 'forkserver' method.")
     _num_threads = n if n > 0 else 0
 
 
 def _after_fork_in_child():
     # GNU OpenMP keeps its thread pool across fork() but not its threads: the first
     # parallel region in a child of a process that ran one waits forever.  A forked
-    # child therefore runs single-threaded; see fusedoptim.set_num_threads.
-    global _num_threads
+    # child therefore runs single-threaded; see set_num_threads.
+    global _num_threads, _pool_lost
     _num_threads = 1
+    _pool_lost = _pool_lost or _pool_started
 
 
 if hasattr(os, "register_at_fork"):
@@ -376,6 +389,7 @@ cdef void _run_chunk(fo_seg_fn fn, const double *hp, unsigned flags, char **tabl
 cdef void _drive(fo_seg_fn fn, const double *hp, unsigned flags, char **table, const Py_ssize_t *starts,
                  Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
                  int nthreads) noexcept nogil:
+    global _pool_started
     cdef Py_ssize_t total = starts[ntens]
     cdef Py_ssize_t per, c
     if nthreads <= 1 or total < _grain:
@@ -383,6 +397,7 @@ cdef void _drive(fo_seg_fn fn, const double *hp, unsigned flags, char **table, c
         return
     per = (total + nthreads - 1) // nthreads
     per = ((per + ALIGN - 1) // ALIGN) * ALIGN
+    _pool_started = True
     for c in prange(nthreads, num_threads=nthreads, schedule='static'):
         _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale,
                    c * per if c * per < total else total,
@@ -496,9 +511,13 @@ cdef char *_data(object o, Py_ssize_t size, int code, str what, Py_ssize_t i) ex
     if not isinstance(o, cnp.ndarray):
         raise TypeError(f"{what} of tensor {i}: expected a numpy.ndarray, got {type(o).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>o
-    if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
-            or not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{what} of tensor {i} does not match its parameter")
+    cdef str problem
+    if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
+        raise ValueError(f"{what} of tensor {i} does not match its parameter (size {cnp.PyArray_SIZE(a)}, "
+                         f"dtype {a.dtype})")
+    problem = _layout_problem(a)
+    if problem is not None:
+        raise ValueError(f"{what} of tensor {i}: {problem}")
     return <char *>cnp.PyArray_DATA(a)
 
 
@@ -514,6 +533,7 @@ def grad_stats(list arrays, bint per_tensor=False, bint want_max=False):
     None or, with ``per_tensor``, a float64 array of each entry's sum of squares (0 for
     None entries).  Any NaN or Inf element makes ``sumsq`` non-finite.
     """
+    global _pool_started
     cdef Py_ssize_t ntens = len(arrays), i, b, nblk = 0, nb, t
     cdef Py_ssize_t *blk_start      # first block of tensor t
     cdef char **data
@@ -566,6 +586,7 @@ def grad_stats(list arrays, bint per_tensor=False, bint want_max=False):
                 for b in range(nblk):
                     _stats_block(b, ntens, blk_start, data, sizes, codes, bs, bm if want_max else NULL)
             else:
+                _pool_started = True
                 for b in prange(nblk, num_threads=nthreads, schedule='static'):
                     _stats_block(b, ntens, blk_start, data, sizes, codes, bs, bm if want_max else NULL)
         s = 0.0
@@ -615,14 +636,15 @@ cdef void _stats_block(Py_ssize_t b, Py_ssize_t ntens, const Py_ssize_t *blk_sta
                             &bm[b] if bm != NULL else NULL)
 
 
-def accumulate(list accs, list grads):
-    """accs[i] += grads[i] for every pair, in one native multi-tensor pass.
+def accumulate(list accs, list grads, double scale=1.0):
+    """accs[i] += scale * grads[i] for every pair, in one native multi-tensor pass.
 
-    This is the SGD rule with lr = -1 and nothing else (p - (-1) * g = p + g exactly), so
-    it needs no kernel of its own; arrays must be checked by the caller (same shapes,
-    dtype, C-contiguous).
+    This is the SGD rule with lr = -1 and the gradient scale ``gscale = scale`` (p - (-1) *
+    (scale * g) = p + scale * g, one rounding of the product), so it needs no kernel of
+    its own; arrays must be checked by the caller (same shapes, dtype, C-contiguous).
     """
-    fused_step(ALGORITHMS["sgd"].id, ACCUMULATE_COMMON, ACCUMULATE_SCALARS, 0, accs, grads, [])
+    common = ACCUMULATE_COMMON if scale == 1.0 else dict(ACCUMULATE_COMMON, gscale=scale)
+    fused_step(ALGORITHMS["sgd"].id, common, ACCUMULATE_SCALARS, 0, accs, grads, [])
 
 
 #: The scalars of :func:`accumulate` (also used by the CUDA backend): gradient scale 1, no

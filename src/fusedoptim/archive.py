@@ -23,6 +23,12 @@ exist on this machine.
    entry's stored bytes;
 5. only then is data read, at most what was declared.
 
+Arrays come back in this machine's byte order: an entry stored in the other one (a file
+written on a big-endian machine, which ``np.savez`` writes in its native order) is
+byte-swapped in place as it is read, a lossless conversion, so nothing downstream sees a
+non-native array.  (The dtypes in the document are compared with the entries' headers
+as written, and with the parameters' dtypes regardless of byte order.)
+
 So memory use is bounded by the file's size and every failure is a ``CheckpointError``.
 """
 from __future__ import annotations
@@ -199,7 +205,10 @@ def _read_data(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header, what: str) ->
             got += n
         if f.read(1):  # also makes zipfile check the CRC
             raise CheckpointError(f"{what} holds more data than its size says")
-    return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
+    a = buf.view(dtype).reshape(shape, order="F" if fortran else "C")
+    if not dtype.isnative:     # written on a machine of the other byte order: swap in place
+        a = a.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return a
 
 
 def _parse_meta(raw: np.ndarray, path: str) -> dict:

@@ -19,6 +19,8 @@ Safety
   document are checked (names, dtypes, shapes, sizes) before any array data is read,
   and no more than the document declares is read (:mod:`fusedoptim.archive`).  Every
   failure to load is a ``CheckpointError`` (a ``ValueError``).
+* Portable: an entry stored in the other byte order (written on a big-endian machine)
+  is byte-swapped to this machine's order as it is read; dtypes must otherwise match.
 * Atomic: the archive is written to a temporary file in the target's directory,
   flushed and ``fsync``-ed, moved over the target with ``os.replace``, and the
   directory is ``fsync``-ed.  An error mid-save leaves the previous file intact and
@@ -64,6 +66,7 @@ shortest round-trip repr, so they come back bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -91,7 +94,7 @@ def _library_version() -> str:
 
 
 # ========================================================================= save
-def _encode_params(params, enc: _codec.Encoder) -> dict:
+def _encode_params(params, enc: _codec.Encoder, copy: bool = False) -> dict:
     if isinstance(params, dict):
         kind, names, arrays = "dict", list(params.keys()), list(params.values())
         for n in names:
@@ -105,7 +108,7 @@ def _encode_params(params, enc: _codec.Encoder) -> dict:
     for k, (n, a) in enumerate(zip(names, arrays)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"params[{n!r}] must be a numpy.ndarray, got {type(a).__name__}")
-        refs.append(enc.add_array(f"params/{k}", a, f"params[{n!r}]"))
+        refs.append(enc.add_array(f"params/{k}", a.copy() if copy else a, f"params[{n!r}]"))
     return {"kind": kind, "names": names, "arrays": refs}
 
 
@@ -122,11 +125,22 @@ def save(path, optimizer=None, params=None, extra: Optional[dict] = None, schedu
     Everything is encoded before the file is opened, so an unstorable value raises
     without touching the disk.  Temporary files of earlier saves to ``path`` killed
     mid-write (their process is gone) are deleted.
+
+    Thread-safe: the optimizer's state and ``params`` are snapshot under
+    ``optimizer.lock`` (the lock ``step`` holds), so a save from a background thread
+    while another thread steps writes one consistent point of training.  The params are
+    copied for that (peak memory: one more copy of them, besides the state copies of
+    ``state_dict()``); the file is written after the lock is released.
     """
     enc = _codec.Encoder()
     meta: Dict[str, Any] = {"format": FORMAT, "version": VERSION, "library_version": _library_version()}
-    meta["optimizer"] = None if optimizer is None else _codec.encode_optimizer(optimizer, enc)
-    meta["params"] = None if params is None else _encode_params(params, enc)
+    lock = getattr(optimizer, "lock", None) if optimizer is not None else None
+    with lock if lock is not None else contextlib.nullcontext():
+        # one snapshot: no step of this optimizer (from another thread) between its state
+        # and the params; the params are copied so the file is written after the lock is
+        # released (state_dict() copies the state)
+        meta["optimizer"] = None if optimizer is None else _codec.encode_optimizer(optimizer, enc)
+        meta["params"] = None if params is None else _encode_params(params, enc, copy=lock is not None)
     scheds = []
     for i, s in enumerate(schedulers):
         if not hasattr(s, "state_dict") or not hasattr(s, "load_state_dict"):

@@ -298,7 +298,8 @@ def _signature_of(om: dict, src: str) -> List[Tuple[Tuple[int, ...], np.dtype]]:
     out = []
     for i, d in enumerate(sp):
         try:
-            shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"])
+            # byte order aside: archive.read_archive converts entries to native order
+            shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"]).newbyteorder("=")
             if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
                 raise ValueError
         except (TypeError, KeyError, ValueError, SyntaxError):

@@ -58,7 +58,8 @@ class Optimizer(ExtensionAPI):
         self.defaults = defaults
         self.lock = threading.RLock()        # step, state_dict, load_state_dict, fo.save hold it
         self.nonfinite_count = 0             # steps skipped because a gradient was NaN/Inf
-        self.last_step_skipped = False
+        self.last_step_skipped = False       # the last step() call skipped a non-finite gradient
+        self.last_step_applied = False       # the last step() call updated the parameters
         self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
         self.iterations = 0                  # steps taken (Keras' optimizer.iterations)
         self.engine = Engine(self)
@@ -113,8 +114,13 @@ class Optimizer(ExtensionAPI):
         ``skip_nonfinite`` overrides the option of the same name for this call.  Everything
         is checked before any array is written: on error, parameters and state are exactly
         as before.  Thread-safe (one step at a time).  Returns ``closure()`` if given.
+
+        Afterwards ``last_step_applied`` says whether the parameters were updated: False
+        when the call only accumulated gradients (``gradient_accumulation_steps``), was
+        skipped (``last_step_skipped``: a NaN/Inf gradient) or raised.
         """
         with self.lock:
+            self.last_step_applied = False
             loss = closure() if closure is not None else None
             if type(grads) is not list:
                 if is_array(grads):
@@ -154,6 +160,7 @@ class Optimizer(ExtensionAPI):
                 self.engine.step_group(gi, resolved[gi], g["params"], part, skipped == 0, ctl, ts, be)
                 base += n
             self.iterations += 1
+            self.last_step_applied = True
             return loss
 
     # --------------------------------------------------------------------- EMA

@@ -62,8 +62,14 @@ def _grads_list(grads, what: str = "grads") -> list:
     for i, g in enumerate(grads):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"{what}[{i}]: expected a numpy.ndarray, got {type(g).__name__}")
-        if g.dtype not in (np.float32, np.float64):
+        if g.dtype.type not in (np.float32, np.float64):
             raise TypeError(f"{what}[{i}]: dtype {g.dtype} is not supported; use float32 or float64")
+        if not g.dtype.isnative:
+            raise ValueError(f"{what}[{i}]: dtype {g.dtype.str} is not in this machine's byte order "
+                             f"(a.astype(a.dtype.newbyteorder('=')) converts it)")
+        if not g.flags.aligned:
+            raise ValueError(f"{what}[{i}]: array is not aligned to its itemsize; "
+                             "np.require(a, requirements='A') makes an aligned copy")
         if not g.flags.c_contiguous:
             raise ValueError(f"{what}[{i}]: array is not C-contiguous")
     return grads
@@ -198,10 +204,12 @@ class GradientPipeline:
         """A :class:`StepControl`, or :data:`PENDING` (accumulating) or :data:`SKIP`."""
         acc = None
         if self.accum_steps > 1:
-            grads = acc = self._accumulate(grads, backend)
+            # each call's gradients enter the sum scaled by that call's grad_scale (a loss
+            # scale may change between micro-batches); the mean over k is the step's scale
+            grads = acc = self._accumulate(grads, grad_scale, backend)
             if grads is None:
                 return PENDING
-            grad_scale = grad_scale / self.accum_steps
+            grad_scale = 1.0 / self.accum_steps
         o = self.options
         guard = o["skip_nonfinite"] if skip_nonfinite is None else bool(skip_nonfinite)
         gc, pc, cv = o["global_clipnorm"], o["clipnorm"], o["clipvalue"]
@@ -226,11 +234,11 @@ class GradientPipeline:
                       for g, ss in zip(grads, per)]
         return StepControl(acc, scale, clip, tscale, norm=norm)
 
-    def _accumulate(self, grads: list, backend) -> Optional[list]:
-        """Add this call's gradients into the accumulators (one native pass); return the
-        accumulated gradients on every k-th call, else None.  A parameter's first gradient
-        of the cycle is copied in, later ones added; a parameter that got no gradient in
-        the whole cycle gets None (is skipped)."""
+    def _accumulate(self, grads: list, grad_scale: float, backend) -> Optional[list]:
+        """Add this call's gradients times ``grad_scale`` into the accumulators (one native
+        pass); return the accumulated sums on every k-th call, else None.  A parameter's
+        first gradient of the cycle is copied in (with a scale: added to zeros), later ones
+        added; a parameter that got no gradient in the whole cycle gets None (is skipped)."""
         if self.acc_count == 0:
             self.acc = {}
         acc, pool = self.acc, self._pool
@@ -249,9 +257,14 @@ class GradientPipeline:
                 into.append(a)
                 adds.append(gr)
         for a, gr in fresh:
-            a[...] = gr
+            if grad_scale == 1.0:
+                a[...] = gr
+            else:                      # 0 + s * g in the same pass as the others
+                a[...] = 0
+                into.append(a)
+                adds.append(gr)
         if into:
-            backend.accumulate(into, adds)
+            backend.accumulate(into, adds, grad_scale)
         self.acc_count += 1
         if self.acc_count < self.accum_steps:
             return None

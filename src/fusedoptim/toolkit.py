@@ -23,6 +23,11 @@ class DynamicLossScale:
     ``backoff_factor`` after a skipped step and by ``growth_factor`` after
     ``growth_interval`` consecutive good steps.
 
+    With ``gradient_accumulation_steps = k``, call ``scaler.step`` for every micro-batch:
+    each micro-batch's gradients are unscaled by the scale they were computed with as
+    they are accumulated, the scale changes only when a step is applied or skipped (at
+    the end of a cycle), and a NaN/Inf anywhere in the cycle skips the whole cycle.
+
     >>> scaler = DynamicLossScale()
     >>> # loss = scaler.scale * loss; grads = backprop(...)
     >>> # applied = scaler.step(opt, grads)
@@ -53,11 +58,15 @@ class DynamicLossScale:
 
     def step(self, optimizer: Optimizer, grads, closure: Optional[Callable] = None) -> bool:
         """Unscale, check, and apply ``grads`` with ``optimizer``; update the scale.
-        Returns True if the step was applied, False if it was skipped."""
+        Returns True if the parameters were updated (``optimizer.last_step_applied``);
+        False if the step was skipped (the scale backs off) or the gradients were only
+        accumulated (the scale is unchanged)."""
         optimizer.step(grads, closure, grad_scale=1.0 / self.scale, skip_nonfinite=True)
         if optimizer.last_step_skipped:
             self.scale = max(self.scale * self.backoff_factor, self.min_scale)
             self.good_steps = 0
+            return False
+        if not optimizer.last_step_applied:
             return False
         self.good_steps += 1
         if self.good_steps >= self.growth_interval:

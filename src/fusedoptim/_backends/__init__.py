@@ -10,8 +10,8 @@ A backend object (:class:`~fusedoptim._backends.cpu.CpuBackend` for NumPy arrays
     one native call: the algorithm (a native id) over every tensor, scalars by name;
 ``grad_stats(grads, per_tensor)`` (host) or ``grad_control(...)`` (device)
     the deterministic reductions of the gradient pipeline (``device_control`` says which);
-``accumulate(accs, grads)``, ``zeros_like``, ``full_like``, ``to_host``, ``from_host``,
-``address``, ``take``.
+``accumulate(accs, grads, scale)`` (``accs[i] += scale * grads[i]``), ``zeros_like``,
+``full_like``, ``to_host``, ``from_host``, ``address``, ``take``.
 
 The optimizer never branches on the backend's identity: it asks :func:`backend_for`.
 """
