@@ -284,10 +284,20 @@ cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
 def param_spans(list params):
     """The memory spans of the parameters, for check_grads: an int64 array of rows
     (start address, end address, index), sorted by start, zero-size arrays left out."""
-    rows = sorted((<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>p),
-                   <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>p) + cnp.PyArray_NBYTES(<cnp.ndarray>p), i)
-                  for i, p in enumerate(params) if cnp.PyArray_NBYTES(<cnp.ndarray>p) > 0)
-    return np.ascontiguousarray(np.array(rows, dtype=np.int64).reshape(-1, 3))
+    cdef Py_ssize_t i, k = 0, n = len(params), nb
+    rows = np.empty((n, 3), dtype=np.int64)
+    cdef long long[:, ::1] r = rows
+    cdef cnp.ndarray a
+    for i in range(n):
+        a = <cnp.ndarray>params[i]
+        nb = cnp.PyArray_NBYTES(a)
+        if nb > 0:
+            r[k, 0] = <long long><Py_ssize_t>cnp.PyArray_DATA(a)
+            r[k, 1] = r[k, 0] + nb
+            r[k, 2] = i
+            k += 1
+    rows = rows[:k]
+    return np.ascontiguousarray(rows[np.argsort(rows[:, 0], kind="stable")])
 
 
 def check_grads(list params, list grads, object labels=None, object spans=None):

@@ -16,6 +16,8 @@ are bucketed: one native call per bucket.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 from typing import Dict
 
@@ -26,6 +28,22 @@ from ._kernels import update_dicts
 __all__ = ["Engine"]
 
 _NO_FRESH = frozenset()
+_MANY = 4096     # creating state for more parameters than this pauses the cyclic GC
+
+
+@contextlib.contextmanager
+def _gc_paused(pause: bool):
+    """Pause the cyclic garbage collector while many small state dicts are created (the
+    first step of a model with 100k tensors): its repeated passes over the growing heap
+    cost more than the creation itself.  Restored on exit; never paused if disabled."""
+    if not (pause and gc.isenabled()):
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class Engine:
@@ -78,7 +96,8 @@ class Engine:
                        ctl.control, be)
             return
         self._plans.pop(gi, None)
-        buckets = self._buckets(g, names, params, grads)
+        with _gc_paused(len(params) > _MANY):
+            buckets = self._buckets(g, names, params, grads)
         for key, items in buckets.items():
             opt = self.opt
             scal = {k: key[i] for i, k in enumerate(opt.scalar_state)}
@@ -95,24 +114,31 @@ class Engine:
         """Create missing state; group the parameters by their scalar state and the
         buffers created for this step."""
         opt = self.opt
-        store = opt.registry.store
+        store, new_state = opt.registry.store, opt.registry.new_state
         ema = opt.options["ema_decay"] is not None
+        scalar_state = tuple(opt.scalar_state)
+        init = None
         buckets: Dict[tuple, list] = {}
         for j, (p, gr) in enumerate(zip(params, grads)):
             if gr is None:
                 continue
             st = store.get(id(p))
             if st is None:
-                st = store[id(p)] = opt.registry.new_state(p, opt.init_scalars(g))
-            fresh = []
-            for name in names:
-                if name not in st:
+                init = opt.init_scalars(g) if init is None else init   # the same for every parameter
+                st = store[id(p)] = new_state(p, init)
+            fresh = _NO_FRESH
+            if names:
+                made = [name for name in names if name not in st]
+                for name in made:
                     dict.__setitem__(st, name, opt.init_buffer(name, p, g))
-                    fresh.append(name)
+                fresh = frozenset(made) if made else _NO_FRESH
             if ema and "ema" not in st:
                 dict.__setitem__(st, "ema", p.copy())
-            key = tuple([st[k] for k in opt.scalar_state]) + (frozenset(fresh),)
-            buckets.setdefault(key, []).append((p, gr, st, j))
+            key = (*[st[k] for k in scalar_state], fresh)
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = []
+            bucket.append((p, gr, st, j))
         return buckets
 
     def _call(self, g, common, flags, scal, fresh, params, grads, states, bufs, emas, tscale, control, be) -> None:

@@ -147,16 +147,17 @@ def check_no_overlap(existing: List, new: List, labels: List[str]) -> None:
         if id(p) in seen:
             raise ValueError(f"{labels[j]}: the same array appears more than once among the parameters")
         seen.add(id(p))
-    be = backend_for(existing or new)
-    for j, p in enumerate(list(existing) + list(new)):
-        if p.nbytes:
-            a = be.address(p)
-            spans.append((a, a + p.nbytes, j - len(existing)))
-    spans.sort()
-    for (a0, a1, j0), (b0, b1, j1) in zip(spans, spans[1:]):
-        if b0 < a1:
-            j = j1 if j1 >= 0 else j0
-            raise ValueError(f"{labels[j]}: shares memory with another parameter")
+    every = list(existing) + list(new)
+    rows = backend_for(every).param_spans(every)     # (start, end, index) sorted by start
+    if rows is None:                                 # device arrays: addresses one by one
+        be = backend_for(every)
+        rows = np.array(sorted((be.address(p), be.address(p) + p.nbytes, j) for j, p in enumerate(every)
+                               if p.nbytes), dtype=np.int64).reshape(-1, 3)
+    bad = np.flatnonzero(rows[1:, 0] < rows[:-1, 1])
+    if bad.size:
+        k = int(bad[0])
+        j = max(int(rows[k, 2]), int(rows[k + 1, 2])) - len(existing)   # the later one is new
+        raise ValueError(f"{labels[j]}: shares memory with another parameter")
 
 
 class ParamRegistry:
@@ -252,11 +253,10 @@ class ParamRegistry:
         """Append a staged group."""
         self._on_change()
         self._spans = None
-        gi = len(self.groups)
-        for j, p in enumerate(g["params"]):
-            self._index[id(p)] = len(self._params)
-            self._labels.append(f"params[{len(self._params)}] (group {gi}, index {j})")
-            self._params.append(p)
+        gi, n0, ps = len(self.groups), len(self._params), g["params"]
+        self._index.update(zip(map(id, ps), range(n0, n0 + len(ps))))
+        self._labels += [f"params[{n0 + j}] (group {gi}, index {j})" for j in range(len(ps))]
+        self._params += ps
         self.groups.append(g if type(g) is Group else Group(g))
 
     # ----------------------------------------------------- Keras-style variables
@@ -278,15 +278,16 @@ class ParamRegistry:
         """Keras' ``grads_and_vars`` as a gradient list in parameter order (None where a
         variable is absent), learning unknown variables first: returns ``(grads, new)``;
         call :meth:`forget` with ``new`` if the step that follows fails."""
-        new, seen = [], set()
+        new, seen, index = [], set(), self._index
         for k, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"grads_and_vars[{k}] must be a (gradient, variable) pair")
             var = pair[1]
-            if not is_array(var):
+            if type(var) is not np.ndarray and not is_array(var):
                 raise TypeError(f"grads_and_vars[{k}]: variable must be a numpy.ndarray, got {type(var).__name__}")
-            if self.index(var) is None and id(var) not in seen:
-                seen.add(id(var))
+            key = id(var)
+            if key not in index and key not in seen:
+                seen.add(key)
                 new.append(var)
         if new:
             self.learn(new)
