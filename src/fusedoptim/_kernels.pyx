@@ -16,6 +16,7 @@ with.  Nothing is positional.
 This module checks arrays, not hyperparameters: the Python classes validate those.
 """
 import os
+import sys
 from collections import namedtuple
 
 import numpy as np
@@ -23,7 +24,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from cpython.dict cimport PyDict_Update, PyDict_GetItem
+from cpython.dict cimport PyDict_Update, PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
 
 cnp.import_array()
@@ -59,10 +60,12 @@ MAX_SCALARS = FO_MAXSCALARS
 
 
 cdef tuple _names(const char *const *lst):
+    """A NULL-terminated C list of names as a tuple of interned strings (so a dict with
+    literal keys in this order packs by identity: _pack)."""
     cdef list out = []
     cdef int k = 0
     while lst[k] != NULL:
-        out.append(lst[k].decode())
+        out.append(sys.intern(lst[k].decode()))
         k += 1
     return tuple(out)
 
@@ -119,18 +122,33 @@ cdef int _popcount(unsigned m) noexcept:
     return n
 
 
-cdef int _pack(dict d, tuple names, double *out, str what) except -1:
-    """out[k] = d[names[k]]; every name present, no other key."""
-    cdef Py_ssize_t k, n = len(names)
+cdef int _pack(dict d, tuple names, double *out, int algo) except -1:
+    """out[k] = d[names[k]]; every name present, no other key (algo < 0: the common block).
+
+    A dict written in the spec's order with literal keys (interned strings, as are the
+    names here) is read in one walk comparing key identities; any other dict by lookups."""
+    cdef Py_ssize_t k = 0, n = len(names), pos = 0
+    cdef PyObject *key
     cdef PyObject *v
-    for k in range(n):
-        v = PyDict_GetItem(d, names[k])
+    if len(d) == n:
+        while PyDict_Next(d, &pos, &key, &v):
+            if key != <PyObject *>names[k]:
+                break
+            out[k] = <object>v
+            k += 1
+    cdef Py_ssize_t j
+    for j in range(k, n):
+        v = PyDict_GetItem(d, names[j])
         if v == NULL:
-            raise ValueError(f"{what}: the scalar {names[k]!r} is missing (expected {names})")
-        out[k] = <object>v
+            raise ValueError(f"{_block_name(algo)}: the scalar {names[j]!r} is missing (expected {names})")
+        out[j] = <object>v
     if len(d) != n:
-        raise ValueError(f"{what}: unknown scalar(s) {sorted(set(d) - set(names))}; expected {names}")
+        raise ValueError(f"{_block_name(algo)}: unknown scalar(s) {sorted(set(d) - set(names))}; expected {names}")
     return 0
+
+
+cdef str _block_name(int algo):
+    return "common block" if algo < 0 else fo_cpu_spec(algo).name.decode()
 
 
 def pack_scalars(int algo, dict common, dict scalars):
@@ -140,8 +158,8 @@ def pack_scalars(int algo, dict common, dict scalars):
     out = np.zeros(FO_MAXSCALARS, dtype=np.float64)
     cdef double[::1] o = out
     cdef const fo_spec *s = _spec(algo, 0)
-    _pack(common, COMMON_SCALARS, &o[0], "common block")
-    _pack(scalars, _SCALAR_NAMES[algo], &o[FO_NCOMMON], s.name.decode())
+    _pack(common, COMMON_SCALARS, &o[0], -1)
+    _pack(scalars, _SCALAR_NAMES[algo], &o[FO_NCOMMON], algo)
     return out
 
 
@@ -279,7 +297,7 @@ cdef void _drive(fo_seg_fn fn, const double *hp, unsigned flags, char **table, c
 
 
 def fused_step(int algo, dict common, dict scalars, unsigned flags, list params, list grads, list states,
-               list emas=None, object tscale=None):
+               list emas=None, object tscale=None, object control=None):
     """Run algorithm ``algo`` (an id of :data:`ALGORITHMS`) once over all tensors.
 
     ``common`` and ``scalars`` are the per-step scalars by name (every name of
@@ -289,13 +307,16 @@ def fused_step(int algo, dict common, dict scalars, unsigned flags, list params,
     ``kept_buffers(algo, flags)`` for tensor i, with the parameter's dtype and size;
     ``emas[i]`` (optional) is an exponential moving average of params[i], updated in the
     same pass; ``tscale`` (optional, one float per tensor) multiplies the gradient scale
-    ``gscale`` per tensor (per-parameter norm clipping).
+    ``gscale`` per tensor (per-parameter norm clipping).  ``control`` (a device control
+    block) is the CUDA backend's and must be None here.
     """
     cdef double hbuf[FO_MAXSCALARS]
     cdef const fo_spec *s = _spec(algo, flags)
+    if control is not None:
+        raise ValueError("the CPU backend takes no device control block")
     memset(hbuf, 0, sizeof(hbuf))
-    _pack(common, COMMON_SCALARS, hbuf, "common block")
-    _pack(scalars, <tuple>_SCALAR_NAMES[algo], hbuf + FO_NCOMMON, s.name.decode())
+    _pack(common, COMMON_SCALARS, hbuf, -1)
+    _pack(scalars, <tuple>_SCALAR_NAMES[algo], hbuf + FO_NCOMMON, algo)
     cdef int nstate = _popcount(s.mask(flags))
     if len(states) != nstate:
         raise ValueError(f"{s.name.decode()} with flags {flags:#x} keeps {nstate} state buffer(s) "
@@ -380,19 +401,30 @@ cdef _run(int algo, double *hbuf, unsigned flags, list params, list grads, list 
         free(ts)
 
 
-cdef char *_data(object o, Py_ssize_t size, int code, str what, Py_ssize_t i) except NULL:
-    """The data pointer of a buffer that must match its parameter (size, dtype, layout)."""
+cdef inline char *_data(object o, Py_ssize_t size, int code, str what, Py_ssize_t i) except NULL:
+    """The data pointer of a buffer that must match its parameter (size, dtype, layout):
+    a few flag tests on the fast path, the messages only when one fails."""
+    cdef cnp.ndarray a
+    if isinstance(o, cnp.ndarray):
+        a = <cnp.ndarray>o
+        if (cnp.PyArray_SIZE(a) == size and _dtype_code(a) == code and cnp.PyArray_ISNOTSWAPPED(a)
+                and (cnp.PyArray_FLAGS(a) & _NEED) == _NEED):
+            return <char *>cnp.PyArray_DATA(a)
+    _buffer_error(o, size, code, what, i)
+    return NULL
+
+
+cdef int _NEED = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+
+
+cdef int _buffer_error(object o, Py_ssize_t size, int code, str what, Py_ssize_t i) except -1:
     if not isinstance(o, cnp.ndarray):
         raise TypeError(f"{what} of tensor {i}: expected a numpy.ndarray, got {type(o).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>o
-    cdef str problem
     if cnp.PyArray_SIZE(a) != size or _dtype_code(a) != code:
         raise ValueError(f"{what} of tensor {i} does not match its parameter (size {cnp.PyArray_SIZE(a)}, "
                          f"dtype {a.dtype})")
-    problem = _layout_problem(a)
-    if problem is not None:
-        raise ValueError(f"{what} of tensor {i}: {problem}")
-    return <char *>cnp.PyArray_DATA(a)
+    raise ValueError(f"{what} of tensor {i}: {_layout_problem(a)}")
 
 
 include "_stats.pxi"

@@ -92,6 +92,12 @@ class Engine:
         plan = self._plans.get(gi)
         if complete and plan is not None and plan[0] == names:
             _, scal, states, bufs, emas = plan       # every parameter steps and has its state
+            spec = self.opt.spec
+            if spec is not None:                     # the lean path: straight to the native call
+                be.fused_step(spec.id, common, self.opt.kernel_scalars(g, scal, _NO_FRESH), flags, params, grads,
+                              bufs, emas, tscale, ctl.control)
+                update_dicts(states, scal)
+                return
             self._call(g, common, flags, scal, _NO_FRESH, params, grads, states, bufs, emas, tscale,
                        ctl.control, be)
             return

@@ -70,8 +70,9 @@ class ExtensionAPI:
         (sign of maximize), coupled weight decay, L1, EMA weight, clip value."""
         wd = 0.0 if g.get("decoupled_weight_decay") else g.get("weight_decay", 0.0)
         ema = self.options["ema_decay"]
-        return dict(gscale=-1.0 if g.get("maximize") else 1.0, weight_decay=float(wd), l1=float(g.get("l1", 0.0)),
-                    ema_weight=0.0 if ema is None else 1.0 - ema, clip_value=float("inf"))
+        return {"gscale": -1.0 if g.get("maximize") else 1.0, "weight_decay": float(wd),
+                "l1": float(g.get("l1", 0.0)), "ema_weight": 0.0 if ema is None else 1.0 - ema,
+                "clip_value": float("inf")}
 
     def update(self, param, grad, state: dict, group: dict) -> None:
         """NumPy update of one parameter, for custom optimizers (``spec = None``).

@@ -128,14 +128,14 @@ class Optimizer(ExtensionAPI):
                                     "ndarray; wrap it in a list: [grad]")
                 grads = list(grads)
             reg = self.registry
-            params, labels = reg.params, reg.labels
-            be = backend_for(params)
+            params, labels, be = reg.params, reg.labels, reg.backend
             be.check_params(params, labels)
             skipped = be.check_grads(params, grads, labels, reg.spans())
             if grad_scale != 1.0:
                 check_real(grad_scale, "grad_scale", lo=0.0)
             groups = reg.groups
-            resolved = [self.engine.resolve(gi, g) for gi, g in enumerate(groups)]
+            engine = self.engine
+            resolved = [engine.resolve(gi, g) for gi, g in enumerate(groups)]
             # nothing below can fail on user input
             ctl = _PLAIN
             if not (self.pipeline.idle and skip_nonfinite is None and grad_scale == 1.0):
@@ -152,13 +152,15 @@ class Optimizer(ExtensionAPI):
                 if ctl.grads is not None:
                     grads = ctl.grads
                     skipped = sum(g is None for g in grads)
-            base = 0
-            for gi, g in enumerate(groups):
-                n = len(g["params"])
-                part = grads if len(groups) == 1 else grads[base:base + n]
-                ts = None if ctl.tscale is None else ctl.tscale[base:base + n]
-                self.engine.step_group(gi, resolved[gi], g["params"], part, skipped == 0, ctl, ts, be)
-                base += n
+            if len(groups) == 1:
+                engine.step_group(0, resolved[0], params, grads, skipped == 0, ctl, ctl.tscale, be)
+            else:
+                base = 0
+                for gi, g in enumerate(groups):
+                    n = len(g["params"])
+                    ts = None if ctl.tscale is None else ctl.tscale[base:base + n]
+                    engine.step_group(gi, resolved[gi], g["params"], grads[base:base + n], skipped == 0, ctl, ts, be)
+                    base += n
             self.iterations += 1
             self.last_step_applied = True
             return loss

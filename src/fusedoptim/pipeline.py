@@ -170,16 +170,13 @@ class StepControl:
     device control block (CUDA) or None; ``norm`` the global norm when it was computed
     on the host."""
 
-    __slots__ = ("grads", "gscale", "clip_value", "tscale", "control", "norm")
+    __slots__ = ("grads", "gscale", "clip_value", "tscale", "control", "norm", "plain")
 
     def __init__(self, grads=None, gscale=1.0, clip_value=math.inf, tscale=None, control=None, norm=None):
         self.grads, self.gscale, self.clip_value = grads, gscale, clip_value
         self.tscale, self.control, self.norm = tscale, control, norm
-
-    @property
-    def plain(self) -> bool:
-        """True when the common block is used as it is (no scale, no clip value, no device control)."""
-        return self.gscale == 1.0 and self.clip_value == math.inf and self.control is None
+        # True when the common block is used as it is (no scale, no clip value, no control)
+        self.plain = gscale == 1.0 and clip_value == math.inf and control is None
 
 
 SKIP = "skip"          # process(): a non-finite gradient under skip_nonfinite

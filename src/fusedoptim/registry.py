@@ -170,35 +170,25 @@ class ParamRegistry:
         self.store: Dict[int, ParamState] = {}
         self._check_group = check_group
         self._on_change = on_change
-        self._params: List = []
-        self._labels: List[str] = []
+        #: every parameter, flat, in group order (the order gradients are given in); read-only
+        self.params: List = []
+        #: ``params[i] (group g, index j)`` for each parameter, aligned with ``params``; read-only
+        self.labels: List[str] = []
+        #: the backend of the parameters (CPU for NumPy arrays, CUDA for CuPy ones)
+        self.backend = backend_for([])
         self._index: Dict[int, int] = {}
         self._spans = None
         self.auto_group = False          # group 0 was created by apply_gradients
 
     # ----------------------------------------------------------------- reading
-    @property
-    def params(self) -> List:
-        """Every parameter, flat, in group order (the order gradients are given in)."""
-        return self._params
-
-    @property
-    def labels(self) -> List[str]:
-        """``params[i] (group g, index j)`` for each parameter, aligned with :attr:`params`."""
-        return self._labels
-
     def index(self, param) -> Optional[int]:
         """The flat index of ``param`` (by identity), or None."""
         return self._index.get(id(param))
 
-    @property
-    def backend(self):
-        return backend_for(self._params)
-
     def spans(self):
         """The memory spans of the parameters (cached; for the gradient aliasing check)."""
         if self._spans is None:
-            self._spans = self.backend.param_spans(self._params)
+            self._spans = self.backend.param_spans(self.params)
         return self._spans
 
     def new_state(self, param, init) -> ParamState:
@@ -233,7 +223,7 @@ class ParamRegistry:
                 raise ValueError(f"param group {gi} didn't specify a value of required optimization parameter {k}")
             else:
                 g[k] = v
-        earlier = self._params + extra          # params added before, or staged in the same call
+        earlier = self.params + extra          # params added before, or staged in the same call
         labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
         self.check_new(params, labels, earlier)
         self._check_group(g, f"param group {gi}")
@@ -242,7 +232,7 @@ class ParamRegistry:
     def check_new(self, new: list, labels: List[str], earlier: Optional[list] = None) -> None:
         """Raise unless ``new`` arrays may join ``earlier`` ones (default: the registry's):
         supported arrays of one dtype and device, no duplicates, no shared memory."""
-        earlier = self._params if earlier is None else earlier
+        earlier = self.params if earlier is None else earlier
         backend_for(earlier or new).check_params(new, labels)
         if new and earlier and new[0].dtype != earlier[0].dtype:
             raise TypeError(f"{labels[0]}: dtype {new[0].dtype} differs from {earlier[0].dtype} of the "
@@ -253,10 +243,11 @@ class ParamRegistry:
         """Append a staged group."""
         self._on_change()
         self._spans = None
-        gi, n0, ps = len(self.groups), len(self._params), g["params"]
+        gi, n0, ps = len(self.groups), len(self.params), g["params"]
         self._index.update(zip(map(id, ps), range(n0, n0 + len(ps))))
-        self._labels += [f"params[{n0 + j}] (group {gi}, index {j})" for j in range(len(ps))]
-        self._params += ps
+        self.labels += [f"params[{n0 + j}] (group {gi}, index {j})" for j in range(len(ps))]
+        self.params += ps
+        self.backend = backend_for(self.params)
         self.groups.append(g if type(g) is Group else Group(g))
 
     # ----------------------------------------------------- Keras-style variables
@@ -291,7 +282,7 @@ class ParamRegistry:
                 new.append(var)
         if new:
             self.learn(new)
-        grads = [None] * len(self._params)
+        grads = [None] * len(self.params)
         try:
             for k, (gr, var) in enumerate(pairs):
                 i = self._index[id(var)]
@@ -307,7 +298,7 @@ class ParamRegistry:
     def swap(self, key: str) -> None:
         """Exchange every parameter's values with its state buffer ``key`` (the EMA), in
         place; parameters without that buffer are left alone."""
-        for p in self._params:
+        for p in self.params:
             st = self.store.get(id(p))
             if st is not None and key in st:
                 tmp = p.copy()
@@ -326,7 +317,8 @@ class ParamRegistry:
         self._reindex()
 
     def _reindex(self) -> None:
-        self._params, self._labels, self._index = [], [], {}
+        self.params, self.labels, self._index = [], [], {}
+        self.backend = backend_for([])
         groups, self.groups = self.groups, []
         for g in groups:
             self.add(g)

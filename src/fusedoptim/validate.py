@@ -23,8 +23,8 @@ import math
 import numbers
 from typing import Optional
 
-__all__ = ["check_hyperparameters", "is_real", "py_scalar", "check_real", "check_int", "check_bool", "check_step", "check_betas", "check_pair",
-           "scalar_from", "positive_or_none"]
+__all__ = ["check_hyperparameters", "is_real", "py_scalar", "check_real", "check_int", "check_bool",
+           "check_step", "check_betas", "check_pair", "scalar_from", "positive_or_none"]
 
 
 def is_real(x) -> bool:

@@ -19,20 +19,13 @@ class CpuBackend:
     def is_array(x) -> bool:
         return isinstance(x, np.ndarray)
 
+    # the extension's functions themselves: no Python frame between a step and the loops
     check_params = staticmethod(_kernels.check_params)
+    check_grads = staticmethod(_kernels.check_grads)
     param_spans = staticmethod(_kernels.param_spans)
     grad_stats = staticmethod(_kernels.grad_stats)
     accumulate = staticmethod(_kernels.accumulate)
-
-    @staticmethod
-    def check_grads(params, grads, labels=None, spans=None) -> int:
-        return _kernels.check_grads(params, grads, labels, spans)
-
-    @staticmethod
-    def fused_step(algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, control=None):
-        if control is not None:
-            raise ValueError("the CPU backend takes no device control block")
-        _kernels.fused_step(algo, common, scalars, flags, params, grads, states, emas, tscale)
+    fused_step = staticmethod(_kernels.fused_step)
 
     @staticmethod
     def zeros_like(p):

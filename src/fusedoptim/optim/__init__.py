@@ -11,4 +11,5 @@ from .rprop import Rprop
 from .lion import Lion
 from .asgd import ASGD
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion", "ASGD"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
+           "ASGD"]

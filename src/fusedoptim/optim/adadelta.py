@@ -33,4 +33,4 @@ class Adadelta(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         r = g["rho"]
-        return dict(rho=r, one_minus_rho=1.0 - r, eps=g["eps"], neg_lr=-g["lr"])
+        return {"rho": r, "one_minus_rho": 1.0 - r, "eps": g["eps"], "neg_lr": -g["lr"]}

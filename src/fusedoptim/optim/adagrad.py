@@ -34,4 +34,4 @@ class Adagrad(Optimizer):
 
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
-        return dict(neg_clr=-(g["lr"] / (1.0 + (t - 1) * g["lr_decay"])), eps=g["eps"])
+        return {"neg_clr": -(g["lr"] / (1.0 + (t - 1) * g["lr_decay"])), "eps": g["eps"]}

@@ -46,9 +46,9 @@ class Adam(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2), wd = g["lr"], g["betas"], g["weight_decay"]
-        return dict(decay=1.0 - lr * wd if g["decoupled_weight_decay"] else 1.0, one_minus_beta1=1.0 - b1,
-                    beta2=b2, one_minus_beta2=1.0 - b2, bc2_sqrt=math.sqrt(1.0 - b2 ** t), eps=g["eps"],
-                    neg_step=-(lr / (1.0 - b1 ** t)))
+        return {"decay": 1.0 - lr * wd if g["decoupled_weight_decay"] else 1.0, "one_minus_beta1": 1.0 - b1,
+                "beta2": b2, "one_minus_beta2": 1.0 - b2, "bc2_sqrt": math.sqrt(1.0 - b2 ** t), "eps": g["eps"],
+                "neg_step": -(lr / (1.0 - b1 ** t))}
 
 
 class AdamW(Adam):

@@ -27,4 +27,4 @@ class Adamax(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         b1, b2 = g["betas"]
-        return dict(one_minus_beta1=1.0 - b1, beta2=b2, eps=g["eps"], neg_clr=-(g["lr"] / (1.0 - b1 ** t)))
+        return {"one_minus_beta1": 1.0 - b1, "beta2": b2, "eps": g["eps"], "neg_clr": -(g["lr"] / (1.0 - b1 ** t))}

@@ -50,7 +50,7 @@ class ASGD(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         lr, lambd, eta, mu = g["lr"], g["lambd"], scal["eta"], scal["mu"]
-        out = dict(decay=1.0 - lambd * eta, neg_eta=-eta, mu=mu, copy=1.0 if mu == 1.0 else 0.0)
+        out = {"decay": 1.0 - lambd * eta, "neg_eta": -eta, "mu": mu, "copy": 1.0 if mu == 1.0 else 0.0}
         scal["eta"] = lr / ((1.0 + lambd * lr * t) ** g["alpha"])
         scal["mu"] = 1.0 / max(1.0, t - g["t0"])
         return out

@@ -51,5 +51,5 @@ class Lion(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         lr, (b1, b2) = g["lr"], g["betas"]
-        return dict(decay=1.0 - lr * g["weight_decay"], beta1=b1, one_minus_beta1=1.0 - b1, beta2=b2,
-                    one_minus_beta2=1.0 - b2, neg_lr=-lr)
+        return {"decay": 1.0 - lr * g["weight_decay"], "beta1": b1, "one_minus_beta1": 1.0 - b1, "beta2": b2,
+                "one_minus_beta2": 1.0 - b2, "neg_lr": -lr}

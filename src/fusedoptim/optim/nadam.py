@@ -45,7 +45,7 @@ class NAdam(Optimizer):
         mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         scal["mu_product"] = mu_product = scal["mu_product"] * mu
-        return dict(decay=1.0 - lr * wd if decoupled else 1.0, one_minus_beta1=1.0 - b1, beta2=b2,
-                    one_minus_beta2=1.0 - b2, bc2=1.0 - b2 ** t, eps=g["eps"],
-                    c_grad=-lr * (1.0 - mu) / (1.0 - mu_product),
-                    c_avg=-lr * mu_next / (1.0 - mu_product * mu_next))
+        return {"decay": 1.0 - lr * wd if decoupled else 1.0, "one_minus_beta1": 1.0 - b1, "beta2": b2,
+                "one_minus_beta2": 1.0 - b2, "bc2": 1.0 - b2 ** t, "eps": g["eps"],
+                "c_grad": -lr * (1.0 - mu) / (1.0 - mu_product),
+                "c_avg": -lr * mu_next / (1.0 - mu_product * mu_next)}

@@ -45,6 +45,6 @@ class RAdam(Optimizer):
         rectified = rho_t > 5.0
         rect = (math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
                 if rectified else 0.0)
-        return dict(decay=1.0 - lr * wd if decoupled else 1.0, one_minus_beta1=1.0 - b1, beta2=b2,
-                    one_minus_beta2=1.0 - b2, bc1=bc1, lr=lr, rectified=1.0 if rectified else 0.0,
-                    bc2_sqrt=math.sqrt(bc2), eps=g["eps"], rect=rect)
+        return {"decay": 1.0 - lr * wd if decoupled else 1.0, "one_minus_beta1": 1.0 - b1, "beta2": b2,
+                "one_minus_beta2": 1.0 - b2, "bc1": bc1, "lr": lr, "rectified": 1.0 if rectified else 0.0,
+                "bc2_sqrt": math.sqrt(bc2), "eps": g["eps"], "rect": rect}

@@ -36,4 +36,4 @@ class RMSprop(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         a = g["alpha"]
-        return dict(alpha=a, one_minus_alpha=1.0 - a, eps=g["eps"], momentum=g["momentum"], neg_lr=-g["lr"])
+        return {"alpha": a, "one_minus_alpha": 1.0 - a, "eps": g["eps"], "momentum": g["momentum"], "neg_lr": -g["lr"]}

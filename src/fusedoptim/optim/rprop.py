@@ -70,4 +70,4 @@ class Rprop(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         (em, ep), (lo, hi) = g["etas"], g["step_sizes"]
-        return dict(etaminus=float(em), etaplus=float(ep), step_size_min=float(lo), step_size_max=float(hi))
+        return {"etaminus": float(em), "etaplus": float(ep), "step_size_min": float(lo), "step_size_max": float(hi)}

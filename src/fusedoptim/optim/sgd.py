@@ -43,5 +43,5 @@ class SGD(Optimizer):
 
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
-        return dict(lr=g["lr"], momentum=g["momentum"], one_minus_dampening=1.0 - g["dampening"],
-                    nesterov=1.0 if g["nesterov"] else 0.0, first=1.0 if "momentum_buffer" in fresh else 0.0)
+        return {"lr": g["lr"], "momentum": g["momentum"], "one_minus_dampening": 1.0 - g["dampening"],
+                "nesterov": 1.0 if g["nesterov"] else 0.0, "first": 1.0 if "momentum_buffer" in fresh else 0.0}
