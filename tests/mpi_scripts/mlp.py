@@ -67,4 +67,5 @@ CASES = [
     ("Adadelta", dict(lr=1.0)),
     ("Rprop", dict(lr=1e-2)),
     ("Lion", dict(lr=1e-3)),
+    ("ASGD", dict(lr=1e-2, t0=2.0)),
 ]
