@@ -63,8 +63,9 @@ def runs(draw, name, dtype=np.float64, nonfinite=(NAN,), big=False):
 
     ``calls`` is a list of ``(mask, poison, grad_scale)``: ``mask[i]`` False gives
     parameter i a None gradient; ``poison`` is a list of ``(i, value)`` non-finite values
-    written into gradient i.  ``grad_scale`` is one value for the whole run (a call that
-    only accumulates ignores its grad_scale: the applying call's counts)."""
+    written into gradient i.  ``grad_scale`` is one value for the whole run (each
+    accumulated call's gradients enter the sum scaled by their own grad_scale; per-call
+    scales are covered by tests/test_guarantees.py)."""
     kwargs = draw(st.sampled_from([kw for n, kw in CASES if n == name]), label="flags")
     seed = draw(st.integers(0, 2 ** 32 - 1), label="seed")
     hp = draw_hparams(name, kwargs, seed)
