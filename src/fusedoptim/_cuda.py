@@ -5,9 +5,9 @@ One launch per step updates every tensor of a parameter bucket: a device table h
 per tensor, the pointers (param, grad, EMA or 0, state buffers: the segment layout of
 ``cpu.h``) after the prefix sum of the tensor sizes, and the kernel calls the element
 rule of ``rules.h``, the very function the CPU loops call.  The per-step scalars travel
-by value as kernel arguments (the named block of rules.h, packed by name by
-``_kernels.pack_scalars``), so a step never waits for the GPU.  Global-norm clipping and the non-finite guard are computed on the device
-(:func:`grad_control`) and consumed there by the update kernel.
+by value (the named block of rules.h, packed by name by ``_kernels.pack_scalars``), so a
+step never waits for the GPU.  Global-norm clipping and the non-finite guard are computed
+on the device (:func:`grad_control`) and consumed there by the update kernel.
 
 The kernels are compiled once per process by NVRTC through ``cupy.RawModule`` from the
 text of ``rules.h`` followed by ``kernels.cu`` (CuPy's compile cache hashes ``code``
@@ -32,12 +32,9 @@ import numpy as np
 from . import _kernels
 from .validate import positive_or_none
 
-__all__ = [
-    "check_params", "check_grads", "fused_step", "zeros_like", "full_like", "to_host",
-    "from_host", "grad_norm_sq", "grad_stats", "grad_control", "accumulate", "is_device_array",
-    "take", "address", "kernel_source",
-    "NVRTC_OPTIONS",
-]
+__all__ = ["check_params", "check_grads", "fused_step", "zeros_like", "full_like", "to_host", "from_host",
+           "grad_norm_sq", "grad_stats", "grad_control", "accumulate", "is_device_array", "take", "address",
+           "kernel_source", "NVRTC_OPTIONS"]
 
 # algorithm id (shared with the CPU backend) -> kernel name stem in kernels.cu: both are
 # instantiated from rules.h's one list FO_ALGOS
@@ -84,26 +81,23 @@ def _parse_defines(text: str) -> Dict[str, str]:
 
 
 class _Consts:
-    """Launch constants, read from kernels.cu so the two sides cannot disagree."""
+    """Launch constants, read from kernels.cu (and the block size from rules.h) so the two
+    sides cannot disagree: MAXHP, THREADS, CHUNK, RED_THREADS, RED_CHUNK, CTRL."""
 
     def __init__(self, text: str):
         d = _parse_defines(text)
         self.MAXHP = int(_parse_defines(_read("rules.h"))["FO_MAXSCALARS"])
-        self.THREADS = int(d["FO_THREADS"])
-        self.CHUNK = int(d["FO_CHUNK"])
-        self.RED_THREADS = int(d["FO_RED_THREADS"])
-        self.RED_CHUNK = int(d["FO_RED_CHUNK"])
-        self.CTRL = int(d["FO_CTRL"])
+        for k in ("THREADS", "CHUNK", "RED_THREADS", "RED_CHUNK", "CTRL"):
+            setattr(self, k, int(d["FO_" + k]))
 
 
-_consts_cache: Optional[_Consts] = None
+_consts_cache: List[_Consts] = []
 
 
 def _consts() -> _Consts:
-    global _consts_cache
-    if _consts_cache is None:
-        _consts_cache = _Consts(_read("kernels.cu"))
-    return _consts_cache
+    if not _consts_cache:
+        _consts_cache.append(_Consts(_read("kernels.cu")))
+    return _consts_cache[0]
 
 
 # ------------------------------------------------------------------ pure host logic
@@ -151,27 +145,21 @@ def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr):
         suffix = "f64"
     else:
         raise ValueError(f"no CUDA kernel for dtype {dtype}")
-    sizes: List[int] = []
+    sizes: List[int] = [p.size for p in params]
     rows: List[List[int]] = []
-    for i in range(ntens):
-        p = params[i]
-        size = p.size
+    for i, p in enumerate(params):
         if p.dtype != dtype:
             raise TypeError("mixed dtypes in one native call")
+        buffers = [("gradient", grads[i]), ("EMA buffer", None if emas is None else emas[i])]
+        buffers += [(f"state buffer {k}", col[i]) for k, col in enumerate(states)]
         row = [ptr(p)]
-        for what, a in (("gradient", grads[i]), ("EMA buffer", None if emas is None else emas[i])):
+        for what, a in buffers:
             if a is None and what == "EMA buffer" and emas is None:
                 row.append(0)  # no EMA: the kernel never reads this slot
-                continue
-            if a is None or a.size != size or a.dtype != dtype:
+            elif a is None or a.size != sizes[i] or a.dtype != dtype:
                 raise ValueError(f"{what} of tensor {i} does not match its parameter")
-            row.append(ptr(a))
-        for k in range(len(states)):
-            a = states[k][i]
-            if a.size != size or a.dtype != dtype:
-                raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter")
-            row.append(ptr(a))
-        sizes.append(size)
+            else:
+                row.append(ptr(a))
         rows.append(row)
     return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta(sizes, rows), nbuf,
             0 if emas is None else 1)
