@@ -121,6 +121,14 @@ template <class H> struct fo_hp_base {
     template <class S> FO_HD void derive(const S &) {}
 };
 
+/* A descriptor's rule(): the element rule called with declared buffer k as s[k] (a
+ * scratch register when the flags F drop it); `...` is that call.                      */
+#define FO_RULE(...)                                                                    \
+    template <typename T, unsigned F, int M>                                           \
+    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {   \
+        __VA_ARGS__;                                                                   \
+    }
+
 /* What a descriptor has unless it says otherwise: its scalar struct S, its loaded form
  * HP<T>, no lerp (LERP = 0).  A descriptor adds FO_DESCRIBE and its rule().             */
 template <class S, template <typename> class HP> struct fo_algo_base {
@@ -217,10 +225,7 @@ FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp
 }
 struct fo_sgd : fo_algo_base<fo_sgd_scalars, fo_sgd_hp> {
     FO_DESCRIBE(FO_SGD)
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_sgd_rule<T, FO_FLAG(fo_sgd, F, momentum), M>(p, g, s[0], c, h);
-    }
+    FO_RULE(fo_sgd_rule<T, FO_FLAG(fo_sgd, F, momentum), M>(p, g, s[0], c, h))
 };
 
 /* ---- Adam / AdamW / AMSGrad ------------------------------------------------------------
@@ -257,10 +262,7 @@ struct fo_adam : fo_algo_base<fo_adam_scalars, fo_adam_hp> {
     FO_DESCRIBE(FO_ADAM)
     enum { LERP = 1 };
     template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_adam_rule<T, FO_FLAG(fo_adam, F, amsgrad), M>(p, g, s[0], s[1], s[2], c, h);
-    }
+    FO_RULE(fo_adam_rule<T, FO_FLAG(fo_adam, F, amsgrad), M>(p, g, s[0], s[1], s[2], c, h))
 };
 
 /* ---- Adagrad ---------------------------------------------------------------------------
@@ -281,10 +283,7 @@ FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_ad
 }
 struct fo_adagrad : fo_algo_base<fo_adagrad_scalars, fo_adagrad_hp> {
     FO_DESCRIBE(FO_ADAGRAD)
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_adagrad_rule<T, M>(p, g, s[0], c, h);
-    }
+    FO_RULE(fo_adagrad_rule<T, M>(p, g, s[0], c, h))
 };
 
 /* ---- RMSprop (centered, momentum) --------------------------------------------------------- */
@@ -323,11 +322,8 @@ struct fo_rmsprop : fo_algo_base<fo_rmsprop_scalars, fo_rmsprop_hp> {
     template <typename T> FO_HD static int lerp(unsigned f, const hp<T> &h) {
         return FO_FLAG(fo_rmsprop, f, centered) ? FO_LERP(h.w.small) : 0;
     }
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_rmsprop_rule<T, FO_FLAG(fo_rmsprop, F, centered), FO_FLAG(fo_rmsprop, F, momentum), M>(
-            p, g, s[0], s[1], s[2], c, h);
-    }
+    FO_RULE(fo_rmsprop_rule<T, FO_FLAG(fo_rmsprop, F, centered), FO_FLAG(fo_rmsprop, F, momentum), M>(
+        p, g, s[0], s[1], s[2], c, h))
 };
 
 /* ---- Adamax ------------------------------------------------------------------------------
@@ -352,10 +348,7 @@ struct fo_adamax : fo_algo_base<fo_adamax_scalars, fo_adamax_hp> {
     FO_DESCRIBE(FO_ADAMAX)
     enum { LERP = 1 };
     template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_adamax_rule<T, M>(p, g, s[0], s[1], c, h);
-    }
+    FO_RULE(fo_adamax_rule<T, M>(p, g, s[0], s[1], c, h))
 };
 
 /* ---- NAdam -------------------------------------------------------------------------------
@@ -389,10 +382,7 @@ struct fo_nadam : fo_algo_base<fo_nadam_scalars, fo_nadam_hp> {
     FO_DESCRIBE(FO_NADAM)
     enum { LERP = 1 };
     template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_nadam_rule<T, M>(p, g, s[0], s[1], c, h);
-    }
+    FO_RULE(fo_nadam_rule<T, M>(p, g, s[0], s[1], c, h))
 };
 
 /* ---- RAdam -------------------------------------------------------------------------------
@@ -429,10 +419,7 @@ struct fo_radam : fo_algo_base<fo_radam_scalars, fo_radam_hp> {
     FO_DESCRIBE(FO_RADAM)
     enum { LERP = 1 };
     template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_radam_rule<T, M>(p, g, s[0], s[1], c, h);
-    }
+    FO_RULE(fo_radam_rule<T, M>(p, g, s[0], s[1], c, h))
 };
 
 /* ---- Adadelta ------------------------------------------------------------------------------ */
@@ -455,10 +442,7 @@ FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_com
 }
 struct fo_adadelta : fo_algo_base<fo_adadelta_scalars, fo_adadelta_hp> {
     FO_DESCRIBE(FO_ADADELTA)
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_adadelta_rule<T, M>(p, g, s[0], s[1], c, h);
-    }
+    FO_RULE(fo_adadelta_rule<T, M>(p, g, s[0], s[1], c, h))
 };
 
 /* ---- Rprop ----------------------------------------------------------------------------------- */
@@ -493,10 +477,7 @@ FO_HD void fo_rprop_rule(T &p, T g, T &prev, T &step_size, const fo_common<T> &c
 }
 struct fo_rprop : fo_algo_base<fo_rprop_scalars, fo_rprop_hp> {
     FO_DESCRIBE(FO_RPROP)
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_rprop_rule<T, M>(p, g, s[0], s[1], c, h);
-    }
+    FO_RULE(fo_rprop_rule<T, M>(p, g, s[0], s[1], c, h))
 };
 
 /* ---- Lion ------------------------------------------------------------------------------------
@@ -521,10 +502,7 @@ FO_HD void fo_lion_rule(T &p, T g, T &m, const fo_common<T> &c, const fo_lion_hp
 }
 struct fo_lion : fo_algo_base<fo_lion_scalars, fo_lion_hp> {
     FO_DESCRIBE(FO_LION)
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_lion_rule<T, M>(p, g, s[0], c, h);
-    }
+    FO_RULE(fo_lion_rule<T, M>(p, g, s[0], c, h))
 };
 
 /* ---- ASGD (averaged SGD) ---------------------------------------------------------------------
@@ -549,10 +527,7 @@ FO_HD void fo_asgd_rule(T &p, T g, T &ax, const fo_common<T> &c, const fo_asgd_h
 }
 struct fo_asgd : fo_algo_base<fo_asgd_scalars, fo_asgd_hp> {
     FO_DESCRIBE(FO_ASGD)
-    template <typename T, unsigned F, int M>
-    FO_HD static void rule(T &p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
-        fo_asgd_rule<T, M>(p, g, s[0], c, h);
-    }
+    FO_RULE(fo_asgd_rule<T, M>(p, g, s[0], c, h))
 };
 
 /* ---- the one algorithm list ------------------------------------------------------------
