@@ -434,7 +434,7 @@ def _set(path_keys, value):
 
 # (id, target builder kwargs or override, load kwargs transform, file rewrite, error match)
 MISMATCH_CASES = [
-    ("kind", dict(opt_cls=fo.SGD), None, r"holds a Adam optimizer, not SGD"),
+    ("kind", dict(opt_cls=fo.SGD), None, r"holds an Adam optimizer, not SGD"),
     ("groups", dict(groups=2), None, r"has 1 param groups, this optimizer has 2"),
     ("nparams", dict(shapes={"W": (7, 3)}), None, r"optimizer has 2 parameters, this optimizer has 1"),
     ("shape", dict(shapes={"W": (3, 7), "b": (4099,)}), None,
@@ -450,7 +450,7 @@ MISMATCH_CASES = [
      r"read-only"),
     ("sched-count", {}, lambda kw: dict(kw, schedulers=kw["schedulers"] * 2), r"1 scheduler states, 2 schedulers"),
     ("sched-kind", {}, lambda kw: dict(kw, schedulers=[S.ExponentialLR(kw["optimizer"], 0.9)]),
-     r"holds a StepLR, got a ExponentialLR"),
+     r"holds a StepLR, got an ExponentialLR"),
 ]
 
 

@@ -84,7 +84,7 @@ def _deep(n):
 
 
 @pytest.mark.parametrize("name,mutate,match", [
-    ("kind", lambda m, a: m.__setitem__("kind", "SGD"), r"holds a SGD optimizer, not Adam"),
+    ("kind", lambda m, a: m.__setitem__("kind", "SGD"), r"holds an SGD optimizer, not Adam"),
     ("missing-array", lambda m, a: a.pop("optimizer/state/0/exp_avg"), r"is missing"),
     ("shape", lambda m, a: (a.__setitem__("optimizer/state/0/exp_avg", np.zeros((3, 5), np.float32)),
                             m["arrays"]["optimizer/state/0/exp_avg"].__setitem__("shape", [3, 5])),

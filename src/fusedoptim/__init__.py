@@ -40,3 +40,8 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fusedoptim' has no attribute {name!r}")
+
+
+def __dir__():
+    """The module's names, the lazily loaded ones (``save``, ``load``, ``schedules``, ``nn``, ...) included."""
+    return sorted(set(globals()) | set(_LAZY))

@@ -16,6 +16,15 @@ cdef str _layout_problem(cnp.ndarray a):
     return None
 
 
+cdef str _not_ndarray(object o):
+    """Why ``o`` is refused, with the fix for the usual case (a torch tensor)."""
+    cdef str name = type(o).__name__
+    hint = ""
+    if name == "Tensor" or hasattr(o, "__dlpack__") and hasattr(o, "numpy"):
+        hint = "; a torch tensor: pass t.numpy() (t.detach().numpy() for one that requires grad), which shares memory"
+    return f"expected a numpy.ndarray, got {name}{hint}"
+
+
 cdef str _where(Py_ssize_t i, object labels):
     if labels is None:
         return f"params[{i}]"
@@ -32,7 +41,7 @@ def check_params(list params, object labels=None):
     for i in range(n):
         a = params[i]
         if not isinstance(a, cnp.ndarray):
-            raise TypeError(f"{_where(i, labels)}: expected a numpy.ndarray, got {type(a).__name__}")
+            raise TypeError(f"{_where(i, labels)}: {_not_ndarray(a)}")
         code = _dtype_code(<cnp.ndarray>a)
         if code < 0:
             raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} is not supported; use float32 or float64")
@@ -108,7 +117,7 @@ def check_grads(list params, list grads, object labels=None, object spans=None):
             continue
         p = <cnp.ndarray>params[i]
         if not isinstance(go, cnp.ndarray):
-            raise TypeError(f"{_gname(i, labels)}: expected a numpy.ndarray, got {type(go).__name__}")
+            raise TypeError(f"{_gname(i, labels)}: {_not_ndarray(go)}")
         g = <cnp.ndarray>go
         if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p):
             raise TypeError(f"{_gname(i, labels)}: dtype {go.dtype} does not match the parameter's {params[i].dtype}")

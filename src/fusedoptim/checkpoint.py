@@ -228,7 +228,9 @@ def _check_schedulers(ms, schedulers: list, optimizer, arrays, used) -> list:
                               "given")
     for i, (s, m, st) in enumerate(zip(schedulers, ms, states)):
         if type(s).__name__ != m["kind"]:
-            raise CheckpointError(f"schedulers[{i}]: the checkpoint holds a {m['kind']}, got a {type(s).__name__}")
+            have, got = m["kind"], type(s).__name__
+            raise CheckpointError(f"schedulers[{i}]: the checkpoint holds {_codec.article(have)} {have}, got "
+                                  f"{_codec.article(got)} {got}")
         check = getattr(s, "_check_state_dict", None)
         if check is not None:
             try:

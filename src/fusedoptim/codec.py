@@ -40,7 +40,7 @@ from .validate import scalar_from as _scalar_from
 
 __all__ = ["StateFormatError", "Encoder", "decode_value", "array_refs", "describe_arrays", "read_array_table",
            "signature", "encode_optimizer", "check_optimizer_entry", "decode_optimizer", "encode", "decode",
-           "MAX_DEPTH", "STATE_PREFIX"]
+           "MAX_DEPTH", "STATE_PREFIX", "article"]
 
 TAGS = ("__array__", "__float__", "__tuple__", "__schedule__", "__dict__")
 ARRAY_KINDS = "biufc"  # bool, int, uint, float, complex: never object, never pickled
@@ -121,8 +121,9 @@ class Encoder:
                 out = {"__dict__": out}
             return out
         if callable(v):
-            raise TypeError(f"{where}: cannot store the callable {v!r}; only fusedoptim.schedules objects "
-                            "(which have get_config) can be stored as a learning rate")
+            hint = ("; only fusedoptim.schedules objects (which have get_config) can be stored as a learning rate"
+                    if where.endswith(": lr") else "; store plain data (numbers, strings, lists, dicts, arrays)")
+            raise TypeError(f"{where}: cannot store the callable {v!r}{hint}")
         raise TypeError(f"{where}: cannot store a {type(v).__name__} ({v!r}); use numbers, strings, bools, None, "
                         "lists, tuples, dicts with string keys, or numeric numpy arrays")
 
@@ -319,7 +320,7 @@ def check_optimizer_entry(om, optimizer, src: str = "the checkpoint") -> None:
     me = type(optimizer).__name__
     if om["kind"] != me:
         kind = om["kind"] if isinstance(om["kind"], str) and len(om["kind"]) <= 80 else _short(om["kind"])
-        raise StateFormatError(f"{src} holds a {kind} optimizer, not {me}")
+        raise StateFormatError(f"{src} holds {article(kind)} {kind} optimizer, not {me}")
     _count(om["iterations"], f"{src}'s iterations")
     groups = optimizer.param_groups
     sgroups = om["param_groups"]
@@ -432,3 +433,13 @@ def decode(meta, arrays: Dict[str, np.ndarray], optimizer=None, src: str = "the 
     if extra or set(table) != used:
         raise StateFormatError(f"{src}: arrays {sorted(set(arrays) ^ used)[:5]} are not referenced or not declared")
     return sd
+
+
+
+def article(word) -> str:
+    """The indefinite article for a class name in messages: "an Adam", "an SGD", "an
+    RMSprop" (initialisms by their first letter's name), "a StepLR", "a Lion"."""
+    w = str(word)
+    if w[:2].isupper():                          # an initialism: SGD, RMSprop, NAdam, ASGD
+        return "an" if w[0] in "AEFHILMNORSX" else "a"
+    return "an" if w[:1].lower() in "aeiou" else "a"

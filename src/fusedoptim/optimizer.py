@@ -66,6 +66,8 @@ class Optimizer(ExtensionAPI):
         self.registry = ParamRegistry(defaults, self.check_group, self.engine.invalidate)
         self.state = StateView(self.registry.store)
         self.pipeline = GradientPipeline(self.options)
+        self._adopts = params is None        # Keras style: apply_gradients learns the variables
+        self._last_lr: Optional[List[float]] = None
         if params is None:
             return
         if is_array(params):
@@ -163,7 +165,16 @@ class Optimizer(ExtensionAPI):
                     base += n
             self.iterations += 1
             self.last_step_applied = True
+            self._last_lr = resolved
             return loss
+
+    def get_last_lr(self) -> List[float]:
+        """The learning rate each param group used in the last applied step (torch's
+        spelling; a schedule's value, not the schedule).  Before the first step: the value
+        the first step will use."""
+        if self._last_lr is not None:
+            return [float(r[0]["lr"]) for r in self._last_lr]
+        return [float(g["lr"](self.iterations) if callable(g["lr"]) else g["lr"]) for g in self.param_groups]
 
     # --------------------------------------------------------------------- EMA
     def swap_ema(self) -> None:
@@ -189,12 +200,12 @@ class Optimizer(ExtensionAPI):
     def apply_gradients(self, grads_and_vars: Iterable) -> None:
         """Keras spelling: ``opt.apply_gradients(zip(grads, vars))``.
 
-        Variables not yet known are added to the first param group (an optimizer built
-        without params learns its variables here, as Keras optimizers do); variables
-        left out of this call are not updated.
+        An optimizer built without params learns its variables here, as Keras optimizers
+        do (they join the first param group); one built with params refuses a variable it
+        does not hold, naming it.  Variables left out of this call are not updated.
         """
         with self.lock:
-            grads, new = self.registry.gradients_of_pairs(list(grads_and_vars))
+            grads, new = self.registry.gradients_of_pairs(list(grads_and_vars), adopt=self._adopts)
             try:
                 self.step(grads)
             except Exception:

@@ -265,10 +265,11 @@ class ParamRegistry:
         g0["params"] = g0["params"] + new       # keeps the flat order = group order
         self._reindex()
 
-    def gradients_of_pairs(self, pairs: list):
+    def gradients_of_pairs(self, pairs: list, adopt: bool):
         """Keras' ``grads_and_vars`` as a gradient list in parameter order (None where a
-        variable is absent), learning unknown variables first: returns ``(grads, new)``;
-        call :meth:`forget` with ``new`` if the step that follows fails."""
+        variable is absent), learning unknown variables first when ``adopt`` (an optimizer
+        built without parameters), else refusing them: returns ``(grads, new)``; call
+        :meth:`forget` with ``new`` if the step that follows fails."""
         new, seen, index = [], set(), self._index
         for k, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -278,6 +279,10 @@ class ParamRegistry:
                 raise TypeError(f"grads_and_vars[{k}]: variable must be a numpy.ndarray, got {type(var).__name__}")
             key = id(var)
             if key not in index and key not in seen:
+                if not adopt:
+                    raise ValueError(f"grads_and_vars[{k}]: the variable (shape {var.shape}, dtype {var.dtype}) is "
+                                     "not one of the optimizer's parameters; an optimizer built with parameters "
+                                     "adopts no new ones: pass them at construction or with add_param_group")
                 seen.add(key)
                 new.append(var)
         if new:

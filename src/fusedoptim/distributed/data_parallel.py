@@ -416,19 +416,7 @@ class DistributedOptimizer:
     def apply_gradients(self, grads_and_vars) -> None:
         """Keras spelling of ``step`` (collective).  The wrapped optimizer must already
         hold every variable (build it with its parameters), so all ranks agree on them."""
-        params = self.optimizer.params
-        index = {id(p): i for i, p in enumerate(params)}
-        grads: List[Optional[np.ndarray]] = [None] * len(params)
-        for k, pair in enumerate(grads_and_vars):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"grads_and_vars[{k}] must be a (gradient, variable) pair")
-            i = index.get(id(pair[1]))
-            if i is None:
-                raise ValueError(f"grads_and_vars[{k}]: the variable is not one of the optimizer's parameters; "
-                                 "DistributedOptimizer needs an optimizer built with all its parameters")
-            if grads[i] is not None:
-                raise ValueError(f"grads_and_vars[{k}]: variable appears twice")
-            grads[i] = pair[0]
+        grads, _ = self.optimizer.registry.gradients_of_pairs(list(grads_and_vars), adopt=False)
         self.step(grads)
 
     def broadcast(self, root: int = 0) -> None:
