@@ -19,13 +19,6 @@ class CpuBackend:
     def is_array(x) -> bool:
         return isinstance(x, np.ndarray)
 
-    # the extension's functions themselves: no Python frame between a step and the loops
-    check_params = staticmethod(_kernels.check_params)
-    check_grads = staticmethod(_kernels.check_grads)
-    param_spans = staticmethod(_kernels.param_spans)
-    grad_stats = staticmethod(_kernels.grad_stats)
-    accumulate = staticmethod(_kernels.accumulate)
-    fused_step = staticmethod(_kernels.fused_step)
 
     @staticmethod
     def zeros_like(p):
@@ -51,5 +44,12 @@ class CpuBackend:
     def take(values, idx):
         return [values[i] for i in idx]
 
+
+
+# the checks, statistics and steps are the extension's functions themselves: no Python
+# frame between a step and the loops
+for _name in ("check_params", "check_grads", "param_spans", "grad_stats", "accumulate", "fused_step"):
+    setattr(CpuBackend, _name, staticmethod(getattr(_kernels, _name)))
+del _name
 
 CPU = CpuBackend()

@@ -14,18 +14,6 @@ class CudaBackend:
     device_control = True
 
     is_array = staticmethod(_cuda.is_device_array)
-    check_params = staticmethod(_cuda.check_params)
-    grad_stats = staticmethod(_cuda.grad_stats)
-    grad_control = staticmethod(_cuda.grad_control)
-    accumulate = staticmethod(_cuda.accumulate)
-    fused_step = staticmethod(_cuda.fused_step)
-    zeros_like = staticmethod(_cuda.zeros_like)
-    full_like = staticmethod(_cuda.full_like)
-    to_host = staticmethod(_cuda.to_host)
-    from_host = staticmethod(_cuda.from_host)
-    address = staticmethod(_cuda.address)
-    take = staticmethod(_cuda.take)
-
     @staticmethod
     def param_spans(params):
         return None       # device arrays: only the gradient-vs-own-parameter check
@@ -39,5 +27,11 @@ class CudaBackend:
         """Read back the skip flag of a control block (one device sync)."""
         return bool(float(control[_cuda.CTRL_SKIP]))
 
+
+# the rest of the protocol is _cuda's functions of the same names
+for _name in ("check_params", "grad_stats", "grad_control", "accumulate", "fused_step", "zeros_like", "full_like",
+              "to_host", "from_host", "address", "take"):
+    setattr(CudaBackend, _name, staticmethod(getattr(_cuda, _name)))
+del _name
 
 CUDA = CudaBackend()
