@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 import numpy as np
 
 from . import schedules as _schedules
-from .validate import scalar_from as _scalar_from
+from .validate import scalar_from
 
 __all__ = ["StateFormatError", "Encoder", "decode_value", "array_refs", "describe_arrays", "read_array_table",
            "signature", "encode_optimizer", "check_optimizer_entry", "decode_optimizer", "encode", "decode",
@@ -274,9 +274,7 @@ def _count(v, what: str) -> int:
 
 def _number(v, what: str, integer: bool = False):
     try:
-        _scalar_from(v, what, integer=integer)
-    except OverflowError:
-        raise StateFormatError(f"{what} is out of range: {_short(v)}") from None
+        scalar_from(v, what, integer=integer)      # an overflow reads "out of range" there
     except (TypeError, ValueError) as e:
         raise StateFormatError(str(e)) from None
     return v

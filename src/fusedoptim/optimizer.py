@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from . import _state_dict
-from ._backends import backend_for, is_array
+from ._backends import is_array
 from .engine import Engine
 from .pipeline import PENDING, SKIP, GradientPipeline, StepControl, check_options
 from .extension import ExtensionAPI
@@ -67,7 +67,7 @@ class Optimizer(ExtensionAPI):
         self.state = StateView(self.registry.store)
         self.pipeline = GradientPipeline(self.options)
         self._adopts = params is None        # Keras style: apply_gradients learns the variables
-        self._last_lr: Optional[List[float]] = None
+        self._last_applied: Optional[list] = None  # the group resolutions of the last applied step
         if params is None:
             return
         if is_array(params):
@@ -165,15 +165,15 @@ class Optimizer(ExtensionAPI):
                     base += n
             self.iterations += 1
             self.last_step_applied = True
-            self._last_lr = resolved
+            self._last_applied = resolved
             return loss
 
     def get_last_lr(self) -> List[float]:
         """The learning rate each param group used in the last applied step (torch's
         spelling; a schedule's value, not the schedule).  Before the first step: the value
         the first step will use."""
-        if self._last_lr is not None:
-            return [float(r[0]["lr"]) for r in self._last_lr]
+        if self._last_applied is not None:
+            return [float(r[0]["lr"]) for r in self._last_applied]
         return [float(g["lr"](self.iterations) if callable(g["lr"]) else g["lr"]) for g in self.param_groups]
 
     # --------------------------------------------------------------------- EMA

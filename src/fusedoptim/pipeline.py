@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ._backends import CPU
-from .validate import check_real
+from .validate import check_bool, check_real
 
 __all__ = ["StepControl", "GradientPipeline", "keras_clip_coef", "torch_clip_coef", "global_norm",
            "sum_of_squares", "clip_grad_norm", "clip_grad_value", "clip_by_global_norm", "scale_", "clip_decision",
@@ -294,8 +294,7 @@ def check_options(*, global_clipnorm, clipnorm, clipvalue, ema_decay,
         raise ValueError("pass either clipnorm (per parameter) or global_clipnorm, not both")
     if ema_decay is not None:
         check_real(ema_decay, "ema_decay", lo=0.0, hi=1.0, hi_open=True, name="ema_decay")
-    if not isinstance(skip_nonfinite, (bool, np.bool_)):
-        raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    check_bool(skip_nonfinite, "skip_nonfinite")
     k = gradient_accumulation_steps
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {k!r}")

@@ -142,17 +142,12 @@ def check_no_overlap(existing: List, new: List, labels: List[str]) -> None:
     """No parameter may appear twice or share memory with another parameter: one sort of
     the memory spans, O(n log n) in the number of parameters."""
     seen = {id(p) for p in existing}
-    spans = []
     for j, p in enumerate(new):
         if id(p) in seen:
             raise ValueError(f"{labels[j]}: the same array appears more than once among the parameters")
         seen.add(id(p))
     every = list(existing) + list(new)
     rows = backend_for(every).param_spans(every)     # (start, end, index) sorted by start
-    if rows is None:                                 # device arrays: addresses one by one
-        be = backend_for(every)
-        rows = np.array(sorted((be.address(p), be.address(p) + p.nbytes, j) for j, p in enumerate(every)
-                               if p.nbytes), dtype=np.int64).reshape(-1, 3)
     bad = np.flatnonzero(rows[1:, 0] < rows[:-1, 1])
     if bad.size:
         k = int(bad[0])

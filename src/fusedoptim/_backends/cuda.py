@@ -4,6 +4,8 @@ pipeline gets a control block the update kernel reads, so a step never waits for
 unless the non-finite guard must decide whether the step counts."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _cuda
 
 __all__ = ["CudaBackend", "CUDA"]
@@ -16,7 +18,11 @@ class CudaBackend:
     is_array = staticmethod(_cuda.is_device_array)
     @staticmethod
     def param_spans(params):
-        return None       # device arrays: only the gradient-vs-own-parameter check
+        """Device memory spans, rows (start, end, index) sorted by start, as the CPU
+        backend's (for the parameters' overlap check; gradients are only checked against
+        their own parameter, so check_grads ignores them)."""
+        rows = sorted((_cuda.address(p), _cuda.address(p) + p.nbytes, j) for j, p in enumerate(params) if p.nbytes)
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
     @staticmethod
     def check_grads(params, grads, labels=None, spans=None) -> int:
