@@ -199,8 +199,11 @@ template <typename T> FO_HD void fo_ema_rule(T &ema, T p, const fo_common<T> &c)
  * Buffer order (and names) are those of torch's state keys.                           */
 #define FO_LERP(small) ((small) ? FO_LERP_SMALL : FO_LERP_BIG)
 
-/* ---- SGD (momentum, dampening, nesterov) ---------------------------------------------- */
-#define FO_SGD_SCALARS(X) X(lr) X(momentum) X(one_minus_dampening) X(nesterov) X(first)
+/* ---- SGD (momentum, dampening, nesterov) ----------------------------------------------
+ * decay: 1 - lr*wd if decoupled, else 1; grad_coef: the gradient's coefficient in the
+ * Nesterov step (1 for torch; -lr with the lr inside the buffer, Keras: then
+ * one_minus_dampening = -lr and lr = -1, so b = mu b - lr g and p += b)                  */
+#define FO_SGD_SCALARS(X) X(lr) X(momentum) X(one_minus_dampening) X(nesterov) X(first) X(decay) X(grad_coef)
 #define FO_SGD_FLAGS(X) X(momentum)
 #define FO_SGD_BUFFERS(X) X(momentum_buffer, momentum)
 FO_SCALAR_STRUCT(fo_sgd_scalars, FO_SGD_SCALARS)
@@ -217,9 +220,10 @@ template <typename T> struct fo_sgd_hp : fo_hp_base<fo_sgd_hp<T> > {
 template <typename T, bool MOMENTUM, int MODE = 0>
 FO_HD void fo_sgd_rule(T &p, T g, T &buf, const fo_common<T> &c, const fo_sgd_hp<T> &h) {
     T d = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
     if (MOMENTUM) {
         buf = h.first_step ? d : buf * h.momentum + h.one_minus_dampening * d;
-        d = h.nest ? d + h.momentum * buf : buf;
+        d = h.nest ? h.grad_coef * d + h.momentum * buf : buf;
     }
     p = p + h.neg_lr * d;
 }
@@ -230,8 +234,12 @@ struct fo_sgd : fo_algo_base<fo_sgd_scalars, fo_sgd_hp> {
 
 /* ---- Adam / AdamW / AMSGrad ------------------------------------------------------------
  * decay: 1 - lr*wd if decoupled, else 1; bc2_sqrt: sqrt(1 - beta2^t);
- * neg_step: -lr / (1 - beta1^t)                                                           */
-#define FO_ADAM_SCALARS(X) X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step)
+ * neg_step: -lr / (1 - beta1^t); eps_root: added under the root (optax's eps_root, in
+ * units of the raw v: eps_root * (1 - beta2^t)); vmax_scale: v's factor before the AMSGrad
+ * max (1: torch's raw maximum; 1 / (1 - beta2^t) with bc2_sqrt = 1: optax's maximum of the
+ * bias-corrected v).  Keras's eps (added to the uncorrected root) is eps / bc2_sqrt.      */
+#define FO_ADAM_SCALARS(X) \
+    X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step) X(eps_root) X(vmax_scale)
 #define FO_ADAM_FLAGS(X) X(amsgrad)
 #define FO_ADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true) X(max_exp_avg_sq, amsgrad)
 FO_SCALAR_STRUCT(fo_adam_scalars, FO_ADAM_SCALARS)
@@ -252,10 +260,10 @@ FO_HD void fo_adam_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
     m = fo_lerp<MODE>(m, g, h.w1);
     v = v * h.beta2 + h.one_minus_beta2 * g * g;
     T s = v;
-    if (AMSGRAD) { vmax = fo_max(vmax, v); s = vmax; }
+    if (AMSGRAD) { vmax = fo_max(vmax, v * h.vmax_scale); s = vmax; }
     /* torch divides by sqrt(1 - beta2^t); multiplying by its reciprocal (exact in double,
      * rounded once) leaves one division per element: the loop stays memory-bound */
-    T denom = fo_sqrt(s) * h.inv_bc2_sqrt + h.eps;
+    T denom = fo_sqrt(s + h.eps_root) * h.inv_bc2_sqrt + h.eps;
     p = p + h.neg_step * m / denom;
 }
 struct fo_adam : fo_algo_base<fo_adam_scalars, fo_adam_hp> {
@@ -266,8 +274,9 @@ struct fo_adam : fo_algo_base<fo_adam_scalars, fo_adam_hp> {
 };
 
 /* ---- Adagrad ---------------------------------------------------------------------------
- * neg_clr: -lr / (1 + (t - 1) lr_decay)                                                    */
-#define FO_ADAGRAD_SCALARS(X) X(neg_clr) X(eps)
+ * neg_clr: -lr / (1 + (t - 1) lr_decay); decay: 1 - lr*wd if decoupled, else 1;
+ * eps_root: added under the root (Keras, optax), 0 for torch                                */
+#define FO_ADAGRAD_SCALARS(X) X(neg_clr) X(eps) X(decay) X(eps_root)
 #define FO_ADAGRAD_FLAGS(X)
 #define FO_ADAGRAD_BUFFERS(X) X(sum, true)
 FO_SCALAR_STRUCT(fo_adagrad_scalars, FO_ADAGRAD_SCALARS)
@@ -277,8 +286,9 @@ template <typename T> struct fo_adagrad_hp : fo_hp_base<fo_adagrad_hp<T> > {
 template <typename T, int MODE = 0>
 FO_HD void fo_adagrad_rule(T &p, T g, T &sum, const fo_common<T> &c, const fo_adagrad_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
     sum = sum + g * g;
-    T std_ = fo_sqrt(sum) + h.eps;
+    T std_ = fo_sqrt(sum + h.eps_root) + h.eps;
     p = p + h.neg_clr * g / std_;
 }
 struct fo_adagrad : fo_algo_base<fo_adagrad_scalars, fo_adagrad_hp> {
@@ -286,32 +296,46 @@ struct fo_adagrad : fo_algo_base<fo_adagrad_scalars, fo_adagrad_hp> {
     FO_RULE(fo_adagrad_rule<T, M>(p, g, s[0], c, h))
 };
 
-/* ---- RMSprop (centered, momentum) --------------------------------------------------------- */
-#define FO_RMSPROP_SCALARS(X) X(alpha) X(one_minus_alpha) X(eps) X(momentum) X(neg_lr)
+/* ---- RMSprop (centered, momentum) ---------------------------------------------------------
+ * decay: 1 - lr*wd if decoupled, else 1; eps_root: added under the root (Keras, optax's
+ * eps_in_sqrt), 0 for torch; vscale, mscale: bias corrections of square_avg and grad_avg
+ * (optax's bias_correction), 1 for torch; grad_coef: the gradient's factor in the momentum
+ * increment (1 for torch; lr with the lr inside the buffer, Keras and optax: then
+ * neg_lr = -1); nesterov: 1 for optax's Nesterov step b' = inc + mu b                     */
+#define FO_RMSPROP_SCALARS(X) \
+    X(alpha) X(one_minus_alpha) X(eps) X(momentum) X(neg_lr) X(decay) X(eps_root) X(vscale) X(mscale) \
+    X(grad_coef) X(nesterov)
 #define FO_RMSPROP_FLAGS(X) X(centered) X(momentum)
 #define FO_RMSPROP_BUFFERS(X) X(square_avg, true) X(grad_avg, centered) X(momentum_buffer, momentum)
 FO_SCALAR_STRUCT(fo_rmsprop_scalars, FO_RMSPROP_SCALARS)
 template <typename T> struct fo_rmsprop_hp : fo_hp_base<fo_rmsprop_hp<T> > {
     FO_HP_FIELDS(FO_RMSPROP)
     fo_weight<T> w;
-    template <class S> FO_HD void derive(const S &) { w = fo_weight<T>::of(one_minus_alpha); }
+    bool nest;
+    template <class S> FO_HD void derive(const S &a) {
+        w = fo_weight<T>::of(one_minus_alpha);
+        nest = a.nesterov != 0.0;
+    }
 };
 template <typename T, bool CENTERED, bool MOMENTUM, int MODE = 0>
 FO_HD void fo_rmsprop_rule(T &p, T g, T &square_avg, T &grad_avg, T &buf,
                            const fo_common<T> &c, const fo_rmsprop_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
     square_avg = square_avg * h.alpha + h.one_minus_alpha * g * g;
     T avg;
     if (CENTERED) {
         grad_avg = fo_lerp<MODE>(grad_avg, g, h.w);
-        avg = fo_sqrt(square_avg + T(-1) * grad_avg * grad_avg);
+        const T ga = grad_avg * h.mscale;
+        avg = fo_sqrt(square_avg * h.vscale + T(-1) * ga * ga + h.eps_root);
     } else {
-        avg = fo_sqrt(square_avg);
+        avg = fo_sqrt(square_avg * h.vscale + h.eps_root);
     }
     avg = avg + h.eps;
     if (MOMENTUM) {
-        buf = buf * h.momentum + g / avg;
-        p = p + h.neg_lr * buf;
+        const T inc = (h.grad_coef * g) / avg;
+        buf = buf * h.momentum + inc;
+        p = p + h.neg_lr * (h.nest ? inc + h.momentum * buf : buf);
     } else {
         p = p + h.neg_lr * g / avg;
     }
@@ -327,8 +351,9 @@ struct fo_rmsprop : fo_algo_base<fo_rmsprop_scalars, fo_rmsprop_hp> {
 };
 
 /* ---- Adamax ------------------------------------------------------------------------------
- * neg_clr: -lr / (1 - beta1^t)                                                                */
-#define FO_ADAMAX_SCALARS(X) X(one_minus_beta1) X(beta2) X(eps) X(neg_clr)
+ * neg_clr: -lr / (1 - beta1^t); decay: 1 - lr*wd if decoupled, else 1; eps: added to |g|
+ * inside the max (torch); eps_denom: added to u after it (Keras, optax), 0 for torch          */
+#define FO_ADAMAX_SCALARS(X) X(one_minus_beta1) X(beta2) X(eps) X(neg_clr) X(decay) X(eps_denom)
 #define FO_ADAMAX_FLAGS(X)
 #define FO_ADAMAX_BUFFERS(X) X(exp_avg, true) X(exp_inf, true)
 FO_SCALAR_STRUCT(fo_adamax_scalars, FO_ADAMAX_SCALARS)
@@ -340,9 +365,10 @@ template <typename T> struct fo_adamax_hp : fo_hp_base<fo_adamax_hp<T> > {
 template <typename T, int MODE = 0>
 FO_HD void fo_adamax_rule(T &p, T g, T &m, T &u, const fo_common<T> &c, const fo_adamax_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
     m = fo_lerp<MODE>(m, g, h.w1);
     u = fo_max(u * h.beta2, fo_abs(g) + h.eps);
-    p = p + h.neg_clr * m / u;
+    p = p + h.neg_clr * m / (u + h.eps_denom);
 }
 struct fo_adamax : fo_algo_base<fo_adamax_scalars, fo_adamax_hp> {
     FO_DESCRIBE(FO_ADAMAX)
@@ -423,7 +449,8 @@ struct fo_radam : fo_algo_base<fo_radam_scalars, fo_radam_hp> {
 };
 
 /* ---- Adadelta ------------------------------------------------------------------------------ */
-#define FO_ADADELTA_SCALARS(X) X(rho) X(one_minus_rho) X(eps) X(neg_lr)
+/* decay: 1 - lr*wd if decoupled, else 1 */
+#define FO_ADADELTA_SCALARS(X) X(rho) X(one_minus_rho) X(eps) X(neg_lr) X(decay)
 #define FO_ADADELTA_FLAGS(X)
 #define FO_ADADELTA_BUFFERS(X) X(square_avg, true) X(acc_delta, true)
 FO_SCALAR_STRUCT(fo_adadelta_scalars, FO_ADADELTA_SCALARS)
@@ -434,6 +461,7 @@ template <typename T, int MODE = 0>
 FO_HD void fo_adadelta_rule(T &p, T g, T &square_avg, T &acc_delta, const fo_common<T> &c,
                             const fo_adadelta_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
     square_avg = square_avg * h.rho + h.one_minus_rho * g * g;
     T std_sq = square_avg + h.eps;
     T delta = fo_sqrt((acc_delta + h.eps) / std_sq) * g;   /* one sqrt: sqrt(a) / sqrt(b) = sqrt(a / b) */

@@ -28,6 +28,7 @@ from ._kernels import update_dicts
 __all__ = ["Engine"]
 
 _NO_FRESH = frozenset()
+_EMA_FRESH = frozenset(("ema",))
 _MANY = 4096     # creating state for more parameters than this pauses the cyclic GC
 
 
@@ -139,7 +140,10 @@ class Engine:
                     dict.__setitem__(st, name, opt.init_buffer(name, p, g))
                 fresh = frozenset(made) if made else _NO_FRESH
             if ema and "ema" not in st:
+                # the first average is the weights after the first update (torch's
+                # AveragedModel, Keras): the kernel's EMA weight is 1 for this bucket
                 dict.__setitem__(st, "ema", p.copy())
+                fresh = fresh | _EMA_FRESH
             key = (*[st[k] for k in scalar_state], fresh)
             bucket = buckets.get(key)
             if bucket is None:
@@ -149,6 +153,8 @@ class Engine:
 
     def _call(self, g, common, flags, scal, fresh, params, grads, states, bufs, emas, tscale, control, be) -> None:
         opt = self.opt
+        if "ema" in fresh:
+            common = dict(common, ema_weight=1.0)        # ema = lerp(ema, p, 1) = p after the update
         scalars = opt.kernel_scalars(g, scal, fresh)     # advances the scalar state
         if opt.spec is None:
             _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas)

@@ -40,7 +40,9 @@ class Optimizer(ExtensionAPI):
     this global L2 norm, Keras' ``g * c / max(norm, c)``), ``clipnorm`` (the same per
     parameter), ``clipvalue`` (clamp to ``[-clipvalue, clipvalue]``), ``ema_decay`` (an
     exponential moving average of every parameter: :meth:`swap_ema`,
-    :meth:`ema_weights`), ``skip_nonfinite`` (skip a step with a NaN/Inf gradient, counted
+    :meth:`ema_weights`; the first average is the weights after a parameter's first update,
+    as in torch's AveragedModel and Keras), ``ema_overwrite_frequency`` (Keras: every k-th
+    applied step, the weights are overwritten with their average), ``skip_nonfinite`` (skip a step with a NaN/Inf gradient, counted
     in ``nonfinite_count``), ``gradient_accumulation_steps`` (apply the mean of k calls'
     gradients every k-th call).
 
@@ -49,12 +51,14 @@ class Optimizer(ExtensionAPI):
     """
 
     def __init__(self, params, defaults: Dict[str, Any], *, l1=0.0, global_clipnorm=None, clipnorm=None,
-                 clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1):
+                 clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1,
+                 ema_overwrite_frequency=None):
         defaults = dict(defaults)
         defaults.setdefault("l1", l1)
         self.options = types.MappingProxyType(check_options(
             global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue, ema_decay=ema_decay,
-            skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps))
+            skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps,
+            ema_overwrite_frequency=ema_overwrite_frequency))
         self.defaults = defaults
         self.lock = threading.RLock()        # step, state_dict, load_state_dict, fo.save hold it
         self.nonfinite_count = 0             # steps skipped because a gradient was NaN/Inf
@@ -164,6 +168,9 @@ class Optimizer(ExtensionAPI):
                     engine.step_group(gi, resolved[gi], g["params"], grads[base:base + n], skipped == 0, ctl, ts, be)
                     base += n
             self.iterations += 1
+            freq = self.options["ema_overwrite_frequency"]
+            if freq is not None and self.iterations % freq == 0:
+                self.registry.overwrite_with("ema")      # Keras: the weights become their average
             self.last_step_applied = True
             self._last_applied = resolved
             return loss

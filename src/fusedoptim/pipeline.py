@@ -285,7 +285,7 @@ class GradientPipeline:
 
 
 def check_options(*, global_clipnorm, clipnorm, clipvalue, ema_decay,
-                  skip_nonfinite, gradient_accumulation_steps) -> dict:
+                  skip_nonfinite, gradient_accumulation_steps, ema_overwrite_frequency=None) -> dict:
     """Validate the pipeline and EMA options of an optimizer; return them normalised."""
     for name, v in (("global_clipnorm", global_clipnorm), ("clipnorm", clipnorm), ("clipvalue", clipvalue)):
         if v is not None:
@@ -294,11 +294,18 @@ def check_options(*, global_clipnorm, clipnorm, clipvalue, ema_decay,
         raise ValueError("pass either clipnorm (per parameter) or global_clipnorm, not both")
     if ema_decay is not None:
         check_real(ema_decay, "ema_decay", lo=0.0, hi=1.0, hi_open=True, name="ema_decay")
+    if ema_overwrite_frequency is not None:
+        if ema_decay is None:
+            raise ValueError("ema_overwrite_frequency needs ema_decay (an EMA to overwrite the weights with)")
+        f = ema_overwrite_frequency
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1:
+            raise ValueError(f"ema_overwrite_frequency must be an integer >= 1 or None, got {f!r}")
     check_bool(skip_nonfinite, "skip_nonfinite")
     k = gradient_accumulation_steps
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {k!r}")
     f = lambda v: None if v is None else float(v)  # noqa: E731
     return dict(global_clipnorm=f(global_clipnorm), clipnorm=f(clipnorm), clipvalue=f(clipvalue),
-                ema_decay=f(ema_decay), skip_nonfinite=bool(skip_nonfinite), gradient_accumulation_steps=int(k))
+                ema_decay=f(ema_decay), skip_nonfinite=bool(skip_nonfinite), gradient_accumulation_steps=int(k),
+                ema_overwrite_frequency=None if ema_overwrite_frequency is None else int(ema_overwrite_frequency))
 

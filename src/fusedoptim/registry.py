@@ -305,6 +305,14 @@ class ParamRegistry:
                 p[...] = st[key]
                 st[key][...] = tmp
 
+    def overwrite_with(self, key: str) -> None:
+        """Copy every parameter's state buffer ``key`` (the EMA) into the parameter, in
+        place; parameters without that buffer are left alone."""
+        for p in self.params:
+            st = self.store.get(id(p))
+            if st is not None and key in st:
+                p[...] = st[key]
+
     def forget(self, new: list) -> None:
         """Undo :meth:`learn` (the step that followed it failed)."""
         ids = {id(v) for v in new}

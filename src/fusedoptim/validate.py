@@ -152,8 +152,11 @@ def positive_or_none(v, what: str) -> Optional[float]:
 # hyperparameters that must be finite and >= 0 wherever they appear, with their label
 _NONNEG_HYPER = {"eps": "epsilon value", "weight_decay": "weight_decay value", "momentum": "momentum value",
                  "lr_decay": "lr_decay value", "initial_accumulator_value": "initial_accumulator_value value",
-                 "momentum_decay": "momentum_decay value", "alpha": "alpha value", "l1": "l1 value"}
-_FLAGS = ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay")
+                 "momentum_decay": "momentum_decay value", "alpha": "alpha value", "l1": "l1 value",
+                 "eps_root": "eps_root value", "initial_scale": "initial_scale value"}
+_FLAGS = ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay",
+          "eps_in_sqrt", "bias_correction", "amsgrad_bias_corrected", "eps_before_bias_correction",
+          "lr_in_momentum", "eps_after_max")
 
 
 def check_hyperparameters(g: dict, where: str) -> None:
