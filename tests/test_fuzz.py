@@ -136,7 +136,7 @@ def _reference_run(run, params, grads):
     ``clipvalue`` clamps the scaled gradient, then the norm clip multiplies by
     ``c / max(norm, c)`` (global) or per parameter; ``l1 * sign(theta)`` joins the gradient
     where the coupled weight decay does; ``ema = ema + (1 - decay) (theta - ema)``, started
-    from the parameter before its first step.
+    from the parameter after its first step (torch's AveragedModel, Keras).
     Returns ``(ReferenceOptimizer, emas, nonfinite_count)``."""
     o = run["opts"]
     k = o["gradient_accumulation_steps"]
@@ -181,14 +181,13 @@ def _reference_run(run, params, grads):
             if o.get("l1"):
                 x = x + sign * o["l1"] * np.sign(theta)
             eff.append(x)
-        before = [p.copy() for p in ref.params]
         ref.step(eff)
         if o.get("ema_decay") is not None:
             w = 1.0 - o["ema_decay"]
             for i, g in enumerate(eff):
                 if g is not None:
-                    e = before[i] if emas[i] is None else emas[i]
-                    emas[i] = e + w * (ref.params[i] - e)
+                    e = emas[i]
+                    emas[i] = ref.params[i].copy() if e is None else e + w * (ref.params[i] - e)
     return ref, emas, skipped
 
 

@@ -165,12 +165,17 @@ def test_ema_fused_matches_formula_and_swaps(rng, name):
     twin = [p.copy() for p in params]
     opt = getattr(fo, name)(params, lr=0.01, ema_decay=0.9)
     plain = getattr(fo, name)(twin, lr=0.01)
-    ema = [p.astype(np.float64) for p in params]
+    ema = None
     for _ in range(20):
         grads = make(rng)
         opt.step(grads)
         plain.step(grads)
-        ema = [e * 0.9 + 0.1 * p.astype(np.float64) for e, p in zip(ema, params)]
+        if ema is None:   # torch's AveragedModel and Keras: the first average is the first updated weights
+            ema = [p.astype(np.float64) for p in params]
+            for p in params:
+                np.testing.assert_array_equal(opt.state[p]["ema"], p)
+        else:
+            ema = [e * 0.9 + 0.1 * p.astype(np.float64) for e, p in zip(ema, params)]
         for p, t in zip(params, twin):
             np.testing.assert_array_equal(p, t)  # EMA never changes the trajectory
     close([opt.state[p]["ema"] for p in params], ema, rtol=1e-5, atol=1e-6)
@@ -181,6 +186,29 @@ def test_ema_fused_matches_formula_and_swaps(rng, name):
             np.testing.assert_array_equal(p, a)
     for p, t in zip(params, trained):
         np.testing.assert_array_equal(p, t)
+
+
+def test_ema_overwrite_frequency_keras_semantics():
+    # keras optimizer_test.py::test_ema: SGD lr 1, momentum 0.9, overwrite every 3 steps
+    w = np.array([[3.0, 4.0], [5.0, 6.0]], np.float32)
+    g = np.ones_like(w)
+    opt = fo.SGD([w], lr=1.0, ema_decay=0.9, ema_overwrite_frequency=3)
+    opt.step([g])
+    np.testing.assert_allclose(w, [[2.0, 3.0], [4.0, 5.0]])
+    np.testing.assert_allclose(opt.state[w]["ema"], [[2.0, 3.0], [4.0, 5.0]])
+    opt.step([g])
+    np.testing.assert_allclose(w, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_allclose(opt.state[w]["ema"], [[1.9, 2.9], [3.9, 4.9]], rtol=1e-6)
+    opt.step([g])
+    np.testing.assert_allclose(w, [[1.71, 2.71], [3.71, 4.71]], rtol=1e-6)
+    np.testing.assert_allclose(opt.state[w]["ema"], w)
+
+
+@pytest.mark.parametrize("bad", [dict(ema_overwrite_frequency=2), dict(ema_decay=0.9, ema_overwrite_frequency=0),
+                                 dict(ema_decay=0.9, ema_overwrite_frequency=1.5)])
+def test_ema_overwrite_frequency_checked(bad):
+    with pytest.raises(ValueError, match="ema_overwrite_frequency"):
+        fo.SGD([np.zeros(2, np.float32)], lr=0.1, **bad)
 
 
 def test_swap_ema_requires_option():

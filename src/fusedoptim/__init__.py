@@ -27,6 +27,7 @@ _LAZY = {
     "nn": ("nn", None),
     "checkpoint": ("checkpoint", None),
     "arena": ("arena", None),
+    "keras": ("keras", None),
 }
 
 

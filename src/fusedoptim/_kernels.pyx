@@ -444,7 +444,8 @@ def accumulate(list accs, list grads, double scale=1.0):
 #: The scalars of :func:`accumulate` (also used by the CUDA backend): gradient scale 1, no
 #: decay, no L1, no EMA, no clip value; SGD without momentum at lr = -1.
 ACCUMULATE_COMMON = dict(gscale=1.0, weight_decay=0.0, l1=0.0, ema_weight=0.0, clip_value=float("inf"))
-ACCUMULATE_SCALARS = dict(lr=-1.0, momentum=0.0, one_minus_dampening=1.0, nesterov=0.0, first=0.0)
+ACCUMULATE_SCALARS = dict(lr=-1.0, momentum=0.0, one_minus_dampening=1.0, nesterov=0.0, first=0.0, decay=1.0,
+                          grad_coef=1.0)
 
 
 def update_dicts(list dicts, dict values):

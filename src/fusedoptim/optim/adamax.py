@@ -12,7 +12,7 @@ class Adamax(Optimizer):
         u_t &\leftarrow \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \\
         \theta_t &\leftarrow \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t} \frac{m_t}{u_t}
 
-    ``eps_after_max=True`` (Keras, optax): :math:`u_t \leftarrow \max(\beta_2 u_{t-1}, |g_t|)`,
+    ``eps_after_max=True`` (Keras; optax adds it inside the max, like torch): :math:`u_t \leftarrow \max(\beta_2 u_{t-1}, |g_t|)`,
     :math:`\theta_t \leftarrow \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t} \frac{m_t}{u_t + \epsilon}`.
 
     ``decoupled_weight_decay=True`` replaces the coupled L2 term by the decoupled decay

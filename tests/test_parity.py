@@ -1,0 +1,128 @@
+"""Optional parity suite: fusedoptim side by side with Keras 3 (JAX backend) and optax.
+
+Each configuration runs 200 steps of random float32 gradients through the oracle and
+through fusedoptim from the same start, and compares the parameters.  Keras is driven
+through ``fusedoptim.keras`` with Keras's own arguments (nothing translated); optax
+through the torch-style classes with the documented options (README, "Coming from
+optax").  Skips cleanly without keras / jax / optax (``pip install '.[parity]'``).
+"""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import fusedoptim as fo  # noqa: E402
+
+STEPS = 200
+SHAPE = (3, 37)
+
+
+def _grads(seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(STEPS)]
+
+
+def _start(seed):
+    return np.random.default_rng(seed + 1000).standard_normal(SHAPE).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- Keras
+KERAS_CASES = [
+    ("Adam", dict(learning_rate=0.01)),
+    ("Adam", dict(learning_rate=0.01, amsgrad=True, weight_decay=0.01)),
+    ("AdamW", dict(learning_rate=0.01)),
+    ("SGD", dict(learning_rate=0.01)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("SGD", dict(learning_rate=0.01, nesterov=True)),
+    ("RMSprop", dict(learning_rate=0.001)),
+    ("RMSprop", dict(learning_rate=0.001, momentum=0.9, centered=True)),
+    ("Adagrad", dict(learning_rate=0.01, weight_decay=0.01)),
+    ("Adamax", dict(learning_rate=0.01)),
+    ("Nadam", dict(learning_rate=0.01)),
+    ("Adadelta", dict(learning_rate=1.0, weight_decay=0.01)),
+    ("Lion", dict(learning_rate=0.001, weight_decay=0.1)),
+    ("Adam", dict(learning_rate=0.01, global_clipnorm=1.0, use_ema=True, ema_momentum=0.9)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9, clipnorm=0.5, gradient_accumulation_steps=2)),
+    ("RMSprop", dict(learning_rate=0.001, clipvalue=0.5, loss_scale_factor=8.0)),
+]
+
+
+def _case_id(case):
+    name, kw = case
+    return name + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("case", KERAS_CASES, ids=_case_id)
+def test_keras_parity(case):
+    pytest.importorskip("jax")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("the parity suite runs Keras on the JAX backend")
+    from fusedoptim import keras as fk
+
+    name, kw = case
+    seed = KERAS_CASES.index(case)
+    grads, start = _grads(seed), _start(seed)
+    ref_opt = getattr(keras.optimizers, name)(**kw)
+    ref = keras.Variable(start.copy())
+    ours_opt = getattr(fk, name)(**kw)
+    ours = fk.Variable(start.copy())
+    scale = kw.get("loss_scale_factor", 1.0)
+    for g in grads:
+        ref_opt.apply_gradients([(keras.ops.convert_to_tensor(g * scale), ref)])
+        ours_opt.apply_gradients([(g * scale, ours)])
+    if kw.get("use_ema"):
+        np.testing.assert_allclose(ours_opt.model_variables_moving_average[0],
+                                   np.asarray(ref_opt._model_variables_moving_average[0]), rtol=1e-5, atol=1e-6)
+    assert ours_opt.iterations == int(ref_opt.iterations)
+    np.testing.assert_allclose(ours, np.asarray(ref), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- optax
+# (optax alias, its kwargs, fusedoptim class, its kwargs): every optax alias fusedoptim
+# has an optimizer for, with the options that give optax's formulas
+OPTAX_CASES = [
+    ("sgd", dict(learning_rate=0.01), "SGD", dict(lr=0.01)),
+    ("sgd", dict(learning_rate=0.01, momentum=0.9), "SGD", dict(lr=0.01, momentum=0.9)),
+    ("sgd", dict(learning_rate=0.01, momentum=0.9, nesterov=True), "SGD", dict(lr=0.01, momentum=0.9, nesterov=True)),
+    ("adam", dict(learning_rate=0.01), "Adam", dict(lr=0.01)),
+    ("adam", dict(learning_rate=0.01, eps_root=1e-8), "Adam", dict(lr=0.01, eps_root=1e-8)),
+    ("adamw", dict(learning_rate=0.01), "AdamW", dict(lr=0.01, weight_decay=1e-4)),
+    ("adamw", dict(learning_rate=0.01, weight_decay=0.1), "AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("amsgrad", dict(learning_rate=0.01), "Adam", dict(lr=0.01, amsgrad=True, amsgrad_bias_corrected=True)),
+    ("adagrad", dict(learning_rate=0.01), "Adagrad",
+     dict(lr=0.01, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True)),
+    ("rmsprop", dict(learning_rate=0.001), "RMSprop", dict(lr=0.001, alpha=0.9, eps=1e-8, eps_in_sqrt=True)),
+    ("rmsprop", dict(learning_rate=0.001, centered=True, momentum=0.9, nesterov=True, eps_in_sqrt=False,
+                     initial_scale=0.1), "RMSprop",
+     dict(lr=0.001, alpha=0.9, eps=1e-8, centered=True, momentum=0.9, nesterov=True, lr_in_momentum=True,
+          initial_scale=0.1)),
+    ("rmsprop", dict(learning_rate=0.001, bias_correction=True), "RMSprop",
+     dict(lr=0.001, alpha=0.9, eps=1e-8, eps_in_sqrt=True, bias_correction=True)),
+    ("adamax", dict(learning_rate=0.01), "Adamax", dict(lr=0.01, eps=1e-8)),
+    ("adadelta", dict(learning_rate=1.0), "Adadelta", dict(lr=1.0, rho=0.9, eps=1e-6)),
+    ("lion", dict(learning_rate=0.001), "Lion", dict(lr=0.001, betas=(0.9, 0.99), weight_decay=1e-3)),
+]
+
+
+@pytest.mark.parametrize("case", OPTAX_CASES, ids=lambda c: f"{c[0]}-" + "-".join(f"{k}={v}" for k, v in c[1].items()))
+def test_optax_parity(case):
+    jnp = pytest.importorskip("jax.numpy")
+    optax = pytest.importorskip("optax")
+    alias, okw, cls, fkw = case
+    seed = 100 + OPTAX_CASES.index(case)
+    grads, start = _grads(seed), _start(seed)
+    tx = getattr(optax, alias)(**okw)
+    params = jnp.asarray(start)
+    state = tx.init(params)
+    ours = start.copy()
+    opt = getattr(fo, cls)([ours], **fkw)
+    for g in grads:
+        updates, state = tx.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        opt.step([g])
+    np.testing.assert_allclose(ours, np.asarray(params), rtol=1e-5, atol=1e-6)
