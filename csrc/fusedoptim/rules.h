@@ -352,7 +352,7 @@ struct fo_rmsprop : fo_algo_base<fo_rmsprop_scalars, fo_rmsprop_hp> {
 
 /* ---- Adamax ------------------------------------------------------------------------------
  * neg_clr: -lr / (1 - beta1^t); decay: 1 - lr*wd if decoupled, else 1; eps: added to |g|
- * inside the max (torch); eps_denom: added to u after it (Keras, optax), 0 for torch          */
+ * inside the max (torch, optax); eps_denom: added to u after it (Keras), 0 for torch       */
 #define FO_ADAMAX_SCALARS(X) X(one_minus_beta1) X(beta2) X(eps) X(neg_clr) X(decay) X(eps_denom)
 #define FO_ADAMAX_FLAGS(X)
 #define FO_ADAMAX_BUFFERS(X) X(exp_avg, true) X(exp_inf, true)
