@@ -112,6 +112,7 @@ OPTAX_CASES = [
     ("adamax", dict(learning_rate=0.01), "Adamax", dict(lr=0.01, eps=1e-8)),
     ("adadelta", dict(learning_rate=1.0), "Adadelta", dict(lr=1.0, rho=0.9, eps=1e-6)),
     ("lion", dict(learning_rate=0.001), "Lion", dict(lr=0.001, betas=(0.9, 0.99), weight_decay=1e-3)),
+    ("nadam", dict(learning_rate=0.01), "NAdam", dict(lr=0.01, eps=1e-8, momentum_decay=1e9)),
 ]
 
 

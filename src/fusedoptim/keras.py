@@ -40,9 +40,9 @@ Example::
     >>> from fusedoptim import keras as fk
     >>> w = fk.Variable([1.0, 2.0, 3.0, 4.0])
     >>> opt = fk.SGD(learning_rate=0.5)
-    >>> opt.apply_gradients(zip([np.array([1.0, 6.0, 7.0, 2.0])], [w]))
-    >>> w
-    Variable([ 0.5, -1. , -0.5,  3. ], dtype=float32)
+    >>> _ = opt.apply_gradients(zip([np.array([1.0, 6.0, 7.0, 2.0])], [w]))
+    >>> print(w)
+    [ 0.5 -1.  -0.5  3. ]
 """
 from __future__ import annotations
 

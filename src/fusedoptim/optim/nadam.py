@@ -19,6 +19,10 @@ class NAdam(Optimizer):
         \theta_t &\leftarrow \theta_{t-1} - \gamma \frac{1 - \mu_t}{1 - \prod_{i \le t}\mu_i} \frac{g_t}{d_t}
             - \gamma \frac{\mu_{t+1}}{1 - \prod_{i \le t+1}\mu_i} \frac{m_t}{d_t}
 
+    Keras's Nadam is ``momentum_decay=1.0`` (:math:`\mu_t = \beta_1(1 - \tfrac12 0.96^t)`);
+    optax's nadam, with a constant :math:`\mu_t = \beta_1`, is ``momentum_decay=1e9``
+    (:math:`0.96^{t\psi}` underflows to 0 from the first step).
+
     State: ``step``, ``mu_product``, ``exp_avg``, ``exp_avg_sq``.
 
     References: Dozat, "Incorporating Nesterov Momentum into Adam", 2016.
