@@ -413,3 +413,14 @@ def test_readme_optax_snippet_runs(capsys):
     scope: dict = {}
     exec(compile(_readme_snippet("## Coming from optax"), "README optax snippet", "exec"), scope)
     assert capsys.readouterr().out.startswith("0.99399")
+
+
+def test_bad_gradient_raises_before_anything_changes():
+    v = fk.Variable([1.0, 2.0])
+    opt = fk.Adam(learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"grads_and_vars\[0\]: the gradient does not fit the variable"):
+        opt.apply_gradients([(np.ones(3, np.float32), v)])
+    assert not opt.built and opt.iterations == 0
+    close(v, [1.0, 2.0])
+    opt.apply_gradients([(np.ones(2, np.float32), v)])
+    assert opt.built and opt.iterations == 1

@@ -254,16 +254,21 @@ class Optimizer:
         if all(g is None for g, _ in pairs):
             raise ValueError("No gradients provided for any variable.")
         with self.lock:
-            if not self.built:
-                self.build([v for _, v in pairs])
-            fixed = []
-            for g, v in pairs:
+            fixed = []              # cast first: a bad gradient raises before the optimizer is built
+            for k, (g, v) in enumerate(pairs):
                 if g is not None and is_array(v) and not (is_array(g) and g.dtype == v.dtype
                                                            and g.shape == v.shape and g.flags.c_contiguous):
                     if type(v).__module__.startswith("cupy"):
-                        raise TypeError("a CuPy variable needs CuPy gradients of its dtype and shape")
-                    g = np.array(np.broadcast_to(np.asarray(g, dtype=v.dtype), v.shape), order="C")
+                        raise TypeError(f"grads_and_vars[{k}]: a CuPy variable needs a CuPy gradient of its "
+                                        "dtype and shape")
+                    try:
+                        g = np.array(np.broadcast_to(np.asarray(g, dtype=v.dtype), v.shape), order="C")
+                    except (TypeError, ValueError) as e:
+                        raise ValueError(f"grads_and_vars[{k}]: the gradient does not fit the variable "
+                                         f"(shape {v.shape}, dtype {v.dtype}): {e}") from None
                 fixed.append((g, v))
+            if not self.built:
+                self.build([v for _, v in pairs])
             grads, _ = self.registry.gradients_of_pairs(fixed, adopt=False)
             self.step(grads)
         return self.iterations
