@@ -424,3 +424,25 @@ def test_bad_gradient_raises_before_anything_changes():
     close(v, [1.0, 2.0])
     opt.apply_gradients([(np.ones(2, np.float32), v)])
     assert opt.built and opt.iterations == 1
+
+
+def test_state_dict_round_trip_restores_the_schedule_position():
+    from fusedoptim import schedules
+
+    def run(n, opt=None, v=None):
+        if opt is None:
+            v = fk.Variable([1.0, 2.0])
+            opt = fk.Adam(learning_rate=schedules.ExponentialDecay(0.1, 1, 0.9), gradient_accumulation_steps=2)
+        for _ in range(n):
+            opt.apply_gradients([(np.array([0.5, -1.0], np.float32), v)])
+        return opt, v
+
+    full, vf = run(7)
+    half, vh = run(3)
+    fresh_v = fk.Variable(vh.numpy().copy())
+    fresh = fk.Adam(learning_rate=schedules.ExponentialDecay(0.1, 1, 0.9), gradient_accumulation_steps=2)
+    fresh.build([fresh_v])
+    fresh.load_state_dict(half.state_dict())
+    assert fresh.learning_rate == half.learning_rate
+    run(4, fresh, fresh_v)
+    np.testing.assert_array_equal(fresh_v, vf)
