@@ -320,3 +320,55 @@ def test_every_optimizer_takes_a_dict():
         o = getattr(fo, name)(p, lr=0.1)
         o.step({"W": np.full(3, 0.5, np.float32)})
         assert not np.array_equal(p["W"], np.ones(3, np.float32)), name
+
+
+# -------------------------------------------------------------------- distributed
+def test_distributed_optimizer_takes_gradients_by_name():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fusedoptim.distributed import DistributedOptimizer
+    ref, named = arrays(30), arrays(30)
+    d_ref = DistributedOptimizer(fo.Adam(list(ref.values()), lr=0.1), MPI.COMM_SELF)
+    d = DistributedOptimizer(fo.Adam(named, lr=0.1), MPI.COMM_SELF)
+    for g in grads(31, steps=3):
+        d_ref.step([g["W"], None, g["c"]])
+        d.step({"c": g["c"], "W": g["W"]})
+    for n in ref:
+        assert np.array_equal(ref[n], named[n]), n
+    with pytest.raises(ValueError, match=r"gradient for 'x'"):
+        d.step({"x": np.zeros(3, np.float32)})
+
+
+def test_broadcast_and_steps_by_name_across_two_ranks(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    pytest.importorskip("mpi4py")
+    mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if mpiexec is None:
+        pytest.skip("mpiexec missing (pip install mpi4py mpich gives it)")
+    out = tmp_path / "names.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "MPICH_", "HYDRA_"))}
+    env.update(OMP_NUM_THREADS="1")
+    script = os.path.join(os.path.dirname(__file__), "mpi_scripts", "names.py")
+    p = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", script, str(out)],
+                       capture_output=True, text=True, timeout=90, env=env)
+    assert p.returncode == 0, p.stderr
+    r0, r1 = __import__("json").loads(out.read_text())
+    assert r0["state"] == r1["state"] and r1["state"]["b"]["step"] == 3     # rank 0's state, by name
+    assert r0["params"] == r1["params"] and r0["iterations"] == r1["iterations"] == 5
+    # the reference in one process: rank 0's state, the mean of the two ranks' gradients
+    # (a sum of two float32 arrays times 0.5: exact, whatever the reduction order)
+    rng = np.random.default_rng(0)
+    init = {"W": rng.standard_normal((4, 3)).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)}
+    ref = {n: a.copy() for n, a in init.items()}
+    o = fo.Adam(ref, lr=0.05)
+    for k in range(3):
+        o.step({"W": np.full((4, 3), 0.1 * (k + 1), np.float32), "b": np.full(3, -0.2, np.float32)})
+    for n in ref:
+        ref[n][...] = init[n]
+    gs = [np.random.default_rng([1, r]) for r in (0, 1)]
+    o.step({"W": sum(g.standard_normal((4, 3)).astype(np.float32) for g in gs) * np.float32(0.5)})
+    step2 = [(g.standard_normal(3).astype(np.float32), g.standard_normal((4, 3)).astype(np.float32)) for g in gs]
+    o.step({"b": (step2[0][0] + step2[1][0]) * np.float32(0.5), "W": (step2[0][1] + step2[1][1]) * np.float32(0.5)})
+    for n in ref:
+        assert np.array_equal(np.array(r0["params"][n], np.float32), ref[n]), n
