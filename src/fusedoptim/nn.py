@@ -29,7 +29,9 @@ Conventions, chosen so that a training step allocates (almost) nothing:
 - Inputs are 2-D, ``(batch, features)``.  Weights are ``(in_features, out_features)``, so
   a layer computes ``x @ W + b``.
 
-Names follow torch: ``model.named_params()`` gives ``("0.weight", W), ("0.bias", b), ...``.
+Names follow torch: ``model.named_params()`` gives ``("0.weight", W), ("0.bias", b), ...``
+and ``model.named_grads()`` the gradient buffers under the same names, so
+``fo.Adam(model.named_params())`` and ``opt.step(model.named_grads())`` work by name.
 """
 from __future__ import annotations
 
