@@ -282,13 +282,14 @@ class Optimizer:
         self._calls += 1
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict, strict: bool = True):
         """As :meth:`fusedoptim.Optimizer.load_state_dict` (build the optimizer first, e.g.
         with :meth:`build`); Keras's call counter, which schedules see, is restored as
         ``iterations * gradient_accumulation_steps + accumulated calls``."""
         with self.lock:
-            type(self)._core.load_state_dict(self, state_dict)
+            out = type(self)._core.load_state_dict(self, state_dict, strict)
             self._calls = self.iterations * (self.gradient_accumulation_steps or 1) + self.pipeline.acc_count
+            return out
 
     def scale_loss(self, loss):
         """``loss * loss_scale_factor`` (Keras), or ``loss``."""
