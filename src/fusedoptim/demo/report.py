@@ -224,11 +224,14 @@ def curves_figure(plt, results: List[dict], title: str = "", target_acc: Optiona
     axes[1, 0].set(title="test accuracy", xlabel="epoch (0: before training)")
     axes[1, 1].set(title="test accuracy vs training time", xlabel="seconds (training loop)")
     from matplotlib.ticker import MaxNLocator
-    for ax in (axes[0, 0], axes[0, 1], axes[1, 0]):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))       # whole epochs
+    last = max((r["history"]["epoch"][-1] for r in results if r["history"]["epoch"]), default=0)
     for ax in axes.flat:
         ax.grid(alpha=0.3, which="both")
         ax.set_xlim(left=0)
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))       # whole epochs, 0 to the last
+        if last > 0:
+            ax.set_xlim(0, last)
     handles, labels = axes[1, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=9, title="optimizer (table order)",
                handlelength=3.5, frameon=False)
