@@ -55,6 +55,8 @@ _INSTALLED_BY = {
     "matplotlib": "the demo extra", "autograd": "the demo extra", "tqdm": "the demo extra",
     "threadpoolctl": "the test extra", "hypothesis": "the test extra", "pytest_benchmark": "the test extra",
 }
+# hint only: the GPU tests need CuPy and a CUDA device, which the test command does not bring
+_GPU_ONLY = {"cupy": "CuPy, for the GPU tests on a machine with an NVIDIA GPU: pip install '.[cuda]'"}
 _NOT_IMPORTABLE = re.compile(r"could not import '([\w.]+)'")
 
 
@@ -72,6 +74,9 @@ def pytest_runtest_makereport(item, call):
     if m is None:
         return
     top = m.group(1).split(".")[0]
+    if top in _GPU_ONLY:
+        rep.longrepr = (path, lineno, f"{reason} ({_GPU_ONLY[top]})")
+        return
     if top not in _INSTALLED_BY:
         return
     hint = f"{reason} ({_INSTALLED_BY[top]}; the README's test command installs it: {TEST_COMMAND})"
