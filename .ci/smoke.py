@@ -31,7 +31,7 @@ if os.environ.get("FO_EXPECT_OPENMP"):
 assert len(optimizers) >= 12, f"expected at least the 12 built-in optimizers, found {sorted(optimizers)}"
 
 # Optimizers that a plain ``cls([W, b], lr=lr)`` and ``opt.step([gW, gb])`` cannot drive:
-# name -> function(W, b, gW, gb, lr) that builds one and takes one step, returning it.
+# name -> function(cls, W, b, gW, gb, lr) that builds one and takes one step, returning it.
 SPECIAL = {}
 
 
@@ -65,6 +65,8 @@ for name, cls in optimizers.items():
             # (from zero state, no weight decay): the step's direction agrees with -g in sum
             assert np.sum((p - p0).astype(np.float64) * g) < 0, f"{name} {np.dtype(dtype)}: step is not a descent"
         assert opt.iterations == 1, (name, opt.iterations)
+        if name == "SGD":                                   # the one rule simple enough to restate here
+            np.testing.assert_allclose(W, W0.astype(np.float64) - lr * gW, rtol=1e-6, atol=1e-7)
 print(f"one step: OK for {len(optimizers)} optimizers x float32/float64 ({', '.join(optimizers)})")
 
 # save / load: 3 steps + save + load into fresh objects + 3 steps == 6 uninterrupted steps
