@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
+from ._arrays import as_arrays, is_single_array
 from ._backends import backend_for, is_array
 
 __all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required"]
@@ -133,7 +134,7 @@ class StateView:
 
 def _group_params(group) -> list:
     ps = group.get("params") if isinstance(group, dict) else None
-    if is_array(ps):
+    if is_single_array(ps):
         return [ps]
     return list(ps) if ps is not None else []
 
@@ -220,6 +221,7 @@ class ParamRegistry:
                 g[k] = v
         earlier = self.params + extra          # params added before, or staged in the same call
         labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        params = g["params"] = as_arrays(params, labels.__getitem__)   # torch tensors -> NumPy views
         self.check_new(params, labels, earlier)
         self._check_group(g, f"param group {gi}")
         return g
