@@ -34,6 +34,12 @@ from cases import RICH_CASES, draw_hparams, seed_for  # noqa: E402
 from reference import TOL  # noqa: E402
 
 STEPS = 8
+# State buffers compared with atol relative to the buffer's largest element, for the reason
+# of test_torch_oracle.KNOWN_GAPS (the same case: centered RMSprop with momentum and weight
+# decay, float32): torch's CPU kernels use FMA, fusedoptim's rules do not, and an element of
+# the momentum buffer that cancels to ~0.03 among elements of ~7 differs by ~1 ulp of 7
+# (3.4e-6 > atol 1e-6).  The parameters themselves meet the plain tolerance.
+STATE_GAPS = {("float32", "RMSprop")}
 TORCH_NAMES = [n for n, _ in RICH_CASES if hasattr(torch.optim, n)]
 
 
@@ -198,7 +204,7 @@ def test_trajectory_matches_torch_optim(name, sched, dtype):
         assert torch.equal(model.unused, torch.ones(5, dtype=model.unused.dtype))   # grad None: skipped
         if sched:
             assert opt.param_groups[0]["lr"] == pytest.approx(hp["lr"] * 0.25)
-            assert opt.fused.get_last_lr() == [opt.param_groups[0]["lr"] * 2]   # the lr the last step used
+            assert opt.fused.get_last_lr() == [opt.param_groups[0]["lr"]]   # the last step (epoch 7) used it
         for (n, p), rp in zip(model.named_parameters(), ref_model.parameters()):
             if n == "unused":
                 assert p not in opt.state or not opt.state[p]
@@ -206,7 +212,10 @@ def test_trajectory_matches_torch_optim(name, sched, dtype):
             for k, v in ref.state[rp].items():
                 got_v = opt.state[p][k]
                 if isinstance(got_v, torch.Tensor):
-                    np.testing.assert_allclose(got_v.numpy(), v.numpy(), **TOL[dtype], err_msg=f"{n} {k}")
+                    tol = dict(TOL[dtype])
+                    if (dtype.name, name) in STATE_GAPS:
+                        tol["atol"] *= float(np.abs(v.numpy()).max())
+                    np.testing.assert_allclose(got_v.numpy(), v.numpy(), **tol, err_msg=f"{n} {k}")
                 else:
                     np.testing.assert_allclose(got_v, v.item(), rtol=1e-6, err_msg=f"{n} {k}")
 
