@@ -72,10 +72,9 @@ def _tensor(p) -> torch.Tensor:
 
 
 def _grad_view(g: torch.Tensor, what: str) -> np.ndarray:
-    try:
-        return g.numpy()                 # the usual case: a dense CPU tensor, no grad of its own
-    except (RuntimeError, TypeError):
-        return as_array(g.detach(), what)   # says why (CUDA, sparse, ...)
+    """A gradient ``g.numpy()`` refused (one that requires grad, CUDA, sparse...): its
+    view, or the error that says why not."""
+    return as_array(g.detach(), what)
 
 
 class _TorchState(Mapping):
@@ -205,28 +204,34 @@ class FusedOptimizer(torch.optim.Optimizer):
         fused = self.fused
         if len(self.param_groups) != len(fused.param_groups):
             raise RuntimeError("param_groups was changed by hand; use add_param_group")
-        grads, stepped, ptrs, i = [], [], self._ptrs, 0
-        for gi, tg in enumerate(self.param_groups):
-            for j, p in enumerate(tg["params"]):
-                if i >= len(ptrs) or p.data_ptr() != ptrs[i]:
-                    raise RuntimeError(f"params[{i}] (group {gi}, index {j}): the parameter's memory changed since "
-                                       "it was given to the optimizer (p.data = ..., model.to(...) or a changed "
-                                       "param_groups list); fusedoptim.torch updates parameters in place, so build "
-                                       "the optimizer after moving or replacing them")
-                g = p.grad
-                if g is None:
-                    grads.append(None)
-                else:
-                    grads.append(_grad_view(g, f"params[{i}] (group {gi}, index {j}): grad"))
-                    stepped.append(p)
-                i += 1
-        if i != len(ptrs):
-            raise RuntimeError("param_groups was changed by hand; use add_param_group")
+        params = [p for tg in self.param_groups for p in tg["params"]]
+        if [p.data_ptr() for p in params] != self._ptrs:
+            self._moved(params)
+        gs = [p.grad for p in params]
+        try:
+            grads = [None if g is None else g.numpy() for g in gs]   # dense CPU grads: zero-copy views
+        except (RuntimeError, TypeError):
+            grads = [None if g is None else _grad_view(g, f"{self.fused.labels[i]}: grad") for i, g in enumerate(gs)]
+        stepped = [p for p, g in zip(params, gs) if g is not None]
         self._sync_groups()
         fused.step(grads)
         if stepped and fused.last_step_applied:
             _bump(stepped)
         return loss
+
+    def _moved(self, params) -> None:
+        """Raise naming the first parameter whose memory is not where it was."""
+        labels = self.fused.labels
+        for i, p in enumerate(params):
+            if i >= len(self._ptrs) or p.data_ptr() != self._ptrs[i]:
+                break
+        else:
+            i = len(params)
+        what = labels[i] if i < len(labels) else f"params[{i}]"
+        raise RuntimeError(f"{what}: the parameter's memory changed since it was given to the optimizer "
+                           "(p.data = ..., model.to(...) or a param_groups list edited by hand); "
+                           "fusedoptim.torch updates parameters in place, so build the optimizer after moving "
+                           "or replacing them (add_param_group adds new ones)")
 
     # ----------------------------------------------------------- state dicts
     def state_dict(self) -> Dict[str, Any]:
