@@ -332,6 +332,8 @@ def test_refusals():
         fot.Adam([torch.nn.Parameter(torch.zeros(3))], lr=-1.0)
     p = torch.nn.Parameter(torch.zeros(3))
     opt = fot.SGD([p], lr=0.1)
+    with pytest.raises(TypeError, match=r"can't be pickled or deep-copied: .*state_dict\(\)"):
+        copy.deepcopy(opt)
     p.data = torch.ones(3)                                   # memory replaced behind the optimizer
     p.grad = torch.ones(3)
     with pytest.raises(RuntimeError, match=r"params\[0\] \(group 0, index 0\): the parameter's memory changed"):

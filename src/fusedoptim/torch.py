@@ -137,6 +137,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._commit_views(0)
         self.state = _TorchState(self)
 
+    def __getstate__(self):
+        raise TypeError(f"a fusedoptim.torch.{type(self).__name__} can't be pickled or deep-copied: it updates its "
+                        "parameters' memory in place, and a copy would update other tensors; save and load "
+                        "state_dict() instead")
+
     # ------------------------------------------------------------ parameters
     def _fused_group(self, g, gi: int) -> dict:
         """The fusedoptim group of torch group ``g``: its hyperparameters and NumPy views of
