@@ -168,6 +168,10 @@ def test_plain_api_refuses_a_device_tensor():
 
     with pytest.raises(TypeError, match=r"params\[0\] \(group 0, index 0\): the CudaLike lives on a CUDA device"):
         fo.SGD([CudaLike()], lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[0\] \(group 0, index 0\): the Tensor has no DLPack device"):
+        fo.SGD([torch.zeros(3, device="meta")], lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[1\] \(group 0, index 1\): the Tensor has no DLPack device"):
+        fot.SGD([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3, device="meta"))], lr=0.1)
 
 
 # ----------------------------------------------------------- fusedoptim.torch

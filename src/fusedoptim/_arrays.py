@@ -57,7 +57,10 @@ def as_array(x, what: str):
                             "shares memory) or use fusedoptim.torch, whose optimizers read p.grad themselves")
         device = getattr(x, "__dlpack_device__", None)
         if device is not None:
-            kind = device()[0]
+            try:
+                kind = device()[0]
+            except Exception as e:      # torch's meta device, ...
+                raise TypeError(f"{what}: the {name} has no DLPack device fusedoptim can read ({e})") from None
             if kind != _CPU:
                 where = _DEVICES.get(int(kind), f"DLPack device type {int(kind)}")
                 raise TypeError(f"{what}: the {name} lives on a {where} device; fusedoptim's CPU loops need host "

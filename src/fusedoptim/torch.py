@@ -125,7 +125,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         groups = [dict(g, params=_param_list(g)) if isinstance(g, dict) else g for g in groups]
         self._views: Dict[torch.Tensor, np.ndarray] = {}
         self._ptrs: List[int] = []
-        views = [self._fused_group(g, gi) for gi, g in enumerate(groups)]
+        views, base = [], 0
+        for gi, g in enumerate(groups):
+            views.append(self._fused_group(g, gi, base))
+            base += len(views[-1]["params"])
         #: the fusedoptim optimizer doing the work (its ``options``, ``iterations``,
         #: ``swap_ema()``, ``get_last_lr()``, ``nonfinite_count``...)
         self.fused = self.fused_class(views, *args, **kwargs)
@@ -143,13 +146,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                         "state_dict() instead")
 
     # ------------------------------------------------------------ parameters
-    def _fused_group(self, g, gi: int) -> dict:
-        """The fusedoptim group of torch group ``g``: its hyperparameters and NumPy views of
-        its tensors (checked: CPU, leaf, no grad needed for the view)."""
+    def _fused_group(self, g, gi: int, base: int) -> dict:
+        """The fusedoptim group of torch group ``g`` (its first parameter is flat index
+        ``base``): its hyperparameters and NumPy views of its tensors (checked: tensors,
+        leaves, on the CPU; fusedoptim checks dtype, layout and memory next)."""
         if not isinstance(g, dict):
             raise TypeError(f"param group {gi} must be a dict, got {type(g).__name__}")
         fg = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-        fg["params"] = [self._param_view(_tensor(p), f"param group {gi}, index {j}")
+        fg["params"] = [self._param_view(_tensor(p), f"params[{base + j}] (group {gi}, index {j})")
                         for j, p in enumerate(g["params"])]
         return fg
 
@@ -181,7 +185,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         try:
             with self.fused.lock:
-                self.fused.add_param_group(self._fused_group(self.param_groups[-1], n))
+                self.fused.add_param_group(self._fused_group(self.param_groups[-1], n, len(self._ptrs)))
         except Exception:
             del self.param_groups[n:]
             raise
