@@ -368,3 +368,16 @@ def test_readme_snippet_runs(tmp_path, monkeypatch):
     exec(compile(code, "README fusedoptim.torch snippet", "exec"), scope)
     assert isinstance(scope["opt"], fot.AdamW) and scope["opt"].fused.iterations == 100
     assert scope["loss"].item() < 1.0 and (tmp_path / "ckpt.pt").exists()
+
+
+def test_clip_functions_take_tensor_gradients_in_place():
+    torch.manual_seed(4)
+    grads = [torch.randn(5) * 3, torch.randn(3, 2) * 3]
+    ps = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    want = torch.nn.utils.clip_grad_norm_(ps, 1.0)
+    got = fo.clip_grad_norm(grads, 1.0)                      # the tensors themselves are clipped
+    np.testing.assert_allclose(got, want.item(), rtol=1e-6)
+    for p, g in zip(ps, grads):
+        np.testing.assert_allclose(g.numpy(), p.grad.numpy(), rtol=1e-6, atol=1e-7)
