@@ -133,6 +133,15 @@ def test_plain_api_takes_tensor_gradients_for_numpy_params_and_buffer_protocol_a
     assert list(q) == [0.5, 1.5]
 
 
+def test_plain_api_named_tensors():
+    W, b = torch.ones(2, 3), torch.zeros(3)
+    opt = fo.SGD({"W": W, "b": b}, lr=0.5)
+    opt.step({"b": torch.ones(3)})                            # no "W": no gradient this step
+    assert torch.equal(W, torch.ones(2, 3)) and torch.equal(b, torch.full((3,), -0.5))
+    with pytest.raises(TypeError, match=r"gradient of 'W': the Tensor requires grad"):
+        opt.step({"W": torch.ones(2, 3, requires_grad=True)})
+
+
 def test_plain_api_refusals_name_the_argument_and_change_nothing():
     W = torch.zeros(3)
     opt = fo.SGD([W, torch.zeros(2)], lr=1.0)
