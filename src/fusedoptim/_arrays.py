@@ -74,7 +74,10 @@ def as_array(x, what: str):
     except TypeError:
         raise TypeError(f"{what}: expected an array (numpy.ndarray, a CPU torch tensor, or any CPU array with "
                         f"DLPack or the buffer protocol), got {name}") from None
-    return np.asarray(view)
+    try:
+        return np.asarray(view)
+    except (TypeError, ValueError) as e:      # a buffer format NumPy does not know
+        raise TypeError(f"{what}: the {name}'s buffer can't be viewed as a NumPy array ({e})") from None
 
 
 def as_arrays(xs: list, label) -> list:
