@@ -17,12 +17,9 @@ cdef str _layout_problem(cnp.ndarray a):
 
 
 cdef str _not_ndarray(object o):
-    """Why ``o`` is refused, with the fix for the usual case (a torch tensor)."""
-    cdef str name = type(o).__name__
-    hint = ""
-    if name == "Tensor" or hasattr(o, "__dlpack__") and hasattr(o, "numpy"):
-        hint = "; a torch tensor: pass t.numpy() (t.detach().numpy() for one that requires grad), which shares memory"
-    return f"expected a numpy.ndarray, got {name}{hint}"
+    """Why ``o`` is refused.  Optimizer entry points turn DLPack and buffer-protocol arrays
+    (torch CPU tensors) into NumPy views before these checks (fusedoptim._arrays)."""
+    return f"expected a numpy.ndarray, got {type(o).__name__}"
 
 
 cdef str _where(Py_ssize_t i, object labels):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import _state_dict
-from ._backends import is_array
+from ._arrays import as_arrays, is_single_array
 from .engine import Engine
 from .pipeline import PENDING, SKIP, GradientPipeline, StepControl, check_options
 from .extension import ExtensionAPI
@@ -77,8 +77,8 @@ class Optimizer(ExtensionAPI):
         self._last_applied: Optional[list] = None  # the group resolutions of the last applied step
         if params is None:
             return
-        if is_array(params):
-            raise TypeError("params should be an iterable of arrays or dicts, got a single ndarray; "
+        if is_single_array(params):
+            raise TypeError(f"params should be an iterable of arrays or dicts, got a single {type(params).__name__}; "
                             "wrap it in a list: [param]")
         if isinstance(params, Mapping):
             if len(params) == 0:
@@ -149,13 +149,14 @@ class Optimizer(ExtensionAPI):
             if type(grads) is not list:
                 if isinstance(grads, Mapping):
                     grads = self.registry.grads_by_name(grads)
-                elif is_array(grads):
+                elif is_single_array(grads):
                     raise TypeError("grads must be a sequence with one gradient per parameter, got a single "
-                                    "ndarray; wrap it in a list: [grad]")
+                                    f"{type(grads).__name__}; wrap it in a list: [grad]")
                 else:
                     grads = list(grads)
             reg = self.registry
             params, labels, be = reg.params, reg.labels, reg.backend
+            grads = as_arrays(grads, lambda i: f"gradient of {labels[i]}" if i < len(labels) else f"grads[{i}]")
             be.check_params(params, labels)
             skipped = be.check_grads(params, grads, labels, reg.spans())
             if grad_scale != 1.0:

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ._arrays import as_arrays, is_single_array
 from ._backends import CPU
 from .validate import check_bool, check_real
 
@@ -56,9 +57,9 @@ def clip_decision(norm: float, scale: float, global_clipnorm: Optional[float], g
 
 # ----------------------------------------------------------- standalone functions
 def _grads_list(grads, what: str = "grads") -> list:
-    if isinstance(grads, np.ndarray):
+    if is_single_array(grads):
         grads = [grads]
-    grads = [g for g in grads if g is not None]
+    grads = as_arrays([g for g in grads if g is not None], lambda i: f"{what}[{i}]")   # tensors -> views
     for i, g in enumerate(grads):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"{what}[{i}]: expected a numpy.ndarray, got {type(g).__name__}")

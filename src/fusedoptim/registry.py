@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ._arrays import as_arrays, is_single_array
 from ._backends import backend_for, is_array
 
 __all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required", "group_params",
@@ -142,6 +143,17 @@ def _is_pair(x) -> bool:
     return type(x) is tuple and len(x) == 2 and isinstance(x[0], str)
 
 
+def _array_like(a) -> bool:
+    """An array, or something fusedoptim._arrays can view as one (the buffer protocol)."""
+    if is_single_array(a):
+        return True
+    try:
+        memoryview(a)
+    except TypeError:
+        return False
+    return True
+
+
 def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
     """The arrays of a ``"params"`` entry and their names (None when unnamed).
 
@@ -149,7 +161,7 @@ def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
     ``(name, array)`` pairs (``model.named_params()``, torch's ``named_parameters()``)."""
     if ps is None:
         return [], None
-    if is_array(ps):
+    if is_single_array(ps):
         return [ps], None
     if isinstance(ps, Mapping):
         names, arrays = list(ps.keys()), list(ps.values())
@@ -165,7 +177,7 @@ def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
     for n, a in zip(names, arrays):
         if not isinstance(n, str):
             raise TypeError(f"{where}: parameter names must be strings, got {n!r}")
-        if not is_array(a):
+        if not _array_like(a):
             hint = ("; a dict is read as {name: array}: pass param groups as a list of dicts, [{...}]"
                     if isinstance(a, (list, tuple, dict)) else "")
             raise TypeError(f"{where}[{n!r}]: expected an array, got {type(a).__name__}{hint}")
@@ -291,6 +303,7 @@ class ParamRegistry:
             labels = [name_label(n) for n in names]
         else:
             labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        params = g["params"] = as_arrays(params, labels.__getitem__)   # torch tensors -> NumPy views
         self.check_new(params, labels, earlier)
         self._check_group(g, f"param group {gi}")
         return g
