@@ -18,6 +18,7 @@ CASES = {
     "custom_optimizer.py": ((), "Lion: f(w)"),
     "autograd_gradients.py": (("autograd",), "accuracy"),
     "mlp_adam_cosine_clip.py": (("sklearn", "fusedoptim.schedules", "fusedoptim:clip_grad_norm"), "test acc"),
+    "lowprec_state.py": (("ml_dtypes",), "bfloat16 params, float32 state"),
 }
 
 
