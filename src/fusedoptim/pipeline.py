@@ -25,6 +25,7 @@ import numpy as np
 
 from ._arrays import as_arrays, is_single_array
 from ._backends import CPU
+from .lowp import is_bfloat16
 from .validate import check_bool, check_real
 
 __all__ = ["StepControl", "GradientPipeline", "keras_clip_coef", "torch_clip_coef", "global_norm",
@@ -247,8 +248,9 @@ class GradientPipeline:
             a = acc.get(i)
             if a is None:
                 a = pool.get(i)
-                if a is None or a.shape != gr.shape or a.dtype != gr.dtype:
-                    a = pool[i] = backend.zeros_like(gr)
+                want = np.float32 if is_bfloat16(gr.dtype) else gr.dtype   # bfloat16 adds up in float32
+                if a is None or a.shape != gr.shape or a.dtype != want:
+                    a = pool[i] = backend.zeros_like(gr) if want is gr.dtype else np.zeros(gr.shape, want)
                 acc[i] = a
                 fresh.append((a, gr))
             else:
