@@ -21,6 +21,7 @@ from typing import Any, Dict, List, NamedTuple
 import numpy as np
 
 from ._backends import is_array
+from .lowp import is_bfloat16
 from .validate import check_real, scalar_from
 
 __all__ = ["build", "load", "SCHEDULER_KEYS", "IncompatibleKeys", "is_named"]
@@ -116,7 +117,7 @@ def _stage_groups(opt, saved_groups, me: str, named: bool):
     return new_groups, old_to_param, saved_names
 
 
-def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
+def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False) -> Dict[int, Any]:
     reg = opt.registry
     if not isinstance(saved_state, dict):
         raise ValueError("state_dict['state'] must be a dict")
@@ -144,14 +145,26 @@ def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
             if a.shape != p.shape:
                 raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}")
-            if a.dtype.kind not in "fiu":
+            if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
                 raise TypeError(f"{where}: dtype {a.dtype} is not a real number type")
-            ns[k] = reg.from_host(a, p)
+            if k in opt.buffers:
+                sdt = reg.buffer_dtype(p)
+            elif k == "grad_accum" and is_bfloat16(p.dtype):   # bfloat16 gradients add up in float32
+                sdt = np.dtype(np.float32)
+            else:
+                sdt = None
+            want = p.dtype if sdt is None else sdt
+            if (is_bfloat16(a.dtype) != is_bfloat16(want)) and not convert and k != "grad_accum":
+                raise ValueError(f"{where}: the state_dict holds {a.dtype} state, this {me} keeps {want} state "
+                                 f"(state_dtype={reg.state_dtype!r}); pass convert_state_dtype=True (to "
+                                 f"load_state_dict or fusedoptim.load) to convert it (nearest-even), or build the "
+                                 f"optimizer with the state_dtype it was saved with")
+            ns[k] = np.array(a, dtype=want, order="C", copy=True) if sdt is not None else reg.from_host(a, p)
         new_state[id(p)] = reg.new_state(p, ns)
     return new_state
 
 
-def load(opt, state_dict: dict, strict: bool = True) -> IncompatibleKeys:
+def load(opt, state_dict: dict, strict: bool = True, convert_state_dtype: bool = False) -> IncompatibleKeys:
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
         raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
     if not isinstance(strict, bool):
@@ -177,7 +190,7 @@ def load(opt, state_dict: dict, strict: bool = True) -> IncompatibleKeys:
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict doesn't match this optimizer's parameters: missing {missing}, unexpected "
                              f"{unexpected} (load_state_dict(sd, strict=False) loads the names both have)")
-    new_state = _stage_state(opt, state_dict["state"], old_to_param, me)
+    new_state = _stage_state(opt, state_dict["state"], old_to_param, me, convert_state_dtype)
     its = scalar_from(state_dict.get("iterations", opt.iterations), "state_dict['iterations']", integer=True)
     nonfinite = scalar_from(state_dict.get("nonfinite_count", opt.nonfinite_count),
                             "state_dict['nonfinite_count']", integer=True)

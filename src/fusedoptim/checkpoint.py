@@ -268,7 +268,7 @@ def _validate(path: str, meta: dict, arrays, optimizer, params, schedulers: list
     return opt_sd, saved_params, writes, sched_states, extra
 
 
-def _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict: bool = True):
+def _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict: bool = True, convert_state_dtype=False):
     """Restore the objects; nothing here should fail on content ``_validate`` accepted,
     and if a scheduler still refuses its state the optimizer is put back.  Returns the
     optimizer's ``IncompatibleKeys`` (None without an optimizer)."""
@@ -276,14 +276,14 @@ def _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict: bool = 
     if optimizer is not None:
         before = optimizer.state_dict()
         try:
-            incompatible = optimizer.load_state_dict(opt_sd, strict=strict)
+            incompatible = optimizer.load_state_dict(opt_sd, strict=strict, convert_state_dtype=convert_state_dtype)
         except (TypeError, ValueError, ArithmeticError) as e:  # the optimizer's own checks (hyperparameter values)
             raise CheckpointError(f"the optimizer refused the checkpoint's state: {e}") from None
         try:
             for s, st in zip(schedulers, sched_states):
                 s.load_state_dict(st)
         except BaseException as e:
-            optimizer.load_state_dict(before)
+            optimizer.load_state_dict(before, convert_state_dtype=True)
             if isinstance(e, (TypeError, ValueError, KeyError, ArithmeticError, AttributeError)):
                 raise CheckpointError(f"a scheduler refused the checkpoint's state: {e}") from None
             raise
@@ -295,7 +295,8 @@ def _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict: bool = 
     return incompatible
 
 
-def load(path, optimizer=None, params=None, schedulers: Sequence = (), strict: bool = True) -> dict:
+def load(path, optimizer=None, params=None, schedulers: Sequence = (), strict: bool = True, *,
+         convert_state_dtype: bool = False) -> dict:
     """Read a checkpoint written by ``save``; restore the given objects in place.
 
     ``optimizer``: gets the saved ``state_dict`` (``load_state_dict``), including a
@@ -312,7 +313,9 @@ def load(path, optimizer=None, params=None, schedulers: Sequence = (), strict: b
     The file is checked before its data is read (see :mod:`fusedoptim.archive`), then
     everything is validated before anything changes; on any error a ``CheckpointError``
     (a ``ValueError``) says what doesn't fit, and the given objects are untouched.  A
-    missing file raises ``FileNotFoundError``.
+    missing file raises ``FileNotFoundError``.  State saved with another ``state_dtype``
+    (bfloat16 vs float32) is refused unless ``convert_state_dtype=True`` (see
+    ``Optimizer.load_state_dict``).
 
     Returns a dict: ``extra`` (as saved, arrays included), ``params`` (the saved
     arrays, a dict or list, or None), ``optimizer`` (the saved state_dict, or None),
@@ -339,7 +342,7 @@ def load(path, optimizer=None, params=None, schedulers: Sequence = (), strict: b
         raise CheckpointError(str(e)) from None
     except RecursionError:
         raise CheckpointError(f"{path!r}: the metadata is nested too deeply") from None
-    incompatible = _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict)
+    incompatible = _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict, convert_state_dtype)
     om = meta["optimizer"]
     return {"extra": extra, "params": saved_params, "optimizer": opt_sd,
             "iterations": None if opt_sd is None else opt_sd["iterations"],

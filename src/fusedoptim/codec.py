@@ -17,7 +17,8 @@ Values JSON can't hold are objects with one key: ``{"__array__": name}`` (an ent
 ``arrays``), ``{"__float__": "inf" | "-inf" | "nan"}``, ``{"__tuple__": [...]}``,
 ``{"__schedule__": config}`` (a ``fusedoptim.schedules`` object, rebuilt with
 ``schedules.from_config``) and ``{"__dict__": {...}}`` (a user dict whose only key
-looks like a tag).  Floats keep Python's shortest round-trip repr, so they come back bit
+looks like a tag), ``{"__bfloat16__": name}`` (an ``ml_dtypes.bfloat16`` array, stored
+losslessly as its uint16 bit patterns: low-precision optimizer state).  Floats keep Python's shortest round-trip repr, so they come back bit
 for bit.  Nesting is limited to ``MAX_DEPTH`` levels both ways.
 
 The optimizer entry
@@ -41,13 +42,14 @@ import numpy as np
 
 from . import schedules as _schedules
 from ._state_dict import is_named
+from .lowp import bfloat16, is_bfloat16
 from .validate import scalar_from
 
 __all__ = ["StateFormatError", "Encoder", "decode_value", "array_refs", "describe_arrays", "read_array_table",
            "signature", "encode_optimizer", "check_optimizer_entry", "decode_optimizer", "encode", "decode",
            "MAX_DEPTH", "STATE_PREFIX", "article"]
 
-TAGS = ("__array__", "__float__", "__tuple__", "__schedule__", "__dict__")
+TAGS = ("__array__", "__float__", "__tuple__", "__schedule__", "__dict__", "__bfloat16__")
 ARRAY_KINDS = "biufc"  # bool, int, uint, float, complex: never object, never pickled
 MAX_DEPTH = 100
 STATE_PREFIX = "optimizer/state/"
@@ -77,6 +79,11 @@ class Encoder:
         self.arrays: Dict[str, np.ndarray] = {}
 
     def add_array(self, key: str, a: np.ndarray, where: str) -> dict:
+        """Store ``a`` as entry ``key``; return its reference (a bfloat16 array is stored
+        as its uint16 bits and referenced as ``{"__bfloat16__": key}``: .npy has no
+        bfloat16 type)."""
+        if is_bfloat16(a.dtype):
+            return {"__bfloat16__": self.add_array(key, a.view(np.uint16), where)["__array__"]}
         if not storable_dtype(a.dtype):
             raise TypeError(f"{where}: cannot store an array of dtype {a.dtype} (only bool/int/float/complex "
                             "arrays, which need no pickle)")
@@ -155,12 +162,20 @@ def decode_value(v, arrays: Dict[str, np.ndarray], where: str, used: Optional[Se
     if tagged is None:
         return {k: decode_value(y, arrays, f"{where}[{k!r}]", used, depth + 1) for k, y in v.items()}
     tag, x = tagged
-    if tag == "__array__":
+    if tag in ("__array__", "__bfloat16__"):
         if not isinstance(x, str) or x not in arrays:
             raise StateFormatError(f"{where}: refers to array entry {_short(x)}, which the archive doesn't have")
         if used is not None:
             used.add(x)
-        return arrays[x]
+        if tag == "__array__":
+            return arrays[x]
+        bits = arrays[x]
+        if bits.dtype != np.uint16:
+            raise StateFormatError(f"{where}: a bfloat16 array is stored as uint16 bits, entry {x!r} is {bits.dtype}")
+        try:
+            return bits.view(bfloat16())
+        except ImportError as e:
+            raise StateFormatError(f"{where}: {e}") from None
     if tag == "__float__":
         if x not in ("inf", "-inf", "nan"):
             raise StateFormatError(f"{where}: bad __float__ value {_short(x)}")
@@ -190,7 +205,7 @@ def array_refs(v, depth: int = 0) -> Set[str]:
         tagged = _tag(x)
         if tagged is not None:
             tag, x = tagged
-            if tag == "__array__":
+            if tag in ("__array__", "__bfloat16__"):
                 if not isinstance(x, str):
                     raise StateFormatError(f"__array__ must name an entry, got {_short(x)}")
                 out.add(x)
@@ -233,7 +248,8 @@ def read_array_table(table) -> Dict[str, Tuple[np.dtype, Tuple[int, ...]]]:
 
 def signature(arrays: Iterable[np.ndarray]) -> List[dict]:
     """``[{"shape": [...], "dtype": str}]`` of each parameter."""
-    return [{"shape": list(p.shape), "dtype": np.dtype(p.dtype).str} for p in arrays]
+    return [{"shape": list(p.shape), "dtype": "bfloat16" if is_bfloat16(p.dtype) else np.dtype(p.dtype).str}
+            for p in arrays]
 
 
 # ================================================================== optimizer
@@ -308,9 +324,12 @@ def _signature_of(om: dict, src: str) -> List[Tuple[Tuple[int, ...], np.dtype]]:
     for i, d in enumerate(sp):
         try:
             # byte order aside: archive.read_archive converts entries to native order
-            shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"]).newbyteorder("=")
+            shape = tuple(d["shape"])
+            dtype = bfloat16() if d["dtype"] == "bfloat16" else np.dtype(d["dtype"]).newbyteorder("=")
             if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
                 raise ValueError
+        except ImportError as e:
+            raise StateFormatError(f"{src}: optimizer parameter {i} is bfloat16: {e}") from None
         except (TypeError, KeyError, ValueError, SyntaxError):
             raise StateFormatError(f"{src}'s description of optimizer parameter {i} is malformed: "
                                    f"{_short(d)}") from None
@@ -459,7 +478,12 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
             if isinstance(v, np.ndarray):
                 if shapes is not None and v.shape != tuple(shapes[i][0]):
                     raise StateFormatError(f"{what} has shape {v.shape}, the parameter has shape {shapes[i][0]}")
-                if shapes is not None and v.dtype != shapes[i][1]:
+                # state buffers may be stored in another dtype than the parameter (bfloat16
+                # state, float32 state of bfloat16 parameters); load_state_dict checks them
+                # against the optimizer's state_dtype
+                lowp = is_bfloat16(v.dtype) or (shapes is not None and is_bfloat16(shapes[i][1])
+                                                and v.dtype == np.float32)
+                if shapes is not None and v.dtype != shapes[i][1] and not lowp:
                     raise StateFormatError(f"{what} has dtype {v.dtype}, the parameter has dtype {shapes[i][1]}")
             elif not (isinstance(v, numbers.Real) and not isinstance(v, bool)):
                 raise StateFormatError(f"{what} must be an array or a number, got {_short(v)}")

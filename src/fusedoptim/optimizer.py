@@ -16,13 +16,14 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import _state_dict
-from ._backends import is_array
+from ._arrays import as_arrays, is_single_array
 from .engine import Engine
 from .pipeline import PENDING, SKIP, GradientPipeline, StepControl, check_options
 from .extension import ExtensionAPI
+from .lowp import check_lowp_options
 from .registry import ParamRegistry, StateView, group_params, required
 from ._state_dict import IncompatibleKeys
-from .validate import check_real
+from .validate import check_bool, check_real
 
 __all__ = ["Optimizer", "required", "IncompatibleKeys"]
 
@@ -53,19 +54,28 @@ class Optimizer(ExtensionAPI):
     in ``nonfinite_count``), ``gradient_accumulation_steps`` (apply the mean of k calls'
     gradients every k-th call).
 
+    Storage options (:mod:`fusedoptim.lowp`): ``state_dtype`` (``"float32"``, the default,
+    or ``"bfloat16"``: every state buffer an ``ml_dtypes.bfloat16`` array, float32
+    arithmetic), ``rounding`` of the bfloat16 writes (``"stochastic"``, the default, or
+    ``"nearest"``) and the ``seed`` of the stochastic rounding.
+
     Subclasses implement the hooks of :class:`~fusedoptim.extension.ExtensionAPI` (a
     built-in names its native rule with a ``spec``; a custom optimizer writes ``update``).
     """
 
     def __init__(self, params, defaults: Dict[str, Any], *, l1=0.0, global_clipnorm=None, clipnorm=None,
                  clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1,
-                 ema_overwrite_frequency=None):
+                 ema_overwrite_frequency=None, state_dtype="float32", rounding="stochastic", seed=0):
         defaults = dict(defaults)
         defaults.setdefault("l1", l1)
-        self.options = types.MappingProxyType(check_options(
+        storage = check_lowp_options(state_dtype=state_dtype, rounding=rounding, seed=seed)
+        if storage["state_dtype"] != "float32" and self.spec is None:
+            raise ValueError(f"state_dtype={storage['state_dtype']!r} needs a built-in optimizer (a spec); "
+                             f"{type(self).__name__} updates its state in NumPy")
+        self.options = types.MappingProxyType(dict(check_options(
             global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue, ema_decay=ema_decay,
             skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps,
-            ema_overwrite_frequency=ema_overwrite_frequency))
+            ema_overwrite_frequency=ema_overwrite_frequency), **storage))
         self.defaults = defaults
         self.lock = threading.RLock()        # step, state_dict, load_state_dict, fo.save hold it
         self.nonfinite_count = 0             # steps skipped because a gradient was NaN/Inf
@@ -74,15 +84,16 @@ class Optimizer(ExtensionAPI):
         self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
         self.iterations = 0                  # steps taken (Keras' optimizer.iterations)
         self.engine = Engine(self)
-        self.registry = ParamRegistry(defaults, self.check_group, self.engine.invalidate)
+        self.registry = ParamRegistry(defaults, self.check_group, self.engine.invalidate, storage["state_dtype"],
+                                      native=self.spec is not None)
         self.state = StateView(self.registry.store)
         self.pipeline = GradientPipeline(self.options)
         self._adopts = params is None        # Keras style: apply_gradients learns the variables
         self._last_applied: Optional[list] = None  # the group resolutions of the last applied step
         if params is None:
             return
-        if is_array(params):
-            raise TypeError("params should be an iterable of arrays or dicts, got a single ndarray; "
+        if is_single_array(params):
+            raise TypeError(f"params should be an iterable of arrays or dicts, got a single {type(params).__name__}; "
                             "wrap it in a list: [param]")
         if isinstance(params, Mapping):
             if len(params) == 0:
@@ -153,13 +164,14 @@ class Optimizer(ExtensionAPI):
             if type(grads) is not list:
                 if isinstance(grads, Mapping):
                     grads = self.registry.grads_by_name(grads)
-                elif is_array(grads):
+                elif is_single_array(grads):
                     raise TypeError("grads must be a sequence with one gradient per parameter, got a single "
-                                    "ndarray; wrap it in a list: [grad]")
+                                    f"{type(grads).__name__}; wrap it in a list: [grad]")
                 else:
                     grads = list(grads)
             reg = self.registry
             params, labels, be = reg.params, reg.labels, reg.backend
+            grads = as_arrays(grads, lambda i: f"gradient of {labels[i]}" if i < len(labels) else f"grads[{i}]")
             be.check_params(params, labels)
             skipped = be.check_grads(params, grads, labels, reg.spans())
             if grad_scale != 1.0:
@@ -255,20 +267,25 @@ class Optimizer(ExtensionAPI):
         with self.lock:
             return _state_dict.build(self)
 
-    def load_state_dict(self, state_dict: dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict: dict, strict: bool = True, *,
+                        convert_state_dtype: bool = False) -> IncompatibleKeys:
         """Load a dict produced by ``state_dict`` (or torch's, converted to numpy).
         Validates the kind, group structure, hyperparameter names and values, state keys,
         shapes and dtypes before changing anything; arrays are copied and cast to each
-        parameter's dtype.
+        parameter's dtype (state buffers: to the ``state_dtype``).
 
         A state_dict keyed by name is mapped by name (the dict order and the group a
         parameter sits in may differ; group hyperparameters go by group position).
         ``strict=True`` raises unless both hold the same names; with ``strict=False`` a
         parameter the state_dict lacks keeps its state and a saved name this optimizer
         lacks is ignored.  Returns ``IncompatibleKeys(missing_keys, unexpected_keys)``
-        (torch's ``Module.load_state_dict`` result; empty lists for a positional one)."""
+        (torch's ``Module.load_state_dict`` result; empty lists for a positional one).
+
+        State saved with another storage (bfloat16 into float32 state or back) is refused
+        unless ``convert_state_dtype=True``, which converts it (to bfloat16: nearest-even)."""
+        check_bool(convert_state_dtype, "convert_state_dtype")
         with self.lock:
-            return _state_dict.load(self, state_dict, strict=strict)
+            return _state_dict.load(self, state_dict, strict=strict, convert_state_dtype=convert_state_dtype)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

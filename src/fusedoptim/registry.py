@@ -13,7 +13,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ._arrays import as_arrays, is_single_array
 from ._backends import backend_for, is_array
+from .lowp import is_bfloat16, state_dtype_of
 
 __all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required", "group_params",
            "name_label"]
@@ -83,18 +85,21 @@ class ParamState(dict):
     a replaced buffer) is checked against the parameter and calls ``on_change`` (the
     optimizer drops its cached plans, so the next step uses the new values)."""
 
-    __slots__ = ("_param", "_on_change")
+    __slots__ = ("_param", "_on_change", "_sdtype")
 
-    def __init__(self, param, on_change: Callable[[], None], init=()):
+    def __init__(self, param, on_change: Callable[[], None], init=(), state_dtype=None):
         dict.__init__(self, init)
         self._param = param
         self._on_change = on_change
+        self._sdtype = state_dtype       # the state buffers' dtype when not the parameter's
 
     def __setitem__(self, key, value):
         p = self._param
         if is_array(value):
-            if value.shape != p.shape or value.dtype != p.dtype:
-                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {p.dtype}, got "
+            ok = value.dtype == p.dtype or (self._sdtype is not None and value.dtype == self._sdtype)
+            if value.shape != p.shape or not ok:
+                want = p.dtype if self._sdtype is None else f"{self._sdtype} (state) or {p.dtype}"
+                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {want}, got "
                                  f"shape {value.shape} and dtype {value.dtype}")
             if not value.flags.c_contiguous or not value.flags.writeable or not value.flags.aligned:
                 raise ValueError(f"state[{key!r}]: the array must be C-contiguous, aligned and writeable")
@@ -142,6 +147,17 @@ def _is_pair(x) -> bool:
     return type(x) is tuple and len(x) == 2 and isinstance(x[0], str)
 
 
+def _array_like(a) -> bool:
+    """An array, or something fusedoptim._arrays can view as one (the buffer protocol)."""
+    if is_single_array(a):
+        return True
+    try:
+        memoryview(a)
+    except TypeError:
+        return False
+    return True
+
+
 def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
     """The arrays of a ``"params"`` entry and their names (None when unnamed).
 
@@ -149,7 +165,7 @@ def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
     ``(name, array)`` pairs (``model.named_params()``, torch's ``named_parameters()``)."""
     if ps is None:
         return [], None
-    if is_array(ps):
+    if is_single_array(ps):
         return [ps], None
     if isinstance(ps, Mapping):
         names, arrays = list(ps.keys()), list(ps.values())
@@ -165,7 +181,7 @@ def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
     for n, a in zip(names, arrays):
         if not isinstance(n, str):
             raise TypeError(f"{where}: parameter names must be strings, got {n!r}")
-        if not is_array(a):
+        if not _array_like(a):
             hint = ("; a dict is read as {name: array}: pass param groups as a list of dicts, [{...}]"
                     if isinstance(a, (list, tuple, dict)) else "")
             raise TypeError(f"{where}[{n!r}]: expected an array, got {type(a).__name__}{hint}")
@@ -193,8 +209,12 @@ class ParamRegistry:
     """Param groups (torch's list of dicts), per-parameter state keyed by identity, the
     flat parameter list in group order and each parameter's label."""
 
-    def __init__(self, defaults: dict, check_group: Callable[[dict, str], None], on_change: Callable[[], None]):
+    def __init__(self, defaults: dict, check_group: Callable[[dict, str], None], on_change: Callable[[], None],
+                 state_dtype: str = "float32", native: bool = True):
         self.defaults = defaults
+        self._native = native            # a built-in optimizer (bfloat16 parameters need its kernels)
+        #: the optimizer's ``state_dtype`` option (``"float32"`` or ``"bfloat16"``)
+        self.state_dtype = state_dtype
         self.groups: List[dict] = []
         self.store: Dict[int, ParamState] = {}
         self._check_group = check_group
@@ -242,7 +262,17 @@ class ParamRegistry:
         return self._spans
 
     def new_state(self, param, init) -> ParamState:
-        return ParamState(param, self._on_change, init)
+        return ParamState(param, self._on_change, init, self.buffer_dtype(param))
+
+    def buffer_dtype(self, param):
+        """The dtype of ``param``'s state buffers when it is not the parameter's own (None)."""
+        return state_dtype_of(self.state_dtype, param.dtype)
+
+    @property
+    def lowp(self) -> bool:
+        """Some array the kernel writes is bfloat16 (state or parameters): steps draw
+        rounding bits."""
+        return self.state_dtype == "bfloat16" or bool(self.params and is_bfloat16(self.params[0].dtype))
 
     # --------------------------------------------------------------- groups
     def stage(self, groups: Iterable, first_index: int = 0) -> List[dict]:
@@ -291,6 +321,7 @@ class ParamRegistry:
             labels = [name_label(n) for n in names]
         else:
             labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        params = g["params"] = as_arrays(params, labels.__getitem__)   # torch tensors -> NumPy views
         self.check_new(params, labels, earlier)
         self._check_group(g, f"param group {gi}")
         return g
@@ -303,6 +334,17 @@ class ParamRegistry:
         if new and earlier and new[0].dtype != earlier[0].dtype:
             raise TypeError(f"{labels[0]}: dtype {new[0].dtype} differs from {earlier[0].dtype} of the "
                             "optimizer's other parameters; float32 and float64 can't be mixed")
+        if new and is_bfloat16(new[0].dtype) and not self._native:
+            raise TypeError(f"{labels[0]}: bfloat16 parameters need a built-in optimizer (its kernel computes in "
+                            "float32 and rounds the write); this one updates parameters in NumPy")
+        if new and self.state_dtype != "float32":
+            if new[0].dtype != np.float32 and not is_bfloat16(new[0].dtype):
+                raise TypeError(f"{labels[0]}: state_dtype={self.state_dtype!r} needs float32 (or bfloat16) "
+                                f"parameters, got {new[0].dtype}; {new[0].dtype} parameters keep "
+                                f"{new[0].dtype} state (state_dtype='float32')")
+            if backend_for(new).name != "cpu":
+                raise NotImplementedError(f"{labels[0]}: state_dtype={self.state_dtype!r} runs on the CPU "
+                                          "backend only (NumPy arrays)")
         check_no_overlap(earlier, new, labels)
 
     def add(self, g: dict) -> None:
