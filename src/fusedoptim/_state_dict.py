@@ -14,6 +14,7 @@ from typing import Any, Dict
 import numpy as np
 
 from ._backends import is_array
+from ._spec import state_shape
 from .validate import check_real, scalar_from
 
 __all__ = ["build", "load", "SCHEDULER_KEYS"]
@@ -97,8 +98,10 @@ def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
                 ns[k] = scalar_from(v, where, integer=(k == "step"))
                 continue
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
-            if a.shape != p.shape:
-                raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}")
+            if a.shape != state_shape(k, p.shape):
+                raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}"
+                                 + (" (a per-tensor state is of shape ())" if k != "step" and
+                                    state_shape(k, p.shape) == () else ""))
             if a.dtype.kind not in "fiu":
                 raise TypeError(f"{where}: dtype {a.dtype} is not a real number type")
             ns[k] = reg.from_host(a, p)

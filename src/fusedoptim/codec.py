@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 import numpy as np
 
 from . import schedules as _schedules
+from ._spec import state_shape
 from .validate import scalar_from
 
 __all__ = ["StateFormatError", "Encoder", "decode_value", "array_refs", "describe_arrays", "read_array_table",
@@ -388,7 +389,7 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
         for k, v in ds.items():
             what = f"optimizer state of parameter {i}: {k!r}"
             if isinstance(v, np.ndarray):
-                if shapes is not None and v.shape != tuple(shapes[i][0]):
+                if shapes is not None and v.shape != state_shape(k, shapes[i][0]):
                     raise StateFormatError(f"{what} has shape {v.shape}, the parameter has shape {shapes[i][0]}")
                 if shapes is not None and v.dtype != shapes[i][1]:
                     raise StateFormatError(f"{what} has dtype {v.dtype}, the parameter has dtype {shapes[i][1]}")

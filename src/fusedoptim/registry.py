@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 
 from ._backends import backend_for, is_array
+from ._spec import state_shape
 
 __all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required"]
 
@@ -91,8 +92,9 @@ class ParamState(dict):
     def __setitem__(self, key, value):
         p = self._param
         if is_array(value):
-            if value.shape != p.shape or value.dtype != p.dtype:
-                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {p.dtype}, got "
+            if value.shape != state_shape(key, p.shape) or value.dtype != p.dtype:
+                raise ValueError(f"state[{key!r}]: expected an array of shape {state_shape(key, p.shape)} and "
+                                 f"dtype {p.dtype}, got "
                                  f"shape {value.shape} and dtype {value.dtype}")
             if not value.flags.c_contiguous or not value.flags.writeable or not value.flags.aligned:
                 raise ValueError(f"state[{key!r}]: the array must be C-contiguous, aligned and writeable")
