@@ -1,3 +1,5 @@
+import numpy as np
+
 from .._backends import backend_for
 from .._spec import AlgoSpec
 from ..optimizer import Optimizer
@@ -63,7 +65,7 @@ class NovoGrad(Optimizer):
 
     def init_buffer(self, name, p, g):
         if name == "grads_ema":
-            return backend_for([p]).zeros_like(p.reshape(-1)[:1]).reshape(())
+            return backend_for([p]).from_host(np.zeros(()), p)      # per tensor: shape ()
         return super().init_buffer(name, p, g)
 
     def kernel_scalars(self, g, scal, fresh):
