@@ -259,3 +259,30 @@ def test_cuda_backend_refuses_reducing_algorithms():
     from fusedoptim import _cuda
     with pytest.raises(NotImplementedError, match="lamb"):
         _cuda._prepare(fo.Lamb.spec.id, {}, {}, 0, [], [], [], None, None)
+
+
+@pytest.mark.parametrize("name,kw", [CASES[1], CASES[7], CASES[11]], ids=["Lamb", "LARS", "NovoGrad"])
+def test_nonfinite_skip_and_accumulation(name, kw):
+    # a NaN gradient with skip_nonfinite: nothing changes; accumulating two calls of g/2 and
+    # g/2 * 3 applies their mean, the same bits as one step with g (a power-of-two scale)
+    ps = _params(np.float64)
+    opt = getattr(fo, name)(ps, **kw, skip_nonfinite=True)
+    opt.step(_grads(0, ps))
+    before = [p.copy() for p in ps]
+    bad = _grads(1, ps)
+    bad[0][0, 0] = np.nan
+    opt.step(bad)
+    assert opt.last_step_skipped
+    assert all(p.tobytes() == b.tobytes() for p, b in zip(ps, before))
+    ref = _params(np.float64)
+    ropt = getattr(fo, name)(ref, **kw)
+    acc = _params(np.float64)
+    aopt = getattr(fo, name)(acc, **kw, gradient_accumulation_steps=2)
+    for t in range(3):
+        g = _grads(t, ref)
+        ropt.step(g)
+        aopt.step([x * 0.5 for x in g])
+        aopt.step([x * 1.5 for x in g])
+        assert aopt.last_step_applied
+    for x, y in zip(acc, ref):
+        np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-14)

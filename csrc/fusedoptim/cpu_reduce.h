@@ -33,7 +33,7 @@ template <class A, typename T, unsigned F, int M>
 static FO_INLINE void fo_rstats_loop(ptrdiff_t n, const T *FO_RESTRICT p, const T *FO_RESTRICT g,
                                      T *FO_RESTRICT b0, T *FO_RESTRICT b1, T *FO_RESTRICT b2, T *FO_RESTRICT b3,
                                      const fo_common<T> c, const typename A::template hp<T> h, double *out) {
-    constexpr unsigned K = A::mask(F);
+    constexpr unsigned K = A::mask(F) & A::STATS_USES;   /* only the state the stats pass touches */
     constexpr int NS = A::NSTATS;
     double tot[NS];
     for (int k = 0; k < NS; k++) tot[k] = 0.0;

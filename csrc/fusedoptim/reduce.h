@@ -10,6 +10,8 @@
  *   FO_<ALGO>_TSCALARS(X)  per-tensor scalars finish() derives for the apply pass
  *   FO_<ALGO>_TSTATE(X)    per-tensor state scalars kept across steps (one-element
  *                          arrays of the parameter's dtype, after the element buffers)
+ *   FO_<ALGO>_STATS_USES   bit k: the stats pass reads and writes declared buffer k
+ *                          (LAMB: m and v; the others read no state there)
  *   stats<T, F, M>(p, g, s, c, h, v)     one element: v[k] = its contribution to sum k;
  *                                        may update the state s (LAMB writes m and v here)
  *   finish<T>(a, flags, st, ndim, tstate, out)   one tensor, in double: the sums st ->
@@ -49,6 +51,7 @@
  * and the struct names the driver uses.                                                 */
 #define FO_DESCRIBE_REDUCE(name, P)                                                     \
     FO_DESCRIBE(P)                                                                     \
+    enum { STATS_USES = P##_STATS_USES };                                              \
     typedef name##_stats stats_t;                                                      \
     typedef name##_tsd tsd;                                                            \
     template <typename T> using ts = name##_ts<T>;                                     \
@@ -68,6 +71,7 @@
 #define FO_LAMB_STATS(X) X(param_sumsq) X(update_sumsq)
 #define FO_LAMB_TSCALARS(X) X(neg_ratio_step)
 #define FO_LAMB_TSTATE(X)
+#define FO_LAMB_STATS_USES 3u      /* the declared buffers stats() reads and writes (bit k: buffer k) */
 FO_SCALAR_STRUCT(fo_lamb_scalars, FO_LAMB_SCALARS)
 FO_TSCALAR_STRUCTS(fo_lamb, FO_LAMB)
 template <typename T> struct fo_lamb_hp : fo_hp_base<fo_lamb_hp<T> > {
@@ -117,6 +121,7 @@ struct fo_lamb : fo_algo_base<fo_lamb_scalars, fo_lamb_hp> {
 #define FO_LARS_STATS(X) X(param_sumsq) X(grad_sumsq)
 #define FO_LARS_TSCALARS(X) X(scaled) X(ratio)
 #define FO_LARS_TSTATE(X)
+#define FO_LARS_STATS_USES 0u
 FO_SCALAR_STRUCT(fo_lars_scalars, FO_LARS_SCALARS)
 FO_TSCALAR_STRUCTS(fo_lars, FO_LARS)
 template <typename T> struct fo_lars_hp : fo_hp_base<fo_lars_hp<T> > {
@@ -166,6 +171,7 @@ struct fo_lars : fo_algo_base<fo_lars_scalars, fo_lars_hp> {
 #define FO_NOVOGRAD_STATS(X) X(grad_sumsq)
 #define FO_NOVOGRAD_TSCALARS(X) X(denom)
 #define FO_NOVOGRAD_TSTATE(X) X(grads_ema)
+#define FO_NOVOGRAD_STATS_USES 0u
 FO_SCALAR_STRUCT(fo_novograd_scalars, FO_NOVOGRAD_SCALARS)
 FO_TSCALAR_STRUCTS(fo_novograd, FO_NOVOGRAD)
 template <typename T> struct fo_novograd_hp : fo_hp_base<fo_novograd_hp<T> > {
