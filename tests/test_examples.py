@@ -19,6 +19,8 @@ CASES = {
     "large_batch_lamb_lars.py": ((), "NovoGrad  training loss"),
     "autograd_gradients.py": (("autograd",), "accuracy"),
     "mlp_adam_cosine_clip.py": (("sklearn", "fusedoptim.schedules", "fusedoptim:clip_grad_norm"), "test acc"),
+    "torch_cpu_loop.py": (("torch",), "train accuracy"),
+    "lowprec_state.py": (("ml_dtypes",), "bfloat16 params, float32 state"),
 }
 
 
