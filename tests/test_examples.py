@@ -16,6 +16,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 CASES = {
     "linear_regression_sgd.py": ((), "SGD (batch 16)"),
     "custom_optimizer.py": ((), "Lion: f(w)"),
+    "large_batch_lamb_lars.py": ((), "NovoGrad  training loss"),
     "autograd_gradients.py": (("autograd",), "accuracy"),
     "mlp_adam_cosine_clip.py": (("sklearn", "fusedoptim.schedules", "fusedoptim:clip_grad_norm"), "test acc"),
     "torch_cpu_loop.py": (("torch",), "train accuracy"),

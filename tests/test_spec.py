@@ -26,11 +26,13 @@ def test_every_native_algorithm_has_a_class_and_specs_match():
     """Each class's spec is the native one, field by field; every native algorithm is
     used by some class."""
     used = set()
-    for name, cls in CLASSES.items():
+    # the classes of the case table, and those with a reduction stage (tests/test_families_reduce.py)
+    reducing = {name: getattr(fusedoptim, name) for name in ("Lamb", "LARS", "NovoGrad")}
+    for name, cls in {**CLASSES, **reducing}.items():
         spec = cls.spec
         native = _kernels.ALGORITHMS[spec.name]
-        assert (spec.id, spec.scalars, spec.flags, spec.buffers) == \
-            (native.id, native.scalars, native.flags, native.buffers), name
+        assert (spec.id, spec.scalars, spec.flags, spec.buffers, spec.stats, spec.tensor_state) == \
+            (native.id, native.scalars, native.flags, native.buffers, native.stats, native.tensor_state), name
         assert tuple(cls.buffers) == native.buffers, name
         used.add(spec.name)
     assert used == set(_kernels.ALGORITHMS)
@@ -145,5 +147,8 @@ def test_state_after_a_step_holds_the_kept_buffers():
 
 def test_cuda_entry_points_come_from_the_same_list():
     from fusedoptim import _cuda
-    assert sorted(_cuda._ALGOS.values()) == sorted(_kernels.ALGORITHMS)
-    assert {spec.id for spec in _kernels.ALGORITHMS.values()} == set(_cuda._ALGOS)
+    # every element-wise algorithm has a CUDA kernel; the reducing ones (reduce.h) are refused by name
+    elementwise = {n for n, s in _kernels.ALGORITHMS.items() if not s.stats}
+    assert sorted(_cuda._ALGOS.values()) == sorted(elementwise)
+    assert {s.id for s in _kernels.ALGORITHMS.values() if not s.stats} == set(_cuda._ALGOS)
+    assert sorted(_cuda._REDUCING.values()) == sorted(set(_kernels.ALGORITHMS) - elementwise)

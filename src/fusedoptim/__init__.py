@@ -6,6 +6,7 @@ in one native call, with torch.optim's semantics, names and defaults.
 from ._kernels import get_num_threads, set_num_threads
 from .pipeline import clip_by_global_norm, clip_grad_norm, clip_grad_value, global_norm
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion, ASGD
+from .optim import Lamb, LARS, NovoGrad
 from .optimizer import Optimizer
 from .toolkit import DynamicLossScale, split_decay_groups
 
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
-    "Adadelta", "Rprop", "Lion", "ASGD", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
+    "Adadelta", "Rprop", "Lion", "ASGD", "Lamb", "LARS", "NovoGrad", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
     "clip_by_global_norm", "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
     "ParamArena",
 ]

@@ -38,7 +38,9 @@ __all__ = ["check_params", "check_grads", "fused_step", "zeros_like", "full_like
 
 # algorithm id (shared with the CPU backend) -> kernel name stem in kernels.cu: both are
 # instantiated from rules.h's one list FO_ALGOS
-_ALGOS = {spec.id: name for name, spec in _kernels.ALGORITHMS.items()}
+_ALGOS = {spec.id: name for name, spec in _kernels.ALGORITHMS.items() if not spec.stats}
+# the reducing algorithms (reduce.h: per-tensor statistics) have CPU loops only
+_REDUCING = {spec.id: name for name, spec in _kernels.ALGORITHMS.items() if spec.stats}
 
 # NVRTC options.  --fmad=false keeps a*b+c unfused, like the CPU build's -ffp-contract=off,
 # so GPU and CPU round the same way except for float32 denormals (CuPy adds -ftz=true).
@@ -127,6 +129,9 @@ def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr):
     """Check the call and build its launch arguments; ``ptr(a)`` gives an array's address.
 
     Returns ``(kernel name, fo_hparams struct, meta table, nbuf, has_ema)``."""
+    if algo in _REDUCING:
+        raise NotImplementedError(f"{_REDUCING[algo]}: the CUDA backend has no reduction stage yet (per-tensor "
+                                  f"statistics); step this optimizer on NumPy arrays (the CPU backend)")
     if algo not in _ALGOS:
         raise ValueError(f"no CUDA kernel for algorithm {algo}")
     block = _kernels.pack_scalars(algo, common, scalars)     # by name; raises on a missing one

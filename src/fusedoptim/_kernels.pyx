@@ -77,10 +77,12 @@ cdef tuple _names(const char *const *lst):
     return tuple(out)
 
 
-NativeSpec = namedtuple("NativeSpec", "id name scalars flags buffers")
+NativeSpec = namedtuple("NativeSpec", "id name scalars flags buffers stats tensor_state", defaults=((), ()))
 NativeSpec.__doc__ = """One algorithm as the extension was compiled: its id, the names of its
 per-step scalars (packing order, after :data:`COMMON_SCALARS`), of its flags (flag k is bit
-k) and of every state buffer it can keep (declaration order)."""
+k) and of every state buffer it can keep (declaration order); for a reducing algorithm
+(``_reduce.pxi``) also the per-tensor sums of its stats pass and its per-tensor state (the
+last entries of ``buffers``, one-element arrays)."""
 
 #: The scalars every block starts with (rules.h ``FO_COMMON_SCALARS``).
 COMMON_SCALARS = _names(fo_common_names)
@@ -99,7 +101,7 @@ cdef _export_specs():
 _export_specs()
 #: The roofline loop's id (not an optimizer: see :func:`stream`).
 STREAM = FO_NALGO
-cdef list _SCALAR_NAMES = [ALGORITHMS[n].scalars for n in ALGORITHMS]
+cdef list _SCALAR_NAMES = None   # scalar names by native id (set after _reduce.pxi adds its algorithms)
 cdef int _GSCALE = COMMON_SCALARS.index("gscale")
 
 
@@ -112,7 +114,7 @@ def kept_buffers(int algo, unsigned flags):
 
 
 cdef const fo_spec *_spec(int algo, unsigned flags) except NULL:
-    cdef const fo_spec *s = fo_cpu_spec(algo)
+    cdef const fo_spec *s = fo_cpu_spec(algo) if algo < FO_NALGO else _reduce_spec(algo)
     if s == NULL:
         raise ValueError(f"no native algorithm with id {algo}")
     if flags >> s.nflags:
@@ -155,7 +157,7 @@ cdef int _pack(dict d, tuple names, double *out, int algo) except -1:
 
 
 cdef str _block_name(int algo):
-    return "common block" if algo < 0 else fo_cpu_spec(algo).name.decode()
+    return "common block" if algo < 0 else _spec(algo, 0).name.decode()
 
 
 def pack_scalars(int algo, dict common, dict scalars):
@@ -172,6 +174,12 @@ def pack_scalars(int algo, dict common, dict scalars):
 
 DEF MAXBUF = 8           # FO_STATE + FO_MAXSTATE + 1
 DEF ALIGN = 64           # chunk boundaries are multiples of this many elements
+
+include "_reduce.pxi"
+_SCALAR_NAMES = [None] * (max(_s.id for _s in ALGORITHMS.values()) + 1)   # None: STREAM's id
+for _s in ALGORITHMS.values():
+    _SCALAR_NAMES[_s.id] = _s.scalars
+del _s
 
 # Below this many elements a call runs on one thread (no OpenMP fork/join).
 cdef Py_ssize_t _grain = 1 << 16
@@ -373,6 +381,9 @@ def fused_step(int algo, dict common, dict scalars, unsigned flags, list params,
     if len(states) != nstate:
         raise ValueError(f"{s.name.decode()} with flags {flags:#x} keeps {nstate} state buffer(s) "
                          f"{kept_buffers(algo, flags)}, got {len(states)}")
+    if algo > STREAM:       # a reducing algorithm (_reduce.pxi); no low-precision rounding there
+        _reduce_run(algo, hbuf, flags, params, grads, states, emas, tscale)
+        return
     _run(algo, hbuf, flags, params, grads, states, emas, tscale, rounding)
 
 

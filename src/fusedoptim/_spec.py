@@ -15,28 +15,46 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 from . import _kernels
 
-__all__ = ["AlgoSpec"]
+__all__ = ["AlgoSpec", "TENSOR_STATE", "state_shape"]
+
+#: The per-tensor state names of every native algorithm (NovoGrad's ``grads_ema``): kept as
+#: one-element arrays of shape ``()`` where every other state buffer has its parameter's shape.
+TENSOR_STATE = frozenset(n for s in _kernels.ALGORITHMS.values() for n in s.tensor_state)
+
+
+def state_shape(key: str, shape) -> tuple:
+    """The shape a state array named ``key`` must have for a parameter of ``shape``."""
+    return () if key in TENSOR_STATE else tuple(shape)
 
 
 class AlgoSpec:
-    """An element-wise algorithm: ``name`` (its entry in rules.h's ``FO_ALGOS``), the
-    names of its per-step ``scalars`` (what ``kernel_scalars`` returns), of its ``flags``
-    (what ``kernel_flags`` returns) and of every state ``buffer`` it can keep."""
+    """A native algorithm: ``name`` (its entry in rules.h's ``FO_ALGOS``, or reduce.h's
+    ``FO_REDUCE_ALGOS``), the names of its per-step ``scalars`` (what ``kernel_scalars``
+    returns), of its ``flags`` (what ``kernel_flags`` returns) and of every state
+    ``buffer`` it can keep.
 
-    __slots__ = ("name", "id", "scalars", "flags", "buffers", "_kept")
+    A reducing algorithm (LAMB, LARS, NovoGrad) also declares the per-tensor sums of its
+    stats pass (``stats``) and its per-tensor state (``tensor_state``: the last entries of
+    ``buffers``, kept as one-element arrays of shape ``()``); the native call computes the
+    sums, the per-tensor scalars and the update in one go (``_reduce.pxi``)."""
 
-    def __init__(self, name: str, *, scalars: Sequence[str], flags: Sequence[str] = (), buffers: Sequence[str]):
+    __slots__ = ("name", "id", "scalars", "flags", "buffers", "stats", "tensor_state", "_kept")
+
+    def __init__(self, name: str, *, scalars: Sequence[str], flags: Sequence[str] = (), buffers: Sequence[str],
+                 stats: Sequence[str] = (), tensor_state: Sequence[str] = ()):
         native = _kernels.ALGORITHMS.get(name)
         if native is None:
             raise ImportError(f"fusedoptim: the extension has no algorithm {name!r} (it has "
                               f"{sorted(_kernels.ALGORITHMS)}); rebuild it after editing rules.h")
-        mine = {"scalars": tuple(scalars), "flags": tuple(flags), "buffers": tuple(buffers)}
+        mine = {"scalars": tuple(scalars), "flags": tuple(flags), "buffers": tuple(buffers),
+                "stats": tuple(stats), "tensor_state": tuple(tensor_state)}
         diff = [f"{k}: Python {v} != native {getattr(native, k)}" for k, v in mine.items() if v != getattr(native, k)]
         if diff:
             raise ImportError(f"fusedoptim: the spec of {name!r} does not match the extension (rules.h); "
                               + "; ".join(diff))
         self.name, self.id = name, native.id
         self.scalars, self.flags, self.buffers = mine["scalars"], mine["flags"], mine["buffers"]
+        self.stats, self.tensor_state = mine["stats"], mine["tensor_state"]
         self._kept: Dict[int, Tuple[str, ...]] = {}
 
     def flag_bits(self, flags: Mapping[str, bool]) -> int:
@@ -56,6 +74,12 @@ class AlgoSpec:
             kept = self._kept[bits] = _kernels.kept_buffers(self.id, bits)
         return kept
 
+    @property
+    def reduces(self) -> bool:
+        """True for an algorithm with a stats pass (per-tensor statistics)."""
+        return bool(self.stats)
+
     def __repr__(self) -> str:
+        extra = f", stats={self.stats}, tensor_state={self.tensor_state}" if self.stats else ""
         return (f"AlgoSpec({self.name!r}, scalars={self.scalars}, flags={self.flags}, "
-                f"buffers={self.buffers})")
+                f"buffers={self.buffers}{extra})")

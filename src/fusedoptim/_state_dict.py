@@ -21,6 +21,7 @@ from typing import Any, Dict, List, NamedTuple
 import numpy as np
 
 from ._backends import is_array
+from ._spec import state_shape
 from .lowp import is_bfloat16
 from .validate import check_real, scalar_from
 
@@ -143,8 +144,10 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False)
                 ns[k] = scalar_from(v, where, integer=(k == "step"))
                 continue
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
-            if a.shape != p.shape:
-                raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}")
+            if a.shape != state_shape(k, p.shape):
+                raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}"
+                                 + (" (a per-tensor state is of shape ())" if k != "step" and
+                                    state_shape(k, p.shape) == () else ""))
             if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
                 raise TypeError(f"{where}: dtype {a.dtype} is not a real number type")
             if k in opt.buffers:

@@ -41,6 +41,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 import numpy as np
 
 from . import schedules as _schedules
+from ._spec import state_shape
 from ._state_dict import is_named
 from .lowp import bfloat16, is_bfloat16
 from .validate import scalar_from
@@ -476,7 +477,7 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
         for k, v in ds.items():
             what = f"optimizer state of parameter {i}: {k!r}"
             if isinstance(v, np.ndarray):
-                if shapes is not None and v.shape != tuple(shapes[i][0]):
+                if shapes is not None and v.shape != state_shape(k, shapes[i][0]):
                     raise StateFormatError(f"{what} has shape {v.shape}, the parameter has shape {shapes[i][0]}")
                 # state buffers may be stored in another dtype than the parameter (bfloat16
                 # state, float32 state of bfloat16 parameters); load_state_dict checks them

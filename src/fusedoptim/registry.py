@@ -15,6 +15,7 @@ import numpy as np
 
 from ._arrays import as_arrays, is_single_array
 from ._backends import backend_for, is_array
+from ._spec import state_shape
 from .lowp import is_bfloat16, state_dtype_of
 
 __all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required", "group_params",
@@ -97,9 +98,10 @@ class ParamState(dict):
         p = self._param
         if is_array(value):
             ok = value.dtype == p.dtype or (self._sdtype is not None and value.dtype == self._sdtype)
-            if value.shape != p.shape or not ok:
+            if value.shape != state_shape(key, p.shape) or not ok:
                 want = p.dtype if self._sdtype is None else f"{self._sdtype} (state) or {p.dtype}"
-                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {want}, got "
+                raise ValueError(f"state[{key!r}]: expected an array of shape {state_shape(key, p.shape)} and "
+                                 f"dtype {want}, got "
                                  f"shape {value.shape} and dtype {value.dtype}")
             if not value.flags.c_contiguous or not value.flags.writeable or not value.flags.aligned:
                 raise ValueError(f"state[{key!r}]: the array must be C-contiguous, aligned and writeable")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _kernels
 from ..optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion
+from ..optim import Lamb, LARS, NovoGrad
 from . import numpy_baselines as nb
 from .gpu import Gpu, GpuStream, one_line
 from .workloads import Workload
@@ -36,6 +37,9 @@ class OptConfig:
     naive: Callable
     torch_fused: bool   # torch.optim has fused=True for this class on CPU
     in_torch: bool = True   # torch.optim has this class at all (Lion: no)
+    #: the module of the oracle class the torch contenders run: "torch.optim", or
+    #: "pytorch_optimizer" (Lamb, LARS, NovoGrad: their foreach path on CPU)
+    oracle: str = "torch.optim"
 
     @property
     def torch_name(self) -> str:
@@ -59,6 +63,10 @@ OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in [
     OptConfig("adadelta", Adadelta, dict(lr=1.0), nb.adadelta, False),
     OptConfig("rprop", Rprop, dict(lr=1e-2), nb.rprop, False),
     OptConfig("lion", Lion, dict(lr=1e-4), nb.lion, False, in_torch=False),
+    # reduction stage (per-tensor statistics); oracle: pytorch-optimizer, no NumPy baseline
+    OptConfig("lamb", Lamb, dict(lr=1e-3, weight_decay=1e-2), None, False, oracle="pytorch_optimizer"),
+    OptConfig("lars", LARS, dict(lr=1e-1, weight_decay=1e-4), None, False, oracle="pytorch_optimizer"),
+    OptConfig("novograd", NovoGrad, dict(lr=1e-3), None, False, oracle="pytorch_optimizer"),
 ]}
 
 #: CPU contender names, in the order the report prints them.
@@ -130,7 +138,7 @@ def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
     opt = config.cls(fo_params, **config.kwargs)
     opt.step(grads)
     st0 = opt.state[fo_params[0]]
-    names = [n for n, v in st0.items() if isinstance(v, np.ndarray)]
+    names = [n for n, v in st0.items() if isinstance(v, np.ndarray) and v.shape == fo_params[0].shape]
     case = Case(config, wl, 2 + len(names))
     for name in contenders:
         why = None
@@ -139,6 +147,8 @@ def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
         elif name == "stream":
             states = [[opt.state[p][n] for p in fo_params] for n in names]
             case.fns[name] = native_stream(case.k, fo_params, grads, states)
+        elif name == "numpy" and config.naive is None:
+            why = "no NumPy baseline for this optimizer"
         elif name == "numpy":
             naive = nb.NaiveNumPy(config.naive, [p.copy() for p in params], opt.param_groups[0])
             naive.step(grads)
@@ -165,7 +175,12 @@ def _torch_optimizer(torch, config: OptConfig, params, grads, device: Optional[s
     for tp, g in zip(tparams, grads):
         tg = torch.from_numpy(np.array(g))
         tp.grad = tg if device is None else tg.to(device)
-    topt = getattr(torch.optim, config.torch_name)(tparams, **config.kwargs, **flag)
+    if config.oracle == "torch.optim":
+        module = torch.optim
+    else:
+        import importlib
+        module = importlib.import_module(config.oracle)
+    topt = getattr(module, config.torch_name)(tparams, **config.kwargs, **flag)
     topt.step()
     return topt
 
@@ -176,6 +191,11 @@ def _add_torch_contender(case: Case, name: str, params, grads, torch) -> Optiona
     config = case.config
     if torch is None:
         return "torch not importable"
+    if config.oracle != "torch.optim" and name == "torch_foreach":
+        try:
+            __import__(config.oracle)
+        except ImportError:
+            return f"{config.oracle} not importable"
     if not config.in_torch:
         return f"torch.optim has no {config.torch_name}"
     if name == "torch_fused" and not config.torch_fused:
@@ -183,7 +203,7 @@ def _add_torch_contender(case: Case, name: str, params, grads, torch) -> Optiona
     flag = {"foreach": True} if name == "torch_foreach" else {"fused": True}
     try:
         topt = _torch_optimizer(torch, config, params, grads, **flag)
-    except (TypeError, RuntimeError, ValueError) as e:  # variant missing in this torch
+    except (TypeError, RuntimeError, ValueError, ImportError) as e:  # variant missing in this torch
         return f"{type(e).__name__}: {e}"
     case.fns[name] = topt.step
     return None

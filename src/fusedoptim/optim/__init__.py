@@ -10,6 +10,9 @@ from .adadelta import Adadelta
 from .rprop import Rprop
 from .lion import Lion
 from .asgd import ASGD
+from .lamb import Lamb
+from .lars import LARS
+from .novograd import NovoGrad
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
-           "ASGD"]
+           "ASGD", "Lamb", "LARS", "NovoGrad"]
