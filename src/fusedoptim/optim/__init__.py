@@ -10,6 +10,11 @@ from .adadelta import Adadelta
 from .rprop import Rprop
 from .lion import Lion
 from .asgd import ASGD
+from .adabelief import AdaBelief
+from .yogi import Yogi
+from .adan import Adan
+from .ftrl import Ftrl
+from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
-           "ASGD"]
+           "ASGD", "AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
