@@ -663,9 +663,9 @@ struct fo_adan : fo_algo_base<fo_adan_scalars, fo_adan_hp> {
 
 /* ---- FTRL-Proximal (keras.optimizers.Ftrl) -----------------------------------------------
  * decay: 1 - lr*wd (Keras's decoupled weight_decay); shrink2: 2 * l2_shrinkage; neg_power:
- * -learning_rate_power; inv_lr: 1 / lr; two_l2: 2 (l2 + beta / (2 lr)); l1_strength: l1.
+ * -learning_rate_power; lr; two_l2: 2 (l2 + beta / (2 lr)); l1_strength: l1.
  * Flag half_power: learning_rate_power == -0.5, the powers are square roots               */
-#define FO_FTRL_SCALARS(X) X(decay) X(shrink2) X(neg_power) X(inv_lr) X(two_l2) X(l1_strength)
+#define FO_FTRL_SCALARS(X) X(decay) X(shrink2) X(neg_power) X(lr) X(two_l2) X(l1_strength)
 #define FO_FTRL_FLAGS(X) X(half_power)
 #define FO_FTRL_BUFFERS(X) X(accumulator, true) X(linear, true)
 FO_SCALAR_STRUCT(fo_ftrl_scalars, FO_FTRL_SCALARS)
@@ -674,7 +674,8 @@ template <typename T> struct fo_ftrl_hp : fo_hp_base<fo_ftrl_hp<T> > {
 };
 FO_HD float fo_pow(float x, float y) { return powf(x, y); }
 FO_HD double fo_pow(double x, double y) { return pow(x, y); }
-/* Keras's update_step, element by element (its divisions by lr as products with 1 / lr) */
+/* Keras's update_step, element by element, its operations in its order (the divisions by lr
+ * stay divisions: z accumulates differences of large terms, which float32 makes sensitive) */
 template <typename T, bool HALF, int MODE = 0>
 FO_HD void fo_ftrl_rule(T &p, T g, T &acc, T &lin, const fo_common<T> &c, const fo_ftrl_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
@@ -683,8 +684,8 @@ FO_HD void fo_ftrl_rule(T &p, T g, T &acc, T &lin, const fo_common<T> &c, const 
     const T na = acc + g * g;
     const T pn = HALF ? fo_sqrt(na) : fo_pow(na, h.neg_power);
     const T po = HALF ? fo_sqrt(acc) : fo_pow(acc, h.neg_power);
-    lin = lin + (gs - (pn - po) * h.inv_lr * p);
-    const T quad = pn * h.inv_lr + h.two_l2;
+    lin = lin + (gs - (pn - po) / h.lr * p);
+    const T quad = pn / h.lr + h.two_l2;
     const T lc = lin > h.l1_strength ? h.l1_strength : (lin < -h.l1_strength ? -h.l1_strength : lin);
     p = (lc - lin) / quad;
     acc = na;

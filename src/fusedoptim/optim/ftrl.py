@@ -25,9 +25,7 @@ class Ftrl(Optimizer):
         q_t &\leftarrow \frac{n_t^{-p}}{\gamma} + 2\left(\lambda_2 + \frac{\beta}{2\gamma}\right) \\
         \theta_t &\leftarrow \frac{\operatorname{clip}(z_t, -\lambda_1, \lambda_1) - z_t}{q_t}
 
-    The default :math:`p = -1/2` takes square roots instead of powers.  The divisions by
-    :math:`\gamma` are products with :math:`1/\gamma` (computed in double); ``lr`` must
-    be > 0.  ``beta`` must be >= 0 (Keras does not check it).  The common ``l1`` option
+    The default :math:`p = -1/2` takes square roots instead of powers; ``lr`` must be > 0.  ``beta`` must be >= 0 (Keras does not check it).  The common ``l1`` option
     is the usual gradient penalty, not FTRL's :math:`\lambda_1`.
 
     State: ``step``, ``accumulator``, ``linear``.
@@ -45,7 +43,7 @@ class Ftrl(Optimizer):
         array([0.2218, 1.3954, 2.3651, 2.8814], dtype=float32)
     """
 
-    spec = AlgoSpec("ftrl", scalars=("decay", "shrink2", "neg_power", "inv_lr", "two_l2", "l1_strength"),
+    spec = AlgoSpec("ftrl", scalars=("decay", "shrink2", "neg_power", "lr", "two_l2", "l1_strength"),
                     flags=("half_power",), buffers=("accumulator", "linear"))
 
     def __init__(self, params=None, lr=1e-3, learning_rate_power=-0.5, initial_accumulator_value=0.1,
@@ -68,6 +66,13 @@ class Ftrl(Optimizer):
                   "l2_shrinkage_regularization_strength", "beta"):
             check_real(g[k], f"{where}: {k}", lo=0.0)
 
+    def scheduled_lr(self, g, gi):
+        lr = super().scheduled_lr(g, gi)
+        if not lr > 0:
+            raise ValueError(f"param group {gi}: lr (from schedule at iteration {self.iterations}) must be > 0 for "
+                             f"Ftrl (it divides by lr), got {lr!r}")
+        return lr
+
     def kernel_flags(self, g):
         return {"half_power": g["learning_rate_power"] == -0.5}
 
@@ -81,9 +86,7 @@ class Ftrl(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         lr = g["lr"]
-        if not lr > 0:
-            raise ValueError(f"Ftrl: lr must be > 0 (it divides), got {lr!r} from the schedule")
         return {"decay": 1.0 - lr * g["weight_decay"], "shrink2": 2.0 * g["l2_shrinkage_regularization_strength"],
-                "neg_power": -g["learning_rate_power"], "inv_lr": 1.0 / lr,
+                "neg_power": -g["learning_rate_power"], "lr": lr,
                 "two_l2": 2.0 * (g["l2_regularization_strength"] + g["beta"] / (2.0 * lr)),
                 "l1_strength": float(g["l1_regularization_strength"])}
