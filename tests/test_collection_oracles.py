@@ -16,6 +16,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+if os.environ.get("FO_REQUIRE_ORACLES"):     # CI: a missing oracle is an error, not a skip
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras  # noqa: F401
+    import pytorch_optimizer  # noqa: F401
+    import schedulefree  # noqa: F401
 
 from cases import CASES, SHAPES, build, case_id, case_params, draw_hparams, grad_stream, make_params, seed_for  # noqa: E402
 from reference import TOL  # noqa: E402
