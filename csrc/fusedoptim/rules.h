@@ -579,9 +579,9 @@ struct fo_adabelief : fo_algo_base<fo_adabelief_scalars, fo_adabelief_hp> {
 };
 
 /* ---- Yogi (pytorch_optimizer.Yogi) ------------------------------------------------------
- * decay as AdaBelief; neg_one_minus_beta2: -(1 - beta2); bc2_sqrt: sqrt(1 - beta2^t);
+ * decay as AdaBelief; bc2_sqrt: sqrt(1 - beta2^t);
  * neg_step: -lr / (1 - beta1^t)                                                             */
-#define FO_YOGI_SCALARS(X) X(decay) X(one_minus_beta1) X(neg_one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step)
+#define FO_YOGI_SCALARS(X) X(decay) X(one_minus_beta1) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step)
 #define FO_YOGI_FLAGS(X)
 #define FO_YOGI_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
 FO_SCALAR_STRUCT(fo_yogi_scalars, FO_YOGI_SCALARS)
@@ -594,14 +594,15 @@ template <typename T> struct fo_yogi_hp : fo_hp_base<fo_yogi_hp<T> > {
         inv_bc2_sqrt = (T)(1.0 / a.bc2_sqrt);
     }
 };
-/* v <- v - (1 - beta2) sign(v - g^2) g^2 (an addcmul, as there); fo_signum keeps a NaN */
+/* v <- v - (1 - beta2) sign(v - g^2) g^2: the bits of pytorch_optimizer's addcmul with value
+ * -(1 - beta2) (negating a product is exact); fo_signum keeps a NaN                       */
 template <typename T, int MODE = 0>
 FO_HD void fo_yogi_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_yogi_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
     m = fo_lerp<MODE>(m, g, h.w1);
     const T g2 = g * g;
-    v = v + h.neg_one_minus_beta2 * fo_signum(v - g2) * g2;
+    v = v - h.one_minus_beta2 * fo_signum(v - g2) * g2;
     T denom = fo_sqrt(v) * h.inv_bc2_sqrt + h.eps;
     p = p + h.neg_step * m / denom;
 }

@@ -44,7 +44,7 @@ class Yogi(Optimizer):
         array([-0.1,  0.1], dtype=float32)
     """
 
-    spec = AlgoSpec("yogi", scalars=("decay", "one_minus_beta1", "neg_one_minus_beta2", "bc2_sqrt", "eps",
+    spec = AlgoSpec("yogi", scalars=("decay", "one_minus_beta1", "one_minus_beta2", "bc2_sqrt", "eps",
                                      "neg_step"),
                     buffers=("exp_avg", "exp_avg_sq"))
 
@@ -71,5 +71,5 @@ class Yogi(Optimizer):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2), wd = g["lr"], g["betas"], g["weight_decay"]
         decay = 1.0 - wd * (1.0 if g["fixed_decay"] else lr) if g["weight_decouple"] else 1.0
-        return {"decay": decay, "one_minus_beta1": 1.0 - b1, "neg_one_minus_beta2": -(1.0 - b2),
+        return {"decay": decay, "one_minus_beta1": 1.0 - b1, "one_minus_beta2": 1.0 - b2,
                 "bc2_sqrt": math.sqrt(1.0 - b2 ** t), "eps": g["eps"], "neg_step": -(lr / (1.0 - b1 ** t))}
