@@ -37,7 +37,8 @@ MEMORY: dict = {}      # memory check figures, printed by the summary hook
 #: (workload, optimizer, contender), workload-major so each workload is generated once
 CASES = [(w, a, c) for w in WORKLOADS for a in fb.OPTIMIZERS for c in fb.CONTENDERS
          if ((TORCH is not None and fb.OPTIMIZERS[a].in_torch) or not c.startswith("torch"))
-         and (c != "torch_fused" or fb.OPTIMIZERS[a].torch_fused)]
+         and (c != "torch_fused" or fb.OPTIMIZERS[a].torch_fused)
+         and (c != "numpy" or fb.OPTIMIZERS[a].naive is not None)]
 
 
 def pytest_generate_tests(metafunc):

@@ -22,6 +22,8 @@ from reference import DEFAULTS
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop",
               "Lion", "ASGD")
+# the pytorch_optimizer / Keras / schedulefree element-wise optimizers (their oracles: test_collection_oracles.py)
+OPTIMIZERS += ("AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD")
 
 # (name, list of axes); each axis is a list of kwargs fragments, one of which is chosen.
 _ON_OFF = lambda k, v: [{}, {k: v}]  # noqa: E731
@@ -47,6 +49,20 @@ _AXES: Dict[str, List[List[dict]]] = {
     "Lion": [_ON_OFF("weight_decay", 1e-2), _ON_OFF("maximize", True)],
     # t0 = 10: the averaging (mu_t < 1) starts within the run; the default 1e6 keeps ax = theta
     "ASGD": [_ON_OFF("t0", 10.0), _ON_OFF("weight_decay", 1e-2), _ON_OFF("maximize", True)],
+    # weight_decouple is on by default (pytorch_optimizer); rectify's SGD fallback is reached while rho_t < 5
+    "AdaBelief": [[{}, {"ams_bound": True}, {"rectify": True}],
+                  [{}, {"weight_decay": 1e-2}, {"weight_decay": 1e-2, "weight_decouple": False}],
+                  _ON_OFF("maximize", True)],
+    "Yogi": [[{}, {"weight_decay": 1e-2}, {"weight_decay": 1e-2, "weight_decouple": False}], _ON_OFF("maximize", True)],
+    # Adan's default decay is the proximal division (weight_decouple=False)
+    "Adan": [[{}, {"weight_decay": 1e-2}, {"weight_decay": 1e-2, "weight_decouple": True}], _ON_OFF("maximize", True)],
+    # learning_rate_power -0.5 (the default) takes square roots, any other value pow()
+    "Ftrl": [_ON_OFF("learning_rate_power", -0.3),
+             [{}, {"l1_regularization_strength": 1e-2, "l2_regularization_strength": 1e-2,
+                   "l2_shrinkage_regularization_strength": 1e-2, "beta": 0.1, "weight_decay": 1e-2}],
+             _ON_OFF("maximize", True)],
+    "ScheduleFreeAdamW": [_ON_OFF("weight_decay", 1e-2), _ON_OFF("warmup_steps", 10), _ON_OFF("maximize", True)],
+    "ScheduleFreeSGD": [_ON_OFF("weight_decay", 1e-2), _ON_OFF("warmup_steps", 10), _ON_OFF("maximize", True)],
 }
 
 
@@ -105,10 +121,14 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
     branches of torch.lerp (weight 1 - beta1 below and above 0.5) are taken; beta2 and
     RMSprop's alpha uniform [0.5, 0.999) (for RAdam both sides of rho_t > 5 are still
     reached); eps log-uniform [1e-10, 1e-6] (Adadelta [1e-8, 1e-4]: its eps seeds the step
-    size); rho [0, 0.999); momentum [0.1, 0.99); dampening [0.05, 1]; weight_decay
+    size; Yogi [1e-4, 1e-2] around its default 1e-3: its v can shrink towards 0, where a
+    tiny eps makes m / sqrt(v) amplify ulp differences); rho [0, 0.999); momentum [0.1, 0.99); dampening [0.05, 1]; weight_decay
     log-uniform [1e-4, 1e-1]; lr_decay [1e-4, 1e-1]; initial_accumulator_value [1e-2, 1];
     momentum_decay [1e-3, 1e-2]; ASGD's lambd log-uniform [1e-5, 1e-2] and alpha (its decay
-    power) uniform [0.5, 0.999); Rprop's etas (uniform [0.1, 0.9), uniform [1.05, 2)) and,
+    power) uniform [0.5, 0.999); Adan's betas (uniform [0, 0.999), [0, 0.999), [0.5, 0.999));
+    Ftrl's learning_rate_power uniform [-1, 0) when the case sets it, its three regularization
+    strengths log-uniform [1e-3, 1e-1] and beta uniform [0, 1) when the case turns them on;
+    schedule-free r uniform [0, 1); Rprop's etas (uniform [0.1, 0.9), uniform [1.05, 2)) and,
     unless the case fixes them, step_sizes (log-uniform [1e-7, 1e-4], [1e-2, 50]).
 
     Why the second-moment decay starts at 0.5: with a shorter window the denominator
@@ -117,7 +137,10 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
     5e-4 and weight_decay = 0.026, two float64 implementations that differ only in the
     rounding of m drift from 1e-16 to 1e-7 apart (relative) in 200 steps.  Centered RMSprop draws alpha from [0.9, 0.999): with a short window the variance
     estimate v - g_bar^2 comes near 0 now and then and the same happens (alpha = 0.38:
-    float32 torch and fusedoptim end 6e-6 apart, both 2e-6 from the float64 result).  These are properties of the
+    float32 torch and fusedoptim end 6e-6 apart, both 2e-6 from the float64 result).  AdaBelief draws beta1 from [0.5, 0.999) too:
+    with beta1 = 0.045 its m tracks g, the belief (g - m)^2 = (beta1 (g - m_prev))^2 is a
+    cancellation, and the step m / sqrt(s) turns its rounding into 1e-5 (float32)
+    differences within 40 steps.  These are properties of the
     problem, not of any implementation; the tests want trajectories where "agree to 1e-5"
     is a meaningful statement.
     """
@@ -134,8 +157,13 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
     hp["lr"] = logu(1e-2, 1.0) if name == "Adadelta" else logu(1e-4, 1e-1)
     if "betas" in d:
         hp["betas"] = (uni(0.0, 0.999), uni(0.5, 0.999))
+        if name == "AdaBelief":                      # its belief (g - m)^2: see below
+            hp["betas"] = (uni(0.5, 0.999), uni(0.5, 0.999))
+        if len(d["betas"]) == 3:                     # Adan: beta3 is the second-moment decay
+            hp["betas"] = (uni(0.0, 0.999), uni(0.0, 0.999), uni(0.5, 0.999))
     if "eps" in d:
-        hp["eps"] = logu(1e-8, 1e-4) if name == "Adadelta" else logu(1e-10, 1e-6)
+        hp["eps"] = logu(1e-8, 1e-4) if name == "Adadelta" else logu(1e-4, 1e-2) if name == "Yogi" else \
+            logu(1e-10, 1e-6)
     if "alpha" in d:
         hp["alpha"] = uni(0.9, 0.999) if kwargs.get("centered") else uni(0.5, 0.999)
     if "rho" in d:
@@ -144,6 +172,15 @@ def draw_hparams(name: str, kwargs: dict, seed: int) -> dict:
         hp["lambd"] = logu(1e-5, 1e-2)
     if "momentum_decay" in d:
         hp["momentum_decay"] = logu(1e-3, 1e-2)
+    if "learning_rate_power" in kwargs:
+        hp["learning_rate_power"] = uni(-1.0, 0.0)
+    for k in ("l1_regularization_strength", "l2_regularization_strength", "l2_shrinkage_regularization_strength"):
+        if kwargs.get(k):
+            hp[k] = logu(1e-3, 1e-1)
+    if kwargs.get("beta"):
+        hp["beta"] = uni(0.0, 1.0)
+    if "r" in d:
+        hp["r"] = uni(0.0, 1.0)
     if "etas" in d:
         hp["etas"] = (uni(0.1, 0.9), uni(1.05, 2.0))
     if "step_sizes" in d and "step_sizes" not in kwargs:

@@ -1,5 +1,7 @@
-"""Independent NumPy references of the twelve optimizers, written from torch.optim's formulas
-(Lion, which torch lacks, from Chen et al. 2023 and optax.lion).
+"""Independent NumPy references of the eighteen optimizers, written from torch.optim's formulas
+(Lion, which torch lacks, from Chen et al. 2023 and optax.lion; AdaBelief, Yogi and Adan
+from their papers and pytorch_optimizer, Ftrl from Keras, the schedule-free pair from
+Defazio et al. 2024 and the schedulefree package).
 
 Each rule is written from the docstring of its fusedoptim class (same symbols, one line
 of code per formula line) and checked against torch/optim/*.py for the semantics (where
@@ -43,6 +45,22 @@ DEFAULTS: Dict[str, dict] = {
     # not in torch: optax.lion's / lion-pytorch's defaults
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
+    # not in torch: pytorch_optimizer 4.1's, Keras 3's (Ftrl; learning_rate is lr) and schedulefree 1.4.1's
+    # defaults (maximize is fusedoptim's addition to all of them)
+    "AdaBelief": dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, weight_decouple=True, fixed_decay=False,
+                      rectify=False, n_sma_threshold=5, degenerated_to_sgd=True, ams_bound=False, eps=1e-16,
+                      maximize=False),
+    "Yogi": dict(lr=1e-2, betas=(0.9, 0.999), initial_accumulator=1e-6, weight_decay=0.0, weight_decouple=True,
+                 fixed_decay=False, eps=1e-3, maximize=False),
+    "Adan": dict(lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0, weight_decouple=False, eps=1e-8,
+                 maximize=False),
+    "Ftrl": dict(lr=1e-3, learning_rate_power=-0.5, initial_accumulator_value=0.1, l1_regularization_strength=0.0,
+                 l2_regularization_strength=0.0, l2_shrinkage_regularization_strength=0.0, beta=0.0,
+                 weight_decay=0.0, maximize=False),
+    "ScheduleFreeAdamW": dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0, r=0.0,
+                              weight_lr_power=2.0, maximize=False),
+    "ScheduleFreeSGD": dict(lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0,
+                            maximize=False),
 }
 
 # The buffers each optimizer keeps, whatever its flags (torch's names).
@@ -59,6 +77,12 @@ BUFFERS: Dict[str, tuple] = {
     "Rprop": ("prev", "step_size"),
     "Lion": ("exp_avg",),
     "ASGD": ("ax",),
+    "AdaBelief": ("exp_avg", "exp_avg_var", "max_exp_avg_var"),
+    "Yogi": ("exp_avg", "exp_avg_sq"),
+    "Adan": ("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"),
+    "Ftrl": ("accumulator", "linear"),
+    "ScheduleFreeAdamW": ("z", "exp_avg_sq"),
+    "ScheduleFreeSGD": ("z",),
 }
 
 
@@ -263,10 +287,141 @@ def asgd(theta, g, s, *, lr, lambd, alpha, t0, weight_decay, maximize):
     return theta
 
 
+# ------------------------------------------------------------------- AdaBelief
+def adabelief(theta, g, s, *, lr, betas, weight_decay, weight_decouple, fixed_decay, rectify, n_sma_threshold,
+              degenerated_to_sgd, ams_bound, eps, maximize):
+    t = s["step"] = s["step"] + 1
+    b1, b2 = betas
+    m, v = _buf(s, "exp_avg", theta), _buf(s, "exp_avg_var", theta)
+    if maximize:
+        g = -g
+    if weight_decouple:
+        theta = theta * (1 - weight_decay * (1.0 if fixed_decay else lr))   # theta <- theta (1 - gamma lambda)
+    elif weight_decay != 0:
+        g = g + weight_decay * theta                             # g <- g + lambda theta
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g                     # m <- b1 m + (1 - b1) g
+    r = g - m
+    s["exp_avg_var"] = v = b2 * v + (1 - b2) * r * r + eps      # s <- b2 s + (1 - b2)(g - m)^2 + eps
+    if ams_bound:
+        s["max_exp_avg_var"] = v = np.maximum(_buf(s, "max_exp_avg_var", theta), v)   # s^ <- max(s^, s)
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    if not rectify:
+        return theta - lr / bc1 * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
+    rho_inf = 2 / (1 - b2) - 1                                   # rho_inf
+    rho = rho_inf - 2 * t * b2 ** t / bc2                        # rho_t
+    if rho >= n_sma_threshold:
+        r = math.sqrt(bc2 * (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        return theta - lr * r / bc1 * m / (np.sqrt(v) + eps)    # rectified step
+    return theta - lr / bc1 * m if degenerated_to_sgd else theta   # SGD step, or none
+
+
+# ------------------------------------------------------------------------ Yogi
+def yogi(theta, g, s, *, lr, betas, initial_accumulator, weight_decay, weight_decouple, fixed_decay, eps,
+         maximize):
+    t = s["step"] = s["step"] + 1
+    b1, b2 = betas
+    m = _buf(s, "exp_avg", theta, initial_accumulator)          # m_0 = v_0 = initial_accumulator
+    v = _buf(s, "exp_avg_sq", theta, initial_accumulator)
+    if maximize:
+        g = -g
+    if weight_decouple:
+        theta = theta * (1 - weight_decay * (1.0 if fixed_decay else lr))
+    elif weight_decay != 0:
+        g = g + weight_decay * theta
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g                     # m <- b1 m + (1 - b1) g
+    g2 = g * g
+    s["exp_avg_sq"] = v = v - (1 - b2) * np.sign(v - g2) * g2   # v <- v - (1 - b2) sign(v - g^2) g^2
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    return theta - lr / bc1 * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
+
+
+# ------------------------------------------------------------------------ Adan
+def adan(theta, g, s, *, lr, betas, weight_decay, weight_decouple, eps, maximize):
+    t = s["step"] = s["step"] + 1
+    b1, b2, b3 = betas
+    first = "previous_grad" not in s
+    m, v, n = _buf(s, "exp_avg", theta), _buf(s, "exp_avg_sq", theta), _buf(s, "exp_avg_diff", theta)
+    if maximize:
+        g = -g
+    d = np.zeros_like(g) if first else g - (-s["previous_grad"])   # d <- g - g_prev (d_1 = 0)
+    s["exp_avg"] = m = b1 * m + (1 - b1) * g                     # m <- b1 m + (1 - b1) g
+    s["exp_avg_diff"] = n = b2 * n + (1 - b2) * d                # n <- b2 n + (1 - b2) d
+    s["exp_avg_sq"] = v = b3 * v + (1 - b3) * (g + b2 * d) ** 2  # v <- b3 v + (1 - b3)(g + b2 d)^2
+    eta = np.sqrt(v) / math.sqrt(1 - b3 ** t) + eps              # eta <- sqrt(v) / sqrt(1 - b3^t) + eps
+    if weight_decouple:
+        theta = theta * (1 - lr * weight_decay)                  # theta <- theta (1 - gamma lambda)
+    theta = theta - lr / (1 - b1 ** t) * m / eta - lr * b2 / (1 - b2 ** t) * n / eta
+    if not weight_decouple:
+        theta = theta / (1 + lr * weight_decay)                  # theta <- theta / (1 + gamma lambda)
+    s["previous_grad"] = -g                                      # stored as -g (pytorch_optimizer)
+    return theta
+
+
+# ------------------------------------------------------------------------ Ftrl
+def ftrl(theta, g, s, *, lr, learning_rate_power, initial_accumulator_value, l1_regularization_strength,
+         l2_regularization_strength, l2_shrinkage_regularization_strength, beta, weight_decay, maximize):
+    s["step"] += 1
+    p = learning_rate_power
+    n = _buf(s, "accumulator", theta, initial_accumulator_value)   # n_0
+    z = _buf(s, "linear", theta)
+    if maximize:
+        g = -g
+    theta = theta * (1 - lr * weight_decay)                      # theta <- theta (1 - gamma w)
+    n_new = n + g * g                                            # n_t <- n + g^2
+    root = np.sqrt if p == -0.5 else (lambda x: x ** -p)         # n^-p (a square root for p = -1/2)
+    z = z + ((g + 2 * l2_shrinkage_regularization_strength * theta) - (root(n_new) - root(n)) / lr * theta)
+    q = root(n_new) / lr + 2 * (l2_regularization_strength + beta / (2 * lr))   # q_t
+    l1 = l1_regularization_strength
+    s["accumulator"], s["linear"] = n_new, z
+    return (np.clip(z, -l1, l1) - z) / q                         # theta <- (clip(z, -l1, l1) - z) / q
+
+
+# --------------------------------------------------------------- schedule-free
+def _sf_weights(s, lr, warmup_steps, r, weight_lr_power):
+    """gamma_t (with warmup) and c_{t+1}; advances step, lr_max, weight_sum."""
+    k = s["step"]
+    s["step"] = k + 1
+    lr = lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)   # gamma_t
+    s["lr_max"] = lr_max = max(lr, s.get("lr_max", -1.0))       # gamma_max
+    w = (k + 1) ** r * lr_max ** weight_lr_power                 # w_t
+    s["weight_sum"] = s.get("weight_sum", 0.0) + w               # sum w
+    return lr, (w / s["weight_sum"] if s["weight_sum"] != 0 else 0.0)   # c_{t+1}
+
+
+def schedule_free_adamw(theta, g, s, *, lr, betas, eps, weight_decay, warmup_steps, r, weight_lr_power, maximize):
+    b1, b2 = betas
+    if "z" not in s:
+        s["z"] = theta.copy()                                    # z_0 = theta_0
+    z, v = s["z"], _buf(s, "exp_avg_sq", theta)
+    t = s["step"] + 1
+    lr, c = _sf_weights(s, lr, warmup_steps, r, weight_lr_power)
+    if maximize:
+        g = -g
+    s["exp_avg_sq"] = v = b2 * v + (1 - b2) * g * g              # v <- b2 v + (1 - b2) g^2
+    u = g / (np.sqrt(v / (1 - b2 ** t)) + eps) + weight_decay * theta   # u <- g / (sqrt(v / bc2) + eps) + lambda y
+    y = theta + c * (z - theta) + lr * (b1 * (1 - c) - 1) * u   # y <- y + c (z - y) + gamma (b1 (1 - c) - 1) u
+    s["z"] = z - lr * u                                          # z <- z - gamma u
+    return y
+
+
+def schedule_free_sgd(theta, g, s, *, lr, momentum, weight_decay, warmup_steps, r, weight_lr_power, maximize):
+    if "z" not in s:
+        s["z"] = theta.copy()                                    # z_0 = theta_0
+    z = s["z"]
+    lr, c = _sf_weights(s, lr, warmup_steps, r, weight_lr_power)
+    if maximize:
+        g = -g
+    u = g + weight_decay * theta                                 # u <- g + lambda y
+    y = theta + c * (z - theta) + lr * (momentum * (1 - c) - 1) * u
+    s["z"] = z - lr * u
+    return y
+
+
 RULES: Dict[str, Callable] = {
     "SGD": sgd, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad, "RMSprop": rmsprop,
     "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Adadelta": adadelta, "Rprop": rprop, "Lion": lion,
-    "ASGD": asgd,
+    "ASGD": asgd, "AdaBelief": adabelief, "Yogi": yogi, "Adan": adan, "Ftrl": ftrl,
+    "ScheduleFreeAdamW": schedule_free_adamw, "ScheduleFreeSGD": schedule_free_sgd,
 }
 
 

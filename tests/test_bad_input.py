@@ -240,7 +240,7 @@ def test_disjoint_views_of_one_buffer_are_fine():
 def test_zero_size_params_work():
     params = [np.zeros((0,)), np.ones(3), np.zeros((2, 0, 4), np.float64)]
     for name in ("SGD", "Adam", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "AdamW", "Rprop",
-                 "Lion", "ASGD"):
+                 "Lion", "ASGD", "AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"):
         opt = getattr(fusedoptim, name)(params)
         opt.step([np.zeros((0,)), np.ones(3), np.zeros((2, 0, 4))])
         assert opt.state[params[2]]["step"] == 1
@@ -339,6 +339,12 @@ SPECIFIC = {
     "Rprop": ("etas", (1.2, 0.5), ValueError, r"Invalid eta values"),
     "Lion": ("betas", (0.9, NAN), ValueError, r"beta parameter at index 1"),
     "ASGD": ("lambd", -1e-4, ValueError, r"lambd"),
+    "AdaBelief": ("rectify", 1, TypeError, r"rectify must be a bool"),
+    "Yogi": ("initial_accumulator", -1.0, ValueError, r"initial_accumulator"),
+    "Adan": ("betas", (0.9, 0.9), ValueError, r"betas must be a triple"),
+    "Ftrl": ("learning_rate_power", 0.5, ValueError, r"learning_rate_power"),
+    "ScheduleFreeAdamW": ("warmup_steps", 1.5, TypeError, r"warmup_steps must be an integer"),
+    "ScheduleFreeSGD": ("momentum", 1.0, ValueError, r"momentum"),
 }
 
 

@@ -231,8 +231,13 @@ def test_kernels_compile_to_ptx(build_dir, arch):
     funcs = _ptx_functions(ptx)
     for a in ALGOS:
         assert "ld.global.v4.f32" in funcs[f"fo_{a}_kernel_f32"], a
-        assert "ld.global.v2.f64" in funcs[f"fo_{a}_kernel_f64"], a
-    assert "fma.rn" not in ptx
+        # generic ld.v2.f64 where a call the compiler does not inline (libdevice's double pow,
+        # __internal_accurate_pow, in Ftrl) hides the address space: still a 16-byte load
+        assert re.search(r"ld(\.global)?\.v2\.f64", funcs[f"fo_{a}_kernel_f64"]), a
+    # the CUDA math library's pow (Ftrl's n^-p for p != -1/2) computes with fma internally:
+    # Ftrl's GPU results match its CPU ones within tolerance, not bit for bit
+    with_fma = {n for n, body in funcs.items() if "fma.rn" in body}
+    assert with_fma <= {"fo_ftrl_kernel_f32", "fo_ftrl_kernel_f64", "__internal_accurate_pow"}, sorted(with_fma)
 
 
 @needs_nvcc
@@ -295,7 +300,8 @@ def test_gpu_update_kernels_have_no_arithmetic_of_their_own(build_dir):
             foreign = _ptx_foreign_arith(ptx, entry, funcs, files)
             for (fn, file, line), n in foreign.items():
                 if file is None:
-                    assert fn in ("sqrtf", "sqrt", "fabsf", "fabs"), (entry, fn)
+                    assert fn in ("sqrtf", "sqrt", "fabsf", "fabs") or \
+                        (algo == "ftrl" and fn in ("powf", "pow", "__internal_accurate_pow")), (entry, fn)
                 else:
                     assert file == "kernels.cu" and line in allowed, (entry, fn, file, line, n)
 

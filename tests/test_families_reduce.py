@@ -200,13 +200,20 @@ def test_state_dict_round_trip_keeps_per_tensor_state():
 
 
 def test_ema_epilogue_runs_in_the_apply_pass():
+    # torch's AveragedModel / Keras: the first average is the weights after the first
+    # update; from then on ema <- ema + (1 - decay) (p - ema)
     ps = _params(np.float64)
     opt = fo.LARS(ps, lr=0.1, ema_decay=0.9)
     before = [p.copy() for p in ps]
     opt.step(_grads(0, ps))
-    for p, b in zip(ps, before):
-        np.testing.assert_allclose(opt.state[p]["ema"], b + 0.1 * (p - b), rtol=1e-14, atol=1e-15)
+    for p in ps:
+        np.testing.assert_array_equal(opt.state[p]["ema"], p)
+    first = [p.copy() for p in ps]
+    opt.step(_grads(1, ps))
+    for p, a in zip(ps, first):
+        np.testing.assert_allclose(opt.state[p]["ema"], a + 0.1 * (p - a), rtol=1e-14, atol=1e-15)
     assert any(not np.array_equal(p, b) for p, b in zip(ps, before))
+    assert any(not np.array_equal(p, a) for p, a in zip(ps, first))
 
 
 @pytest.mark.parametrize("build,match", [

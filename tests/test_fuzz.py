@@ -179,7 +179,8 @@ def _reference_run(run, params, grads):
                 continue
             x = np.clip(g, -cv_raw, cv_raw) * coef[i]
             if o.get("l1"):
-                x = x + sign * o["l1"] * np.sign(theta)
+                # the kernels' fo_sign: 0 for a NaN parameter (Adan keeps -g in previous_grad)
+                x = x + sign * o["l1"] * np.sign(np.nan_to_num(theta, nan=0.0))
             eff.append(x)
         ref.step(eff)
         if o.get("ema_decay") is not None:

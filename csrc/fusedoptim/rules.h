@@ -558,6 +558,232 @@ struct fo_asgd : fo_algo_base<fo_asgd_scalars, fo_asgd_hp> {
     FO_RULE(fo_asgd_rule<T, M>(p, g, s[0], c, h))
 };
 
+/* ---- AdaBelief (pytorch_optimizer.AdaBelief) --------------------------------------------
+ * decay: 1 - lr*wd (or 1 - wd, fixed_decay) when decoupled, else 1; bc2_sqrt: sqrt(1 - beta2^t)
+ * (1 when rectified: the rectified step has no second bias correction); neg_step: -lr r_t /
+ * (1 - beta1^t) (r_t = 1 unless rectify; 0 when rectify skips the step); adaptive: 1 divides
+ * by the denominator, 0 takes the SGD step (rectify below the n_sma threshold)             */
+#define FO_ADABELIEF_SCALARS(X) \
+    X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(eps) X(bc2_sqrt) X(neg_step) X(adaptive)
+#define FO_ADABELIEF_FLAGS(X) X(ams_bound)
+#define FO_ADABELIEF_BUFFERS(X) X(exp_avg, true) X(exp_avg_var, true) X(max_exp_avg_var, ams_bound)
+FO_SCALAR_STRUCT(fo_adabelief_scalars, FO_ADABELIEF_SCALARS)
+template <typename T> struct fo_adabelief_hp : fo_hp_base<fo_adabelief_hp<T> > {
+    FO_HP_FIELDS(FO_ADABELIEF)
+    fo_weight<T> w1;
+    T inv_bc2_sqrt;
+    bool divides;
+    template <class S> FO_HD void derive(const S &a) {
+        w1 = fo_weight<T>::of(one_minus_beta1);
+        inv_bc2_sqrt = (T)(1.0 / a.bc2_sqrt);
+        divides = a.adaptive != 0.0;
+    }
+};
+/* pytorch_optimizer's _step_per_param: the belief s = EMA of (g - m)^2, plus eps (added to
+ * the state, as there), the AMSBound maximum, then eps again on the corrected root     */
+template <typename T, bool AMS, int MODE = 0>
+FO_HD void fo_adabelief_rule(T &p, T g, T &m, T &v, T &vmax, const fo_common<T> &c,
+                             const fo_adabelief_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
+    m = fo_lerp<MODE>(m, g, h.w1);
+    const T r = g - m;
+    v = v * h.beta2 + h.one_minus_beta2 * r * r;
+    v = v + h.eps;
+    T s = v;
+    if (AMS) { vmax = fo_max(vmax, v); s = vmax; }
+    if (h.divides) {
+        T denom = fo_sqrt(s) * h.inv_bc2_sqrt + h.eps;
+        p = p + h.neg_step * m / denom;
+    } else {
+        p = p + h.neg_step * m;
+    }
+}
+struct fo_adabelief : fo_algo_base<fo_adabelief_scalars, fo_adabelief_hp> {
+    FO_DESCRIBE(FO_ADABELIEF)
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
+    FO_RULE(fo_adabelief_rule<T, FO_FLAG(fo_adabelief, F, ams_bound), M>(p, g, s[0], s[1], s[2], c, h))
+};
+
+/* ---- Yogi (pytorch_optimizer.Yogi) ------------------------------------------------------
+ * decay as AdaBelief; bc2_sqrt: sqrt(1 - beta2^t);
+ * neg_step: -lr / (1 - beta1^t)                                                             */
+#define FO_YOGI_SCALARS(X) X(decay) X(one_minus_beta1) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step)
+#define FO_YOGI_FLAGS(X)
+#define FO_YOGI_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+FO_SCALAR_STRUCT(fo_yogi_scalars, FO_YOGI_SCALARS)
+template <typename T> struct fo_yogi_hp : fo_hp_base<fo_yogi_hp<T> > {
+    FO_HP_FIELDS(FO_YOGI)
+    fo_weight<T> w1;
+    T inv_bc2_sqrt;
+    template <class S> FO_HD void derive(const S &a) {
+        w1 = fo_weight<T>::of(one_minus_beta1);
+        inv_bc2_sqrt = (T)(1.0 / a.bc2_sqrt);
+    }
+};
+/* v <- v - (1 - beta2) sign(v - g^2) g^2: the bits of pytorch_optimizer's addcmul with value
+ * -(1 - beta2) (negating a product is exact); fo_signum keeps a NaN                       */
+template <typename T, int MODE = 0>
+FO_HD void fo_yogi_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_yogi_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
+    m = fo_lerp<MODE>(m, g, h.w1);
+    const T g2 = g * g;
+    v = v - h.one_minus_beta2 * fo_signum(v - g2) * g2;
+    T denom = fo_sqrt(v) * h.inv_bc2_sqrt + h.eps;
+    p = p + h.neg_step * m / denom;
+}
+struct fo_yogi : fo_algo_base<fo_yogi_scalars, fo_yogi_hp> {
+    FO_DESCRIBE(FO_YOGI)
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.w1.small); }
+    FO_RULE(fo_yogi_rule<T, M>(p, g, s[0], s[1], c, h))
+};
+
+/* ---- Adan (pytorch_optimizer.Adan) ------------------------------------------------------
+ * decay: 1 - lr*wd when decoupled, else 1; post: 1 + lr*wd when not decoupled (the
+ * parameter is divided by it after the step), else 1; bc3_sqrt: sqrt(1 - beta3^t);
+ * neg_step: -lr / (1 - beta1^t); neg_diff_step: -lr beta2 / (1 - beta2^t); first: 1 on
+ * the step that creates previous_grad (the difference is 0 then)                            */
+#define FO_ADAN_SCALARS(X) \
+    X(decay) X(post) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(beta3) X(one_minus_beta3) X(bc3_sqrt) \
+    X(eps) X(neg_step) X(neg_diff_step) X(first)
+#define FO_ADAN_FLAGS(X)
+#define FO_ADAN_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true) X(exp_avg_diff, true) X(previous_grad, true)
+FO_SCALAR_STRUCT(fo_adan_scalars, FO_ADAN_SCALARS)
+template <typename T> struct fo_adan_hp : fo_hp_base<fo_adan_hp<T> > {
+    FO_HP_FIELDS(FO_ADAN)
+    fo_weight<T> w1, w2;
+    T inv_bc3_sqrt;
+    bool first_step;
+    template <class S> FO_HD void derive(const S &a) {
+        w1 = fo_weight<T>::of(one_minus_beta1);
+        w2 = fo_weight<T>::of(one_minus_beta2);
+        inv_bc3_sqrt = (T)(1.0 / a.bc3_sqrt);
+        first_step = a.first != 0.0;
+    }
+};
+/* previous_grad holds -g_{t-1}, as pytorch_optimizer keeps it, so d = previous_grad + g */
+template <typename T, int MODE = 0>
+FO_HD void fo_adan_rule(T &p, T g, T &m, T &v, T &n, T &prev, const fo_common<T> &c, const fo_adan_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    T d = h.first_step ? T(0) : prev + g;
+    m = fo_lerp<MODE>(m, g, h.w1);
+    n = fo_lerp<MODE>(n, d, h.w2);
+    d = d * h.beta2 + g;
+    v = v * h.beta3 + h.one_minus_beta3 * d * d;
+    const T denom = fo_sqrt(v) * h.inv_bc3_sqrt + h.eps;
+    p = p * h.decay;
+    p = p + h.neg_step * m / denom;
+    p = p + h.neg_diff_step * n / denom;
+    p = p / h.post;
+    prev = -g;
+}
+struct fo_adan : fo_algo_base<fo_adan_scalars, fo_adan_hp> {
+    FO_DESCRIBE(FO_ADAN)
+    enum { LERP = 1 };
+    /* one loop form for both lerps only when their weights fall on the same side of 0.5 */
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) {
+        return h.w1.small == h.w2.small ? FO_LERP(h.w1.small) : 0;
+    }
+    FO_RULE(fo_adan_rule<T, M>(p, g, s[0], s[1], s[2], s[3], c, h))
+};
+
+/* ---- FTRL-Proximal (keras.optimizers.Ftrl) -----------------------------------------------
+ * decay: 1 - lr*wd (Keras's decoupled weight_decay); shrink2: 2 * l2_shrinkage; neg_power:
+ * -learning_rate_power; lr; two_l2: 2 (l2 + beta / (2 lr)); l1_strength: l1.
+ * Flag half_power: learning_rate_power == -0.5, the powers are square roots               */
+#define FO_FTRL_SCALARS(X) X(decay) X(shrink2) X(neg_power) X(lr) X(two_l2) X(l1_strength)
+#define FO_FTRL_FLAGS(X) X(half_power)
+#define FO_FTRL_BUFFERS(X) X(accumulator, true) X(linear, true)
+FO_SCALAR_STRUCT(fo_ftrl_scalars, FO_FTRL_SCALARS)
+template <typename T> struct fo_ftrl_hp : fo_hp_base<fo_ftrl_hp<T> > {
+    FO_HP_FIELDS(FO_FTRL)
+};
+FO_HD float fo_pow(float x, float y) { return powf(x, y); }
+FO_HD double fo_pow(double x, double y) { return pow(x, y); }
+/* Keras's update_step, element by element, its operations in its order (the divisions by lr
+ * stay divisions: z accumulates differences of large terms, which float32 makes sensitive) */
+template <typename T, bool HALF, int MODE = 0>
+FO_HD void fo_ftrl_rule(T &p, T g, T &acc, T &lin, const fo_common<T> &c, const fo_ftrl_hp<T> &h) {
+    g = fo_grad<MODE>(g, p, c);
+    p = p * h.decay;
+    const T gs = g + h.shrink2 * p;
+    const T na = acc + g * g;
+    const T pn = HALF ? fo_sqrt(na) : fo_pow(na, h.neg_power);
+    const T po = HALF ? fo_sqrt(acc) : fo_pow(acc, h.neg_power);
+    lin = lin + (gs - (pn - po) / h.lr * p);
+    const T quad = pn / h.lr + h.two_l2;
+    const T lc = lin > h.l1_strength ? h.l1_strength : (lin < -h.l1_strength ? -h.l1_strength : lin);
+    p = (lc - lin) / quad;
+    acc = na;
+}
+struct fo_ftrl : fo_algo_base<fo_ftrl_scalars, fo_ftrl_hp> {
+    FO_DESCRIBE(FO_FTRL)
+    FO_RULE(fo_ftrl_rule<T, FO_FLAG(fo_ftrl, F, half_power), M>(p, g, s[0], s[1], c, h))
+};
+
+/* ---- Schedule-free AdamW (schedulefree.AdamWScheduleFree) ---------------------------------
+ * The parameter holds y (train mode).  bc2: 1 - beta2^t; wd: weight decay on y, added to
+ * the normalized gradient; ckp1: c_{t+1} = w_t / sum w; c_y: lr (beta1 (1 - ckp1) - 1);
+ * neg_lr: -lr (lr with warmup)                                                                */
+#define FO_SF_ADAMW_SCALARS(X) X(beta2) X(one_minus_beta2) X(bc2) X(eps) X(wd) X(ckp1) X(c_y) X(neg_lr)
+#define FO_SF_ADAMW_FLAGS(X)
+#define FO_SF_ADAMW_BUFFERS(X) X(z, true) X(exp_avg_sq, true)
+FO_SCALAR_STRUCT(fo_sf_adamw_scalars, FO_SF_ADAMW_SCALARS)
+template <typename T> struct fo_sf_adamw_hp : fo_hp_base<fo_sf_adamw_hp<T> > {
+    FO_HP_FIELDS(FO_SF_ADAMW)
+    fo_weight<T> wc;
+    T inv_bc2;
+    template <class S> FO_HD void derive(const S &a) {
+        wc = fo_weight<T>::of(ckp1);
+        inv_bc2 = (T)(1.0 / a.bc2);
+    }
+};
+template <typename T, int MODE = 0>
+FO_HD void fo_sf_adamw_rule(T &y, T g, T &z, T &v, const fo_common<T> &c, const fo_sf_adamw_hp<T> &h) {
+    g = fo_grad<MODE>(g, y, c);
+    v = v * h.beta2 + h.one_minus_beta2 * g * g;
+    T gn = g / (fo_sqrt(v * h.inv_bc2) + h.eps);
+    if (h.wd != T(0)) gn = gn + h.wd * y;
+    y = fo_lerp<MODE>(y, z, h.wc);
+    y = y + h.c_y * gn;
+    z = z + h.neg_lr * gn;
+}
+struct fo_sf_adamw : fo_algo_base<fo_sf_adamw_scalars, fo_sf_adamw_hp> {
+    FO_DESCRIBE(FO_SF_ADAMW)
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.wc.small); }
+    FO_RULE(fo_sf_adamw_rule<T, M>(p, g, s[0], s[1], c, h))
+};
+
+/* ---- Schedule-free SGD (schedulefree.SGDScheduleFree) ---------------------------------------
+ * ckp1, neg_lr as above; c_y: lr (momentum (1 - ckp1) - 1); weight decay is the common
+ * coupled one (g + wd y, as there)                                                             */
+#define FO_SF_SGD_SCALARS(X) X(ckp1) X(c_y) X(neg_lr)
+#define FO_SF_SGD_FLAGS(X)
+#define FO_SF_SGD_BUFFERS(X) X(z, true)
+FO_SCALAR_STRUCT(fo_sf_sgd_scalars, FO_SF_SGD_SCALARS)
+template <typename T> struct fo_sf_sgd_hp : fo_hp_base<fo_sf_sgd_hp<T> > {
+    FO_HP_FIELDS(FO_SF_SGD)
+    fo_weight<T> wc;
+    template <class S> FO_HD void derive(const S &) { wc = fo_weight<T>::of(ckp1); }
+};
+template <typename T, int MODE = 0>
+FO_HD void fo_sf_sgd_rule(T &y, T g, T &z, const fo_common<T> &c, const fo_sf_sgd_hp<T> &h) {
+    g = fo_grad<MODE>(g, y, c);
+    y = fo_lerp<MODE>(y, z, h.wc);
+    y = y + h.c_y * g;
+    z = z + h.neg_lr * g;
+}
+struct fo_sf_sgd : fo_algo_base<fo_sf_sgd_scalars, fo_sf_sgd_hp> {
+    FO_DESCRIBE(FO_SF_SGD)
+    enum { LERP = 1 };
+    template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) { return FO_LERP(h.wc.small); }
+    FO_RULE(fo_sf_sgd_rule<T, M>(p, g, s[0], c, h))
+};
+
 /* ---- the one algorithm list ------------------------------------------------------------
  * FO_ALGOS(X) calls X(name, LISTS) for every algorithm, in the order of the native ids
  * (LISTS is the prefix of its FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS lists).  cpu.h
@@ -567,6 +793,8 @@ struct fo_asgd : fo_algo_base<fo_asgd_scalars, fo_asgd_hp> {
 #define FO_ALGOS(X)                                                                       \
     X(sgd, FO_SGD) X(adam, FO_ADAM) X(adagrad, FO_ADAGRAD) X(rmsprop, FO_RMSPROP)           \
     X(adamax, FO_ADAMAX) X(nadam, FO_NADAM) X(radam, FO_RADAM) X(adadelta, FO_ADADELTA)      \
-    X(rprop, FO_RPROP) X(lion, FO_LION) X(asgd, FO_ASGD)
+    X(rprop, FO_RPROP) X(lion, FO_LION) X(asgd, FO_ASGD)                                 \
+    X(adabelief, FO_ADABELIEF) X(yogi, FO_YOGI) X(adan, FO_ADAN) X(ftrl, FO_FTRL) X(sf_adamw, FO_SF_ADAMW) \
+    X(sf_sgd, FO_SF_SGD)
 
 #endif /* FUSEDOPTIM_RULES_H */

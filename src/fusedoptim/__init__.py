@@ -7,6 +7,7 @@ from ._kernels import get_num_threads, set_num_threads
 from .pipeline import clip_by_global_norm, clip_grad_norm, clip_grad_value, global_norm
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion, ASGD
 from .optim import Lamb, LARS, NovoGrad
+from .optim import AdaBelief, Yogi, Adan, Ftrl, ScheduleFreeAdamW, ScheduleFreeSGD
 from .optimizer import Optimizer
 from .toolkit import DynamicLossScale, split_decay_groups
 
@@ -18,6 +19,7 @@ __all__ = [
     "clip_by_global_norm", "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
     "ParamArena",
 ]
+__all__ += ["AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 # Submodules and functions loaded on first use, so `import fusedoptim` stays light.
 _LAZY = {

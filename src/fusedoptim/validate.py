@@ -163,9 +163,8 @@ def check_hyperparameters(g: dict, where: str) -> None:
     """The checks every optimizer shares (``Optimizer.check_group``): ``lr`` (a number
     >= 0 or a schedule), the non-negative ones (eps, weight_decay, momentum, ...),
     ``betas`` and the boolean flags, for whichever of them the group has."""
-    lr = g.get("lr")
-    if lr is not None and not callable(lr):
-        check_real(lr, f"{where}: lr", lo=0.0)
+    if "lr" in g and not callable(g["lr"]):       # lr=None is refused here, not by the kernel's scalars
+        check_real(g["lr"], f"{where}: lr", lo=0.0)
     for k, label in _NONNEG_HYPER.items():
         if k in g:
             check_real(g[k], f"{where}: {label}", lo=0.0)

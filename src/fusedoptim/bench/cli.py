@@ -10,7 +10,7 @@ import numpy as np
 from .contenders import ALL_CONTENDERS, OPTIMIZERS
 from .lowp import STATE_DTYPES as LOWP_STATE_DTYPES, print_state_dtypes, run_state_dtypes
 from .report import run
-from .workloads import KI, MI, QUICK_WORKLOADS, WORKLOADS, parse_size, parse_workload
+from .workloads import KI, MI, MODEL_WORKLOADS, QUICK_WORKLOADS, WORKLOADS, parse_size, parse_workload
 
 __all__ = ["build_parser", "main"]
 
@@ -102,7 +102,7 @@ def _print_list() -> None:
         print(f"  {c.key:<27} {c.cls.__name__}({', '.join(f'{k}={v!r}' for k, v in c.kwargs.items())})"
               + ("  [torch fused]" if c.torch_fused else "") + ("" if c.in_torch else "  [not in torch]"))
     print("workloads:")
-    for w in WORKLOADS:
+    for w in dict.fromkeys(list(WORKLOADS) + list(MODEL_WORKLOADS)):
         wl = parse_workload(w)
         print(f"  {w:<14} {wl.n_tensors:>4} tensors {wl.n_elements:>11,} {wl.dtype}"
               + (f"  {wl.note}" if wl.note else ""))

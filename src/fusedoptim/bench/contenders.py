@@ -11,8 +11,9 @@ CPU loop gets by switching its import.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -34,19 +35,24 @@ class OptConfig:
     key: str
     cls: type
     kwargs: dict
-    naive: Callable
+    naive: Optional[Callable]   # the NumPy baseline, or None (no ``numpy`` contender)
     torch_fused: bool   # torch.optim has fused=True for this class on CPU
-    in_torch: bool = True   # torch.optim has this class at all (Lion: no)
-    #: the module of the oracle class the torch contenders run: "torch.optim", or
-    #: "pytorch_optimizer" (Lamb, LARS, NovoGrad: their foreach path on CPU)
-    oracle: str = "torch.optim"
+    in_torch: bool = True   # a torch-based oracle exists at all (Lion: no)
+    oracle: str = ""    # "module.Class" of that oracle when it is not torch.optim.<cls name>
 
     @property
     def torch_name(self) -> str:
-        return self.cls.__name__
+        return self.oracle or f"torch.optim.{self.cls.__name__}"
+
+    def oracle_class(self, torch):
+        """The torch-based oracle class (ImportError / AttributeError when it is missing)."""
+        if not self.oracle:
+            return getattr(torch.optim, self.cls.__name__)
+        module, _, name = self.oracle.rpartition(".")
+        return getattr(importlib.import_module(module), name)
 
 
-OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in [
+_CURATED = [
     OptConfig("sgd", SGD, dict(lr=1e-3), nb.sgd, True),
     OptConfig("sgd-momentum", SGD, dict(lr=1e-3, momentum=0.9), nb.sgd, True),
     OptConfig("sgd-nesterov", SGD, dict(lr=1e-3, momentum=0.9, nesterov=True), nb.sgd, True),
@@ -64,10 +70,33 @@ OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in [
     OptConfig("rprop", Rprop, dict(lr=1e-2), nb.rprop, False),
     OptConfig("lion", Lion, dict(lr=1e-4), nb.lion, False, in_torch=False),
     # reduction stage (per-tensor statistics); oracle: pytorch-optimizer, no NumPy baseline
-    OptConfig("lamb", Lamb, dict(lr=1e-3, weight_decay=1e-2), None, False, oracle="pytorch_optimizer"),
-    OptConfig("lars", LARS, dict(lr=1e-1, weight_decay=1e-4), None, False, oracle="pytorch_optimizer"),
-    OptConfig("novograd", NovoGrad, dict(lr=1e-3), None, False, oracle="pytorch_optimizer"),
-]}
+    OptConfig("lamb", Lamb, dict(lr=1e-3, weight_decay=1e-2), None, False, oracle="pytorch_optimizer.Lamb"),
+    OptConfig("lars", LARS, dict(lr=1e-1, weight_decay=1e-4), None, False, oracle="pytorch_optimizer.LARS"),
+    OptConfig("novograd", NovoGrad, dict(lr=1e-3), None, False, oracle="pytorch_optimizer.NovoGrad"),
+]
+
+#: The oracle of each built-in optimizer that torch.optim lacks (None: no torch-based one;
+#: Ftrl's is Keras).  Any other class is compared with torch.optim.<its name>.
+_ORACLES = {"AdaBelief": "pytorch_optimizer.AdaBelief", "Yogi": "pytorch_optimizer.Yogi",
+            "Adan": "pytorch_optimizer.Adan", "Ftrl": None,
+            "ScheduleFreeAdamW": "schedulefree.AdamWScheduleFree", "ScheduleFreeSGD": "schedulefree.SGDScheduleFree"}
+
+
+def _every_optimizer() -> List[OptConfig]:
+    """The curated configurations, then every other built-in optimizer class of
+    ``fusedoptim.optim`` with its defaults (key: its lower-case name; no NumPy baseline)."""
+    from .. import optim
+    out, covered = list(_CURATED), {c.cls for c in _CURATED}
+    for name in optim.__all__:
+        cls = getattr(optim, name)
+        if cls in covered or getattr(cls, "spec", None) is None:
+            continue
+        oracle = _ORACLES.get(name, "")
+        out.append(OptConfig(name.lower(), cls, {}, None, False, in_torch=oracle is not None, oracle=oracle or ""))
+    return out
+
+
+OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in _every_optimizer()}
 
 #: CPU contender names, in the order the report prints them.
 CONTENDERS = ("fusedoptim", "stream", "numpy", "torch_foreach", "torch_fused", "fusedoptim_torch")
@@ -148,7 +177,7 @@ def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
             states = [[opt.state[p][n] for p in fo_params] for n in names]
             case.fns[name] = native_stream(case.k, fo_params, grads, states)
         elif name == "numpy" and config.naive is None:
-            why = "no NumPy baseline for this optimizer"
+            why = f"no naive NumPy baseline for {config.cls.__name__}"
         elif name == "numpy":
             naive = nb.NaiveNumPy(config.naive, [p.copy() for p in params], opt.param_groups[0])
             naive.step(grads)
@@ -175,12 +204,9 @@ def _torch_optimizer(torch, config: OptConfig, params, grads, device: Optional[s
     for tp, g in zip(tparams, grads):
         tg = torch.from_numpy(np.array(g))
         tp.grad = tg if device is None else tg.to(device)
-    if config.oracle == "torch.optim":
-        module = torch.optim
-    else:
-        import importlib
-        module = importlib.import_module(config.oracle)
-    topt = getattr(module, config.torch_name)(tparams, **config.kwargs, **flag)
+    topt = config.oracle_class(torch)(tparams, **config.kwargs, **flag)
+    if callable(getattr(topt, "train", None)):   # schedulefree: steps only in train mode
+        topt.train()
     topt.step()
     return topt
 
@@ -191,19 +217,16 @@ def _add_torch_contender(case: Case, name: str, params, grads, torch) -> Optiona
     config = case.config
     if torch is None:
         return "torch not importable"
-    if config.oracle != "torch.optim" and name == "torch_foreach":
-        try:
-            __import__(config.oracle)
-        except ImportError:
-            return f"{config.oracle} not importable"
     if not config.in_torch:
-        return f"torch.optim has no {config.torch_name}"
+        return f"no torch-based oracle for {config.cls.__name__}"
     if name == "torch_fused" and not config.torch_fused:
-        return f"torch.optim.{config.torch_name} has no fused variant"
+        return f"{config.torch_name} has no fused variant"
     flag = {"foreach": True} if name == "torch_foreach" else {"fused": True}
     try:
         topt = _torch_optimizer(torch, config, params, grads, **flag)
-    except (TypeError, RuntimeError, ValueError, ImportError) as e:  # variant missing in this torch
+    except (ImportError, AttributeError) as e:  # the oracle's package is not installed
+        return f"{config.torch_name}: {type(e).__name__}: {e}"
+    except (TypeError, RuntimeError, ValueError) as e:  # variant missing in this torch
         return f"{type(e).__name__}: {e}"
     case.fns[name] = topt.step
     return None
@@ -263,7 +286,7 @@ def _add_gpu_contender(case: Case, name: str, gpu: Gpu, params, grads, torch) ->
         if not cuda_ok:
             return "torch.cuda.is_available() is False"
         if not config.torch_fused:
-            return f"torch.optim.{config.torch_name} has no fused variant"
+            return f"{config.torch_name} has no fused variant"
         dev = f"cuda:{gpu.device}"
         try:
             topt = _torch_optimizer(torch, config, params, grads, dev, fused=True)

@@ -13,6 +13,12 @@ from .asgd import ASGD
 from .lamb import Lamb
 from .lars import LARS
 from .novograd import NovoGrad
+from .adabelief import AdaBelief
+from .yogi import Yogi
+from .adan import Adan
+from .ftrl import Ftrl
+from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
-           "ASGD", "Lamb", "LARS", "NovoGrad"]
+           "ASGD", "Lamb", "LARS", "NovoGrad", "AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW",
+           "ScheduleFreeSGD"]
