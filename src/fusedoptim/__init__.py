@@ -6,6 +6,8 @@ in one native call, with torch.optim's semantics, names and defaults.
 from ._kernels import get_num_threads, set_num_threads
 from .pipeline import clip_by_global_norm, clip_grad_norm, clip_grad_value, global_norm
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion, ASGD
+from .optim import Muon, LBFGS
+from .lookahead import Lookahead
 from .optimizer import Optimizer
 from .toolkit import DynamicLossScale, split_decay_groups
 
@@ -15,7 +17,7 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
     "Adadelta", "Rprop", "Lion", "ASGD", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
     "clip_by_global_norm", "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
-    "ParamArena",
+    "ParamArena", "Muon", "LBFGS", "Lookahead",
 ]
 
 # Submodules and functions loaded on first use, so `import fusedoptim` stays light.

@@ -150,7 +150,9 @@ class Engine:
     def _call(self, g, common, flags, scal, fresh, params, grads, states, bufs, emas, tscale, control, be) -> None:
         opt = self.opt
         scalars = opt.kernel_scalars(g, scal, fresh)     # advances the scalar state
-        if opt.spec is None:
+        if opt.spec is None and opt.update_group is not None:
+            opt.update_group(g, common, scal, params, grads, states, tscale, emas)
+        elif opt.spec is None:
             _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas)
         else:
             be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control)

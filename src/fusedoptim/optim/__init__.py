@@ -10,6 +10,8 @@ from .adadelta import Adadelta
 from .rprop import Rprop
 from .lion import Lion
 from .asgd import ASGD
+from .muon import Muon
+from .lbfgs import LBFGS
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
-           "ASGD"]
+           "ASGD", "Muon", "LBFGS"]
