@@ -231,3 +231,14 @@ def test_bad_state_dict_changes_nothing():
     now = opt.state_dict()
     assert now["param_groups"] == sd["param_groups"]
     assert np.array_equal(now["state"][0]["d"], sd["state"][0]["d"])
+
+
+def test_readme_snippet_runs():
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?)```", text[text.index("### `LBFGS`"):], re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README LBFGS snippet", "exec"), scope)
+    np.testing.assert_allclose(scope["w"], [1.0, -2.0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(scope["b"], [0.1], atol=1e-3)

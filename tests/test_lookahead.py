@@ -234,3 +234,14 @@ def test_bad_state_dict_changes_nothing():
     same()
     la.load_state_dict(good)
     same()
+
+
+def test_readme_snippet_runs(tmp_path, monkeypatch):
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?)```", text[text.index("### `Lookahead`"):], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README Lookahead snippet", "exec"), scope)
+    assert scope["la"].counters == [0] and scope["la"].iterations == 10

@@ -268,3 +268,14 @@ def test_save_load_resume_bit_exact(tmp_path):
     for a, b in zip(params, params2):
         assert np.array_equal(a, b)
     assert np.array_equal(opt.state[params[0]]["momentum_buffer"], opt2.state[params2[0]]["momentum_buffer"])
+
+
+def test_readme_snippet_runs():
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?)```", text[text.index("### `Muon`"):], re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README Muon snippet", "exec"), scope)
+    assert sorted(scope["muon"].state[scope["W1"]]) == ["momentum_buffer", "step"]
+    assert scope["muon"].iterations == 3

@@ -1,13 +1,13 @@
 """Muon's Newton-Schulz matmuls against torch.optim.Muon's, same shapes, same thread count.
 
-``python -m fusedoptim.bench.muon [--threads N] [--shapes 512x512,2048x512,...]``
+``python -m fusedoptim.bench.muon [--threads N] [--shapes 512x512,2048x512,...] [--bf16]``
 
 Times, per shape, fusedoptim's :func:`~fusedoptim.optim.muon.newton_schulz` (``np.matmul``,
-NumPy's OpenBLAS, in float32) against torch 2.13's ``_zeropower_via_newtonschulz`` run two
-ways: as shipped (it casts to bfloat16 on every device) and in float32 (the bfloat16 cast
-made the identity: the same algorithm and dtype as ours, the fair comparison).  Then one
-whole step of ``fusedoptim.Muon`` against ``torch.optim.Muon`` (as shipped) over all the
-shapes.  Both libraries get ``--threads`` threads (OpenBLAS and fusedoptim's OpenMP here,
+NumPy's OpenBLAS, in float32) against torch 2.13's ``_zeropower_via_newtonschulz`` in
+float32 (its bfloat16 cast made the identity: the same algorithm and dtype as ours, the
+fair comparison) and, with ``--bf16``, as shipped (it casts to bfloat16 on every device;
+on a CPU without bfloat16 matmul units that is 20-40x slower, so it is opt-in).  Then one
+whole step of ``fusedoptim.Muon`` against ``torch.optim.Muon`` over all the shapes.  Both libraries get ``--threads`` threads (OpenBLAS and fusedoptim's OpenMP here,
 torch's intra-op pool there).  Reports the median of ``--repeat`` runs; the ratio column
 is ours / torch's (below 1.0: we are faster).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import math
 import statistics
 import time
 from typing import List, Optional, Sequence
@@ -85,6 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"comma list of RxC (default {DEFAULT_SHAPES})")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="Newton-Schulz iterations (default 5, torch's)")
+    p.add_argument("--bf16", action="store_true", help="also time torch as shipped (bfloat16; slow on most CPUs)")
     args = p.parse_args(argv)
     import torch
     from torch.optim._muon import _zeropower_via_newtonschulz as torch_ns
@@ -104,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ours = _median_time(lambda x: newton_schulz(x, co, args.steps, eps), args.repeat, setup=g.copy)
         tg = torch.from_numpy(g)
         ns = (lambda _: torch_ns(tg, co, args.steps, eps))
-        torch_bf16 = _median_time(ns, args.repeat)
+        torch_bf16 = _median_time(ns, args.repeat) if args.bf16 else math.nan
         with _torch_without_bf16(torch):
             torch_f32 = _median_time(ns, args.repeat)
         print(f"{shape[0]:>5}x{shape[1]:<6} {ours * 1e3:>15.2f} {torch_f32 * 1e3:>10.2f} "
@@ -119,11 +121,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t.grad = torch.from_numpy(gg)
     topt = torch.optim.Muon(tp, lr=0.02, ns_steps=args.steps)
     topt.step()
-    theirs = _median_time(lambda _: topt.step(), args.repeat)
+    theirs = _median_time(lambda _: topt.step(), args.repeat) if args.bf16 else math.nan
     with _torch_without_bf16(torch):
         theirs32 = _median_time(lambda _: topt.step(), args.repeat)
     print(f"whole step over {len(shapes)} tensors: fusedoptim.Muon {ours * 1e3:.2f} ms, torch.optim.Muon "
-          f"{theirs * 1e3:.2f} ms as shipped (bf16), {theirs32 * 1e3:.2f} ms in float32")
+          f"{theirs32 * 1e3:.2f} ms in float32 (ratio {ours / theirs32:.2f}), {theirs * 1e3:.2f} ms as shipped "
+          "(bf16)")
     return 0
 
 
