@@ -242,3 +242,14 @@ def test_readme_snippet_runs():
     exec(compile(code, "README LBFGS snippet", "exec"), scope)
     np.testing.assert_allclose(scope["w"], [1.0, -2.0, 0.5], atol=1e-3)
     np.testing.assert_allclose(scope["b"], [0.1], atol=1e-3)
+
+
+def test_checkpoint_refuses_lbfgs(tmp_path):
+    """fo.save holds one array per parameter; LBFGS's flat vectors and lists don't fit, so it is
+    refused up front rather than written and then unloadable."""
+    x = np.array([-1.2, 1.0])
+    opt = fo.LBFGS([x])
+    opt.step(lambda: (lambda f, g: (f, [g]))(*rosenbrock(x)))
+    with pytest.raises(TypeError, match="optimizer must be a fusedoptim Optimizer, got LBFGS"):
+        fo.save(tmp_path / "l.npz", opt)
+    assert not (tmp_path / "l.npz").exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -151,7 +151,10 @@ class LBFGS:
     State (torch's keys, in ``state_dict()["state"][0]``): ``func_evals``, ``n_iter``,
     ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``,
     ``prev_loss``.  Not a fused optimizer: its vector operations run through NumPy (BLAS
-    dot products); it does not take the toolkit options (clipping, EMA, ...).
+    dot products); it does not take the toolkit options (clipping, EMA, ...).  Its state
+    is flat vectors and lists of them, which the checkpoint format (one array per
+    parameter) does not hold: ``fusedoptim.save`` refuses it; keep ``state_dict()``
+    yourself (e.g. ``np.savez`` of its arrays) and restore with ``load_state_dict``.
 
     References: J. Nocedal, S. Wright, "Numerical Optimization", 2nd ed., Springer 2006,
     Algorithms 7.4/7.5 and 3.5/3.6 (strong Wolfe); M. Schmidt, minFunc (2005).
@@ -186,10 +189,6 @@ class LBFGS:
         self.defaults = {k: g[k] for k in _DEFAULTS}
         self.state: dict = {}      # torch keeps it under the first parameter; here under index 0
         self.lock = threading.RLock()
-
-    @property
-    def params(self) -> List[np.ndarray]:
-        return list(self.param_groups[0]["params"])
 
     @staticmethod
     def _check_group(g: dict, where: str) -> None:
