@@ -299,3 +299,12 @@ def test_readme_snippet_runs():
     exec(compile(code, "README Muon snippet", "exec"), scope)
     assert sorted(scope["muon"].state[scope["W1"]]) == ["momentum_buffer", "step"]
     assert scope["muon"].iterations == 3
+
+
+def test_bench_muon_runs(capsys):
+    """The timing tool runs (timings themselves are not asserted anywhere in tests/)."""
+    pytest.importorskip("torch")
+    from fusedoptim.bench.muon import main
+    assert main(["--shapes", "8x4,4x8", "--repeat", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "8x4" in out and "4x8" in out and "whole step over 2 tensors" in out

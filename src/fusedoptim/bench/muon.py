@@ -52,14 +52,17 @@ def set_blas_threads(n: int) -> bool:
     return False
 
 
-def _median_time(fn, repeat: int, setup=None) -> float:
-    times = []
+def _median_times(fns, repeat: int, setups=None) -> list:
+    """Median seconds of each zero/one-argument callable, the samples interleaved (one of
+    each per round) so that a change in machine load hits every contender alike."""
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        arg = setup() if setup is not None else None
-        t0 = time.perf_counter()
-        fn(arg)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in enumerate(fns):
+            arg = setups[k]() if setups is not None and setups[k] is not None else None
+            t0 = time.perf_counter()
+            fn(arg)
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 @contextlib.contextmanager
@@ -99,31 +102,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     co, eps = DEFAULT_NS_COEFFICIENTS, 1e-7
     rng = np.random.default_rng(0)
     print(f"threads {n} (torch {torch.get_num_threads()}, OpenBLAS set: {blas}); NS steps {args.steps}; "
-          f"median of {args.repeat}; times in ms")
+          f"median of {args.repeat}, samples interleaved; times in ms")
     print(f"{'shape':>12} {'fusedoptim f32':>15} {'torch f32':>10} {'ratio':>6} {'torch bf16':>11}")
     for shape in shapes:
         g = rng.standard_normal(shape).astype(np.float32)
-        ours = _median_time(lambda x: newton_schulz(x, co, args.steps, eps), args.repeat, setup=g.copy)
         tg = torch.from_numpy(g)
-        ns = (lambda _: torch_ns(tg, co, args.steps, eps))
-        torch_bf16 = _median_time(ns, args.repeat) if args.bf16 else math.nan
+        ours_fn = lambda x: newton_schulz(x, co, args.steps, eps)          # noqa: E731
+        torch_fn = lambda _: torch_ns(tg, co, args.steps, eps)             # noqa: E731
         with _torch_without_bf16(torch):
-            torch_f32 = _median_time(ns, args.repeat)
+            ours, torch_f32 = _median_times([ours_fn, torch_fn], args.repeat, setups=[g.copy, None])
+        torch_bf16 = _median_times([torch_fn], args.repeat)[0] if args.bf16 else math.nan
         print(f"{shape[0]:>5}x{shape[1]:<6} {ours * 1e3:>15.2f} {torch_f32 * 1e3:>10.2f} "
               f"{ours / torch_f32:>6.2f} {torch_bf16 * 1e3:>11.2f}")
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     opt = Muon([q.copy() for q in params], lr=0.02, ns_steps=args.steps)
     opt.step(grads)
-    ours = _median_time(lambda _: opt.step(grads), args.repeat)
     tp = [torch.from_numpy(q.copy()) for q in params]
     for t, gg in zip(tp, grads):
         t.grad = torch.from_numpy(gg)
     topt = torch.optim.Muon(tp, lr=0.02, ns_steps=args.steps)
     topt.step()
-    theirs = _median_time(lambda _: topt.step(), args.repeat) if args.bf16 else math.nan
     with _torch_without_bf16(torch):
-        theirs32 = _median_time(lambda _: topt.step(), args.repeat)
+        ours, theirs32 = _median_times([lambda _: opt.step(grads), lambda _: topt.step()], args.repeat)
+    theirs = _median_times([lambda _: topt.step()], args.repeat)[0] if args.bf16 else math.nan
     print(f"whole step over {len(shapes)} tensors: fusedoptim.Muon {ours * 1e3:.2f} ms, torch.optim.Muon "
           f"{theirs32 * 1e3:.2f} ms in float32 (ratio {ours / theirs32:.2f}), {theirs * 1e3:.2f} ms as shipped "
           "(bf16)")
