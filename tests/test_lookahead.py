@@ -165,7 +165,8 @@ def test_state_dict_layout():
     sd = la.state_dict()
     assert sd["kind"] == "Lookahead"
     g = sd["param_groups"][0]
-    assert (g["lookahead_k"], g["lookahead_alpha"], g["lookahead_counter"], g["lookahead_inner"]) == (3, 0.25, 1, "Adam")
+    got = (g["lookahead_k"], g["lookahead_alpha"], g["lookahead_counter"], g["lookahead_inner"])
+    assert got == (3, 0.25, 1, "Adam")
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "slow_params"}
 
 

@@ -224,7 +224,8 @@ def test_clipvalue_grad_scale_and_ema():
     opt = fo.Muon(params, lr=0.05, clipvalue=0.5, ema_decay=0.9)
     for grads in grad_seq:
         opt.step(grads, grad_scale=0.5)
-    clipped = [[np.clip(g * 0.5, -0.5, 0.5) for g in grads] for grads in grad_seq]   # clipvalue acts on the scaled gradient
+    # clipvalue acts on the scaled gradient
+    clipped = [[np.clip(g * 0.5, -0.5, 0.5) for g in grads] for grads in grad_seq]
     ema = [p.copy() for p in init]
     cur = [p.copy() for p in init]
     for k in range(len(grad_seq)):

@@ -7,7 +7,8 @@ NumPy's OpenBLAS, in float32) against torch 2.13's ``_zeropower_via_newtonschulz
 float32 (its bfloat16 cast made the identity: the same algorithm and dtype as ours, the
 fair comparison) and, with ``--bf16``, as shipped (it casts to bfloat16 on every device;
 on a CPU without bfloat16 matmul units that is 20-40x slower, so it is opt-in).  Then one
-whole step of ``fusedoptim.Muon`` against ``torch.optim.Muon`` over all the shapes.  Both libraries get ``--threads`` threads (OpenBLAS and fusedoptim's OpenMP here,
+whole step of ``fusedoptim.Muon`` against ``torch.optim.Muon`` over all the shapes.  Both
+libraries get ``--threads`` threads (OpenBLAS and fusedoptim's OpenMP here,
 torch's intra-op pool there).  Reports the median of ``--repeat`` runs; the ratio column
 is ours / torch's (below 1.0: we are faster).
 """
