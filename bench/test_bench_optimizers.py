@@ -7,6 +7,8 @@ Groups are named ``algo-workload`` (e.g. ``adam-1x1M``); each group holds
 * ``numpy``          a straightforward NumPy implementation (``fusedoptim.bench``),
 * ``torch_foreach`` / ``torch_fused``  torch.optim, when torch imports (fused: SGD, Adam,
   AdamW, Adagrad only), with ``torch.set_num_threads`` equal to fusedoptim's.
+* ``fusedoptim_torch``  ``fusedoptim.torch.<Cls>`` (the torch.optim front end) on torch
+  tensors with ``.grad`` set, when torch imports.
 
 The cases (``bench_case`` = (workload, optimizer, contender)) come from conftest.py.
 ``extra_info["bytes_moved"]`` is the minimum memory traffic of one step

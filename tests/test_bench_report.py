@@ -90,6 +90,16 @@ def _check_report(d, optimizers, workloads, torch_expected):
         assert ("torch_foreach" in r["contenders"]) == torch_expected
         assert ("torch_fused" in r["contenders"]) == (torch_expected and fused)
         assert (r["speedup_vs_torch_fused"] is not None) == (torch_expected and fused)
+        # fusedoptim.torch on torch tensors: with torch, for every optimizer (Lion included)
+        assert ("fusedoptim_torch" in r["contenders"]) == torch_expected
+        assert (r["fusedoptim_torch_vs_torch_fused"] is not None) == (torch_expected and fused)
+        assert (r["fusedoptim_torch_vs_torch_foreach"] is not None) == (torch_expected and r["optimizer"] != "lion")
+        if torch_expected:
+            med = {n: c["median_s"] for n, c in r["contenders"].items()}
+            assert r["fusedoptim_torch_step_s"] == med["fusedoptim_torch"]
+            assert r["fusedoptim_torch_vs_torch_foreach"] == med["torch_foreach"] / med["fusedoptim_torch"]
+        else:
+            assert r["skipped"]["fusedoptim_torch"] == "torch not importable"
 
 
 def _check_no_gpu(text, d, reason):

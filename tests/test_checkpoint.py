@@ -162,7 +162,8 @@ def test_load_without_objects_returns_contents(tmp_path):
     train(opt, [sched], params, 0, 5)
     C.save(tmp_path / "c.npz", opt, params=params, schedulers=[sched], extra={"epoch": 5})
     out = C.load(tmp_path / "c.npz")
-    assert out["optimizer_kind"] == "SGD" and out["iterations"] == 5 and out["version"] == C.VERSION
+    # an optimizer without parameter names is written as version 2 (version 3 adds "names")
+    assert out["optimizer_kind"] == "SGD" and out["iterations"] == 5 and out["version"] == 2
     assert out["optimizer"]["param_groups"][0]["lr"] == opt.param_groups[0]["lr"]
     assert same_bits(out["optimizer"]["state"][1]["momentum_buffer"], opt.state[params["b"]]["momentum_buffer"])
     assert list(out["params"]) == ["W", "b"] and same_bits(out["params"]["b"], params["b"])

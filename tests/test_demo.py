@@ -2,8 +2,8 @@
 and as ``python -m fusedoptim``), the toy2d mode, schedules and clipping wiring, and the
 messages for missing packages and bad options.
 
-The demo runs use ``--quick`` (8 epochs of digits: well under a second of training for
-all ten optimizers), so the tests stay fast on two shared cores; nothing asserts timings.
+The demo runs use ``--quick`` (8 epochs of digits: a few seconds of training for every
+optimizer), so the tests stay fast on two shared cores; nothing asserts timings.
 """
 import gzip
 import json
@@ -18,7 +18,7 @@ import pytest
 
 import fusedoptim
 from fusedoptim.__main__ import main
-from fusedoptim.demo import _util, data, train
+from fusedoptim.demo import _util, choices, data, train
 from fusedoptim.demo._util import DemoError
 
 HAVE_SKLEARN = _util.optional("sklearn.datasets") is not None
@@ -26,7 +26,10 @@ HAVE_MPL = _util.optional("matplotlib") is not None
 needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="scikit-learn not installed (pip install 'fusedoptim[demo]')")
 needs_mpl = pytest.mark.skipif(not HAVE_MPL, reason="matplotlib not installed (pip install 'fusedoptim[demo]')")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LABELS = ["SGD", "SGD+momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adadelta"]
+LABELS = [s.label for s in train.OPTIMIZERS.values()]
+# every optimizer class fusedoptim exports, found independently of the demo's registry
+EXPORTED = sorted(n for n in fusedoptim.__all__ if isinstance(getattr(fusedoptim, n), type)
+                  and issubclass(getattr(fusedoptim, n), fusedoptim.Optimizer) and n != "Optimizer")
 
 
 def load_strict_json(path):
@@ -148,6 +151,7 @@ def test_demo_quick_in_process(tmp_path, capsys):
     assert "optimizer" in stdout and "step s" in stdout and "epochs to 0.95" in stdout
     for label in LABELS:
         assert f"\n{label} " in stdout
+    assert "left out of this comparison" not in stdout        # every built-in optimizer runs
     doc = load_strict_json(out / "demo_digits.json")
     assert doc["config"]["dataset"] == "digits" and doc["config"]["epochs"] == 8
     runs = {r["optimizer"]: r for r in doc["runs"]}
@@ -160,6 +164,18 @@ def test_demo_quick_in_process(tmp_path, capsys):
     assert len({(r["history"]["test_loss"][0], r["history"]["train_loss"][0]) for r in runs.values()}) == 1
     assert runs["adam"]["final"]["test_acc"] > 0.85
     assert runs["adam"]["epochs_to_target"] is None or 1 <= runs["adam"]["epochs_to_target"] <= 8
+    # every optimizer learns with its demo learning rate (10 classes: chance is 0.1)
+    for key, r in runs.items():
+        assert not r["diverged"] and r["final"]["test_acc"] > 0.8, (key, r["lr"], r["final"])
+    # the table lists the runs in the ranking's order and ends with the summary line
+    rows = stdout.split("\n------------")[1].split("\n")[1:len(runs) + 2]
+    labels = [r["label"] for r in runs.values()]
+    assert [next(lab for lab in sorted(labels, key=len, reverse=True) if row.startswith(lab + " "))
+            for row in rows[:-1]] == [runs[k]["label"] for k in doc["ranking"]]
+    assert rows[-1].startswith("fewest epochs to 0.95: ")
+    best = max(r["final"]["test_acc"] for r in runs.values())
+    assert doc["summary"]["best_final_test_acc"]["test_acc"] == best
+    assert f"best final test accuracy: " in rows[-1] and f"({best:.4f})" in rows[-1]
     if HAVE_MPL:
         assert_png(out / "demo_digits.png")
 
@@ -332,20 +348,138 @@ def test_toy2d_weight_decay_spares_biases():
 def test_parse_optimizers():
     pairs = train.parse_optimizers("adam=0.01, momentum ,sgd", None)
     assert [(s.key, lr) for s, lr in pairs] == [("adam", 0.01), ("sgdm", 0.02), ("sgd", 0.1)]
-    assert len(train.parse_optimizers("all", 0.5)) == 10
+    assert len(train.parse_optimizers("all", 0.5)) == len(EXPORTED) + 1      # + SGD with momentum
     assert {lr for _, lr in train.parse_optimizers("all", 0.5)} == {0.5}
-    with pytest.raises(DemoError, match="unknown optimizer 'lamb'.*adam"):
-        train.parse_optimizers("adam,lamb", None)
+    with pytest.raises(DemoError, match="unknown optimizer 'nosuchopt'.*adam"):
+        train.parse_optimizers("adam,nosuchopt", None)
     with pytest.raises(DemoError, match="not a learning rate"):
         train.parse_optimizers("adam=fast", None)
 
 
+def test_every_exported_optimizer_is_in_the_demo():
+    """The demo's list is every optimizer class fusedoptim exports (Lion, Rprop and ASGD
+    were missing from a hand-written list once), each under its lower-case name."""
+    specs = train.OPTIMIZERS
+    assert sorted(s.cls for s in specs.values() if s.key != "sgdm") == EXPORTED
+    assert all(name.lower() in specs for name in EXPORTED)
+    pairs = train.parse_optimizers("lion,rprop,asgd=0.05", None)
+    assert [(s.cls, lr) for s, lr in pairs] == [("Lion", choices.DEMO_LR["Lion"]), ("Rprop", choices.DEMO_LR["Rprop"]),
+                                                 ("ASGD", 0.05)]
+
+
+class _SignSGD(fusedoptim.Optimizer):
+    """A NumPy optimizer standing in for one added to the package later."""
+    buffers = ()
+
+    def __init__(self, params=None, lr=0.25):
+        super().__init__(params, dict(lr=lr))
+
+    def update(self, param, grad, state, group):
+        param -= group["lr"] * np.sign(grad)
+
+
+class _ClosureOnly(_SignSGD):
+    """An optimizer whose step takes something the comparison cannot give (a closure)."""
+
+    def step(self, closure):
+        raise TypeError("step() takes a closure, not gradients")
+
+
+def _register(monkeypatch, **classes):
+    from fusedoptim import optim
+    for name, cls in classes.items():
+        monkeypatch.setattr(optim, name, cls, raising=False)
+    monkeypatch.setattr(optim, "__all__", list(optim.__all__) + list(classes))
+
+
+def test_an_optimizer_added_to_the_package_joins_the_demo(monkeypatch):
+    """Found from fusedoptim.optim.__all__; not in DEMO_LR, so it runs with its own default lr."""
+    _register(monkeypatch, SignSGD=_SignSGD)
+    specs = choices.demo_optimizers()
+    assert specs["signsgd"] == choices.OptSpec("signsgd", "SignSGD", "SignSGD", 0.25, {})
+    assert list(specs)[-1] == "signsgd" and "lion" in specs
+    monkeypatch.setattr(fusedoptim, "SignSGD", _SignSGD, raising=False)    # OptSpec.build looks it up there
+    w = np.ones(3, np.float32)
+    specs["signsgd"].build([w], 0.5).step([np.array([1, -1, 0], np.float32)])
+    np.testing.assert_array_equal(w, [0.5, 1.5, 1.0])
+
+
+def test_the_lr_table_and_its_fallback(monkeypatch):
+    specs = choices.demo_optimizers()
+    for name, lr in choices.DEMO_LR.items():
+        assert specs[name.lower()].lr == lr
+    monkeypatch.delitem(choices.DEMO_LR, "Lion")
+    assert choices.demo_optimizers()["lion"].lr == 1e-4                   # fo.Lion's default lr
+
+
+def test_an_optimizer_the_demo_cannot_drive(monkeypatch):
+    """`all` leaves it out with the reason; naming it is an error with the reason."""
+    _register(monkeypatch, ClosureOnly=_ClosureOnly)
+    monkeypatch.setattr(fusedoptim, "ClosureOnly", _ClosureOnly, raising=False)
+    monkeypatch.setattr(train, "OPTIMIZERS", choices.demo_optimizers())
+    skipped = []
+    keys = [s.key for s, _ in train.parse_optimizers("all", None, skipped)]
+    assert "closureonly" not in keys and "lion" in keys
+    assert skipped == [("ClosureOnly", "TypeError: step() takes a closure, not gradients")]
+    with pytest.raises(DemoError, match="ClosureOnly cannot run in this comparison.*takes a closure"):
+        train.parse_optimizers("closureonly", None)
+
+
+def _result(label, epochs, t, acc, diverged=False):
+    return {"optimizer": label.lower(), "label": label, "lr": 0.1, "wall_s": 1.0, "train_s": 1.0, "step_s": 0.1,
+            "diverged": diverged, "epochs_to_target": epochs, "time_to_target_s": t,
+            "final": {"train_acc": acc, "test_acc": acc, "train_loss": 0.1, "test_loss": 0.1},
+            "history": {"epoch": [0, 1, 2], "time_s": [0.0, 0.5, 1.0], "train_loss": [2.3, 0.5, 0.2],
+                        "test_loss": [2.3, 0.6, 0.3], "test_acc": [0.1, 0.9, acc]}}
+
+
+def test_table_is_sorted_and_ends_with_the_summary():
+    from fusedoptim.demo import report
+    results = [_result("Slow", None, None, 0.93), _result("Div", None, None, float("nan"), diverged=True),
+               _result("B", 3, 0.4, 0.97), _result("A", 3, 0.3, 0.96), _result("C", 2, 0.5, 0.97)]
+    text = report.format_table(results, 0.95)
+    lines = text.split("\n")
+    assert [ln.split()[0] for ln in lines[2:7]] == ["C", "A", "B", "Slow", "Div"]
+    assert lines[7] == ("fewest epochs to 0.95: C (2) | least training time to 0.95: A (0.30 s) | "
+                        "best final test accuracy: B, C (0.9700)")
+    s = report.summary(results, 0.95)
+    assert s["best_final_test_acc"] == {"test_acc": 0.97, "optimizers": ["B", "C"]}
+    none = report.format_summary([_result("Slow", None, None, 0.5)], 0.95)
+    assert none == ("fewest epochs to 0.95: no run reached it | least training time to 0.95: no run reached it | "
+                    "best final test accuracy: Slow (0.5000)")
+
+
+@needs_mpl
+def test_chart_labels_legend_target_and_styles():
+    from fusedoptim.demo import report
+    plt = _util.pyplot()
+    results = [_result("Adam", 2, 0.5, 0.97), _result("AdamW", 2, 0.5, 0.97), _result("SGD", None, None, 0.92)]
+    fig = report.curves_figure(plt, results, "t", target_acc=0.95)
+    try:
+        axes = fig.axes
+        assert len(axes) == 4 and all(ax.get_ylabel() for ax in axes)               # y-axis labels
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in axes)  # one shared legend
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Adam", "AdamW", "SGD", "target 0.95"]
+        for ax in axes[2:]:                                                          # the accuracy panels
+            target = [ln for ln in ax.get_lines() if ln.get_label() == "target 0.95"]
+            assert len(target) == 1 and list(target[0].get_ydata()) == [0.95, 0.95]
+            lo, hi = ax.get_ylim()
+            assert lo < 0.1 and 0.97 < hi < 1                                       # epoch 0 (0.1) to the end
+        for ax in axes:
+            assert ax.get_xlim()[0] == 0                                            # the first epochs in view
+            lines = {ln.get_label(): ln for ln in ax.get_lines()}
+            a, w = lines["Adam"], lines["AdamW"]                                    # same curves, told apart
+            assert a.get_color() != w.get_color() and a.get_linestyle() != w.get_linestyle()
+    finally:
+        plt.close(fig)
+
+
 @pytest.mark.parametrize("argv,match", [
-    (["demo", "--optimizers", "lamb"], "unknown optimizer"),
+    (["demo", "--optimizers", "nosuchopt"], "unknown optimizer"),
     (["demo", "--target-acc", "2"], "--target-acc"),
     (["demo", "--lr", "nan"], "--lr"),
     (["demo", "--mnist", "/nonexistent/dir"], "no such directory"),
-    (["demo", "toy2d", "--optimizer", "lamb"], "unknown optimizer"),
+    (["demo", "toy2d", "--optimizer", "nosuchopt"], "unknown optimizer"),
     (["demo", "toy2d", "--weight-decay", "-1"], "--weight-decay"),
 ])
 def test_bad_options_exit_2_with_a_message(argv, match, capsys, tmp_path):

@@ -18,6 +18,8 @@ CASES = {
     "custom_optimizer.py": ((), "Lion: f(w)"),
     "autograd_gradients.py": (("autograd",), "accuracy"),
     "mlp_adam_cosine_clip.py": (("sklearn", "fusedoptim.schedules", "fusedoptim:clip_grad_norm"), "test acc"),
+    "torch_cpu_loop.py": (("torch",), "train accuracy"),
+    "lowprec_state.py": (("ml_dtypes",), "bfloat16 params, float32 state"),
 }
 
 

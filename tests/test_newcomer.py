@@ -1,4 +1,4 @@
-"""What a new user hits first (issue 15, sections 4, 5 and 8): the learning rate actually
+"""What a new user hits first (issue 15, sections 4, 5, 8 and the import side of 6): the learning rate actually
 used, no silent adoption of unknown arrays by apply_gradients, and the small things
 (messages, dir(fusedoptim), a README snippet that runs on its own)."""
 from __future__ import annotations
@@ -73,14 +73,30 @@ def test_dir_lists_the_lazily_loaded_names():
         assert n in names
 
 
-def test_a_torch_tensor_gradient_gets_a_numpy_hint():
+def test_a_torch_tensor_is_taken_in_place_and_one_that_requires_grad_gets_a_hint():
+    """Section 6 replaced section 8's ``.numpy()`` hint: a CPU tensor is viewed zero-copy
+    (more in test_torch_interop.py); one that requires grad is refused with the way out."""
     torch = pytest.importorskip("torch")
     p = np.zeros(3, np.float32)
     opt = fo.SGD([p], lr=0.1)
-    with pytest.raises(TypeError, match=r"got Tensor; a torch tensor: pass t\.numpy\(\)"):
-        opt.step([torch.ones(3)])
-    with pytest.raises(TypeError, match=r"got Tensor; a torch tensor"):
-        fo.SGD([torch.zeros(3)])
+    opt.step([torch.ones(3)])
+    assert np.allclose(p, -0.1)
+    with pytest.raises(TypeError, match=r"requires grad; .*Pass t\.detach\(\) .*or use fusedoptim\.torch"):
+        fo.SGD([torch.zeros(3, requires_grad=True)])
+
+
+def test_importing_fusedoptim_never_imports_torch():
+    """torch stays optional: a fresh interpreter that imports fusedoptim (and takes a step
+    with its optimizers, the lazily loaded names included) has no torch module loaded."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, fusedoptim as fo\n"
+            "import fusedoptim.optim, fusedoptim._arrays, fusedoptim.schedules, fusedoptim.nn, fusedoptim.checkpoint\n"
+            "p = np.zeros(3); fo.Adam([p]).step([np.ones(3)])\n"
+            "fo.SGD([p]).step([memoryview(np.ones(3))])\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_checkpoint_messages_use_the_right_article(tmp_path):

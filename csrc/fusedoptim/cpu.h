@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <string.h>
 #include "rules.h"
+#include "lowp.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FO_NO_MULTIVERSION) && defined(__linux__)
 #define FO_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -69,24 +70,42 @@ typedef void (*fo_seg_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_
  * buffers the flags drop stay scratch and are never loaded or stored.  Every buffer is a
  * restrict-qualified parameter and the scalar blocks come by value, so the compiler
  * knows nothing aliases and hoists every scalar: the body is the rule, then the EMA
- * epilogue when the optimizer keeps one.                                               */
-template <class A, typename T, unsigned F, int M>
-static FO_INLINE void fo_loop(ptrdiff_t n, T *FO_RESTRICT p, const T *FO_RESTRICT g, T *FO_RESTRICT e,
-                              T *FO_RESTRICT b0, T *FO_RESTRICT b1, T *FO_RESTRICT b2, T *FO_RESTRICT b3,
-                              const fo_common<T> c, const typename A::template hp<T> h) {
+ * epilogue when the optimizer keeps one.
+ * Storage (lowp.h): SP, SG and SS say how the parameter (and its EMA), the gradient and
+ * the state buffers are stored; each is widened to T on load and rounded on store, the
+ * rule itself always runs in T.  The default (fo_same<T>) is plain T memory, and then no
+ * random bits are drawn: the float32/float64 loops are exactly what they were.         */
+template <class A, typename T, unsigned F, int M, class SP = fo_same<T>, class SG = fo_same<T>,
+          class SS = fo_same<T> >
+static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, const typename SG::type *FO_RESTRICT g,
+                              typename SP::type *FO_RESTRICT e, typename SS::type *FO_RESTRICT b0,
+                              typename SS::type *FO_RESTRICT b1, typename SS::type *FO_RESTRICT b2,
+                              typename SS::type *FO_RESTRICT b3, const fo_common<T> c,
+                              const typename A::template hp<T> h, const fo_rng rng = fo_rng()) {
     constexpr unsigned K = A::mask(F);
+    constexpr bool R0 = SS::LOWP && (K & 3u), R1 = SS::LOWP && (K & 12u), R2 = SP::LOWP;
     for (ptrdiff_t i = 0; i < n; i++) {
         T s[FO_MAXSTATE] = {};
-        if (K & 1u) s[0] = b0[i];
-        if (K & 2u) s[1] = b1[i];
-        if (K & 4u) s[2] = b2[i];
-        if (K & 8u) s[3] = b3[i];
-        A::template rule<T, F, M>(p[i], g[i], s, c, h);
-        if (K & 1u) b0[i] = s[0];
-        if (K & 2u) b1[i] = s[1];
-        if (K & 4u) b2[i] = s[2];
-        if (K & 8u) b3[i] = s[3];
-        if (M & FO_EMA) fo_ema_rule(e[i], p[i], c);
+        if (K & 1u) s[0] = SS::load(b0[i]);
+        if (K & 2u) s[1] = SS::load(b1[i]);
+        if (K & 4u) s[2] = SS::load(b2[i]);
+        if (K & 8u) s[3] = SS::load(b3[i]);
+        T pv = SP::load(p[i]);
+        A::template rule<T, F, M>(pv, SG::load(g[i]), s, c, h);
+        const unsigned idx = rng.i0 + (unsigned)i;
+        const unsigned r0 = R0 ? fo_hash32(idx ^ rng.k[0]) : 0u;
+        const unsigned r1 = R1 ? fo_hash32(idx ^ rng.k[1]) : 0u;
+        const unsigned r2 = R2 ? fo_hash32(idx ^ rng.k[2]) : 0u;
+        if (K & 1u) b0[i] = SS::store(s[0], r0, rng.stochastic);
+        if (K & 2u) b1[i] = SS::store(s[1], r0 >> 16, rng.stochastic);
+        if (K & 4u) b2[i] = SS::store(s[2], r1, rng.stochastic);
+        if (K & 8u) b3[i] = SS::store(s[3], r1 >> 16, rng.stochastic);
+        p[i] = SP::store(pv, r2, rng.stochastic);
+        if (M & FO_EMA) {                   /* the average of the parameter as stored */
+            T ev = SP::load(e[i]);
+            fo_ema_rule(ev, SP::load(p[i]), c);
+            e[i] = SP::store(ev, r2 >> 16, rng.stochastic);
+        }
     }
 }
 
@@ -141,6 +160,79 @@ static FO_INLINE void fo_seg(const double *hd, unsigned flags, char **bufs, ptrd
     fo_seg_dispatch<A, T>(flags, fo_common<T>::load(cs), A::template hp<T>::load(as), bufs, n);
 }
 
+/* ---- low-precision storage (lowp.h): the same loop, with conversions ---------------
+ * A storage code says which buffers are bfloat16: bit 0 the parameter (and its EMA),
+ * bit 1 the gradient, bit 2 the state buffers (codes 1..7; 0 is the float32 loop above).
+ * Arithmetic is float32.  Only the run-time loop mode is instantiated (0, or FO_EMA with
+ * an EMA buffer): the rules then decide the clip/decay/lerp form per element, with the
+ * same results as the fixed modes, and the code size stays about that of one more dtype.
+ * x: the segment's place in its tensor and the key of the random bits (lowp.h).         */
+struct fo_lp_ctx {
+    unsigned long long seed, step, tensor; /* the key: optimizer seed, step, tensor index */
+    ptrdiff_t i0;                          /* index in the tensor of the segment's first element */
+    int stochastic;                        /* 1: stochastic rounding, 0: nearest-even */
+};
+typedef void (*fo_lp_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_t n, const fo_lp_ctx *x);
+
+template <bool B, class X, class Y> struct fo_if { typedef X type; };
+template <class X, class Y> struct fo_if<false, X, Y> { typedef Y type; };
+template <class Q> static FO_INLINE Q *fo_at(Q *q, ptrdiff_t i) { return q ? q + i : q; }
+
+template <class A, unsigned F, class SP, class SG, class SS>
+static FO_INLINE void fo_lp_flags(const fo_common<float> &c, const typename A::template hp<float> &h, char **bufs,
+                                  ptrdiff_t n, const fo_lp_ctx *x) {
+    constexpr unsigned K = A::mask(F);
+    typedef typename SS::type S;
+    S *slot[FO_MAXSTATE] = {};
+    for (int k = 0, kept = 0; k < A::MAXSTATE; k++)
+        if ((K >> k) & 1u) slot[k] = (S *)bufs[FO_STATE + kept++];
+    typename SP::type *p = (typename SP::type *)bufs[0], *e = (typename SP::type *)bufs[2];
+    const typename SG::type *g = (const typename SG::type *)bufs[1];
+    /* the hash takes the low 32 bits of the index; the high ones go into the key, so a
+     * piece never crosses a multiple of 2^32 (only tensors that large are split here) */
+    for (ptrdiff_t i = 0; i < n;) {
+        const unsigned long long gi = (unsigned long long)(x->i0 + i);
+        const unsigned long long room = (((gi >> 32) + 1ULL) << 32) - gi;
+        const ptrdiff_t m = (unsigned long long)(n - i) < room ? n - i : (ptrdiff_t)room;
+        const unsigned long long key = fo_rng_key(x->seed, x->step, x->tensor, gi >> 32);
+        fo_rng r;
+        for (int j = 0; j < 3; j++) r.k[j] = fo_rng_subkey(key, j);
+        r.i0 = (unsigned)gi;
+        r.stochastic = x->stochastic != 0;
+#define FO_LP_RUN_(mode)                                                                            \
+    fo_loop<A, float, F, (mode), SP, SG, SS>(m, p + i, g + i, fo_at(e, i), fo_at(slot[0], i), fo_at(slot[1], i), \
+                                             fo_at(slot[2], i), fo_at(slot[3], i), c, h, r)
+        if (e) FO_LP_RUN_(FO_EMA);
+        else FO_LP_RUN_(0);
+#undef FO_LP_RUN_
+        i += m;
+    }
+}
+
+template <class A, class SP, class SG, class SS, unsigned F = 0>
+static FO_INLINE void fo_lp_dispatch(unsigned flags, const fo_common<float> &c, const typename A::template hp<float> &h,
+                                     char **bufs, ptrdiff_t n, const fo_lp_ctx *x) {
+    if constexpr (F + 1 < (1u << A::NFLAGS)) {
+        if (flags != F) {
+            fo_lp_dispatch<A, SP, SG, SS, F + 1>(flags, c, h, bufs, n, x);
+            return;
+        }
+    }
+    fo_lp_flags<A, F, SP, SG, SS>(c, h, bufs, n, x);
+}
+
+template <class A, int CODE>
+static FO_INLINE void fo_lp_seg(const double *hd, unsigned flags, char **bufs, ptrdiff_t n, const fo_lp_ctx *x) {
+    fo_common_scalars cs;
+    typename A::scalars as;
+    memcpy(&cs, hd, sizeof cs);
+    memcpy(&as, hd + FO_NCOMMON, sizeof as);
+    typedef typename fo_if<(CODE & 1) != 0, fo_bf16s, fo_same<float> >::type SP;
+    typedef typename fo_if<(CODE & 2) != 0, fo_bf16s, fo_same<float> >::type SG;
+    typedef typename fo_if<(CODE & 4) != 0, fo_bf16s, fo_same<float> >::type SS;
+    fo_lp_dispatch<A, SP, SG, SS>(flags, fo_common<float>::load(cs), A::template hp<float>::load(as), bufs, n, x);
+}
+
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------
  * Not an optimizer (no rule, no spec): flags = number of buffers k (2..6: param, grad and
  * k - 2 state buffers at bufs[3..]), h[0] = a multiplier (0 in the benchmark).  Reads all
@@ -190,6 +282,15 @@ template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, unsi
     }
 FO_ALGOS(FO_ENTRY_)
 #undef FO_ENTRY_
+#define FO_LP_ONE_(a, code)                                                                               \
+    FO_CLONES static void fo_##a##_lp##code(const double *h, unsigned f, char **b, ptrdiff_t n, const fo_lp_ctx *x) { \
+        fo_lp_seg<fo_##a, code>(h, f, b, n, x);                                                                 \
+    }
+#define FO_LP_ENTRY_(a, P) FO_LP_ONE_(a, 1) FO_LP_ONE_(a, 2) FO_LP_ONE_(a, 3) FO_LP_ONE_(a, 4) FO_LP_ONE_(a, 5) \
+    FO_LP_ONE_(a, 6) FO_LP_ONE_(a, 7)
+FO_ALGOS(FO_LP_ENTRY_)
+#undef FO_LP_ENTRY_
+#undef FO_LP_ONE_
 FO_CLONES static void fo_stream_f32(const double *h, unsigned k, char **b, ptrdiff_t n) {
     fo_stream_seg<float>(h, k, b, n);
 }
@@ -208,6 +309,15 @@ static fo_seg_fn fo_cpu_seg(int algo, int dtype) {
 #undef FO_ROW_
     if (algo < 0 || algo > FO_NALGO || dtype < 0 || dtype > 1) return NULL;
     return table[algo][dtype];
+}
+
+/* the low-precision loop of algorithm algo for storage code 1..7 (see fo_lp_ctx) */
+static fo_lp_fn fo_cpu_seg_lp(int algo, int code) {
+#define FO_LP_ROW_(a, P) {NULL, fo_##a##_lp1, fo_##a##_lp2, fo_##a##_lp3, fo_##a##_lp4, fo_##a##_lp5, fo_##a##_lp6, fo_##a##_lp7},
+    static const fo_lp_fn table[FO_NALGO][8] = {FO_ALGOS(FO_LP_ROW_)};
+#undef FO_LP_ROW_
+    if (algo < 0 || algo >= FO_NALGO || code < 1 || code > 7) return NULL;
+    return table[algo][code];
 }
 
 /* ---- gradient statistics for clipping and the non-finite guard -------------------
@@ -267,7 +377,24 @@ FO_CLONES static void fo_stats_f32(const void *x, ptrdiff_t n, double *s, double
 FO_CLONES static void fo_stats_f64(const void *x, ptrdiff_t n, double *s, double *m) {
     fo_stats<double>((const double *)x, n, s, m);
 }
+/* bfloat16 (gradients): each run of 256 elements widened to float32 and reduced as above,
+ * the runs added in order, so the bits depend only on the data and the block boundaries */
+FO_CLONES static void fo_stats_bf16(const void *x, ptrdiff_t n, double *s, double *m) {
+    const fo_bf16_bits *b = (const fo_bf16_bits *)x;
+    float tmp[256];
+    double ss = 0.0, mm = 0.0, s1, m1;
+    for (ptrdiff_t i = 0; i < n; i += 256) {
+        const ptrdiff_t k = n - i < 256 ? n - i : 256;
+        for (ptrdiff_t j = 0; j < k; j++) tmp[j] = fo_bf16_to_float(b[i + j]);
+        fo_stats<float>(tmp, k, &s1, m ? &m1 : NULL);
+        ss = ss + s1;
+        if (m) mm = (mm != mm || m1 != m1) ? (mm != mm ? mm : m1) : (mm > m1 ? mm : m1);
+    }
+    *s = ss;
+    if (m) *m = (ss != ss) ? ss : mm;
+}
 typedef void (*fo_stats_fn)(const void *x, ptrdiff_t n, double *sumsq, double *maxabs);
-static fo_stats_fn fo_cpu_stats(int dtype) { return dtype == 0 ? fo_stats_f32 : fo_stats_f64; }
+/* dtype: 0 = float32, 1 = float64, 2 = bfloat16 */
+static fo_stats_fn fo_cpu_stats(int dtype) { return dtype == 0 ? fo_stats_f32 : (dtype == 1 ? fo_stats_f64 : fo_stats_bf16); }
 
 #endif /* FUSEDOPTIM_CPU_H */

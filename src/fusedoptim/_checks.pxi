@@ -17,12 +17,9 @@ cdef str _layout_problem(cnp.ndarray a):
 
 
 cdef str _not_ndarray(object o):
-    """Why ``o`` is refused, with the fix for the usual case (a torch tensor)."""
-    cdef str name = type(o).__name__
-    hint = ""
-    if name == "Tensor" or hasattr(o, "__dlpack__") and hasattr(o, "numpy"):
-        hint = "; a torch tensor: pass t.numpy() (t.detach().numpy() for one that requires grad), which shares memory"
-    return f"expected a numpy.ndarray, got {name}{hint}"
+    """Why ``o`` is refused.  Optimizer entry points turn DLPack and buffer-protocol arrays
+    (torch CPU tensors) into NumPy views before these checks (fusedoptim._arrays)."""
+    return f"expected a numpy.ndarray, got {type(o).__name__}"
 
 
 cdef str _where(Py_ssize_t i, object labels):
@@ -32,8 +29,9 @@ cdef str _where(Py_ssize_t i, object labels):
 
 
 def check_params(list params, object labels=None):
-    """Raise unless every entry is a writeable, C-contiguous float32/float64 ndarray of
-    one dtype.  ``labels[i]`` names entry i in messages (default ``params[i]``)."""
+    """Raise unless every entry is a writeable, C-contiguous float32/float64/bfloat16
+    (``ml_dtypes``) ndarray of one dtype.  ``labels[i]`` names entry i in messages
+    (default ``params[i]``)."""
     cdef Py_ssize_t i, n = len(params)
     cdef int code, first = -1
     cdef object a
@@ -44,7 +42,8 @@ def check_params(list params, object labels=None):
             raise TypeError(f"{_where(i, labels)}: {_not_ndarray(a)}")
         code = _dtype_code(<cnp.ndarray>a)
         if code < 0:
-            raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} is not supported; use float32 or float64")
+            raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} is not supported; use float32, float64 or "
+                            "bfloat16 (ml_dtypes.bfloat16)")
         if first < 0:
             first = code
         elif code != first:
@@ -96,7 +95,10 @@ def check_grads(list params, list grads, object labels=None, object spans=None):
     """Raise unless grads[i] is None or matches params[i]: ndarray, same dtype and
     shape, C-contiguous, not overlapping the parameter (nor, given ``spans`` from
     param_spans, any other parameter: a write race under threads).  Read-only grads
-    are fine.  Returns the number of None entries."""
+    are fine.  Float32 and bfloat16 mix: bfloat16 gradients for float32 parameters,
+    float32 ones for bfloat16 parameters, all gradients of a call of one dtype.
+    Returns the number of None entries."""
+    cdef int gfirst = -1, gc, pc
     cdef Py_ssize_t i, n = len(params), nnone = 0, lo, hi, mid, nsp = 0
     cdef const long long *sp = NULL      # rows of (start, end, index), see param_spans
     if spans is not None:
@@ -120,7 +122,17 @@ def check_grads(list params, list grads, object labels=None, object spans=None):
             raise TypeError(f"{_gname(i, labels)}: {_not_ndarray(go)}")
         g = <cnp.ndarray>go
         if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p):
-            raise TypeError(f"{_gname(i, labels)}: dtype {go.dtype} does not match the parameter's {params[i].dtype}")
+            gc = _dtype_code(g)
+            pc = _dtype_code(p)
+            if not ((gc == 0 or gc == BF16) and (pc == 0 or pc == BF16)):
+                raise TypeError(f"{_gname(i, labels)}: dtype {go.dtype} does not match the parameter's "
+                                f"{params[i].dtype}")
+        gc = cnp.PyArray_TYPE(g)
+        if gfirst < 0:
+            gfirst = gc
+        elif gc != gfirst:
+            raise TypeError(f"{_gname(i, labels)}: dtype {go.dtype} differs from the other gradients'; the "
+                            "gradients of one step have one dtype")
         if not _same_shape(p, g):
             raise ValueError(f"{_gname(i, labels)}: shape {go.shape} does not match the parameter's shape {params[i].shape}")
         problem = _layout_problem(g)

@@ -39,6 +39,13 @@ cdef extern from "fusedoptim/spec.h" nogil:
     ctypedef void (*fo_stats_fn)(const void *x, Py_ssize_t n, double *sumsq, double *maxabs) noexcept nogil
     fo_stats_fn fo_cpu_stats(int dtype)
     const char *fo_simd_level()
+    ctypedef struct fo_lp_ctx:
+        unsigned long long seed, step, tensor
+        Py_ssize_t i0
+        int stochastic
+    ctypedef void (*fo_lp_fn)(const double *h, unsigned flags, char **bufs, Py_ssize_t n,
+                              const fo_lp_ctx *x) noexcept nogil
+    fo_lp_fn fo_cpu_seg_lp(int algo, int code)
     ctypedef struct fo_spec:
         const char *name
         const char *const *scalars
@@ -227,24 +234,56 @@ def get_grain_size():
     return _grain
 
 
+DEF BF16 = 2                 # _dtype_code of a bfloat16 array (storage only: arithmetic is float32)
+cdef Py_ssize_t _ITEMSIZE[3]
+_ITEMSIZE[:] = [4, 8, 2]
+# bfloat16 is ml_dtypes' NumPy type, a user-defined type number (>= NPY_USERDEF) known once
+# ml_dtypes is imported.  Not imported here (it is slow to import): a bfloat16 array can
+# only exist after its import, so the number is looked up when a user type first shows up.
+cdef int _bf16_num = -1
+
+
+cdef int _user_code(int t):
+    global _bf16_num
+    if _bf16_num < 0:
+        mod = sys.modules.get("ml_dtypes")
+        if mod is None:
+            return -1
+        _bf16_num = np.dtype(mod.bfloat16).num
+    return BF16 if t == _bf16_num else -1
+
+
 cdef inline int _dtype_code(cnp.ndarray a):
     cdef int t = cnp.PyArray_TYPE(a)
     if t == cnp.NPY_FLOAT32:
         return 0
     if t == cnp.NPY_FLOAT64:
         return 1
+    if t >= 256:             # NPY_USERDEF: the first user-defined type number
+        return _user_code(t)
     return -1
 
 
 include "_checks.pxi"
 
 
+cdef struct _LowP:
+    # a low-precision call (storage code != 0): its loop, the key of its random bits, the
+    # tensors' indices in the optimizer (the key's tensor part)
+    fo_lp_fn fn
+    fo_lp_ctx ctx
+    const unsigned long long *tids
+
+
 cdef void _run_chunk(fo_seg_fn fn, const double *hp, unsigned flags, char **table, const Py_ssize_t *starts,
-                     Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
-                     Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+                     Py_ssize_t ntens, int nbuf, const Py_ssize_t *itemsize, const double *tscale,
+                     const _LowP *lowp, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     # IN: global element range [lo, hi); starts[t] = first global index of tensor t;
-    #     tscale[t] (or NULL) multiplies the common block's gscale for tensor t
+    #     itemsize[k]: bytes per element of buffer slot k;
+    #     tscale[t] (or NULL) multiplies the common block's gscale for tensor t;
+    #     lowp (or NULL): run its loop instead of fn, with the segment's place in its tensor
     cdef char *bufs[MAXBUF]
+    cdef fo_lp_ctx ctx
     cdef double hloc[FO_MAXSCALARS]
     cdef const double *h = hp
     if tscale != NULL:
@@ -270,34 +309,40 @@ cdef void _run_chunk(fo_seg_fn fn, const double *hp, unsigned flags, char **tabl
             for k in range(nbuf):
                 bufs[k] = table[t * nbuf + k]
                 if bufs[k] != NULL:       # an absent buffer (no EMA) stays NULL
-                    bufs[k] += off * itemsize
+                    bufs[k] += off * itemsize[k]
             if tscale != NULL:
                 hloc[_GSCALE] = hp[_GSCALE] * tscale[t]
-            fn(h, flags, bufs, n)
+            if lowp != NULL:
+                ctx = lowp.ctx
+                ctx.tensor = lowp.tids[t]
+                ctx.i0 = off
+                lowp.fn(h, flags, bufs, n, &ctx)
+            else:
+                fn(h, flags, bufs, n)
             lo += n
         t += 1
 
 
 cdef void _drive(fo_seg_fn fn, const double *hp, unsigned flags, char **table, const Py_ssize_t *starts,
-                 Py_ssize_t ntens, int nbuf, Py_ssize_t itemsize, const double *tscale,
-                 int nthreads) noexcept nogil:
+                 Py_ssize_t ntens, int nbuf, const Py_ssize_t *itemsize, const double *tscale,
+                 const _LowP *lowp, int nthreads) noexcept nogil:
     global _pool_started
     cdef Py_ssize_t total = starts[ntens]
     cdef Py_ssize_t per, c
     if nthreads <= 1 or total < _grain:
-        _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale, 0, total)
+        _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale, lowp, 0, total)
         return
     per = (total + nthreads - 1) // nthreads
     per = ((per + ALIGN - 1) // ALIGN) * ALIGN
     _pool_started = True
     for c in prange(nthreads, num_threads=nthreads, schedule='static'):
-        _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale,
+        _run_chunk(fn, hp, flags, table, starts, ntens, nbuf, itemsize, tscale, lowp,
                    c * per if c * per < total else total,
                    (c + 1) * per if (c + 1) * per < total else total)
 
 
 def fused_step(int algo, dict common, dict scalars, unsigned flags, list params, list grads, list states,
-               list emas=None, object tscale=None, object control=None):
+               list emas=None, object tscale=None, object control=None, object rounding=None):
     """Run algorithm ``algo`` (an id of :data:`ALGORITHMS`) once over all tensors.
 
     ``common`` and ``scalars`` are the per-step scalars by name (every name of
@@ -309,6 +354,13 @@ def fused_step(int algo, dict common, dict scalars, unsigned flags, list params,
     same pass; ``tscale`` (optional, one float per tensor) multiplies the gradient scale
     ``gscale`` per tensor (per-parameter norm clipping).  ``control`` (a device control
     block) is the CUDA backend's and must be None here.
+
+    Storage may be bfloat16 (``ml_dtypes.bfloat16`` arrays, float32 arithmetic): the
+    state buffers, the gradients, or the parameters with their EMAs, each group all or
+    nothing; the other arrays are then float32.  ``rounding`` = ``(seed, step,
+    tensor_ids, stochastic)`` keys the random bits of stochastic rounding on the
+    bfloat16 writes (``tensor_ids[i]``: tensor i's index in the optimizer, None: i;
+    ``stochastic`` False: round to nearest even); None is ``(0, 0, None, True)``.
     """
     cdef double hbuf[FO_MAXSCALARS]
     cdef const fo_spec *s = _spec(algo, flags)
@@ -321,7 +373,7 @@ def fused_step(int algo, dict common, dict scalars, unsigned flags, list params,
     if len(states) != nstate:
         raise ValueError(f"{s.name.decode()} with flags {flags:#x} keeps {nstate} state buffer(s) "
                          f"{kept_buffers(algo, flags)}, got {len(states)}")
-    _run(algo, hbuf, flags, params, grads, states, emas, tscale)
+    _run(algo, hbuf, flags, params, grads, states, emas, tscale, rounding)
 
 
 def stream(int k, list params, list grads, list states, double scale=0.0):
@@ -333,11 +385,11 @@ def stream(int k, list params, list grads, list states, double scale=0.0):
         raise ValueError(f"stream: k must be in 2..6 with k - 2 state buffers, got k={k}, {len(states)}")
     memset(hbuf, 0, sizeof(hbuf))
     hbuf[0] = scale
-    _run(STREAM, hbuf, k, params, grads, states, None, None)
+    _run(STREAM, hbuf, k, params, grads, states, None, None, None)
 
 
 cdef _run(int algo, double *hbuf, unsigned flags, list params, list grads, list states, list emas,
-          object tscale):
+          object tscale, object rounding):
     cdef Py_ssize_t ntens = len(params), i, k
     cdef int nstate = len(states)
     cdef int nbuf = FO_STATE + nstate
@@ -349,6 +401,11 @@ cdef _run(int algo, double *hbuf, unsigned flags, list params, list grads, list 
     cdef Py_ssize_t size
     cdef int nthreads
     cdef double *ts = NULL
+    cdef int gcode, scode, lpcode = 0
+    cdef Py_ssize_t isz[MAXBUF]
+    cdef _LowP lowp
+    cdef const _LowP *lp = NULL
+    cdef unsigned long long[::1] tids
     if ntens == 0:
         return
     if nbuf > MAXBUF:
@@ -361,9 +418,34 @@ cdef _run(int algo, double *hbuf, unsigned flags, list params, list grads, list 
         if len(states[k]) != ntens:
             raise ValueError(f"state buffer {k}: expected {ntens} arrays, got {len(states[k])}")
     code = _dtype_code(<cnp.ndarray>params[0])
-    fn = fo_cpu_seg(algo, code)
-    if fn == NULL:
+    gcode = _dtype_code(<cnp.ndarray>grads[0]) if isinstance(grads[0], cnp.ndarray) else code
+    scode = _dtype_code(<cnp.ndarray>states[0][0]) if nstate and isinstance(states[0][0], cnp.ndarray) else code
+    if code == BF16 or gcode == BF16 or scode == BF16:
+        if algo == STREAM or not (code in (0, BF16) and gcode in (0, BF16) and scode in (0, BF16)):
+            raise TypeError(f"bfloat16 storage goes with float32 arrays only: parameter {params[0].dtype}, "
+                            f"gradient {grads[0].dtype}" + (f", state {states[0][0].dtype}" if nstate else ""))
+        lpcode = (code == BF16) | ((gcode == BF16) << 1) | ((scode == BF16) << 2)
+        lowp.fn = fo_cpu_seg_lp(algo, lpcode)
+        seed, step, ids, stochastic = (0, 0, None, True) if rounding is None else rounding
+        lowp.ctx.seed = <unsigned long long>seed
+        lowp.ctx.step = <unsigned long long>step
+        lowp.ctx.stochastic = 1 if stochastic else 0
+        if ids is None:
+            ids = np.arange(ntens, dtype=np.uint64)
+        tids = np.ascontiguousarray(ids, dtype=np.uint64)
+        if tids.shape[0] != ntens:
+            raise ValueError(f"rounding: expected {ntens} tensor ids, got {tids.shape[0]}")
+        lowp.tids = &tids[0]
+        lp = &lowp
+    else:
+        gcode = scode = code
+    fn = fo_cpu_seg(algo, 0 if code == BF16 else code)
+    if fn == NULL or (lpcode and lowp.fn == NULL):
         raise ValueError(f"no native kernel for algorithm {algo} and dtype {params[0].dtype}")
+    isz[0] = isz[2] = _ITEMSIZE[code]
+    isz[1] = _ITEMSIZE[gcode]
+    for k in range(FO_STATE, nbuf):
+        isz[k] = _ITEMSIZE[scode]
     table = <char **>malloc(ntens * nbuf * sizeof(char *))
     starts = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
     if tscale is not None:
@@ -384,17 +466,17 @@ cdef _run(int algo, double *hbuf, unsigned flags, list params, list grads, list 
             if _dtype_code(a) != code:
                 raise TypeError("mixed dtypes in one native call")
             table[i * nbuf] = <char *>cnp.PyArray_DATA(a)
-            table[i * nbuf + 1] = _data(grads[i], size, code, "gradient", i)
+            table[i * nbuf + 1] = _data(grads[i], size, gcode, "gradient", i)
             if emas is None:
                 table[i * nbuf + 2] = NULL
             else:
                 table[i * nbuf + 2] = _data(emas[i], size, code, "EMA buffer", i)
             for k in range(nstate):
-                table[i * nbuf + FO_STATE + k] = _data((<list>states[k])[i], size, code, "state buffer", i)
+                table[i * nbuf + FO_STATE + k] = _data((<list>states[k])[i], size, scode, "state buffer", i)
             starts[i + 1] = starts[i] + size
         nthreads = get_num_threads()
         with nogil:
-            _drive(fn, hbuf, flags, table, starts, ntens, nbuf, 4 if code == 0 else 8, ts, nthreads)
+            _drive(fn, hbuf, flags, table, starts, ntens, nbuf, isz, ts, lp, nthreads)
     finally:
         free(table)
         free(starts)

@@ -1,57 +1,87 @@
 """``Optimizer.state_dict`` and ``load_state_dict``: torch's layout, validated loading.
 
 A state_dict is plain data: ``{"kind", "iterations", "nonfinite_count", "accum_count",
-"state": {flat index: {name: number or array}}, "param_groups": [{hyperparameters...,
-"params": [flat indices]}]}``.  Arrays are host copies.  Loading checks everything
-(kind, groups, hyperparameters through the optimizer's ``check_group``, state keys,
-shapes, dtypes, counters) and only then commits, so a rejected dict changes nothing.
-Serialising it (checkpoints, ZeRO shards, broadcasts) is :mod:`fusedoptim.codec`'s job.
+"state": {key: {name: number or array}}, "param_groups": [{hyperparameters...,
+"params": [keys]}]}``.  A parameter's key is its flat index (torch's layout) or, when the
+parameters have names, its name: ``{"state": {"W": {...}}, "param_groups": [{...,
+"params": ["W", "b"]}]}``.  Arrays are host copies.
+
+Loading checks everything (kind, groups, hyperparameters through the optimizer's
+``check_group``, state keys, shapes, dtypes, counters) and only then commits, so a
+rejected dict changes nothing.  A named state_dict is mapped by name (``strict=False``
+tolerates missing and unexpected names and reports them as :class:`IncompatibleKeys`);
+hyperparameters go to the group at the same position.  A positional one loads by
+position, into named parameters too (older state_dicts).  Serialising it (checkpoints,
+ZeRO shards, broadcasts) is :mod:`fusedoptim.codec`'s job.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, NamedTuple
 
 import numpy as np
 
 from ._backends import is_array
+from .lowp import is_bfloat16
 from .validate import check_real, scalar_from
 
-__all__ = ["build", "load", "SCHEDULER_KEYS"]
+__all__ = ["build", "load", "SCHEDULER_KEYS", "IncompatibleKeys", "is_named"]
 
 # keys torch-style LR schedulers keep in param groups (as torch does); state_dicts carry them
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 _TOP = {"kind", "iterations", "nonfinite_count", "accum_count", "state", "param_groups"}
 
 
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(sd, strict=False)`` could not map by name (torch's
+    ``_IncompatibleKeys``): ``missing_keys``, this optimizer's parameter names the
+    state_dict lacks (their state is left as it was); ``unexpected_keys``, names in the
+    state_dict this optimizer has no parameter for (ignored)."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+
+def is_named(state_dict) -> bool:
+    """Whether a state_dict keys its parameters by name (every group's ``params`` holds
+    strings) rather than by flat index."""
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    keys = [k for g in groups if isinstance(g, dict) for k in (g.get("params") or ())] \
+        if isinstance(groups, (list, tuple)) else []
+    return bool(keys) and all(isinstance(k, str) for k in keys)
+
+
 def build(opt) -> dict:
     reg = opt.registry
+    names = reg.names
+    key = (lambda i: i) if names is None else names.__getitem__
     state, groups = {}, []
     for g, idx in zip(reg.groups, reg.group_indices()):
         for i, p in zip(idx, g["params"]):
             st = reg.store.get(id(p))
             if st is not None:
-                state[i] = {k: reg.to_host(v) for k, v in st.items()}
+                state[key(i)] = {k: reg.to_host(v) for k, v in st.items()}
         gd = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
-        gd["params"] = idx
+        gd["params"] = [key(i) for i in idx]
         groups.append(gd)
     for i, a in opt.pipeline.snapshot(reg.to_host).items():
-        state.setdefault(i, {})["grad_accum"] = a
+        state.setdefault(key(i), {})["grad_accum"] = a
     return {"kind": type(opt).__name__, "iterations": opt.iterations, "nonfinite_count": opt.nonfinite_count,
             "accum_count": opt.pipeline.acc_count, "state": state, "param_groups": groups}
 
 
-def _stage_groups(opt, saved_groups, me: str):
-    """The new hyperparameters of every group, checked; and saved param key -> (param,
-    its new group)."""
+def _stage_groups(opt, saved_groups, me: str, named: bool):
+    """The new hyperparameters of every group, checked; saved param key -> (param, its
+    new group); and the saved names (named state_dicts: every name, in order)."""
     reg = opt.registry
     if len(saved_groups) != len(reg.groups):
         raise ValueError(f"state_dict has {len(saved_groups)} param groups, this optimizer has {len(reg.groups)}")
-    new_groups, old_to_param = [], {}
+    new_groups, old_to_param, saved_names = [], {}, []
     for gi, (sg, g) in enumerate(zip(saved_groups, reg.groups)):
         if not isinstance(sg, dict) or "params" not in sg:
             raise ValueError(f"state_dict param group {gi} must be a dict with 'params'")
         sp = list(sg["params"])
-        if len(sp) != len(g["params"]):
+        if named:
+            saved_names += sp
+        elif len(sp) != len(g["params"]):
             raise ValueError(f"state_dict param group {gi} has {len(sp)} params, this optimizer's has "
                              f"{len(g['params'])}")
         unknown = set(sg) - set(opt.defaults) - {"params"} - set(SCHEDULER_KEYS)
@@ -68,12 +98,26 @@ def _stage_groups(opt, saved_groups, me: str):
         opt.check_group(ng, f"state_dict param group {gi}")
         ng["params"] = g["params"]
         new_groups.append(ng)
-        for key, p in zip(sp, g["params"]):
-            old_to_param[key] = (p, ng)
-    return new_groups, old_to_param
+        if not named:
+            for key, p in zip(sp, g["params"]):
+                old_to_param[key] = (p, ng)
+    if named:
+        seen = set()
+        for n in saved_names:
+            if n in seen:
+                raise ValueError(f"state_dict param groups list the parameter {n!r} twice")
+            seen.add(n)
+        for ng, g in zip(new_groups, reg.groups):
+            for p in g["params"]:
+                n = reg.names[reg.index(p)]
+                if n in seen:
+                    old_to_param[n] = (p, ng)
+        for n in saved_names:                  # unexpected names: state validated, then dropped
+            old_to_param.setdefault(n, (None, None))
+    return new_groups, old_to_param, saved_names
 
 
-def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
+def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False) -> Dict[int, Any]:
     reg = opt.registry
     if not isinstance(saved_state, dict):
         raise ValueError("state_dict['state'] must be a dict")
@@ -85,6 +129,8 @@ def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
         p, group = old_to_param[key]
         if not isinstance(st, dict):
             raise ValueError(f"state_dict state[{key!r}] must be a dict")
+        if p is None:                          # a name this optimizer doesn't hold (strict=False)
+            continue
         # a custom optimizer that does not declare its buffers may keep any keys
         bad = set(st) - allowed if (opt.spec is not None or opt.buffers) else set()
         if bad:
@@ -99,16 +145,30 @@ def _stage_state(opt, saved_state, old_to_param, me: str) -> Dict[int, Any]:
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
             if a.shape != p.shape:
                 raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}")
-            if a.dtype.kind not in "fiu":
+            if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
                 raise TypeError(f"{where}: dtype {a.dtype} is not a real number type")
-            ns[k] = reg.from_host(a, p)
+            if k in opt.buffers:
+                sdt = reg.buffer_dtype(p)
+            elif k == "grad_accum" and is_bfloat16(p.dtype):   # bfloat16 gradients add up in float32
+                sdt = np.dtype(np.float32)
+            else:
+                sdt = None
+            want = p.dtype if sdt is None else sdt
+            if (is_bfloat16(a.dtype) != is_bfloat16(want)) and not convert and k != "grad_accum":
+                raise ValueError(f"{where}: the state_dict holds {a.dtype} state, this {me} keeps {want} state "
+                                 f"(state_dtype={reg.state_dtype!r}); pass convert_state_dtype=True (to "
+                                 f"load_state_dict or fusedoptim.load) to convert it (nearest-even), or build the "
+                                 f"optimizer with the state_dtype it was saved with")
+            ns[k] = np.array(a, dtype=want, order="C", copy=True) if sdt is not None else reg.from_host(a, p)
         new_state[id(p)] = reg.new_state(p, ns)
     return new_state
 
 
-def load(opt, state_dict: dict) -> None:
+def load(opt, state_dict: dict, strict: bool = True, convert_state_dtype: bool = False) -> IncompatibleKeys:
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
         raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     unknown_top = set(state_dict) - _TOP
     if unknown_top:
         raise ValueError(f"state_dict has unknown key(s) {sorted(unknown_top)}")
@@ -116,16 +176,32 @@ def load(opt, state_dict: dict) -> None:
     kind = state_dict.get("kind")
     if kind is not None and kind != me:
         raise ValueError(f"state_dict is from a {kind} optimizer, not {me}")
-    new_groups, old_to_param = _stage_groups(opt, list(state_dict["param_groups"]), me)
-    new_state = _stage_state(opt, state_dict["state"], old_to_param, me)
+    reg = opt.registry
+    named = is_named(state_dict)
+    if named and reg.names is None:
+        raise ValueError("state_dict keys its parameters by name, but this optimizer's parameters have no names: "
+                         "build it with a dict, fo.Adam({'W': W, 'b': b})")
+    new_groups, old_to_param, saved_names = _stage_groups(opt, list(state_dict["param_groups"]), me, named)
+    missing, unexpected = [], []
+    if named:
+        saved = set(saved_names)
+        missing = [n for n in reg.names if n not in saved]
+        unexpected = [n for n in saved_names if reg.index_of_name(n) is None]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict doesn't match this optimizer's parameters: missing {missing}, unexpected "
+                             f"{unexpected} (load_state_dict(sd, strict=False) loads the names both have)")
+    new_state = _stage_state(opt, state_dict["state"], old_to_param, me, convert_state_dtype)
     its = scalar_from(state_dict.get("iterations", opt.iterations), "state_dict['iterations']", integer=True)
     nonfinite = scalar_from(state_dict.get("nonfinite_count", opt.nonfinite_count),
                             "state_dict['nonfinite_count']", integer=True)
     accum_count = scalar_from(state_dict.get("accum_count", 0), "state_dict['accum_count']", integer=True)
     opt.pipeline.check_count(accum_count)
-    reg = opt.registry
+    kept = [reg.params[reg.index_of_name(n)] for n in missing]   # strict=False: their state stays
     accs = {i: a for i, a in ((i, new_state.get(id(p), {}).pop("grad_accum", None))
                               for i, p in enumerate(reg.params)) if a is not None}
+    for p in kept:
+        if id(p) in reg.store:
+            new_state[id(p)] = reg.store[id(p)]
     # commit
     reg.replace_groups(new_groups)
     reg.store.clear()
@@ -134,3 +210,4 @@ def load(opt, state_dict: dict) -> None:
     opt.nonfinite_count = nonfinite
     opt.pipeline.restore(accum_count, accs)
     opt.engine.invalidate()
+    return IncompatibleKeys(missing, unexpected)

@@ -49,7 +49,7 @@ def grad_stats(list arrays, bint per_tensor=False, bint want_max=False):
             a = <cnp.ndarray>arrays[i]
             codes[i] = _dtype_code(a)
             if codes[i] < 0:
-                raise TypeError(f"arrays[{i}]: expected a float32/float64 array, got dtype {a.dtype}")
+                raise TypeError(f"arrays[{i}]: expected a float32/float64/bfloat16 array, got dtype {a.dtype}")
             if _layout_problem(a) is not None:
                 raise ValueError(f"arrays[{i}]: {_layout_problem(a)}")
             sizes[i] = cnp.PyArray_SIZE(a)
@@ -112,5 +112,5 @@ cdef void _stats_block(Py_ssize_t b, Py_ssize_t ntens, const Py_ssize_t *blk_sta
     n = sizes[lo] - off
     if n > STATS_BLOCK:
         n = STATS_BLOCK
-    fo_cpu_stats(codes[lo])(data[lo] + off * (4 if codes[lo] == 0 else 8), n, &bs[b],
+    fo_cpu_stats(codes[lo])(data[lo] + off * _ITEMSIZE[codes[lo]], n, &bs[b],
                             &bm[b] if bm != NULL else NULL)

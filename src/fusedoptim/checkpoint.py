@@ -30,15 +30,15 @@ Safety
   dtypes, scheduler states) before it changes anything; on error, your optimizer,
   arrays and schedulers are untouched.
 
-Format (version 2; version 1 files are read too)
-------------------------------------------------
+Format (version 3; versions 1 and 2 are read too)
+-------------------------------------------------
 An ``np.savez`` archive (zip of uncompressed ``.npy`` files) with these entries:
 
 ``__meta__``
     uint8 array: a UTF-8 JSON document (below).
 ``optimizer/state/<i>/<name>``
     state buffer ``<name>`` of the optimizer's parameter ``<i>`` (flat index in group
-    order, as in ``optimizer.state_dict()``).
+    order; for named parameters, the position of its name in ``"names"``).
 ``params/<k>``
     the ``k``-th saved parameter.
 ``extra/<k>``
@@ -46,11 +46,12 @@ An ``np.savez`` archive (zip of uncompressed ``.npy`` files) with these entries:
 
 The JSON document::
 
-    {"format": "fusedoptim.checkpoint", "version": 2, "library_version": "0.1.0",
+    {"format": "fusedoptim.checkpoint", "version": 3, "library_version": "0.1.0",
      "optimizer": null | {
          "kind": "Adam", "iterations": 50, "counters": {"nonfinite_count": 0, ...},
          "param_groups": [{<hyperparameters>, "params": [0, 1]}, ...],
          "params": [{"shape": [3, 4], "dtype": "<f4"}, ...],
+         "names": ["W", "b"],    # only when the parameters have names (version 3)
          "state": {"0": {"step": 50, "exp_avg": {"__array__": "optimizer/state/0/exp_avg"}, ...}}},
      "params": null | {"kind": "dict" | "list", "names": [...], "arrays": [{"__array__": "params/0"}, ...]},
      "schedulers": [{"kind": "StepLR", "state": {...}}, ...],
@@ -58,7 +59,12 @@ The JSON document::
      "arrays": {"optimizer/state/0/exp_avg": {"dtype": "<f4", "shape": [3, 4]}, ...}}
 
 ``arrays`` (new in version 2) declares every array entry, so a reader checks each entry
-before reading it.  Values JSON can't hold are tagged objects (``{"__array__": entry}``,
+before reading it.  ``names`` (version 3) holds the optimizer's parameter names; ``load``
+then matches the saved state to the optimizer's parameters by name, whatever their order.
+A file whose optimizer has no names is still written as version 2, readable by older
+releases; a version 3 file is refused by them rather than loaded by position.
+
+Values JSON can't hold are tagged objects (``{"__array__": entry}``,
 ``{"__float__": "inf"}``, ``{"__tuple__": [...]}``, ``{"__schedule__": config}``,
 ``{"__dict__": {...}}``): the state codec, :mod:`fusedoptim.codec`, which ZeRO-1 shard
 files and the data-parallel broadcast use too.  Floats are written with Python's
@@ -81,8 +87,8 @@ from .codec import StateFormatError
 __all__ = ["save", "load", "FORMAT", "VERSION", "CheckpointError", "remove_stale_temporaries"]
 
 FORMAT = "fusedoptim.checkpoint"
-VERSION = 2
-_READS = (1, 2)  # format versions load() reads
+VERSION = 3      # written when the optimizer's parameters have names; else 2 (see the module docstring)
+_READS = (1, 2, 3)  # format versions load() reads
 
 
 def _library_version() -> str:
@@ -140,6 +146,8 @@ def save(path, optimizer=None, params=None, extra: Optional[dict] = None, schedu
         # and the params; the params are copied so the file is written after the lock is
         # released (state_dict() copies the state)
         meta["optimizer"] = None if optimizer is None else _codec.encode_optimizer(optimizer, enc)
+        if meta["optimizer"] is None or "names" not in meta["optimizer"]:
+            meta["version"] = 2          # nothing a version 2 reader would misread
         meta["params"] = None if params is None else _encode_params(params, enc, copy=lock is not None)
     scheds = []
     for i, s in enumerate(schedulers):
@@ -242,13 +250,13 @@ def _check_schedulers(ms, schedulers: list, optimizer, arrays, used) -> list:
     return states
 
 
-def _validate(path: str, meta: dict, arrays, optimizer, params, schedulers: list) -> tuple:
+def _validate(path: str, meta: dict, arrays, optimizer, params, schedulers: list, strict: bool = True) -> tuple:
     """Decode and check everything the file holds against the given objects; change nothing."""
     used = {"__meta__"}
     om = meta["optimizer"]
     opt_sd = None
     if optimizer is not None:
-        opt_sd = _codec.decode_optimizer(om, arrays, optimizer, used)
+        opt_sd = _codec.decode_optimizer(om, arrays, optimizer, used, strict=strict)
     elif om is not None:
         opt_sd = _codec.decode_optimizer(om, arrays, None, used)
     saved_params, writes = _check_params(meta["params"], params, arrays, used)
@@ -260,20 +268,22 @@ def _validate(path: str, meta: dict, arrays, optimizer, params, schedulers: list
     return opt_sd, saved_params, writes, sched_states, extra
 
 
-def _commit(optimizer, opt_sd, schedulers, sched_states, writes) -> None:
+def _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict: bool = True, convert_state_dtype=False):
     """Restore the objects; nothing here should fail on content ``_validate`` accepted,
-    and if a scheduler still refuses its state the optimizer is put back."""
+    and if a scheduler still refuses its state the optimizer is put back.  Returns the
+    optimizer's ``IncompatibleKeys`` (None without an optimizer)."""
+    incompatible = None
     if optimizer is not None:
         before = optimizer.state_dict()
         try:
-            optimizer.load_state_dict(opt_sd)
+            incompatible = optimizer.load_state_dict(opt_sd, strict=strict, convert_state_dtype=convert_state_dtype)
         except (TypeError, ValueError, ArithmeticError) as e:  # the optimizer's own checks (hyperparameter values)
             raise CheckpointError(f"the optimizer refused the checkpoint's state: {e}") from None
         try:
             for s, st in zip(schedulers, sched_states):
                 s.load_state_dict(st)
         except BaseException as e:
-            optimizer.load_state_dict(before)
+            optimizer.load_state_dict(before, convert_state_dtype=True)
             if isinstance(e, (TypeError, ValueError, KeyError, ArithmeticError, AttributeError)):
                 raise CheckpointError(f"a scheduler refused the checkpoint's state: {e}") from None
             raise
@@ -282,9 +292,11 @@ def _commit(optimizer, opt_sd, schedulers, sched_states, writes) -> None:
             s.load_state_dict(st)
     for t, s in writes:
         t[...] = s
+    return incompatible
 
 
-def load(path, optimizer=None, params=None, schedulers: Sequence = ()) -> dict:
+def load(path, optimizer=None, params=None, schedulers: Sequence = (), strict: bool = True, *,
+         convert_state_dtype: bool = False) -> dict:
     """Read a checkpoint written by ``save``; restore the given objects in place.
 
     ``optimizer``: gets the saved ``state_dict`` (``load_state_dict``), including a
@@ -294,16 +306,21 @@ def load(path, optimizer=None, params=None, schedulers: Sequence = ()) -> dict:
     as were saved, of the same kinds, in the same order, each built on ``optimizer``;
     each gets its state back (pass none to leave schedulers alone).  Build the optimizer
     with its parameters first (a Keras-style optimizer that hasn't seen
-    ``apply_gradients`` has no param groups to load into).
+    ``apply_gradients`` has no param groups to load into).  An optimizer saved with
+    named parameters is matched by name (their order may differ); ``strict=False``
+    loads the names both have (``optimizer.load_state_dict(sd, strict=False)``).
 
     The file is checked before its data is read (see :mod:`fusedoptim.archive`), then
     everything is validated before anything changes; on any error a ``CheckpointError``
     (a ``ValueError``) says what doesn't fit, and the given objects are untouched.  A
-    missing file raises ``FileNotFoundError``.
+    missing file raises ``FileNotFoundError``.  State saved with another ``state_dtype``
+    (bfloat16 vs float32) is refused unless ``convert_state_dtype=True`` (see
+    ``Optimizer.load_state_dict``).
 
     Returns a dict: ``extra`` (as saved, arrays included), ``params`` (the saved
     arrays, a dict or list, or None), ``optimizer`` (the saved state_dict, or None),
     ``iterations``, ``optimizer_kind``, ``schedulers`` (their saved state_dicts),
+    ``incompatible_keys`` (what ``optimizer.load_state_dict`` returned, or None),
     ``version`` and ``library_version``.
     """
     path = os.fspath(path)
@@ -318,17 +335,17 @@ def load(path, optimizer=None, params=None, schedulers: Sequence = ()) -> dict:
     schedulers = list(schedulers)
     try:
         opt_sd, saved_params, writes, sched_states, extra = _validate(path, meta, arrays, optimizer, params,
-                                                                      schedulers)
+                                                                      schedulers, strict)
     except CheckpointError:
         raise
     except StateFormatError as e:
         raise CheckpointError(str(e)) from None
     except RecursionError:
         raise CheckpointError(f"{path!r}: the metadata is nested too deeply") from None
-    _commit(optimizer, opt_sd, schedulers, sched_states, writes)
+    incompatible = _commit(optimizer, opt_sd, schedulers, sched_states, writes, strict, convert_state_dtype)
     om = meta["optimizer"]
     return {"extra": extra, "params": saved_params, "optimizer": opt_sd,
             "iterations": None if opt_sd is None else opt_sd["iterations"],
             "optimizer_kind": None if om is None else om.get("kind"),
-            "schedulers": sched_states, "version": meta["version"],
+            "schedulers": sched_states, "incompatible_keys": incompatible, "version": meta["version"],
             "library_version": meta.get("library_version")}

@@ -17,7 +17,8 @@ Values JSON can't hold are objects with one key: ``{"__array__": name}`` (an ent
 ``arrays``), ``{"__float__": "inf" | "-inf" | "nan"}``, ``{"__tuple__": [...]}``,
 ``{"__schedule__": config}`` (a ``fusedoptim.schedules`` object, rebuilt with
 ``schedules.from_config``) and ``{"__dict__": {...}}`` (a user dict whose only key
-looks like a tag).  Floats keep Python's shortest round-trip repr, so they come back bit
+looks like a tag), ``{"__bfloat16__": name}`` (an ``ml_dtypes.bfloat16`` array, stored
+losslessly as its uint16 bit patterns: low-precision optimizer state).  Floats keep Python's shortest round-trip repr, so they come back bit
 for bit.  Nesting is limited to ``MAX_DEPTH`` levels both ways.
 
 The optimizer entry
@@ -26,6 +27,10 @@ The optimizer entry
 "params", "state"}``: ``params`` is the parameters' ``[{"shape", "dtype"}]`` (so a
 reader can check them before it touches any data), ``state`` maps the flat parameter
 index (a string) to its scalars and ``{"__array__": "<prefix><i>/<name>"}`` references.
+When the parameters have names the entry also holds ``"names"``, each parameter's name
+aligned with ``params``; indices stay the keys inside the entry (array entry names never
+hold user text), and decoding gives the state_dict keyed by name again, matched to an
+optimizer by name (``check_optimizer_entry``).
 """
 from __future__ import annotations
 
@@ -36,13 +41,15 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 import numpy as np
 
 from . import schedules as _schedules
+from ._state_dict import is_named
+from .lowp import bfloat16, is_bfloat16
 from .validate import scalar_from
 
 __all__ = ["StateFormatError", "Encoder", "decode_value", "array_refs", "describe_arrays", "read_array_table",
            "signature", "encode_optimizer", "check_optimizer_entry", "decode_optimizer", "encode", "decode",
            "MAX_DEPTH", "STATE_PREFIX", "article"]
 
-TAGS = ("__array__", "__float__", "__tuple__", "__schedule__", "__dict__")
+TAGS = ("__array__", "__float__", "__tuple__", "__schedule__", "__dict__", "__bfloat16__")
 ARRAY_KINDS = "biufc"  # bool, int, uint, float, complex: never object, never pickled
 MAX_DEPTH = 100
 STATE_PREFIX = "optimizer/state/"
@@ -72,6 +79,11 @@ class Encoder:
         self.arrays: Dict[str, np.ndarray] = {}
 
     def add_array(self, key: str, a: np.ndarray, where: str) -> dict:
+        """Store ``a`` as entry ``key``; return its reference (a bfloat16 array is stored
+        as its uint16 bits and referenced as ``{"__bfloat16__": key}``: .npy has no
+        bfloat16 type)."""
+        if is_bfloat16(a.dtype):
+            return {"__bfloat16__": self.add_array(key, a.view(np.uint16), where)["__array__"]}
         if not storable_dtype(a.dtype):
             raise TypeError(f"{where}: cannot store an array of dtype {a.dtype} (only bool/int/float/complex "
                             "arrays, which need no pickle)")
@@ -150,12 +162,20 @@ def decode_value(v, arrays: Dict[str, np.ndarray], where: str, used: Optional[Se
     if tagged is None:
         return {k: decode_value(y, arrays, f"{where}[{k!r}]", used, depth + 1) for k, y in v.items()}
     tag, x = tagged
-    if tag == "__array__":
+    if tag in ("__array__", "__bfloat16__"):
         if not isinstance(x, str) or x not in arrays:
             raise StateFormatError(f"{where}: refers to array entry {_short(x)}, which the archive doesn't have")
         if used is not None:
             used.add(x)
-        return arrays[x]
+        if tag == "__array__":
+            return arrays[x]
+        bits = arrays[x]
+        if bits.dtype != np.uint16:
+            raise StateFormatError(f"{where}: a bfloat16 array is stored as uint16 bits, entry {x!r} is {bits.dtype}")
+        try:
+            return bits.view(bfloat16())
+        except ImportError as e:
+            raise StateFormatError(f"{where}: {e}") from None
     if tag == "__float__":
         if x not in ("inf", "-inf", "nan"):
             raise StateFormatError(f"{where}: bad __float__ value {_short(x)}")
@@ -185,7 +205,7 @@ def array_refs(v, depth: int = 0) -> Set[str]:
         tagged = _tag(x)
         if tagged is not None:
             tag, x = tagged
-            if tag == "__array__":
+            if tag in ("__array__", "__bfloat16__"):
                 if not isinstance(x, str):
                     raise StateFormatError(f"__array__ must name an entry, got {_short(x)}")
                 out.add(x)
@@ -228,7 +248,8 @@ def read_array_table(table) -> Dict[str, Tuple[np.dtype, Tuple[int, ...]]]:
 
 def signature(arrays: Iterable[np.ndarray]) -> List[dict]:
     """``[{"shape": [...], "dtype": str}]`` of each parameter."""
-    return [{"shape": list(p.shape), "dtype": np.dtype(p.dtype).str} for p in arrays]
+    return [{"shape": list(p.shape), "dtype": "bfloat16" if is_bfloat16(p.dtype) else np.dtype(p.dtype).str}
+            for p in arrays]
 
 
 # ================================================================== optimizer
@@ -239,30 +260,35 @@ def encode_optimizer(optimizer, enc: Encoder, prefix: str = STATE_PREFIX, *, ski
     if not hasattr(optimizer, "state_dict") or not hasattr(optimizer, "params"):
         raise TypeError(f"optimizer must be a fusedoptim Optimizer, got {type(optimizer).__name__}")
     sd = optimizer.state_dict()
+    names = [n for g in sd["param_groups"] for n in g["params"]] if is_named(sd) else None
+    index = int if names is None else {n: i for i, n in enumerate(names)}.__getitem__
     groups = []
     for gi, g in enumerate(sd["param_groups"]):
         out = {}
         for k, v in g.items():
             if k == "params":
-                out[k] = [int(i) for i in v]
+                out[k] = [index(i) for i in v]
             elif not (skip_callables and callable(v)):
                 out[k] = enc.value(v, f"optimizer param group {gi}: {k}")
         groups.append(out)
     state = {}
-    for i, st in sd["state"].items():
-        entry = {}
+    for key, st in sd["state"].items():
+        i, entry = index(key), {}
         for k, v in st.items():
-            where = f"optimizer state of param {i}: {k}"
+            where = f"optimizer state of param {key!r}: {k}"
             if isinstance(v, np.ndarray):
-                entry[k] = enc.add_array(f"{prefix}{int(i)}/{k}", v, where)
+                entry[k] = enc.add_array(f"{prefix}{i}/{k}", v, where)
             else:
                 entry[k] = enc.value(v, where)
-        state[str(int(i))] = entry
+        state[str(i)] = entry
     # other top-level counters of the state_dict (nonfinite_count, accum_count, ...)
     counters = {k: int(v) for k, v in sd.items()
                 if k not in _OPT_KEYS and isinstance(v, numbers.Integral) and not isinstance(v, bool)}
-    return {"kind": sd.get("kind", type(optimizer).__name__), "iterations": int(sd.get("iterations", 0)),
-            "counters": counters, "param_groups": groups, "params": signature(optimizer.params), "state": state}
+    out = {"kind": sd.get("kind", type(optimizer).__name__), "iterations": int(sd.get("iterations", 0)),
+           "counters": counters, "param_groups": groups, "params": signature(optimizer.params), "state": state}
+    if names is not None:
+        out["names"] = names
+    return out
 
 
 def _count(v, what: str) -> int:
@@ -298,9 +324,12 @@ def _signature_of(om: dict, src: str) -> List[Tuple[Tuple[int, ...], np.dtype]]:
     for i, d in enumerate(sp):
         try:
             # byte order aside: archive.read_archive converts entries to native order
-            shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"]).newbyteorder("=")
+            shape = tuple(d["shape"])
+            dtype = bfloat16() if d["dtype"] == "bfloat16" else np.dtype(d["dtype"]).newbyteorder("=")
             if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
                 raise ValueError
+        except ImportError as e:
+            raise StateFormatError(f"{src}: optimizer parameter {i} is bfloat16: {e}") from None
         except (TypeError, KeyError, ValueError, SyntaxError):
             raise StateFormatError(f"{src}'s description of optimizer parameter {i} is malformed: "
                                    f"{_short(d)}") from None
@@ -308,9 +337,56 @@ def _signature_of(om: dict, src: str) -> List[Tuple[Tuple[int, ...], np.dtype]]:
     return out
 
 
-def check_optimizer_entry(om, optimizer, src: str = "the checkpoint") -> None:
+def _names_of(om: dict, n: int, src: str) -> Optional[List[str]]:
+    """The entry's parameter names (None: positional), checked: unique strings, one per
+    parameter."""
+    names = om.get("names")
+    if names is None:
+        return None
+    if not (isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names)
+            and len(set(names)) == n):
+        raise StateFormatError(f"{src}'s parameter names are malformed: {_short(names)}")
+    return names
+
+
+def _check_named_entry(om, optimizer, sig, names: List[str], src: str, strict: bool) -> None:
+    """``check_optimizer_entry`` for an entry with names: parameters matched by name."""
+    mine = optimizer.param_names
+    if mine is None:
+        raise StateFormatError(f"{src}'s optimizer parameters have names ({_short(names)}), this optimizer's have "
+                               "none: build it with a dict, fo.Adam({'W': W, 'b': b})")
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [n for n in mine if n not in pos]
+    unexpected = [n for n in names if n not in set(mine)]
+    if strict and (missing or unexpected):
+        raise StateFormatError(f"{src}'s optimizer parameters don't match this optimizer's: missing {missing}, "
+                               f"unexpected {unexpected}")
+    flat = optimizer.params
+    for n, p in zip(mine, flat):
+        if n in pos:
+            shape, dtype = sig[pos[n]]
+            if shape != p.shape:
+                raise StateFormatError(f"optimizer parameter {n!r}: shape {shape} in {src}, {p.shape} in this "
+                                       "optimizer")
+            if dtype != p.dtype:
+                raise StateFormatError(f"optimizer parameter {n!r}: dtype {dtype} in {src}, {p.dtype} in this "
+                                       "optimizer")
+    seen: Set[int] = set()
+    for gi, sg in enumerate(om["param_groups"]):
+        if not isinstance(sg, dict) or not isinstance(sg.get("params"), list):
+            raise StateFormatError(f"{src}'s param group {gi} is malformed")
+        for i in sg["params"]:
+            if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(names)) or i in seen:
+                raise StateFormatError(f"param group {gi}: bad parameter indices {_short(sg['params'])}")
+            seen.add(i)
+    if len(seen) != len(names):
+        raise StateFormatError(f"{src}'s param groups don't list every parameter")
+
+
+def check_optimizer_entry(om, optimizer, src: str = "the checkpoint", strict: bool = True) -> None:
     """Check an encoded optimizer entry against ``optimizer`` (kind, iterations, groups,
-    parameter shapes and dtypes) without its arrays; ``src`` names it in messages."""
+    parameter shapes and dtypes) without its arrays; ``src`` names it in messages.  An
+    entry with names is matched by name (``strict=False``: only the names both have)."""
     if om is None:
         raise StateFormatError(f"{src} holds no optimizer state (it was saved with optimizer=None)")
     if not isinstance(om, dict) or not set(_OPT_KEYS) <= set(om):
@@ -325,8 +401,11 @@ def check_optimizer_entry(om, optimizer, src: str = "the checkpoint") -> None:
     if not isinstance(sgroups, list) or len(sgroups) != len(groups):
         n = len(sgroups) if isinstance(sgroups, list) else _short(sgroups)
         raise StateFormatError(f"{src} has {n} param groups, this optimizer has {len(groups)}")
-    flat = optimizer.params
     sig = _signature_of(om, src)
+    names = _names_of(om, len(sig), src)
+    if names is not None:
+        return _check_named_entry(om, optimizer, sig, names, src, strict)
+    flat = optimizer.params
     if len(sig) != len(flat):
         raise StateFormatError(f"{src}'s optimizer has {len(sig)} parameters, this optimizer has {len(flat)}")
     for i, ((shape, dtype), p) in enumerate(zip(sig, flat)):
@@ -349,17 +428,22 @@ def check_optimizer_entry(om, optimizer, src: str = "the checkpoint") -> None:
 
 
 def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Optional[Set[str]] = None,
-                     src: str = "the checkpoint") -> dict:
+                     src: str = "the checkpoint", strict: bool = True) -> dict:
     """The ``state_dict`` an encoded optimizer entry describes, validated (against
     ``optimizer`` too when given: ``check_optimizer_entry``, then each state buffer's
-    shape and dtype against its parameter)."""
+    shape and dtype against its parameter).  An entry with names gives a state_dict
+    keyed by name."""
     if optimizer is not None:
-        check_optimizer_entry(om, optimizer, src)
+        check_optimizer_entry(om, optimizer, src, strict)
     elif not isinstance(om, dict) or not set(_OPT_KEYS) <= set(om) or not isinstance(om["param_groups"], list):
         raise StateFormatError(f"{src}'s optimizer entry is malformed")
     it = _count(om["iterations"], f"{src}'s iterations")
-    sig = _signature_of(om, src) if optimizer is None and "params" in om else None
-    shapes = ([(p.shape, p.dtype) for p in optimizer.params] if optimizer is not None else sig)
+    sig = _signature_of(om, src) if "params" in om else None
+    names = None if sig is None else _names_of(om, len(sig), src)
+    if names is not None or optimizer is None:
+        shapes = sig           # named: the entry's own signature (checked against the optimizer by name)
+    else:
+        shapes = [(p.shape, p.dtype) for p in optimizer.params]
     groups = []
     for gi, sg in enumerate(om["param_groups"]):
         if not isinstance(sg, dict) or not isinstance(sg.get("params"), list):
@@ -369,6 +453,10 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
             dg[k] = decode_value(v, arrays, f"param group {gi}: {k}", used)
             if k == "params":
                 dg[k] = [_count(i, f"param group {gi}: params") for i in v]
+                if names is not None:
+                    if any(i >= len(names) for i in dg[k]):
+                        raise StateFormatError(f"param group {gi}: parameter indices {_short(v)} out of range")
+                    dg[k] = [names[i] for i in dg[k]]
             else:
                 _no_overflow(dg[k], f"param group {gi}: {k}")
         groups.append(dg)
@@ -390,13 +478,18 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
             if isinstance(v, np.ndarray):
                 if shapes is not None and v.shape != tuple(shapes[i][0]):
                     raise StateFormatError(f"{what} has shape {v.shape}, the parameter has shape {shapes[i][0]}")
-                if shapes is not None and v.dtype != shapes[i][1]:
+                # state buffers may be stored in another dtype than the parameter (bfloat16
+                # state, float32 state of bfloat16 parameters); load_state_dict checks them
+                # against the optimizer's state_dtype
+                lowp = is_bfloat16(v.dtype) or (shapes is not None and is_bfloat16(shapes[i][1])
+                                                and v.dtype == np.float32)
+                if shapes is not None and v.dtype != shapes[i][1] and not lowp:
                     raise StateFormatError(f"{what} has dtype {v.dtype}, the parameter has dtype {shapes[i][1]}")
             elif not (isinstance(v, numbers.Real) and not isinstance(v, bool)):
                 raise StateFormatError(f"{what} must be an array or a number, got {_short(v)}")
             else:
                 _number(v, what, integer=(k == "step"))
-        state[i] = ds
+        state[i if names is None else names[i]] = ds
     counters = om.get("counters", {})
     if not isinstance(counters, dict):
         raise StateFormatError(f"{src}'s optimizer counters are malformed: {_short(counters)}")
@@ -417,7 +510,8 @@ def encode(optimizer, *, prefix: str = STATE_PREFIX, skip_callables: bool = Fals
     return meta, enc.arrays
 
 
-def decode(meta, arrays: Dict[str, np.ndarray], optimizer=None, src: str = "the encoded state") -> dict:
+def decode(meta, arrays: Dict[str, np.ndarray], optimizer=None, src: str = "the encoded state",
+           strict: bool = True) -> dict:
     """The validated ``state_dict`` of ``encode``'s output (every array must be used)."""
     used: Set[str] = set()
     table = read_array_table(meta.get("arrays", {}) if isinstance(meta, dict) else None)
@@ -426,7 +520,7 @@ def decode(meta, arrays: Dict[str, np.ndarray], optimizer=None, src: str = "the 
         if a is None or a.dtype != dtype or a.shape != shape:
             got = "missing" if a is None else f"{a.dtype} {a.shape}"
             raise StateFormatError(f"{src}: array {name!r} is {got}, the metadata declares {dtype} {shape}")
-    sd = decode_optimizer({k: v for k, v in meta.items() if k != "arrays"}, arrays, optimizer, used, src)
+    sd = decode_optimizer({k: v for k, v in meta.items() if k != "arrays"}, arrays, optimizer, used, src, strict)
     extra = sorted(set(arrays) - used)
     if extra or set(table) != used:
         raise StateFormatError(f"{src}: arrays {sorted(set(arrays) ^ used)[:5]} are not referenced or not declared")

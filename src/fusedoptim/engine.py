@@ -51,7 +51,7 @@ class Engine:
 
     def __init__(self, opt):
         self.opt = opt
-        self._plans: Dict[int, tuple] = {}      # group index -> (names, scal, states, bufs, emas)
+        self._plans: Dict[int, tuple] = {}      # group index -> (names, scal, states, bufs, emas, ids)
         self._resolved: Dict[int, tuple] = {}   # group index -> validated hyperparameters
 
     def invalidate(self) -> None:
@@ -91,19 +91,20 @@ class Engine:
             common = dict(common, gscale=common["gscale"] * ctl.gscale, clip_value=ctl.clip_value)
         plan = self._plans.get(gi)
         if complete and plan is not None and plan[0] == names:
-            _, scal, states, bufs, emas = plan       # every parameter steps and has its state
+            _, scal, states, bufs, emas, ids = plan  # every parameter steps and has its state
             spec = self.opt.spec
-            if spec is not None:                     # the lean path: straight to the native call
+            if spec is not None and ids is None:     # the lean path: straight to the native call
                 be.fused_step(spec.id, common, self.opt.kernel_scalars(g, scal, _NO_FRESH), flags, params, grads,
                               bufs, emas, tscale, ctl.control)
                 update_dicts(states, scal)
                 return
             self._call(g, common, flags, scal, _NO_FRESH, params, grads, states, bufs, emas, tscale,
-                       ctl.control, be)
+                       ctl.control, be, ids)
             return
         self._plans.pop(gi, None)
         with _gc_paused(len(params) > _MANY):
             buckets = self._buckets(g, names, params, grads)
+        lowp = self.opt.registry.lowp
         for key, items in buckets.items():
             opt = self.opt
             scal = {k: key[i] for i, k in enumerate(opt.scalar_state)}
@@ -111,10 +112,18 @@ class Engine:
             bufs = [[st[name] for st in states] for name in names]
             emas = [st["ema"] for st in states] if opt.options["ema_decay"] is not None else None
             ts = None if tscale is None else be.take(tscale, [it[3] for it in items])
-            self._call(g, common, flags, scal, key[-1], [it[0] for it in items], [it[1] for it in items], states,
-                       bufs, emas, ts, ctl.control, be)
+            ps = [it[0] for it in items]
+            ids = self._tensor_ids(ps) if lowp else None
+            self._call(g, common, flags, scal, key[-1], ps, [it[1] for it in items], states,
+                       bufs, emas, ts, ctl.control, be, ids)
             if complete and len(buckets) == 1:
-                self._plans[gi] = (names, scal, states, bufs, emas)
+                self._plans[gi] = (names, scal, states, bufs, emas, ids)
+
+    def _tensor_ids(self, params: list):
+        """The parameters' indices in the optimizer: the tensor part of the key of the
+        stochastic rounding bits (fusedoptim.lowp), the same after a resume."""
+        index = self.opt.registry.index
+        return np.array([index(p) for p in params], dtype=np.uint64)
 
     def _buckets(self, g: dict, names, params: list, grads: list) -> Dict[tuple, list]:
         """Create missing state; group the parameters by their scalar state and the
@@ -124,6 +133,7 @@ class Engine:
         ema = opt.options["ema_decay"] is not None
         scalar_state = tuple(opt.scalar_state)
         init = None
+        buffer_dtype = opt.registry.buffer_dtype
         buckets: Dict[tuple, list] = {}
         for j, (p, gr) in enumerate(zip(params, grads)):
             if gr is None:
@@ -135,8 +145,10 @@ class Engine:
             fresh = _NO_FRESH
             if names:
                 made = [name for name in names if name not in st]
+                sdt = buffer_dtype(p) if made else None
                 for name in made:
-                    dict.__setitem__(st, name, opt.init_buffer(name, p, g))
+                    b = opt.init_buffer(name, p, g)
+                    dict.__setitem__(st, name, b if sdt is None else b.astype(sdt))   # nearest-even
                 fresh = frozenset(made) if made else _NO_FRESH
             if ema and "ema" not in st:
                 dict.__setitem__(st, "ema", p.copy())
@@ -147,13 +159,18 @@ class Engine:
             bucket.append((p, gr, st, j))
         return buckets
 
-    def _call(self, g, common, flags, scal, fresh, params, grads, states, bufs, emas, tscale, control, be) -> None:
+    def _call(self, g, common, flags, scal, fresh, params, grads, states, bufs, emas, tscale, control, be,
+              ids=None) -> None:
         opt = self.opt
         scalars = opt.kernel_scalars(g, scal, fresh)     # advances the scalar state
         if opt.spec is None and opt.update_group is not None:
             opt.update_group(g, common, scal, params, grads, states, tscale, emas)
         elif opt.spec is None:
             _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas)
+        elif ids is not None:                            # bfloat16 writes: key the rounding bits
+            o = opt.options
+            be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control,
+                          (o["seed"], scal["step"], ids, o["rounding"] == "stochastic"))
         else:
             be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control)
         update_dicts(states, scal)

@@ -29,12 +29,14 @@ Conventions, chosen so that a training step allocates (almost) nothing:
 - Inputs are 2-D, ``(batch, features)``.  Weights are ``(in_features, out_features)``, so
   a layer computes ``x @ W + b``.
 
-Names follow torch: ``model.named_params()`` gives ``("0.weight", W), ("0.bias", b), ...``.
+Names follow torch: ``model.named_params()`` gives ``("0.weight", W), ("0.bias", b), ...``
+and ``model.named_grads()`` the gradient buffers under the same names, so
+``fo.Adam(model.named_params())`` and ``opt.step(model.named_grads())`` work by name.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -67,6 +69,13 @@ class Layer:
 
     def named_params(self, prefix: str = "") -> List[Tuple[str, np.ndarray]]:
         return []
+
+    def named_grads(self, prefix: str = "") -> Dict[str, np.ndarray]:
+        """``{name: gradient buffer}`` with the names of :meth:`named_params`: for an
+        optimizer built with names (``fo.Adam(model.named_params())``, or the groups of
+        ``fusedoptim.split_decay_groups``), ``opt.step(model.named_grads())`` matches them
+        by name, whatever the groups' order."""
+        return {n: g for (n, _), g in zip(self.named_params(prefix), self.grads())}
 
     def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -289,11 +298,16 @@ class Sequential(Layer):
 
     def grads_for(self, params) -> List[np.ndarray]:
         """The gradient buffers of ``params`` in that order: a list of this model's
-        parameters, or param groups (dicts with ``"params"``), e.g. ``opt.param_groups``
-        after regrouping with ``fusedoptim.split_decay_groups``.  ``opt.step`` takes
-        gradients in the order of its param groups, which may differ from ``params()``."""
+        parameters, or param groups (dicts with ``"params"``, a list or a dict of
+        arrays), e.g. ``opt.param_groups`` after regrouping with
+        ``fusedoptim.split_decay_groups``.  ``opt.step`` takes a list of gradients in the
+        order of its param groups, which may differ from ``params()``."""
         grad_of = {id(p): g for p, g in zip(self.params(), self.grads())}
-        flat = [p for grp in params for p in grp["params"]] if params and isinstance(params[0], dict) else params
+
+        def arrays(ps):
+            return list(ps.values()) if isinstance(ps, dict) else list(ps)
+        flat = ([p for grp in params for p in arrays(grp["params"])] if params and isinstance(params[0], dict)
+                else params)
         try:
             return [grad_of[id(p)] for p in flat]
         except KeyError:

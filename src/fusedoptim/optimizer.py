@@ -11,19 +11,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import types
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _state_dict
-from ._backends import is_array
+from ._arrays import as_arrays, is_single_array
 from .engine import Engine
 from .pipeline import PENDING, SKIP, GradientPipeline, StepControl, check_options
 from .extension import ExtensionAPI
-from .registry import ParamRegistry, StateView, required
-from .validate import check_real
+from .lowp import check_lowp_options
+from .registry import ParamRegistry, StateView, group_params, required
+from ._state_dict import IncompatibleKeys
+from .validate import check_bool, check_real
 
-__all__ = ["Optimizer", "required"]
+__all__ = ["Optimizer", "required", "IncompatibleKeys"]
 
 _PLAIN = StepControl()
 
@@ -35,6 +37,12 @@ class Optimizer(ExtensionAPI):
     entry and per-group hyperparameters, exactly as in ``torch.optim``.  It may be
     omitted for the Keras style, where ``apply_gradients`` discovers the variables.
 
+    Parameters may have names: ``params`` (or a group's ``"params"``) is then a dict
+    ``{name: array}`` or a list of ``(name, array)`` pairs (``model.named_params()``).
+    ``step`` then also takes ``{name: gradient}``, ``state_dict`` is keyed by name and
+    ``load_state_dict`` maps by name; messages use the names.  Name every parameter or
+    none.
+
     Options every optimizer accepts (fused into the same native pass): ``l1`` (a group
     hyperparameter, ``g += l1 * sign(p)``), ``global_clipnorm`` (clip all gradients to
     this global L2 norm, Keras' ``g * c / max(norm, c)``), ``clipnorm`` (the same per
@@ -44,17 +52,27 @@ class Optimizer(ExtensionAPI):
     in ``nonfinite_count``), ``gradient_accumulation_steps`` (apply the mean of k calls'
     gradients every k-th call).
 
+    Storage options (:mod:`fusedoptim.lowp`): ``state_dtype`` (``"float32"``, the default,
+    or ``"bfloat16"``: every state buffer an ``ml_dtypes.bfloat16`` array, float32
+    arithmetic), ``rounding`` of the bfloat16 writes (``"stochastic"``, the default, or
+    ``"nearest"``) and the ``seed`` of the stochastic rounding.
+
     Subclasses implement the hooks of :class:`~fusedoptim.extension.ExtensionAPI` (a
     built-in names its native rule with a ``spec``; a custom optimizer writes ``update``).
     """
 
     def __init__(self, params, defaults: Dict[str, Any], *, l1=0.0, global_clipnorm=None, clipnorm=None,
-                 clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1):
+                 clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1,
+                 state_dtype="float32", rounding="stochastic", seed=0):
         defaults = dict(defaults)
         defaults.setdefault("l1", l1)
-        self.options = types.MappingProxyType(check_options(
+        storage = check_lowp_options(state_dtype=state_dtype, rounding=rounding, seed=seed)
+        if storage["state_dtype"] != "float32" and self.spec is None:
+            raise ValueError(f"state_dtype={storage['state_dtype']!r} needs a built-in optimizer (a spec); "
+                             f"{type(self).__name__} updates its state in NumPy")
+        self.options = types.MappingProxyType(dict(check_options(
             global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue, ema_decay=ema_decay,
-            skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps))
+            skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps), **storage))
         self.defaults = defaults
         self.lock = threading.RLock()        # step, state_dict, load_state_dict, fo.save hold it
         self.nonfinite_count = 0             # steps skipped because a gradient was NaN/Inf
@@ -63,21 +81,28 @@ class Optimizer(ExtensionAPI):
         self.last_grad_norm: Optional[float] = None   # global norm seen by the last step, if computed
         self.iterations = 0                  # steps taken (Keras' optimizer.iterations)
         self.engine = Engine(self)
-        self.registry = ParamRegistry(defaults, self.check_group, self.engine.invalidate)
+        self.registry = ParamRegistry(defaults, self.check_group, self.engine.invalidate, storage["state_dtype"],
+                                      native=self.spec is not None)
         self.state = StateView(self.registry.store)
         self.pipeline = GradientPipeline(self.options)
         self._adopts = params is None        # Keras style: apply_gradients learns the variables
         self._last_applied: Optional[list] = None  # the group resolutions of the last applied step
         if params is None:
             return
-        if is_array(params):
-            raise TypeError("params should be an iterable of arrays or dicts, got a single ndarray; "
+        if is_single_array(params):
+            raise TypeError(f"params should be an iterable of arrays or dicts, got a single {type(params).__name__}; "
                             "wrap it in a list: [param]")
-        groups = list(params)
-        if len(groups) == 0:
-            raise ValueError("optimizer got an empty parameter list")
-        if not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
+        if isinstance(params, Mapping):
+            if len(params) == 0:
+                raise ValueError("optimizer got an empty parameter dict")
+            group_params(params, "params")         # {name: array}: every value an array
+            groups = [{"params": params}]
+        else:
+            groups = list(params)
+            if len(groups) == 0:
+                raise ValueError("optimizer got an empty parameter list")
+            if not isinstance(groups[0], dict):
+                groups = [{"params": groups}]
         for g in self.registry.stage(groups):     # every group validated before any is added
             self.registry.add(g)
 
@@ -89,6 +114,12 @@ class Optimizer(ExtensionAPI):
     def params(self) -> List:
         """Every parameter, flat, in param-group order (the order ``step`` takes gradients)."""
         return list(self.registry.params)
+
+    @property
+    def param_names(self) -> Optional[List[str]]:
+        """Each parameter's name, aligned with :attr:`params`; None when they have none."""
+        names = self.registry.names
+        return None if names is None else list(names)
 
     @property
     def labels(self) -> List[str]:
@@ -107,10 +138,13 @@ class Optimizer(ExtensionAPI):
         return float(lr)
 
     # -------------------------------------------------------------------- step
-    def step(self, grads: Sequence[Optional[np.ndarray]], closure: Optional[Callable] = None, *,
-             grad_scale: float = 1.0, skip_nonfinite: Optional[bool] = None):
+    def step(self, grads: Union[Sequence[Optional[np.ndarray]], Mapping[str, Optional[np.ndarray]]],
+             closure: Optional[Callable] = None, *, grad_scale: float = 1.0, skip_nonfinite: Optional[bool] = None):
         """Update every parameter in place from ``grads`` (one per parameter, in the
-        order of ``param_groups``; ``None`` skips a parameter for this step).
+        order of ``param_groups``; ``None`` skips a parameter for this step).  When the
+        parameters have names, ``grads`` may be ``{name: gradient}`` instead: a name left
+        out gets no gradient this step (like ``p.grad is None`` in torch), a name the
+        optimizer doesn't hold raises, naming it.
 
         ``grad_scale`` multiplies every gradient inside the kernel (e.g. ``1 / loss_scale``);
         ``skip_nonfinite`` overrides the option of the same name for this call.  Everything
@@ -125,12 +159,16 @@ class Optimizer(ExtensionAPI):
             self.last_step_applied = False
             loss = closure() if closure is not None else None
             if type(grads) is not list:
-                if is_array(grads):
+                if isinstance(grads, Mapping):
+                    grads = self.registry.grads_by_name(grads)
+                elif is_single_array(grads):
                     raise TypeError("grads must be a sequence with one gradient per parameter, got a single "
-                                    "ndarray; wrap it in a list: [grad]")
-                grads = list(grads)
+                                    f"{type(grads).__name__}; wrap it in a list: [grad]")
+                else:
+                    grads = list(grads)
             reg = self.registry
             params, labels, be = reg.params, reg.labels, reg.backend
+            grads = as_arrays(grads, lambda i: f"gradient of {labels[i]}" if i < len(labels) else f"grads[{i}]")
             be.check_params(params, labels)
             skipped = be.check_grads(params, grads, labels, reg.spans())
             if grad_scale != 1.0:
@@ -217,17 +255,31 @@ class Optimizer(ExtensionAPI):
     def state_dict(self) -> dict:
         """A plain dict of numbers and numpy arrays (copies), in torch's layout:
         ``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``,
-        plus ``"kind"`` (the class name), ``"iterations"`` and the toolkit counters."""
+        plus ``"kind"`` (the class name), ``"iterations"`` and the toolkit counters.
+        When the parameters have names, the names replace the indices: ``state`` is
+        ``{name: {...}}`` and each group's ``"params"`` lists its names."""
         with self.lock:
             return _state_dict.build(self)
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict, strict: bool = True, *,
+                        convert_state_dtype: bool = False) -> IncompatibleKeys:
         """Load a dict produced by ``state_dict`` (or torch's, converted to numpy).
         Validates the kind, group structure, hyperparameter names and values, state keys,
         shapes and dtypes before changing anything; arrays are copied and cast to each
-        parameter's dtype."""
+        parameter's dtype (state buffers: to the ``state_dtype``).
+
+        A state_dict keyed by name is mapped by name (the dict order and the group a
+        parameter sits in may differ; group hyperparameters go by group position).
+        ``strict=True`` raises unless both hold the same names; with ``strict=False`` a
+        parameter the state_dict lacks keeps its state and a saved name this optimizer
+        lacks is ignored.  Returns ``IncompatibleKeys(missing_keys, unexpected_keys)``
+        (torch's ``Module.load_state_dict`` result; empty lists for a positional one).
+
+        State saved with another storage (bfloat16 into float32 state or back) is refused
+        unless ``convert_state_dtype=True``, which converts it (to bfloat16: nearest-even)."""
+        check_bool(convert_state_dtype, "convert_state_dtype")
         with self.lock:
-            _state_dict.load(self, state_dict)
+            return _state_dict.load(self, state_dict, strict=strict, convert_state_dtype=convert_state_dtype)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

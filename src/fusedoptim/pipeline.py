@@ -23,7 +23,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ._arrays import as_arrays, is_single_array
 from ._backends import CPU
+from .lowp import is_bfloat16
 from .validate import check_bool, check_real
 
 __all__ = ["StepControl", "GradientPipeline", "keras_clip_coef", "torch_clip_coef", "global_norm",
@@ -56,9 +58,9 @@ def clip_decision(norm: float, scale: float, global_clipnorm: Optional[float], g
 
 # ----------------------------------------------------------- standalone functions
 def _grads_list(grads, what: str = "grads") -> list:
-    if isinstance(grads, np.ndarray):
+    if is_single_array(grads):
         grads = [grads]
-    grads = [g for g in grads if g is not None]
+    grads = as_arrays([g for g in grads if g is not None], lambda i: f"{what}[{i}]")   # tensors -> views
     for i, g in enumerate(grads):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"{what}[{i}]: expected a numpy.ndarray, got {type(g).__name__}")
@@ -246,8 +248,9 @@ class GradientPipeline:
             a = acc.get(i)
             if a is None:
                 a = pool.get(i)
-                if a is None or a.shape != gr.shape or a.dtype != gr.dtype:
-                    a = pool[i] = backend.zeros_like(gr)
+                want = np.float32 if is_bfloat16(gr.dtype) else gr.dtype   # bfloat16 adds up in float32
+                if a is None or a.shape != gr.shape or a.dtype != want:
+                    a = pool[i] = backend.zeros_like(gr) if want is gr.dtype else np.zeros(gr.shape, want)
                 acc[i] = a
                 fresh.append((a, gr))
             else:

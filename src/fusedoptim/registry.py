@@ -9,13 +9,16 @@ groups, the state and the caches exactly as they were.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ._arrays import as_arrays, is_single_array
 from ._backends import backend_for, is_array
+from .lowp import is_bfloat16, state_dtype_of
 
-__all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required"]
+__all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required", "group_params",
+           "name_label"]
 
 
 class _Required:
@@ -31,11 +34,12 @@ class Group(dict):
     """A param group: a plain dict whose every mutation bumps ``version``, so the
     optimizer re-validates a group's hyperparameters only after they change."""
 
-    __slots__ = ("version",)
+    __slots__ = ("version", "names")
 
     def __init__(self, *a, **kw):
         dict.__init__(self, *a, **kw)
         self.version = 0
+        self.names: Optional[List[str]] = None    # the parameters' names, aligned with "params"
 
     def __setitem__(self, k, v):
         dict.__setitem__(self, k, v)
@@ -81,18 +85,21 @@ class ParamState(dict):
     a replaced buffer) is checked against the parameter and calls ``on_change`` (the
     optimizer drops its cached plans, so the next step uses the new values)."""
 
-    __slots__ = ("_param", "_on_change")
+    __slots__ = ("_param", "_on_change", "_sdtype")
 
-    def __init__(self, param, on_change: Callable[[], None], init=()):
+    def __init__(self, param, on_change: Callable[[], None], init=(), state_dtype=None):
         dict.__init__(self, init)
         self._param = param
         self._on_change = on_change
+        self._sdtype = state_dtype       # the state buffers' dtype when not the parameter's
 
     def __setitem__(self, key, value):
         p = self._param
         if is_array(value):
-            if value.shape != p.shape or value.dtype != p.dtype:
-                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {p.dtype}, got "
+            ok = value.dtype == p.dtype or (self._sdtype is not None and value.dtype == self._sdtype)
+            if value.shape != p.shape or not ok:
+                want = p.dtype if self._sdtype is None else f"{self._sdtype} (state) or {p.dtype}"
+                raise ValueError(f"state[{key!r}]: expected an array of shape {p.shape} and dtype {want}, got "
                                  f"shape {value.shape} and dtype {value.dtype}")
             if not value.flags.c_contiguous or not value.flags.writeable or not value.flags.aligned:
                 raise ValueError(f"state[{key!r}]: the array must be C-contiguous, aligned and writeable")
@@ -131,11 +138,54 @@ class StateView:
         return self._store.get(id(param), default)
 
 
-def _group_params(group) -> list:
-    ps = group.get("params") if isinstance(group, dict) else None
-    if is_array(ps):
-        return [ps]
-    return list(ps) if ps is not None else []
+def name_label(name: str) -> str:
+    """How a named parameter is called in messages: ``'W'`` (``gradient of 'W': ...``)."""
+    return repr(name)
+
+
+def _is_pair(x) -> bool:
+    return type(x) is tuple and len(x) == 2 and isinstance(x[0], str)
+
+
+def _array_like(a) -> bool:
+    """An array, or something fusedoptim._arrays can view as one (the buffer protocol)."""
+    if is_single_array(a):
+        return True
+    try:
+        memoryview(a)
+    except TypeError:
+        return False
+    return True
+
+
+def group_params(ps, where: str) -> Tuple[list, Optional[List[str]]]:
+    """The arrays of a ``"params"`` entry and their names (None when unnamed).
+
+    Accepted: an array; a list of arrays; a mapping ``{name: array}``; a list of
+    ``(name, array)`` pairs (``model.named_params()``, torch's ``named_parameters()``)."""
+    if ps is None:
+        return [], None
+    if is_single_array(ps):
+        return [ps], None
+    if isinstance(ps, Mapping):
+        names, arrays = list(ps.keys()), list(ps.values())
+    else:
+        items = list(ps)
+        if not items or not any(_is_pair(x) for x in items):
+            return items, None
+        for k, x in enumerate(items):
+            if not _is_pair(x):
+                raise TypeError(f"{where}[{k}]: expected a (name, array) pair like the entries before it, got "
+                                f"{type(x).__name__}; name every parameter or none")
+        names, arrays = [x[0] for x in items], [x[1] for x in items]
+    for n, a in zip(names, arrays):
+        if not isinstance(n, str):
+            raise TypeError(f"{where}: parameter names must be strings, got {n!r}")
+        if not _array_like(a):
+            hint = ("; a dict is read as {name: array}: pass param groups as a list of dicts, [{...}]"
+                    if isinstance(a, (list, tuple, dict)) else "")
+            raise TypeError(f"{where}[{n!r}]: expected an array, got {type(a).__name__}{hint}")
+    return arrays, names
 
 
 def check_no_overlap(existing: List, new: List, labels: List[str]) -> None:
@@ -159,8 +209,12 @@ class ParamRegistry:
     """Param groups (torch's list of dicts), per-parameter state keyed by identity, the
     flat parameter list in group order and each parameter's label."""
 
-    def __init__(self, defaults: dict, check_group: Callable[[dict, str], None], on_change: Callable[[], None]):
+    def __init__(self, defaults: dict, check_group: Callable[[dict, str], None], on_change: Callable[[], None],
+                 state_dtype: str = "float32", native: bool = True):
         self.defaults = defaults
+        self._native = native            # a built-in optimizer (bfloat16 parameters need its kernels)
+        #: the optimizer's ``state_dtype`` option (``"float32"`` or ``"bfloat16"``)
+        self.state_dtype = state_dtype
         self.groups: List[dict] = []
         self.store: Dict[int, ParamState] = {}
         self._check_group = check_group
@@ -171,6 +225,9 @@ class ParamRegistry:
         self.labels: List[str] = []
         #: the backend of the parameters (CPU for NumPy arrays, CUDA for CuPy ones)
         self.backend = backend_for([])
+        #: each parameter's name, aligned with ``params``, or None when they have none; read-only
+        self.names: Optional[List[str]] = None
+        self._by_name: Dict[str, int] = {}
         self._index: Dict[int, int] = {}
         self._spans = None
         self.auto_group = False          # group 0 was created by apply_gradients
@@ -180,6 +237,24 @@ class ParamRegistry:
         """The flat index of ``param`` (by identity), or None."""
         return self._index.get(id(param))
 
+    def index_of_name(self, name) -> Optional[int]:
+        """The flat index of the parameter called ``name``, or None."""
+        return self._by_name.get(name) if isinstance(name, str) else None
+
+    def grads_by_name(self, grads: Mapping) -> list:
+        """``{name: gradient}`` as the gradient list in parameter order: a name left out (or
+        given None) gets no gradient this step; a name the optimizer doesn't hold raises."""
+        if self.names is None:
+            raise TypeError("grads is a dict, but this optimizer's parameters have no names: build it with a "
+                            "dict, fo.Adam({'W': W, 'b': b}), or pass a list with one gradient per parameter")
+        by_name = self._by_name
+        for k in grads:
+            if k not in by_name or not isinstance(k, str):
+                known = ", ".join(map(repr, self.names[:8])) + (", ..." if len(self.names) > 8 else "")
+                raise ValueError(f"grads has a gradient for {k!r}, which is not a parameter of this optimizer "
+                                 f"(its parameters: {known})")
+        return [grads.get(n) for n in self.names]
+
     def spans(self):
         """The memory spans of the parameters (cached; for the gradient aliasing check)."""
         if self._spans is None:
@@ -187,30 +262,42 @@ class ParamRegistry:
         return self._spans
 
     def new_state(self, param, init) -> ParamState:
-        return ParamState(param, self._on_change, init)
+        return ParamState(param, self._on_change, init, self.buffer_dtype(param))
+
+    def buffer_dtype(self, param):
+        """The dtype of ``param``'s state buffers when it is not the parameter's own (None)."""
+        return state_dtype_of(self.state_dtype, param.dtype)
+
+    @property
+    def lowp(self) -> bool:
+        """Some array the kernel writes is bfloat16 (state or parameters): steps draw
+        rounding bits."""
+        return self.state_dtype == "bfloat16" or bool(self.params and is_bfloat16(self.params[0].dtype))
 
     # --------------------------------------------------------------- groups
     def stage(self, groups: Iterable, first_index: int = 0) -> List[dict]:
         """Validate param groups (dicts with ``"params"``) against the registry and each
         other; return them completed with defaults, ready for :meth:`add`."""
-        staged, extra = [], []
+        staged, extra, extra_names = [], [], []
         for i, group in enumerate(groups):
-            g = self._stage_one(group, first_index + i, extra)
+            g = self._stage_one(group, first_index + i, extra, extra_names)
             extra.extend(g["params"])
+            extra_names.extend(g.names or ())
             staged.append(g)
         return staged
 
-    def _stage_one(self, group, gi: int, extra: list) -> dict:
+    def _stage_one(self, group, gi: int, extra: list, extra_names: list) -> dict:
         if not isinstance(group, dict):
             raise TypeError(f"param group {gi} must be a dict, got {type(group).__name__}")
         if "params" not in group:
             raise ValueError(f"param group {gi} has no 'params' entry")
-        params = _group_params(group)
+        params, names = group_params(group["params"], f"param group {gi}: params")
         unknown = set(group) - set(self.defaults) - {"params"}
         if unknown:
             raise ValueError(f"param group {gi}: unknown hyperparameter(s) {sorted(unknown)}; "
                              f"known: {sorted(self.defaults)}")
-        g = {"params": params}
+        g = Group(params=params)
+        g.names = names
         for k, v in self.defaults.items():
             if k in group:
                 g[k] = group[k]
@@ -219,7 +306,22 @@ class ParamRegistry:
             else:
                 g[k] = v
         earlier = self.params + extra          # params added before, or staged in the same call
-        labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        named_before = (self.names is not None) if self.params else (bool(extra_names) if extra else None)
+        if params and named_before is not None and named_before != (names is not None):
+            raise ValueError(f"param group {gi}: its parameters are {'un' if names is None else ''}named, the "
+                             f"optimizer's other parameters are {'' if names is None else 'un'}named; name every "
+                             "parameter (a dict {name: array}) or none")
+        if names is not None:
+            taken = set(self._by_name) | set(extra_names)
+            seen = set()
+            for n in names:
+                if n in taken or n in seen:
+                    raise ValueError(f"param group {gi}: the parameter name {n!r} is used twice")
+                seen.add(n)
+            labels = [name_label(n) for n in names]
+        else:
+            labels = [f"params[{len(earlier) + j}] (group {gi}, index {j})" for j in range(len(params))]
+        params = g["params"] = as_arrays(params, labels.__getitem__)   # torch tensors -> NumPy views
         self.check_new(params, labels, earlier)
         self._check_group(g, f"param group {gi}")
         return g
@@ -232,6 +334,17 @@ class ParamRegistry:
         if new and earlier and new[0].dtype != earlier[0].dtype:
             raise TypeError(f"{labels[0]}: dtype {new[0].dtype} differs from {earlier[0].dtype} of the "
                             "optimizer's other parameters; float32 and float64 can't be mixed")
+        if new and is_bfloat16(new[0].dtype) and not self._native:
+            raise TypeError(f"{labels[0]}: bfloat16 parameters need a built-in optimizer (its kernel computes in "
+                            "float32 and rounds the write); this one updates parameters in NumPy")
+        if new and self.state_dtype != "float32":
+            if new[0].dtype != np.float32 and not is_bfloat16(new[0].dtype):
+                raise TypeError(f"{labels[0]}: state_dtype={self.state_dtype!r} needs float32 (or bfloat16) "
+                                f"parameters, got {new[0].dtype}; {new[0].dtype} parameters keep "
+                                f"{new[0].dtype} state (state_dtype='float32')")
+            if backend_for(new).name != "cpu":
+                raise NotImplementedError(f"{labels[0]}: state_dtype={self.state_dtype!r} runs on the CPU "
+                                          "backend only (NumPy arrays)")
         check_no_overlap(earlier, new, labels)
 
     def add(self, g: dict) -> None:
@@ -239,16 +352,25 @@ class ParamRegistry:
         self._on_change()
         self._spans = None
         gi, n0, ps = len(self.groups), len(self.params), g["params"]
+        g = g if type(g) is Group else Group(g)
         self._index.update(zip(map(id, ps), range(n0, n0 + len(ps))))
-        self.labels += [f"params[{n0 + j}] (group {gi}, index {j})" for j in range(len(ps))]
+        if g.names is not None:
+            self.names = (self.names or []) + list(g.names)
+            self._by_name.update(zip(g.names, range(n0, n0 + len(ps))))
+            self.labels += [name_label(n) for n in g.names]
+        else:
+            self.labels += [f"params[{n0 + j}] (group {gi}, index {j})" for j in range(len(ps))]
         self.params += ps
         self.backend = backend_for(self.params)
-        self.groups.append(g if type(g) is Group else Group(g))
+        self.groups.append(g)
 
     # ----------------------------------------------------- Keras-style variables
     def learn(self, new: list) -> None:
         """Add variables seen by ``apply_gradients`` of an optimizer built without params:
         the first time into a new group 0, later appended to it."""
+        if self.names is not None:
+            raise ValueError("apply_gradients: this optimizer's parameters have names; it adopts no unnamed "
+                             "variables (add them with add_param_group({'params': {name: array}}))")
         if not self.groups:
             g = dict(self.defaults)
             g["params"] = new
@@ -318,6 +440,7 @@ class ParamRegistry:
 
     def _reindex(self) -> None:
         self.params, self.labels, self._index = [], [], {}
+        self.names, self._by_name = None, {}
         self.backend = backend_for([])
         groups, self.groups = self.groups, []
         for g in groups:

@@ -94,15 +94,21 @@ def split_decay_groups(named_params: Union[Dict[str, np.ndarray], Iterable[Tuple
     ``group_options``) and those excluded from it -- by default biases and other 1-D
     parameters (norm scales), the usual transformer/ResNet practice.
 
+    The groups keep the names: each group's ``"params"`` is a dict ``{name: array}``, so
+    the optimizer's parameters are named (``opt.step({name: grad})``, a state_dict keyed
+    by name).  The flat order (what a list of gradients follows) is the decayed
+    parameters first, then the others.
+
     >>> groups = split_decay_groups({"W": W, "b": b}, weight_decay=1e-2)
     >>> opt = AdamW(groups, lr=1e-3)
+    >>> opt.step({"W": gW, "b": gb})
     """
     items = list(named_params.items()) if isinstance(named_params, dict) else list(named_params)
     if no_decay is None:
         def no_decay(name, p):
             return p.ndim <= 1
-    decay = [p for n, p in items if not no_decay(n, p)]
-    rest = [p for n, p in items if no_decay(n, p)]
+    decay = {n: p for n, p in items if not no_decay(n, p)}
+    rest = {n: p for n, p in items if no_decay(n, p)}
     groups = []
     if decay:
         groups.append(dict(group_options, params=decay, weight_decay=weight_decay))

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .contenders import ALL_CONTENDERS, OPTIMIZERS
+from .lowp import STATE_DTYPES as LOWP_STATE_DTYPES, print_state_dtypes, run_state_dtypes
 from .report import run
 from .workloads import KI, MI, QUICK_WORKLOADS, WORKLOADS, parse_size, parse_workload
 
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write every figure and the machine info as JSON")
     p.add_argument("--quick", action="store_true", help="fewer samples, shorter samples, no 16M workload")
     p.add_argument("--list", action="store_true", help="list optimizers and workloads, then exit")
+    p.add_argument("--state-dtype", type=_list_arg(list(LOWP_STATE_DTYPES), "state dtype"), default=None,
+                   help="instead of the report: Adam with these state dtypes (comma list: "
+                        + ", ".join(LOWP_STATE_DTYPES) + ") on --workloads (default resnet18,1x16M): bytes per "
+                        "element, GB/s, %% of roofline, speedup over torch fused and bitsandbytes Adam8bit")
     return p
 
 
@@ -120,6 +125,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     memory = None if args.memory is None else (args.memory if args.memory > 0 else (1000 if q else 10_000))
     if repeat < 1 or warmup < 0 or min_time < 0:
         build_parser().error("--repeat must be >= 1, --warmup and --min-time >= 0")
+    if args.state_dtype is not None:
+        rows = run_state_dtypes(args.state_dtype, args.workloads or ["resnet18", "1x16M"],
+                                args.repeat if args.repeat is not None else (3 if q else 7), min_time,
+                                args.threads, args.seed, use_torch=not args.no_torch, use_bnb=not args.no_torch)
+        print_state_dtypes(rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"state_dtypes": rows}, f, indent=1, default=_json_default)
+            print(f"wrote {args.json}")
+        return 0
     report = run(args.optimizers, workloads, repeat, warmup, min_time, args.threads, sizes,
                  use_torch=not args.no_torch, contenders=args.contenders, seed=args.seed, memory=memory,
                  use_gpu=not args.no_gpu, gpu_roofline_sizes=gsizes)

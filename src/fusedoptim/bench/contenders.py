@@ -5,7 +5,9 @@ callable per contender: ``fusedoptim`` (``opt.step(grads)``), ``stream`` (the na
 roofline loop over the same arrays, :func:`native_stream`), ``numpy`` (the naive
 baselines of :mod:`.numpy_baselines`), ``torch_foreach`` / ``torch_fused``, and on a GPU
 ``gpu`` (fusedoptim on cupy arrays), ``gpu_stream`` (:class:`.gpu.GpuStream`) and
-``torch_cuda_fused``.
+``torch_cuda_fused``.  ``fusedoptim_torch`` is :mod:`fusedoptim.torch`'s optimizer on the
+same torch tensors as the torch contenders (``.grad`` set, ``opt.step()``): what a torch
+CPU loop gets by switching its import.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ OPTIMIZERS: Dict[str, OptConfig] = {c.key: c for c in [
 ]}
 
 #: CPU contender names, in the order the report prints them.
-CONTENDERS = ("fusedoptim", "stream", "numpy", "torch_foreach", "torch_fused")
+CONTENDERS = ("fusedoptim", "stream", "numpy", "torch_foreach", "torch_fused", "fusedoptim_torch")
 #: GPU contenders: fusedoptim on cupy arrays, the device STREAM kernel, torch fused on CUDA.
 #: Built only with a :class:`.gpu.Gpu` (see :func:`.gpu.probe_gpu`); timed with ``measure(sync=...)``.
 GPU_CONTENDERS = ("gpu", "gpu_stream", "torch_cuda_fused")
@@ -143,6 +145,8 @@ def build_case(config: OptConfig, wl: Workload, params: Sequence[np.ndarray],
             case.fns[name] = lambda naive=naive: naive.step(grads)
         elif name in ("torch_foreach", "torch_fused"):
             why = _add_torch_contender(case, name, params, grads, torch)
+        elif name == "fusedoptim_torch":
+            why = _add_fusedoptim_torch_contender(case, params, grads, torch)
         elif name in GPU_CONTENDERS:
             why = "no GPU" if gpu is None else _add_gpu_contender(case, name, gpu, params, grads, torch)
         else:
@@ -182,6 +186,23 @@ def _add_torch_contender(case: Case, name: str, params, grads, torch) -> Optiona
     except (TypeError, RuntimeError, ValueError) as e:  # variant missing in this torch
         return f"{type(e).__name__}: {e}"
     case.fns[name] = topt.step
+    return None
+
+
+def _add_fusedoptim_torch_contender(case: Case, params, grads, torch) -> Optional[str]:
+    """Add ``fusedoptim_torch``: ``fusedoptim.torch.<Cls>`` over torch copies of ``params``
+    with ``.grad`` set, as the torch contenders have them, after one step.  Its time is the
+    fused kernel plus what the torch front end costs (reading ``p.grad``, zero-copy views,
+    the param-group sync); return why it can't be added, or None."""
+    if torch is None:
+        return "torch not importable"
+    from .. import torch as fo_torch      # imports torch: only reached when torch is importable
+    tparams = [torch.from_numpy(p.copy()) for p in params]
+    for tp, g in zip(tparams, grads):
+        tp.grad = torch.from_numpy(np.array(g))
+    opt = getattr(fo_torch, case.config.cls.__name__)(tparams, **case.config.kwargs)
+    opt.step()
+    case.fns["fusedoptim_torch"] = opt.step
     return None
 
 

@@ -24,7 +24,7 @@ SCHEMA = "fusedoptim.bench/1"
 
 HEAD = (f"{'optimizer':<26}{'k':>2} {'step':>9} {'Gelem/s':>8} {'GB/s':>7} {'roofGB/s':>8} "
         f"{'%roof':>6} | {'numpy':>8} {'speedup':>7} | {'t.foreach':>9} {'speedup':>7} | "
-        f"{'t.fused':>8} {'speedup':>7}")
+        f"{'t.fused':>8} {'speedup':>7} | {'fo.torch':>8} {'vs t.fused':>10} {'vs t.foreach':>12}")
 GPU_HEAD = (f" | {'gpu':>8} {'GB/s':>7} {'%peak':>5} {'%roof':>5} | {'t.cuda':>8} {'speedup':>7}")
 
 
@@ -62,6 +62,11 @@ def row_figures(case: Case, res: Dict[str, dict], peak_gb_s: Optional[float] = N
     d["speedup_vs_numpy"] = ratio("numpy")
     d["speedup_vs_torch_foreach"] = ratio("torch_foreach")
     d["speedup_vs_torch_fused"] = ratio("torch_fused")
+    # fusedoptim.torch (torch tensors, .grad) against torch.optim on the same tensors
+    ft = med.get("fusedoptim_torch")
+    d["fusedoptim_torch_step_s"] = ft
+    d["fusedoptim_torch_vs_torch_fused"] = med["torch_fused"] / ft if (ft and "torch_fused" in med) else None
+    d["fusedoptim_torch_vs_torch_foreach"] = med["torch_foreach"] / ft if (ft and "torch_foreach" in med) else None
     # GPU figures (None without a GPU): same bytes-moved formula as the CPU columns
     tg, sg, tc = med.get("gpu"), med.get("gpu_stream"), med.get("torch_cuda_fused")
     d["gpu_step_s"] = tg
@@ -84,7 +89,9 @@ def row_text(d: dict, gpu: bool = False) -> str:
             f"{g(d['gb_s'], '.3g'):>7} {g(d['roofline_gb_s'], '.3g'):>8} {g(d['pct_roofline'], '.0f'):>6} | "
             f"{ft(med.get('numpy')):>8} {_fx(d['speedup_vs_numpy']):>7} | "
             f"{ft(med.get('torch_foreach')):>9} {_fx(d['speedup_vs_torch_foreach']):>7} | "
-            f"{ft(med.get('torch_fused')):>8} {_fx(d['speedup_vs_torch_fused']):>7}")
+            f"{ft(med.get('torch_fused')):>8} {_fx(d['speedup_vs_torch_fused']):>7} | "
+            f"{ft(d.get('fusedoptim_torch_step_s')):>8} {_fx(d.get('fusedoptim_torch_vs_torch_fused')):>10} "
+            f"{_fx(d.get('fusedoptim_torch_vs_torch_foreach')):>12}")
     if gpu:
         text += (f" | {ft(d['gpu_step_s']):>8} {g(d['gpu_gb_s'], '.4g'):>7} {g(d['gpu_pct_peak'], '.0f'):>5} "
                  f"{g(d['gpu_pct_roofline'], '.0f'):>5} | {ft(med.get('torch_cuda_fused')):>8} "
@@ -260,6 +267,9 @@ def _summary(report: dict, say: Callable) -> None:
         for key, label, f in (("pct_roofline", "%roof", "{:.0f}"), ("speedup_vs_numpy", "vs numpy", "{:.3g}x"),
                               ("speedup_vs_torch_foreach", "vs torch foreach", "{:.3g}x"),
                               ("speedup_vs_torch_fused", "vs torch fused", "{:.3g}x"),
+                              ("fusedoptim_torch_vs_torch_fused", "fusedoptim.torch vs torch fused", "{:.3g}x"),
+                              ("fusedoptim_torch_vs_torch_foreach", "fusedoptim.torch vs torch foreach",
+                               "{:.3g}x"),
                               ("gpu_pct_peak", "gpu %peak", "{:.0f}"), ("gpu_pct_roofline", "gpu %roof", "{:.0f}"),
                               ("speedup_vs_torch_cuda_fused", "gpu vs torch cuda fused", "{:.3g}x")):
             v = [r[key] for r in rs if r[key] is not None]

@@ -9,7 +9,7 @@ from typing import List, Tuple
 import numpy as np
 
 __all__ = ["KI", "MI", "Workload", "gpt_block_shapes", "MODEL_WORKLOADS", "WORKLOADS",
-           "QUICK_WORKLOADS", "parse_workload", "parse_size", "make_data"]
+           "QUICK_WORKLOADS", "parse_workload", "parse_size", "make_data", "resnet18_shapes"]
 
 KI = 1 << 10
 MI = 1 << 20
@@ -55,10 +55,27 @@ def gpt_block_shapes(vocab: int = 2048, ctx: int = 256, d: int = 256, layers: in
     return shapes
 
 
+def resnet18_shapes(classes: int = 1000) -> List[Tuple[int, ...]]:
+    """Parameter shapes of torchvision's ResNet-18: 62 tensors, 11,689,512 elements
+    (conv weights, BatchNorm weights and biases, the classifier)."""
+    shapes: List[Tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for block in range(2):
+            shapes += [(cout, cin if block == 0 else cout, 3, 3), (cout,), (cout,),
+                       (cout, cout, 3, 3), (cout,), (cout,)]
+            if block == 0 and (stride != 1 or cin != cout):
+                shapes += [(cout, cin, 1, 1), (cout,), (cout,)]      # downsample
+        cin = cout
+    return shapes + [(classes, 512), (classes,)]
+
+
 MODEL_WORKLOADS = {
     "gpt-4L-d256": Workload("gpt-4L-d256", tuple(gpt_block_shapes()), "float32",
                             "GPT-2-style decoder, 4 layers, d=256, vocab 2048, ctx 256: "
                             "52 tensors, 3.75M elements (weights, biases, LayerNorms)"),
+    "resnet18": Workload("resnet18", tuple(resnet18_shapes()), "float32",
+                         "torchvision ResNet-18: 62 tensors, 11.7M elements"),
 }
 
 #: Workloads of the full report, in print order.

@@ -12,7 +12,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 import fusedoptim as fo
 from .. import nn
 from . import data as _data
+from .choices import ALIASES, OptSpec, demo_optimizers, probe
 from ._util import DemoError, SCHEDULES, blas_threads, clip_function, make_schedule, progress
 from . import parallel
 from .parallel import World, slice_weight
@@ -27,38 +27,17 @@ from .parallel import World, slice_weight
 __all__ = ["OptSpec", "OPTIMIZERS", "train_one", "evaluate", "build_parser", "main"]
 
 
-@dataclass(frozen=True)
-class OptSpec:
-    """One optimizer of the comparison: CLI key, display label, fusedoptim class and the
-    default learning rate (chosen for this MLP on digits/MNIST with batch 32)."""
-
-    key: str
-    label: str
-    cls: str
-    lr: float
-    kwargs: Dict[str, object] = field(default_factory=dict)
-
-    def build(self, params, lr):
-        return getattr(fo, self.cls)(params, lr=lr, **self.kwargs)
+OPTIMIZERS: Dict[str, OptSpec] = demo_optimizers()
+_ALIASES = ALIASES
 
 
-OPTIMIZERS: Dict[str, OptSpec] = {s.key: s for s in [
-    OptSpec("sgd", "SGD", "SGD", 0.1),
-    OptSpec("sgdm", "SGD+momentum", "SGD", 0.02, {"momentum": 0.9}),
-    OptSpec("adagrad", "Adagrad", "Adagrad", 0.03),
-    OptSpec("rmsprop", "RMSprop", "RMSprop", 1e-3),
-    OptSpec("adam", "Adam", "Adam", 2e-3),
-    OptSpec("adamw", "AdamW", "AdamW", 2e-3, {"weight_decay": 1e-2}),
-    OptSpec("adamax", "Adamax", "Adamax", 5e-3),
-    OptSpec("nadam", "NAdam", "NAdam", 2e-3),
-    OptSpec("radam", "RAdam", "RAdam", 3e-3),
-    OptSpec("adadelta", "Adadelta", "Adadelta", 1.0),
-]}
-_ALIASES = {"momentum": "sgdm", "sgd+momentum": "sgdm"}
+def parse_optimizers(text: str, lr_override: Optional[float],
+                     skipped: Optional[List[tuple]] = None) -> List[tuple]:
+    """``"all"`` or a comma list of ``name`` / ``name=lr`` -> [(OptSpec, lr)].
 
-
-def parse_optimizers(text: str, lr_override: Optional[float]) -> List[tuple]:
-    """``"all"`` or a comma list of ``name`` / ``name=lr`` -> [(OptSpec, lr)]."""
+    Every optimizer is checked with ``choices.probe`` first: one named explicitly that
+    cannot run in this comparison is an error; ``all`` leaves it out and appends
+    ``(label, reason)`` to ``skipped``."""
     out = []
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -67,7 +46,12 @@ def parse_optimizers(text: str, lr_override: Optional[float]) -> List[tuple]:
         name, _, lr_text = item.partition("=")
         name = name.strip().lower()
         if name == "all":
-            out.extend((s, s.lr if lr_override is None else lr_override) for s in OPTIMIZERS.values())
+            for s in OPTIMIZERS.values():
+                why = probe(s)
+                if why is None:
+                    out.append((s, s.lr if lr_override is None else lr_override))
+                elif skipped is not None:
+                    skipped.append((s.label, why))
             continue
         spec = OPTIMIZERS.get(_ALIASES.get(name, name))
         if spec is None:
@@ -80,6 +64,9 @@ def parse_optimizers(text: str, lr_override: Optional[float]) -> List[tuple]:
                 raise DemoError(f"--optimizers {item!r}: {lr_text!r} is not a learning rate") from None
         if not (lr >= 0 and math.isfinite(lr)):
             raise DemoError(f"--optimizers {item!r}: learning rate must be a finite number >= 0")
+        why = probe(spec)
+        if why is not None:
+            raise DemoError(f"--optimizers {item!r}: {spec.label} cannot run in this comparison ({why})")
         out.append((spec, lr))
     return out
 
@@ -281,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "from local IDX files.  See also: fusedoptim demo toy2d --help.",
         epilog=f"optimizers: {', '.join(f'{s.key} (lr {s.lr:g})' for s in OPTIMIZERS.values())}")
     p.add_argument("--optimizers", default="all", metavar="LIST",
-                   help="comma list of optimizer names, each optionally name=lr (default: all)")
+                   help="comma list of optimizer names, each optionally name=lr (default: all, every optimizer "
+                        "fusedoptim exports)")
     p.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs per run (default 20; 8 with --quick)")
     p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="mini-batch size (default 32)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate for every optimizer (overrides the defaults)")
@@ -333,7 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise DemoError(f"started by an MPI launcher as one of {launched} processes, but without "
                         "--distributed every process would run the whole demo and write the same files; "
                         "add --distributed (or run a single process)")
-    runs = parse_optimizers(args.optimizers, args.lr)
+    skipped: List[tuple] = []
+    runs = parse_optimizers(args.optimizers, args.lr, skipped)
     epochs = args.epochs or (8 if args.quick else 20)
     if args.schedule != "none":
         make_schedule(args.schedule, 1.0, 1)   # fail now, not after loading data
@@ -342,16 +331,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     world = parallel.connect() if args.distributed else None
     dataset = _load(args)                      # every rank loads the same data, or fails alike
     if world is None:
-        return _run(args, runs, epochs, dataset, None)
+        return _run(args, runs, epochs, dataset, None, skipped)
     try:
-        return _run(args, runs, epochs, dataset, world)
+        return _run(args, runs, epochs, dataset, world, skipped)
     except BaseException:
         if world.size > 1:                     # don't leave the other ranks in a collective
             world.abort(1)
         raise
 
 
-def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World]) -> int:
+def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World], skipped=()) -> int:
     """Train every run, then (rank 0) print the table and write the JSON and PNG."""
     from . import report
 
@@ -365,6 +354,8 @@ def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World]) -> 
         threads = max(1, fo.get_num_threads() // world.local_size())
 
     say(f"fusedoptim {fo.__version__} demo: {dataset.describe()}")
+    for label, why in skipped:
+        say(f"note: {label} is left out of this comparison: {why}")
     blas_limit, blas_note = blas_threads(args.blas_threads)
     sizes = [dataset.n_features, *args.hidden, dataset.n_classes]
     say(f"MLP {'-'.join(map(str, sizes))} (ReLU), "
@@ -419,13 +410,17 @@ def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World]) -> 
         config.update({"mpi_library": world.library(), "ranks_bit_identical": synced,
                        "slice_sizes": parallel.slice_sizes(args.batch_size, world.size)})
     stem = os.path.join(args.out, f"demo_{dataset.name}")
-    report.write_json(stem + ".json", report.document(config, results))
+    doc = report.document(config, results)
+    doc["ranking"] = [r["optimizer"] for r in report.ranked(results)]     # the table's order
+    doc["summary"] = report.summary(results, args.target_acc)
+    report.write_json(stem + ".json", doc)
     print(f"\nwrote {stem}.json")
     if not args.no_plot:
         ranks = f", {world.size} ranks" if world is not None else ""
         png = report.plot_curves(results, stem + ".png",
                                  title=f"{dataset.name}: MLP {'-'.join(map(str, sizes))}, "
-                                       f"batch {args.batch_size}, schedule {args.schedule}{ranks}")
+                                       f"batch {args.batch_size}, schedule {args.schedule}{ranks}",
+                                 target_acc=args.target_acc)
         if png:
             print(f"wrote {png}")
     return 0 if synced else 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -350,6 +350,8 @@ class DistributedOptimizer:
                              f"tensors fits an optimizer over [arena.flat] or arena.params()")
         if isinstance(grads, np.ndarray):
             return [grads]
+        if isinstance(grads, Mapping):      # {name: gradient} of an optimizer with named parameters
+            return self.optimizer.registry.grads_by_name(grads)
         return list(grads)
 
     def _settings(self, arena: bool) -> tuple:

@@ -424,8 +424,8 @@ def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtyp
         if first is None:
             first, scalars = sd, sc
             for k, v in st.items():  # every buffer name, even for an empty range
-                if isinstance(v, np.ndarray):
-                    state[k] = np.zeros(n, dtype=dtype)
+                if isinstance(v, np.ndarray):   # in its stored dtype (bfloat16 state stays bfloat16)
+                    state[k] = np.zeros(n, dtype=v.dtype)
         elif sc != scalars or bool(sd["state"]) != bool(first["state"]):
             raise CheckpointError(f"{path}: scalar state {sc} differs from another shard's {scalars}")
         if not overlap:
@@ -433,7 +433,7 @@ def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtyp
         a, b = max(lo, olo), min(hi, ohi)
         for k, v in st.items():
             if isinstance(v, np.ndarray):
-                state.setdefault(k, np.zeros(n, dtype=dtype))[a - lo:b - lo] = v[a - olo:b - olo]
+                state.setdefault(k, np.zeros(n, dtype=v.dtype))[a - lo:b - lo] = v[a - olo:b - olo]
         if want_params:
             if param is None:
                 raise CheckpointError(f"{path}: saved without parameters (include_params=False)")

@@ -1,0 +1,132 @@
+"""Low-precision state: ``python -m fusedoptim.bench --state-dtype float32,bfloat16``.
+
+Adam on each workload with every requested ``state_dtype``, timed in the same
+interleaved rounds as the native STREAM loop over the same float32 arrays, torch's
+``Adam(fused=True)`` (float32 state) and, where installed, bitsandbytes' 8-bit
+``Adam8bit`` on the CPU.  Per state dtype: bytes moved per element (parameter and
+gradient float32: 4 + 4 read, 4 written; each of the two moments read and written in
+its storage size), GB/s at that byte count, % of the roofline (the STREAM loop's GB/s
+on the same arrays: the machine's bandwidth, whatever the byte count), the speedup over
+torch and bitsandbytes, and the state memory relative to float32.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .. import _kernels
+from ..optim import Adam
+from .contenders import import_torch, native_stream
+from .timing import measure
+from .workloads import make_data, parse_workload
+
+__all__ = ["STATE_DTYPES", "BYTES_PER_ELEMENT", "run_state_dtypes", "print_state_dtypes"]
+
+#: the state dtypes this benchmark knows
+STATE_DTYPES = ("float32", "bfloat16")
+#: Adam's minimum traffic per element: read p, g, m, v; write p, m, v
+BYTES_PER_ELEMENT = {"float32": 28, "bfloat16": 20}
+
+
+def _bitsandbytes_adam8bit(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]):
+    """bitsandbytes' Adam8bit over CPU copies, or (None, reason)."""
+    try:
+        import torch
+        import bitsandbytes as bnb
+    except Exception as e:  # ImportError, or a broken install
+        return None, f"bitsandbytes not importable ({type(e).__name__})"
+    ts = [torch.from_numpy(p.copy()).requires_grad_(True) for p in params]
+    for t, g in zip(ts, grads):
+        t.grad = torch.from_numpy(np.array(g))
+    try:
+        opt = bnb.optim.Adam8bit(ts, lr=1e-3)
+        opt.step()
+    except Exception as e:
+        return None, f"bitsandbytes Adam8bit failed on CPU: {type(e).__name__}: {e}"
+    return opt.step, None
+
+
+def run_state_dtypes(state_dtypes: Sequence[str], workloads: Sequence[str], repeat: int = 5,
+                     min_time: float = 0.01, threads: Optional[int] = None, seed: int = 0,
+                     use_torch: bool = True, use_bnb: bool = True) -> List[dict]:
+    """One row per (workload, state dtype), plus the contenders' times in each row."""
+    for sd in state_dtypes:
+        if sd not in STATE_DTYPES:
+            raise ValueError(f"unknown state dtype {sd!r}; this benchmark knows {STATE_DTYPES}")
+    torch = import_torch() if use_torch else None
+    saved = _kernels.get_num_threads()
+    rows = []
+    try:
+        if threads is not None:
+            _kernels.set_num_threads(threads)
+        nth = _kernels.get_num_threads()
+        if torch is not None:
+            torch.set_num_threads(nth)
+        for name in workloads:
+            wl = parse_workload(name)
+            params, grads = make_data(wl, seed)
+            fns: Dict[str, object] = {}
+            opts = {}
+            for sd in state_dtypes:
+                ps = [p.copy() for p in params]
+                opt = Adam(ps, lr=1e-3, state_dtype=sd)
+                opt.step(grads)
+                opts[sd] = opt
+                fns[f"fusedoptim[{sd}]"] = (lambda o=opt, g=grads: o.step(g))
+            bufs = [[np.zeros_like(p) for p in params] for _ in range(2)]
+            fns["stream"] = native_stream(4, [p.copy() for p in params], grads, bufs)
+            notes = {}
+            if torch is not None:
+                tp = [torch.from_numpy(p.copy()) for p in params]
+                for t, g in zip(tp, grads):
+                    t.grad = torch.from_numpy(np.array(g))
+                topt = torch.optim.Adam(tp, lr=1e-3, fused=True)
+                topt.step()
+                fns["torch_fused"] = topt.step
+            if use_bnb:
+                step, why = _bitsandbytes_adam8bit(params, grads)
+                if step is None:
+                    notes["bitsandbytes"] = why
+                else:
+                    fns["bnb_adam8bit"] = step
+            res = measure(fns, repeat, min_time)
+            n = wl.n_elements
+            stream_gbs = 4 * 7 * n / res["stream"]["median_s"] / 1e9
+            f32_state = 8 * n
+            for sd in state_dtypes:
+                t = res[f"fusedoptim[{sd}]"]["median_s"]
+                bpe = BYTES_PER_ELEMENT[sd]
+                gbs = bpe * n / t / 1e9
+                st = opts[sd].state
+                state_bytes = sum(v.nbytes for p in opts[sd].params for v in st[p].values()
+                                  if isinstance(v, np.ndarray))
+                row = {"workload": name, "n_tensors": wl.n_tensors, "n_elements": n, "threads": nth,
+                       "state_dtype": sd, "median_s": t, "bytes_per_element": bpe, "gb_s": gbs,
+                       "stream_gb_s": stream_gbs, "pct_roofline": 100.0 * gbs / stream_gbs,
+                       "state_bytes": state_bytes, "state_vs_float32": state_bytes / f32_state,
+                       "torch_fused_s": res["torch_fused"]["median_s"] if "torch_fused" in res else None,
+                       "bnb_adam8bit_s": res["bnb_adam8bit"]["median_s"] if "bnb_adam8bit" in res else None,
+                       "notes": dict(notes)}
+                row["vs_torch_fused"] = None if row["torch_fused_s"] is None else row["torch_fused_s"] / t
+                row["vs_bnb_adam8bit"] = None if row["bnb_adam8bit_s"] is None else row["bnb_adam8bit_s"] / t
+                rows.append(row)
+            del opts, fns, bufs
+    finally:
+        _kernels.set_num_threads(saved)
+    return rows
+
+
+def print_state_dtypes(rows: List[dict]) -> None:
+    hdr = (f"{'workload':<10} {'state':<9} {'ms':>8} {'B/elem':>6} {'GB/s':>6} {'%roof':>6} "
+           f"{'x torch':>8} {'x bnb8':>8} {'state mem':>9}")
+    print("Adam with low-precision state (interleaved medians; roofline: native STREAM, same arrays)")
+    print(hdr)
+    for r in rows:
+        f = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
+        print(f"{r['workload']:<10} {r['state_dtype']:<9} {r['median_s'] * 1e3:8.2f} {r['bytes_per_element']:6d} "
+              f"{r['gb_s']:6.1f} {r['pct_roofline']:6.0f} {f(r['vs_torch_fused'], '8.2f')} "
+              f"{f(r['vs_bnb_adam8bit'], '8.1f')} {r['state_vs_float32']:8.2f}x")
+    for r in rows:
+        for k, v in r["notes"].items():
+            print(f"  {r['workload']}: {k}: {v}")

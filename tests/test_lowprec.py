@@ -1,0 +1,560 @@
+"""Low-precision storage (issue 12): ``state_dtype="bfloat16"``.
+
+The references are independent of the library:
+
+- the rounding: round-to-nearest-even is ml_dtypes' own float32 -> bfloat16 cast; the
+  stochastic rounding is written here from its definition (round the magnitude up with
+  probability (x - down) / (up - down), drawn from the documented hash of (seed, step,
+  tensor, index, buffer)) and checked for unbiasedness by counting;
+- the trajectories: the float64 rules of ``reference.py``, with every state buffer rounded
+  to bfloat16 (the same rounding) after every step, as the storage does.
+
+The kernel computes in float32 and the reference in float64, so a value within ~1e-7 of a
+rounding threshold can land on the other side: states agree to one bfloat16 ulp, almost
+all of them bit for bit (the tests count).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from cases import RICH_CASES, case_params, draw_hparams, grad_stream, make_params, seed_for
+from reference import BUFFERS, DEFAULTS, RULES
+
+import fusedoptim
+from fusedoptim import _kernels
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+M64 = (1 << 64) - 1
+
+
+# ------------------------------------------------------------ the rounding, written here
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+def _subkeys(seed: int, step: int, tensor: int, hi: int = 0):
+    key = _mix64(_mix64(_mix64(_mix64(seed) ^ step) ^ tensor) ^ hi)
+    return [_mix64((key + 0x9e3779b97f4a7c15 * (j + 1)) & M64) & 0xFFFFFFFF for j in range(3)]
+
+
+def _hash32(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7feb352d)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846ca68b)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def random_bits(seed: int, step: int, tensor: int, n: int, buffer: int) -> np.ndarray:
+    """The 16 random bits of state buffer ``buffer`` for elements 0..n-1 (lowp.h)."""
+    k = _subkeys(seed, step, tensor)[buffer // 2]
+    h = _hash32(np.arange(n, dtype=np.uint64).astype(np.uint32) ^ np.uint32(k))
+    return (h >> np.uint32(16 * (buffer % 2))) & np.uint32(0xFFFF)
+
+
+def round_bf16(x: np.ndarray, bits=None) -> np.ndarray:
+    """float -> bfloat16: nearest-even (ml_dtypes' cast) when ``bits`` is None, else
+    stochastic: the float32 magnitude rounded down to 16 bits, plus one ulp with
+    probability (discarded low bits) / 2^16, i.e. when low + bits >= 2^16."""
+    x = np.asarray(x, dtype=np.float32)
+    if bits is None:
+        return x.astype(BF16)
+    u = x.view(np.uint32)
+    low = u & np.uint32(0xFFFF)
+    up = (low.astype(np.uint64) + bits.astype(np.uint64)) >= (1 << 16)
+    out = ((u >> np.uint32(16)) + up.astype(np.uint32)).astype(np.uint16)
+    out = np.where(np.isnan(x), (u >> np.uint32(16)).astype(np.uint16) | np.uint16(0x40), out)
+    return out.astype(np.uint16).view(BF16)
+
+
+# ----------------------------------------------------------------- the rounding itself
+def _first_momentum_step(g, **kw):
+    """One SGD-momentum step from a fresh buffer stores buf = g exactly (torch's first
+    step), so the stored bfloat16 buffer is the rounding of g by the kernel."""
+    p = np.zeros_like(g)
+    opt = fusedoptim.SGD([p], lr=0.0, momentum=0.9, state_dtype="bfloat16", **kw)
+    opt.step([g])
+    return opt.state[p]["momentum_buffer"]
+
+
+def _awkward_values(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(np.float32) * np.float32(10.0) ** rng.integers(-40, 38, n).astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 3.3895314e38, -3.3895314e38, 3.4e38,
+                        1e-45, -1e-45, 1.1754942e-38, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -9],
+                       dtype=np.float32)
+    x[:special.size] = special
+    return x
+
+
+def test_nearest_rounding_is_ml_dtypes_cast():
+    g = _awkward_values(4099, 1)
+    with np.errstate(over="ignore"):
+        want = g.astype(BF16)
+    got = _first_momentum_step(g, rounding="nearest")
+    assert got.dtype == BF16 and got.shape == g.shape
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_stochastic_rounding_draws_the_documented_bits():
+    g = _awkward_values(4099, 2)
+    got = _first_momentum_step(g, seed=1234)
+    want = round_bf16(g, random_bits(1234, 1, 0, g.size, 0))
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    # each result is one of the two bfloat16 neighbours of g (truncation, or one ulp more
+    # in magnitude), and both occur
+    f = ~np.isnan(g)
+    up = got.view(np.uint16)[f].astype(np.int64) - (g.view(np.uint32)[f] >> 16).astype(np.int64)
+    assert set(np.unique(up)) == {0, 1}
+
+
+def test_stochastic_rounding_is_unbiased():
+    # 2^18 copies of one value between two bfloat16 neighbours, 3/8 of the way up: the
+    # mean of the rounded values is the value (within 5 standard errors)
+    lo = np.float32(1.0)
+    ulp = np.float32(2.0 ** -7)
+    x = np.full(1 << 18, lo + np.float32(0.375) * ulp, dtype=np.float32)
+    r = _first_momentum_step(x, seed=7).astype(np.float64)
+    assert set(np.unique(r)) <= {1.0, 1.0 + 2.0 ** -7}
+    frac_up = np.mean(r > 1.0)
+    se = np.sqrt(0.375 * 0.625 / x.size)
+    assert abs(frac_up - 0.375) < 5 * se
+    # the nearest rounding would always go down
+    assert np.all(_first_momentum_step(x, rounding="nearest").astype(np.float32) == lo)
+
+
+# ------------------------------------------------------- trajectories vs the reference
+def _ref_run(name, hp, params, grads_seq, *, seed, nearest):
+    """The float64 rules of reference.py; after each step every state buffer is rounded
+    to bfloat16 (the storage) and kept as its float64 value."""
+    ps = [p.astype(np.float64).reshape(-1) for p in params]
+    states = [{"step": 0} for _ in ps]
+    full = {**DEFAULTS[name], **hp}
+    full = {k: (tuple(float(b) for b in v) if isinstance(v, (tuple, list)) else
+                v if isinstance(v, (bool, np.bool_)) else float(v)) for k, v in full.items()}
+    for grads in grads_seq:
+        for i, (p, g) in enumerate(zip(ps, grads)):
+            s = states[i]
+            # buffers created this step start from the rounded initial value, as in the library
+            p[...] = RULES[name](p, g.astype(np.float64).reshape(-1), s, **full)
+            for b in _kept_order(name, s):
+                k = BUFFERS[name].index(b)            # the declared slot picks the bits
+                bits = None if nearest else random_bits(seed, s["step"], i, p.size, k)
+                s[b] = round_bf16(s[b], bits).astype(np.float64)
+    return ps, states
+
+
+def _kept_order(name, s):
+    """The kept buffers in the kernel's order (declaration order of BUFFERS)."""
+    return [b for b in BUFFERS[name] if b in s]
+
+
+@pytest.mark.parametrize("nearest", [False, True], ids=["stochastic", "nearest"])
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_bfloat16_state_tracks_the_rounded_float64_reference(name, kwargs, nearest):
+    hp = draw_hparams(name, kwargs, seed_for("lowp", name, kwargs))
+    shapes = [(4099,), (7,), (3, 5)]
+    params = make_params(seed_for("p", name), shapes, np.float32)
+    steps = 12
+    grads = list(grad_stream(seed_for("g", name), shapes, np.float32, steps))
+    mine = [p.copy() for p in params]
+    opt = getattr(fusedoptim, name)(mine, **hp, state_dtype="bfloat16", seed=99,
+                                    rounding="nearest" if nearest else "stochastic")
+    for gs in grads:
+        opt.step(gs)
+    ref_p, ref_s = _ref_run_initround(name, hp, params, grads, seed=99, nearest=nearest)
+    equal = total = 0
+    for i, p in enumerate(mine):
+        st = opt.state[p]
+        for b in _kept_order(name, ref_s[i]):
+            got = st[b]
+            assert got.dtype == BF16, (b, got.dtype)
+            want = ref_s[i][b].astype(np.float32).astype(BF16)
+            g32, w32 = got.astype(np.float32).reshape(-1), want.astype(np.float32).reshape(-1)
+            equal += int(np.sum(g32.view(np.uint32) == w32.view(np.uint32)))
+            total += g32.size
+            # within two bfloat16 ulps (relative 2^-7) of the reference
+            np.testing.assert_allclose(g32, w32, rtol=2 ** -6, atol=1e-30, err_msg=f"{name} {b}")
+        np.testing.assert_allclose(p.reshape(-1), ref_p[i], rtol=1e-3, atol=1e-4 * max(hp["lr"], 1e-3),
+                                   err_msg=f"{name} params[{i}]")
+    assert equal >= 0.99 * total, f"{name}: only {equal}/{total} state values equal the reference's"
+
+
+def _ref_run_initround(name, hp, params, grads_seq, *, seed, nearest):
+    """_ref_run, with buffers created non-zero rounded to nearest on creation (the
+    library creates them with init_buffer and casts to bfloat16, nearest-even)."""
+    real = RULES[name]
+
+    def rule(theta, g, s, **h):
+        before = set(s)
+        if name == "Adagrad" and "sum" not in s:
+            s["sum"] = round_bf16(np.full_like(theta, h["initial_accumulator_value"])).astype(np.float64)
+        if name == "Rprop" and "step_size" not in s:
+            s["prev"] = np.zeros_like(theta)
+            s["step_size"] = round_bf16(np.full_like(theta, h["lr"])).astype(np.float64)
+        del before
+        return real(theta, g, s, **h)
+
+    RULES[name] = rule
+    try:
+        return _ref_run(name, hp, params, grads_seq, seed=seed, nearest=nearest)
+    finally:
+        RULES[name] = real
+
+
+# ------------------------------------------------------------ determinism and resume
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_bits_identical_for_one_and_two_threads(name, kwargs):
+    hp = draw_hparams(name, kwargs, seed_for("thr", name))
+    shapes = [(2 ** 20 + 3,), (7,), (4099,)]
+    runs = []
+    for threads, grain in ((1, 1 << 16), (2, 1), (2, 1000)):
+        fusedoptim.set_num_threads(threads)
+        _kernels.set_grain_size(grain)
+        ps = make_params(1, shapes, np.float32)
+        opt = getattr(fusedoptim, name)(ps, **hp, state_dtype="bfloat16")
+        for gs in grad_stream(2, shapes, np.float32, 3):
+            opt.step(gs)
+        runs.append(([p.copy() for p in ps], [{k: v.copy() for k, v in opt.state[p].items()
+                                                if isinstance(v, np.ndarray)} for p in ps]))
+    for other in runs[1:]:
+        for a, b in zip(runs[0][0], other[0]):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+        for sa, sb in zip(runs[0][1], other[1]):
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                np.testing.assert_array_equal(sa[k].view(np.uint16), sb[k].view(np.uint16), err_msg=k)
+
+
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_resume_from_state_dict_is_bit_exact(name, kwargs):
+    hp = draw_hparams(name, kwargs, seed_for("resume", name))
+    shapes = [(4099,), (7,)]
+    grads = list(grad_stream(3, shapes, np.float32, 10))
+    a = make_params(4, shapes, np.float32)
+    oa = getattr(fusedoptim, name)(a, **hp, state_dtype="bfloat16", seed=5)
+    for gs in grads:
+        oa.step(gs)
+    b = make_params(4, shapes, np.float32)
+    ob = getattr(fusedoptim, name)(b, **hp, state_dtype="bfloat16", seed=5)
+    for gs in grads[:6]:
+        ob.step(gs)
+    sd = ob.state_dict()
+    c = [p.copy() for p in b]
+    oc = getattr(fusedoptim, name)(c, **hp, state_dtype="bfloat16", seed=5)
+    oc.load_state_dict(sd)
+    assert all(oc.state[p][k].dtype == BF16 for p in c for k in oc.state[p] if k in BUFFERS[name])
+    for gs in grads[6:]:
+        oc.step(gs)
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32))
+    for x, y in zip(a, c):
+        for k, v in oa.state[x].items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(v.view(np.uint16), oc.state[y][k].view(np.uint16))
+
+
+def test_seed_changes_the_bits_and_state_is_half_the_bytes():
+    def run(seed):
+        p = make_params(5, [(4099,)], np.float32)
+        opt = fusedoptim.Adam(p, lr=1e-2, state_dtype="bfloat16", seed=seed)
+        for gs in grad_stream(6, [(4099,)], np.float32, 3):
+            opt.step(gs)
+        return p[0], opt.state[p[0]]
+    p1, s1 = run(1)
+    p2, s2 = run(2)
+    assert not np.array_equal(s1["exp_avg"].view(np.uint16), s2["exp_avg"].view(np.uint16))
+    assert s1["exp_avg"].nbytes * 2 == p1.nbytes and s1["exp_avg_sq"].dtype == BF16
+
+
+def test_float32_state_default_unchanged():
+    p = make_params(5, [(99,)], np.float32)
+    opt = fusedoptim.Adam(p)
+    opt.step([np.ones(99, np.float32)])
+    assert opt.state[p[0]]["exp_avg"].dtype == np.float32
+    assert opt.options["state_dtype"] == "float32" and opt.options["rounding"] == "stochastic"
+
+
+# ----------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kw,exc,msg", [
+    (dict(state_dtype="float16"), ValueError, "state_dtype must be one of"),
+    (dict(state_dtype="int4"), ValueError, "state_dtype must be one of"),
+    (dict(state_dtype=3), ValueError, "state_dtype must be one of"),
+    (dict(state_dtype="bfloat16", rounding="down"), ValueError, "rounding must be one of"),
+    (dict(seed=-1), ValueError, "seed must be >= 0"),
+    (dict(seed=1.5), TypeError, "seed must be an integer"),
+    (dict(seed=1 << 64), ValueError, "seed must be < 2\\*\\*64"),
+])
+def test_bad_options_raise_before_anything(kw, exc, msg):
+    p = np.ones(5, np.float32)
+    with pytest.raises(exc, match=msg):
+        fusedoptim.Adam([p], **kw)
+
+
+def test_bfloat16_state_for_float64_params_is_refused():
+    p = np.ones(5, np.float64)
+    with pytest.raises(TypeError, match="state_dtype='bfloat16' needs float32"):
+        fusedoptim.Adam([p], state_dtype="bfloat16")
+    opt = fusedoptim.Adam(state_dtype="bfloat16")          # Keras style: variables come later
+    with pytest.raises(TypeError, match="needs float32"):
+        opt.apply_gradients([(np.ones(5), p)])
+    assert len(opt.param_groups) == 0 and np.all(p == 1)
+
+
+def test_missing_ml_dtypes_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    with pytest.raises(ImportError, match="pip install ml_dtypes"):
+        fusedoptim.Adam([np.ones(3, np.float32)], state_dtype="bfloat16")
+
+
+def test_custom_optimizer_refuses_bfloat16_state():
+    class Plain(fusedoptim.Optimizer):
+        buffers = ("m",)
+
+        def __init__(self, params, **kw):
+            super().__init__(params, dict(lr=0.1), **kw)
+
+        def update(self, p, g, st, grp):
+            p -= grp["lr"] * g
+
+    with pytest.raises(ValueError, match="needs a built-in optimizer"):
+        Plain([np.ones(3, np.float32)], state_dtype="bfloat16")
+
+
+def test_loading_state_of_another_state_dtype_fails_or_converts_on_request():
+    shapes = [(50,)]
+    p = make_params(1, shapes, np.float32)
+    o32 = fusedoptim.Adam(p)
+    o32.step([np.ones(50, np.float32)])
+    sd32 = o32.state_dict()
+    q = [x.copy() for x in p]
+    obf = fusedoptim.Adam(q, state_dtype="bfloat16")
+    with pytest.raises(ValueError, match="convert_state_dtype=True"):
+        obf.load_state_dict(sd32)
+    assert len(obf.state) == 0                       # nothing loaded
+    obf.load_state_dict(sd32, convert_state_dtype=True)
+    st = obf.state[q[0]]
+    assert st["exp_avg"].dtype == BF16
+    np.testing.assert_array_equal(st["exp_avg"].view(np.uint16), sd32["state"][0]["exp_avg"].astype(BF16).view(np.uint16))
+    # and back: bfloat16 state into a float32 optimizer
+    obf.step([np.ones(50, np.float32)])
+    sdbf = obf.state_dict()
+    r = [x.copy() for x in p]
+    o2 = fusedoptim.Adam(r)
+    with pytest.raises(ValueError, match="holds bfloat16 state"):
+        o2.load_state_dict(sdbf)
+    o2.load_state_dict(sdbf, convert_state_dtype=True)
+    assert o2.state[r[0]]["exp_avg"].dtype == np.float32
+    np.testing.assert_array_equal(o2.state[r[0]]["exp_avg"], sdbf["state"][0]["exp_avg"].astype(np.float32))
+
+
+# ------------------------------------------------------------- bfloat16 parameters
+def param_bits(seed: int, step: int, tensor: int, n: int, ema: bool = False) -> np.ndarray:
+    """The 16 random bits of the parameter (low half) or its EMA (high half): subkey 2."""
+    k = _subkeys(seed, step, tensor)[2]
+    h = _hash32(np.arange(n, dtype=np.uint64).astype(np.uint32) ^ np.uint32(k))
+    return (h >> np.uint32(16 if ema else 0)) & np.uint32(0xFFFF)
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_bfloat16_params_track_the_rounded_float64_reference(name, kwargs, state_dtype):
+    """bfloat16 parameters: the rule in float32, the parameter rounded stochastically on
+    the write (no float32 master copy); state float32 or bfloat16."""
+    hp = draw_hparams(name, kwargs, seed_for("bf16p", name, kwargs))
+    shapes = [(4099,), (7,)]
+    params = [p.astype(BF16) for p in make_params(seed_for("p", name), shapes, np.float32)]
+    grads = [[g.astype(BF16) for g in gs] for gs in grad_stream(seed_for("g", name), shapes, np.float32, 8)]
+    mine = [p.copy() for p in params]
+    opt = getattr(fusedoptim, name)(mine, **hp, state_dtype=state_dtype, seed=3)
+    for gs in grads:
+        opt.step(gs)
+    # reference: float64 rule, parameter rounded with the parameter's bits, state rounded
+    # (bfloat16) or kept in float64 (float32 state: compared with a tolerance)
+    ps = [p.astype(np.float64).reshape(-1) for p in params]
+    states = [{"step": 0} for _ in ps]
+    full = {**DEFAULTS[name], **hp}
+    full = {k: (tuple(float(b) for b in v) if isinstance(v, (tuple, list)) else
+                v if isinstance(v, (bool, np.bool_)) else float(v)) for k, v in full.items()}
+    real = RULES[name]
+    for gs in grads:
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            s = states[i]
+            if name == "Adagrad" and "sum" not in s:
+                s["sum"] = np.full_like(p, np.float32(full["initial_accumulator_value"]))
+            if name == "Rprop" and "step_size" not in s:
+                s["prev"] = np.zeros_like(p)
+                s["step_size"] = np.full_like(p, np.float32(full["lr"]))
+            if state_dtype == "bfloat16":
+                for b in ("sum", "step_size"):
+                    if b in s and s["step"] == 0:
+                        s[b] = round_bf16(s[b]).astype(np.float64)
+            new = real(p, g.astype(np.float64), s, **full)
+            p[...] = round_bf16(new, param_bits(3, s["step"], i, p.size)).astype(np.float64)
+            if state_dtype == "bfloat16":
+                for b in _kept_order(name, s):
+                    bits = random_bits(3, s["step"], i, p.size, BUFFERS[name].index(b))
+                    s[b] = round_bf16(s[b], bits).astype(np.float64)
+    for i, p in enumerate(mine):
+        assert p.dtype == BF16
+        got = p.astype(np.float32)
+        want = ps[i].astype(np.float32)
+        same = np.mean(got.view(np.uint32) == want.view(np.uint32))
+        assert same >= 0.95, f"{name} params[{i}]: only {same:.3f} bit-equal to the reference"
+        # relative: a few bfloat16 ulps; absolute 1e-3 for values near 0, where one rounding
+        # that fell the other way (float32 vs float64 arithmetic) changes a sign-driven
+        # step (Rprop) by up to its step size
+        np.testing.assert_allclose(got, want, rtol=2 ** -5, atol=1e-3, err_msg=f"{name} params[{i}]")
+        for b in _kept_order(name, states[i]):
+            assert opt.state[p][b].dtype == (BF16 if state_dtype == "bfloat16" else np.float32)
+
+
+def test_bfloat16_grads_for_float32_params_equal_their_float32_copies():
+    """float32 parameters with bfloat16 gradients: the kernel widens each gradient
+    exactly, so the run is bit-identical to one given the float32 copies."""
+    shapes = [(4099,), (7,)]
+    for name, kwargs in RICH_CASES:
+        hp = draw_hparams(name, kwargs, seed_for("bf16g", name))
+        a = make_params(1, shapes, np.float32)
+        b = [p.copy() for p in a]
+        oa = getattr(fusedoptim, name)(a, **hp)
+        ob = getattr(fusedoptim, name)(b, **hp)
+        for gs in grad_stream(2, shapes, np.float32, 5):
+            g16 = [g.astype(BF16) for g in gs]
+            oa.step(g16)
+            ob.step([g.astype(np.float32) for g in g16])
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32), err_msg=name)
+
+
+def test_bfloat16_params_with_ema_clip_and_accumulation_run():
+    p = [np.linspace(-1, 1, 5000).astype(BF16)]
+    opt = fusedoptim.AdamW(p, lr=1e-2, ema_decay=0.9, global_clipnorm=1.0, gradient_accumulation_steps=2)
+    g = [np.full(5000, 0.5, np.float32).astype(BF16)]
+    for _ in range(4):
+        opt.step(g)
+    st = opt.state[p[0]]
+    assert st["ema"].dtype == BF16 and st["exp_avg"].dtype == np.float32
+    assert opt.iterations == 2 and np.isfinite(opt.last_grad_norm)
+    np.testing.assert_allclose(opt.last_grad_norm, np.sqrt(5000) * 0.5, rtol=1e-6)
+    assert np.all(p[0].astype(np.float32) < np.linspace(-1, 1, 5000).astype(np.float32) + 1e-2)
+
+
+def test_mixed_gradient_dtypes_and_custom_bf16_params_are_refused():
+    p = [np.ones(3, np.float32), np.ones(4, np.float32)]
+    opt = fusedoptim.Adam(p)
+    with pytest.raises(TypeError, match="gradients of one step have one dtype"):
+        opt.step([np.ones(3, np.float32), np.ones(4, np.float32).astype(BF16)])
+    with pytest.raises(TypeError, match="does not match"):
+        opt.step([np.ones(3, np.float64), np.ones(4, np.float64)])
+    assert len(opt.state) == 0 and np.all(p[0] == 1)
+
+    class Plain(fusedoptim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, dict(lr=0.1))
+
+        def update(self, q, g, st, grp):
+            q -= grp["lr"] * g
+
+    with pytest.raises(TypeError, match="bfloat16 parameters need a built-in optimizer"):
+        Plain([np.ones(3, BF16)])
+
+
+# ------------------------------------------------------------------- checkpoints
+def test_save_load_bfloat16_state_and_params_losslessly_and_resume_bit_exact(tmp_path):
+    shapes = [(4099,), (7,)]
+    grads = [[g.astype(BF16) for g in gs] for gs in grad_stream(8, shapes, np.float32, 8)]
+
+    def build():
+        ps = [p.astype(BF16) for p in make_params(9, shapes, np.float32)]
+        return ps, fusedoptim.AdamW(ps, lr=1e-2, state_dtype="bfloat16", ema_decay=0.9, seed=11)
+
+    a, oa = build()
+    for gs in grads:
+        oa.step(gs)
+    b, ob = build()
+    for gs in grads[:4]:
+        ob.step(gs)
+    path = tmp_path / "ckpt.npz"
+    fusedoptim.save(path, ob, params=b)
+    c, oc = build()
+    out = fusedoptim.load(path, oc, params=c)
+    for x, y in zip(b, c):
+        assert y.dtype == BF16
+        np.testing.assert_array_equal(x.view(np.uint16), y.view(np.uint16))
+    for k in ("exp_avg", "exp_avg_sq", "ema"):
+        assert oc.state[c[0]][k].dtype == BF16
+        np.testing.assert_array_equal(oc.state[c[0]][k].view(np.uint16), ob.state[b[0]][k].view(np.uint16))
+    assert out["iterations"] == 4
+    for gs in grads[4:]:
+        oc.step(gs)
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x.view(np.uint16), y.view(np.uint16))
+
+
+def test_checkpoint_of_another_state_dtype_needs_convert(tmp_path):
+    p = [np.ones(10, np.float32)]
+    o = fusedoptim.Adam(p, state_dtype="bfloat16")
+    o.step([np.full(10, 0.3, np.float32)])
+    path = tmp_path / "c.npz"
+    fusedoptim.save(path, o)
+    q = [np.ones(10, np.float32)]
+    o2 = fusedoptim.Adam(q)
+    with pytest.raises(ValueError, match="convert_state_dtype=True"):
+        fusedoptim.load(path, o2)
+    assert len(o2.state) == 0
+    fusedoptim.load(path, o2, convert_state_dtype=True)
+    np.testing.assert_array_equal(o2.state[q[0]]["exp_avg"], o.state[p[0]]["exp_avg"].astype(np.float32))
+
+
+def test_codec_refuses_bfloat16_bits_of_the_wrong_dtype():
+    from fusedoptim import codec
+    p = [np.ones(10, np.float32)]
+    o = fusedoptim.Adam(p, state_dtype="bfloat16")
+    o.step([np.ones(10, np.float32)])
+    meta, arrays = codec.encode(o)
+    key = next(k for k in arrays if k.endswith("/exp_avg") or "exp_avg" in k)
+    assert arrays[key].dtype == np.uint16
+    sd = codec.decode(meta, arrays, o)
+    assert sd["state"][0]["exp_avg"].dtype == BF16
+    bad = dict(arrays)
+    bad[key] = arrays[key].astype(np.int16)
+    meta2 = dict(meta, arrays=codec.describe_arrays(bad))
+    with pytest.raises(codec.StateFormatError, match="stored as uint16"):
+        codec.decode(meta2, bad, o)
+
+
+def test_bench_state_dtype_table_reports_bytes_and_memory(capsys):
+    from fusedoptim.bench.cli import main
+    from fusedoptim.bench.lowp import run_state_dtypes
+    from fusedoptim.bench.workloads import parse_workload
+    wl = parse_workload("resnet18")
+    assert wl.n_tensors == 62 and wl.n_elements == 11_689_512      # torchvision's ResNet-18
+    rows = run_state_dtypes(["float32", "bfloat16"], ["3x1K"], repeat=1, min_time=0.0, use_torch=False,
+                            use_bnb=False)
+    by = {r["state_dtype"]: r for r in rows}
+    assert by["float32"]["bytes_per_element"] == 28 and by["bfloat16"]["bytes_per_element"] == 20
+    assert by["float32"]["state_vs_float32"] == 1.0 and by["bfloat16"]["state_vs_float32"] == 0.5
+    assert all(r["gb_s"] > 0 and r["pct_roofline"] > 0 for r in rows)
+    assert main(["--state-dtype", "float32,bfloat16", "--workloads", "2x1K", "--repeat", "1", "--no-torch",
+                 "--min-time", "0"]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--state-dtype", "float16"])
+
+
+def test_demo_state_dtype_flag_prints_both_tasks(capsys):
+    pytest.importorskip("sklearn")
+    from fusedoptim.demo.cli import main
+    assert main(["--state-dtype", "bfloat16", "--seeds", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "digits:" in out and "regression:" in out and "bfloat16" in out
+    assert main(["--state-dtype", "float16"]) == 2
