@@ -246,3 +246,29 @@ def test_readme_snippet_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README Lookahead snippet", "exec"), scope)
     assert scope["la"].counters == [0] and scope["la"].iterations == 10
+
+
+def test_named_parameters_round_trip(tmp_path):
+    """With named parameters (fo.SGD({'W': W, 'b': b})) the state is keyed by name; so are the
+    slow weights, and fo.save / fo.load resume bit for bit."""
+    rng = np.random.default_rng(4)
+    grads = [{"W": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)} for _ in range(9)]
+
+    def build():
+        params = {"W": np.ones((3, 2)), "b": np.zeros(2)}
+        return params, fo.Lookahead(fo.SGD(params, lr=0.1, momentum=0.9), k=4)
+
+    params, la = build()
+    for g in grads[:5]:
+        la.step([g["W"], g["b"]])
+    sd = la.state_dict()
+    assert set(sd["state"]) == {"W", "b"} and "slow_params" in sd["state"]["W"]
+    fo.save(tmp_path / "n.npz", la, params=params)
+    for g in grads[5:]:
+        la.step([g["W"], g["b"]])
+    params2, la2 = build()
+    fo.load(tmp_path / "n.npz", la2, params=params2)
+    for g in grads[5:]:
+        la2.step([g["W"], g["b"]])
+    for n in params:
+        assert np.array_equal(params[n], params2[n])

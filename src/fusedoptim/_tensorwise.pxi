@@ -26,6 +26,7 @@ cdef _tw_run(int stage, double *hbuf, list slots, object tscale):
     cdef Py_ssize_t *starts
     cdef double *ts = NULL
     cdef cnp.ndarray a
+    cdef Py_ssize_t isz[MAXBUF]
     if ntens == 0:
         return
     if nbuf > MAXBUF:
@@ -38,9 +39,11 @@ cdef _tw_run(int stage, double *hbuf, list slots, object tscale):
     if not isinstance(first[0], cnp.ndarray):
         raise TypeError(f"expected numpy arrays, got {type(first[0]).__name__}")
     code = _dtype_code(<cnp.ndarray>first[0])
-    fn = fo_tw_seg(stage, code)
+    fn = fo_tw_seg(stage, code) if code in (0, 1) else NULL
     if fn == NULL:
-        raise ValueError(f"no native stage {stage} for dtype {first[0].dtype}")
+        raise TypeError(f"the wrapper stages run on float32 and float64 arrays, got {first[0].dtype}")
+    for k in range(nbuf):
+        isz[k] = _ITEMSIZE[code]
     table = <char **>malloc(ntens * nbuf * sizeof(char *))
     starts = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
     if tscale is not None:
@@ -71,7 +74,7 @@ cdef _tw_run(int stage, double *hbuf, list slots, object tscale):
             starts[i + 1] = starts[i] + size
         nthreads = get_num_threads()
         with nogil:
-            _drive(fn, hbuf, 0, table, starts, ntens, nbuf, 4 if code == 0 else 8, ts, nthreads)
+            _drive(fn, hbuf, 0, table, starts, ntens, nbuf, isz, ts, NULL, nthreads)
     finally:
         free(table)
         free(starts)

@@ -88,6 +88,11 @@ class Lookahead:
         return self.optimizer.params
 
     @property
+    def param_names(self):
+        """The inner optimizer's parameter names (None when they have none)."""
+        return self.optimizer.param_names
+
+    @property
     def lock(self):
         return self.optimizer.lock
 
@@ -199,15 +204,18 @@ class Lookahead:
                 gd.update(lookahead_k=self.k, lookahead_alpha=self.alpha,
                           lookahead_pullback_momentum=self.pullback_momentum, lookahead_counter=self.counters[gi],
                           lookahead_inner=inner)
+            names = self.optimizer.registry.names      # a named optimizer keys its state by name
             for i, p in enumerate(self.params):
-                st = sd["state"].setdefault(i, {})
+                st = sd["state"].setdefault(i if names is None else names[i], {})
                 for key, a in self.slow[id(p)].items():
                     st[key] = a.copy()
             return sd
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict, strict: bool = True, *, convert_state_dtype: bool = False):
         """Load a dict from :meth:`state_dict`; everything (the inner optimizer's part
-        included) is checked before anything changes."""
+        included) is checked before anything changes.  ``strict`` and
+        ``convert_state_dtype`` go to the inner ``load_state_dict`` (with ``strict=False`` a
+        named parameter the dict lacks keeps its slow weights); returns its result."""
         with self.lock:
             if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
                 raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
@@ -246,9 +254,16 @@ class Lookahead:
             if not isinstance(saved, dict):
                 raise ValueError("state_dict['state'] must be a dict")
             params = self.params
+            names = self.optimizer.registry.names
+            position = {n: i for i, n in enumerate(names)} if names is not None else {}
             by_index, inner_state = {}, {}
             for key, st in saved.items():
-                i = _index(key)
+                if isinstance(key, str) and key in position:
+                    i = position[key]
+                elif isinstance(key, str) and names is not None and not strict:
+                    continue                  # a name this optimizer lacks: ignored, as the inner does
+                else:
+                    i = _index(key)
                 if i is None or not 0 <= i < len(params):
                     raise ValueError(f"state_dict state has an entry for param {key!r}; this optimizer has "
                                      f"{len(params)} parameters")
@@ -261,6 +276,9 @@ class Lookahead:
             need = ("slow_params", "slow_momentum") if settings[2] == "pullback" else ("slow_params",)
             new_slow = {}
             for i, p in enumerate(params):
+                if i not in by_index and names is not None and not strict:
+                    new_slow[id(p)] = self.slow[id(p)]       # missing from the dict: kept
+                    continue
                 st = by_index.get(i, {})
                 ns = {}
                 for n in need:
@@ -276,11 +294,12 @@ class Lookahead:
                 new_slow[id(p)] = ns
             inner_sd = {key: v for key, v in state_dict.items() if key not in ("state", "param_groups", "kind")}
             inner_sd.update(kind=inner_kind, param_groups=inner_groups, state=inner_state)
-            self.optimizer.load_state_dict(inner_sd)       # checks all of its part, then commits
+            result = self.optimizer.load_state_dict(inner_sd, strict, convert_state_dtype=convert_state_dtype)
             # commit (nothing below can fail)
             self.k, self.alpha, self.pullback_momentum = settings
             self.counters = counters
             self.slow = new_slow
+            return result
 
     def __repr__(self) -> str:
         return (f"Lookahead(k={self.k}, alpha={self.alpha}, pullback_momentum={self.pullback_momentum!r}) around\n"

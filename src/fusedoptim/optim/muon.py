@@ -136,6 +136,9 @@ class Muon(Optimizer):
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"{where}: Muon runs on NumPy arrays (its Newton-Schulz step is np.matmul), "
                                 f"params[{j}] is a {type(p).__name__}")
+            if p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"{where}: Muon runs on float32 or float64 parameters (Newton-Schulz in their "
+                                f"dtype), params[{j}] is {p.dtype}")
             if p.ndim != 2:
                 raise ValueError(f"{where}: Muon only supports 2-D parameters, params[{j}] has shape "
                                  f"{p.shape}; optimize biases, norms and embeddings with another optimizer "
