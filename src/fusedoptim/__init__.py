@@ -17,7 +17,7 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
     "Adadelta", "Rprop", "Lion", "ASGD", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
     "clip_by_global_norm", "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
-    "ParamArena", "Muon", "LBFGS", "Lookahead",
+    "ParamArena", "Lookahead",   # Muon, LBFGS: importable, not listed (see optim/__init__.py)
 ]
 
 # Submodules and functions loaded on first use, so `import fusedoptim` stays light.
