@@ -8,6 +8,8 @@ from .pipeline import clip_by_global_norm, clip_grad_norm, clip_grad_value, glob
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion, ASGD
 from .optim import Lamb, LARS, NovoGrad
 from .optim import AdaBelief, Yogi, Adan, Ftrl, ScheduleFreeAdamW, ScheduleFreeSGD
+from .optim import Muon, LBFGS
+from .lookahead import Lookahead
 from .optimizer import Optimizer
 from .toolkit import DynamicLossScale, split_decay_groups
 
@@ -17,7 +19,7 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
     "Adadelta", "Rprop", "Lion", "ASGD", "Lamb", "LARS", "NovoGrad", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
     "clip_by_global_norm", "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
-    "ParamArena",
+    "ParamArena", "Lookahead",   # Muon, LBFGS: importable, not listed (see optim/__init__.py)
 ]
 __all__ += ["AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 

@@ -547,3 +547,6 @@ def update_dicts(list dicts, dict values):
     cdef object d
     for d in dicts:
         PyDict_Update(d, values)
+
+
+include "_tensorwise.pxi"

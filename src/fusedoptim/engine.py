@@ -169,7 +169,9 @@ class Engine:
         if "ema" in fresh:
             common = dict(common, ema_weight=1.0)        # ema = lerp(ema, p, 1) = p after the update
         scalars = opt.kernel_scalars(g, scal, fresh)     # advances the scalar state
-        if opt.spec is None:
+        if opt.spec is None and opt.update_group is not None:
+            opt.update_group(g, common, scal, params, grads, states, tscale, emas)
+        elif opt.spec is None:
             _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas)
         elif ids is not None:                            # bfloat16 writes: key the rounding bits
             o = opt.options

@@ -32,6 +32,12 @@ class ExtensionAPI:
     buffers: Sequence[str] = ()
     #: per-parameter scalar state (always includes ``"step"``)
     scalar_state: Sequence[str] = ("step",)
+    #: a group-level update for optimizers without a ``spec`` whose step is not
+    #: element-wise (Muon): ``update_group(g, common, scal, params, grads, states, tscale,
+    #: emas)`` updates every parameter of a bucket at once (``common``: the common block
+    #: by name, ``tscale``: per-parameter gradient scales or None, ``emas``: EMA buffers or
+    #: None, both to be applied by the method).  None: the per-parameter :meth:`update`.
+    update_group = None
 
     def __init_subclass__(cls, **kw):  # noqa: D105
         super().__init_subclass__(**kw)
