@@ -33,6 +33,9 @@ assert len(optimizers) >= 12, f"expected at least the 12 built-in optimizers, fo
 # Optimizers that a plain ``cls([W, b], lr=lr)`` and ``opt.step([gW, gb])`` cannot drive:
 # name -> function(cls, W, b, gW, gb, lr) that builds one and takes one step, returning it.
 SPECIAL = {}
+# FTRL-proximal computes the weights from its accumulators (θ = (clip(z) - z)/(...)), not as
+# θ - step, so its first step is a descent only from θ = 0: those start from zeros.
+ZERO_START = {"Ftrl"}
 
 
 def plain(cls, W, b, gW, gb, lr):
@@ -47,6 +50,9 @@ for name, cls in optimizers.items():
         # a weight matrix and a bias vector, the shapes every optimizer must take
         W = rng.standard_normal((5, 3)).astype(dtype)
         b = rng.standard_normal(3).astype(dtype)
+        if name in ZERO_START:
+            W[...] = 0
+            b[...] = 0
         W0, b0 = W.copy(), b.copy()
         gW = rng.standard_normal(W.shape).astype(dtype)
         gb = rng.standard_normal(b.shape).astype(dtype)
