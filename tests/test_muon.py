@@ -226,11 +226,10 @@ def test_clipvalue_grad_scale_and_ema():
         opt.step(grads, grad_scale=0.5)
     # clipvalue acts on the scaled gradient
     clipped = [[np.clip(g * 0.5, -0.5, 0.5) for g in grads] for grads in grad_seq]
-    ema = [p.copy() for p in init]
-    cur = [p.copy() for p in init]
+    # the first average is the weights after the first update (torch's AveragedModel, Keras)
     for k in range(len(grad_seq)):
         cur, _ = ref_muon(init, clipped[:k + 1], lr=0.05)
-        ema = [e + 0.1 * (c - e) for e, c in zip(ema, cur)]
+        ema = [c.copy() for c in cur] if k == 0 else [e + 0.1 * (c - e) for e, c in zip(ema, cur)]
     for p, w, e, st in zip(params, cur, ema, [opt.state[p] for p in params]):
         np.testing.assert_allclose(p, w, rtol=1e-11, atol=1e-12)
         np.testing.assert_allclose(st["ema"], e, rtol=1e-11, atol=1e-12)

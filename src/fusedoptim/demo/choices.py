@@ -43,6 +43,8 @@ class OptSpec:
 DEMO_LR: Dict[str, float] = {
     "SGD": 0.1, "Adagrad": 0.03, "RMSprop": 1e-3, "Adam": 2e-3, "AdamW": 2e-3, "Adamax": 5e-3,
     "NAdam": 2e-3, "RAdam": 3e-3, "Adadelta": 1.0, "Rprop": 1e-4, "Lion": 1e-3, "ASGD": 0.1,
+    "LARS": 1.0,   # trust_coefficient 1e-3 scales the step by 1e-3 ‖θ‖/‖g‖
+    "Ftrl": 0.1,   # the Keras default 1e-3 barely moves this MLP
 }
 # Keyword arguments other than lr for some classes' demo runs.  Rprop is a full-batch
 # method: on mini-batches its step sizes grow out of control (loss 10+ with torch's
