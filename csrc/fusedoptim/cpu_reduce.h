@@ -29,6 +29,24 @@ template <class A, unsigned F> struct fo_rslots {
     }
 };
 
+/* One element of the stats pass: load the state it uses (K), call stats()
+ * for its contributions v, store the state back. */
+template <class A, typename T, unsigned F, int M, unsigned K>
+static FO_INLINE void fo_rstats_elem(ptrdiff_t e, const T *FO_RESTRICT p, const T *FO_RESTRICT g,
+                                     T *FO_RESTRICT b0, T *FO_RESTRICT b1, T *FO_RESTRICT b2, T *FO_RESTRICT b3,
+                                     const fo_common<T> &c, const typename A::template hp<T> &h, T *v) {
+    T s[FO_MAXSTATE] = {};
+    if (K & 1u) s[0] = b0[e];
+    if (K & 2u) s[1] = b1[e];
+    if (K & 4u) s[2] = b2[e];
+    if (K & 8u) s[3] = b3[e];
+    A::template stats<T, F, M>(p[e], g[e], s, c, h, v);
+    if (K & 1u) b0[e] = s[0];
+    if (K & 2u) b1[e] = s[1];
+    if (K & 4u) b2[e] = s[2];
+    if (K & 8u) b3[e] = s[3];
+}
+
 template <class A, typename T, unsigned F, int M>
 static FO_INLINE void fo_rstats_loop(ptrdiff_t n, const T *FO_RESTRICT p, const T *FO_RESTRICT g,
                                      T *FO_RESTRICT b0, T *FO_RESTRICT b1, T *FO_RESTRICT b2, T *FO_RESTRICT b3,
@@ -44,18 +62,8 @@ static FO_INLINE void fo_rstats_loop(ptrdiff_t n, const T *FO_RESTRICT p, const 
             for (int l = 0; l < 16; l++) acc[k][l] = T(0);
         for (ptrdiff_t j = i; j < i + 256; j += 16) {
             for (int l = 0; l < 16; l++) {
-                const ptrdiff_t e = j + l;
-                T s[FO_MAXSTATE] = {};
-                if (K & 1u) s[0] = b0[e];
-                if (K & 2u) s[1] = b1[e];
-                if (K & 4u) s[2] = b2[e];
-                if (K & 8u) s[3] = b3[e];
                 T v[NS];
-                A::template stats<T, F, M>(p[e], g[e], s, c, h, v);
-                if (K & 1u) b0[e] = s[0];
-                if (K & 2u) b1[e] = s[1];
-                if (K & 4u) b2[e] = s[2];
-                if (K & 8u) b3[e] = s[3];
+                fo_rstats_elem<A, T, F, M, K>(j + l, p, g, b0, b1, b2, b3, c, h, v);
                 for (int k = 0; k < NS; k++) acc[k][l] = acc[k][l] + v[k];
             }
         }
@@ -63,17 +71,8 @@ static FO_INLINE void fo_rstats_loop(ptrdiff_t n, const T *FO_RESTRICT p, const 
             for (int l = 0; l < 16; l++) tot[k] = tot[k] + (double)acc[k][l];
     }
     for (; i < n; i++) {
-        T s[FO_MAXSTATE] = {};
-        if (K & 1u) s[0] = b0[i];
-        if (K & 2u) s[1] = b1[i];
-        if (K & 4u) s[2] = b2[i];
-        if (K & 8u) s[3] = b3[i];
         T v[NS];
-        A::template stats<T, F, M>(p[i], g[i], s, c, h, v);
-        if (K & 1u) b0[i] = s[0];
-        if (K & 2u) b1[i] = s[1];
-        if (K & 4u) b2[i] = s[2];
-        if (K & 8u) b3[i] = s[3];
+        fo_rstats_elem<A, T, F, M, K>(i, p, g, b0, b1, b2, b3, c, h, v);
         for (int k = 0; k < NS; k++) tot[k] = tot[k] + (double)v[k];
     }
     for (int k = 0; k < NS; k++) out[k] = tot[k];
