@@ -25,6 +25,21 @@
 #define FO_CLONES
 #endif
 
+/* Where the entry points are compiled.  Every header with entry points (this one,
+ * cpu_reduce.h, tensorwise.h) declares them with FO_LINKAGE and gives a macro that
+ * defines them, FO_<FAMILY>_DEFINE.  Without FO_SPLIT (a header included alone, as the
+ * tests' object-code audits do) the header expands its DEFINE macros itself and the entry
+ * points are static functions of the including translation unit.  The package build
+ * (CMakeLists.txt, fo_split) defines FO_SPLIT everywhere: the Cython translation unit then
+ * holds only declarations and the dispatch tables, and the entry points, with external
+ * linkage (hidden by the visibility preset), are compiled in generated translation units,
+ * one per entry of a family's list (one algorithm of FO_ALGOS, ...), built in parallel. */
+#if defined(FO_SPLIT)
+#define FO_LINKAGE
+#else
+#define FO_LINKAGE static
+#endif
+
 /* The instruction set whose clone the loops run: the choice the target_clones resolver
  * makes at load time (the best arch level the CPU supports), or "generic" in a build
  * without multiversioning. */
@@ -271,32 +286,39 @@ template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, unsi
 }
 
 /* ---- multiversioned entry points and the dispatch table ---------------------------
- * One pair of entry points per algorithm of FO_ALGOS (rules.h), each a clone set, so
- * every loop is compiled for every instruction set; the ids are the list's order.       */
-#define FO_ENTRY_(a, P)                                                                   \
-    FO_CLONES static void fo_##a##_f32(const double *h, unsigned f, char **b, ptrdiff_t n) { \
-        fo_seg<fo_##a, float>(h, f, b, n);                                              \
-    }                                                                                    \
-    FO_CLONES static void fo_##a##_f64(const double *h, unsigned f, char **b, ptrdiff_t n) { \
-        fo_seg<fo_##a, double>(h, f, b, n);                                             \
-    }
-FO_ALGOS(FO_ENTRY_)
-#undef FO_ENTRY_
-#define FO_LP_ONE_(a, code)                                                                               \
-    FO_CLONES static void fo_##a##_lp##code(const double *h, unsigned f, char **b, ptrdiff_t n, const fo_lp_ctx *x) { \
-        fo_lp_seg<fo_##a, code>(h, f, b, n, x);                                                                 \
-    }
-#define FO_LP_ENTRY_(a, P) FO_LP_ONE_(a, 1) FO_LP_ONE_(a, 2) FO_LP_ONE_(a, 3) FO_LP_ONE_(a, 4) FO_LP_ONE_(a, 5) \
+ * One set of entry points per algorithm of FO_ALGOS (rules.h), each a clone set, so
+ * every loop is compiled for every instruction set; the ids are the list's order:
+ * fo_<algo>_f32 / _f64 (fo_seg_fn) and fo_<algo>_lp1 .. _lp7 (fo_lp_fn, storage codes).
+ * FO_CPU_DECLARE declares them, FO_CPU_DEFINE compiles them (see FO_SPLIT above).       */
+#define FO_SEG_ARGS_ const double *h, unsigned f, char **b, ptrdiff_t n
+#define FO_LP_ARGS_ const double *h, unsigned f, char **b, ptrdiff_t n, const fo_lp_ctx *x
+#define FO_CPU_DECLARE(a, P)                                                                      \
+    FO_LINKAGE void fo_##a##_f32(FO_SEG_ARGS_);                                                   \
+    FO_LINKAGE void fo_##a##_f64(FO_SEG_ARGS_);                                                   \
+    FO_LINKAGE void fo_##a##_lp1(FO_LP_ARGS_);                                                    \
+    FO_LINKAGE void fo_##a##_lp2(FO_LP_ARGS_);                                                    \
+    FO_LINKAGE void fo_##a##_lp3(FO_LP_ARGS_);                                                    \
+    FO_LINKAGE void fo_##a##_lp4(FO_LP_ARGS_);                                                    \
+    FO_LINKAGE void fo_##a##_lp5(FO_LP_ARGS_);                                                    \
+    FO_LINKAGE void fo_##a##_lp6(FO_LP_ARGS_);                                                    \
+    FO_LINKAGE void fo_##a##_lp7(FO_LP_ARGS_);
+#define FO_LP_ONE_(a, code)                                                                       \
+    FO_CLONES FO_LINKAGE void fo_##a##_lp##code(FO_LP_ARGS_) { fo_lp_seg<fo_##a, code>(h, f, b, n, x); }
+#define FO_CPU_DEFINE(a, P)                                                                       \
+    FO_CLONES FO_LINKAGE void fo_##a##_f32(FO_SEG_ARGS_) { fo_seg<fo_##a, float>(h, f, b, n); }    \
+    FO_CLONES FO_LINKAGE void fo_##a##_f64(FO_SEG_ARGS_) { fo_seg<fo_##a, double>(h, f, b, n); }   \
+    FO_LP_ONE_(a, 1) FO_LP_ONE_(a, 2) FO_LP_ONE_(a, 3) FO_LP_ONE_(a, 4) FO_LP_ONE_(a, 5)          \
     FO_LP_ONE_(a, 6) FO_LP_ONE_(a, 7)
-FO_ALGOS(FO_LP_ENTRY_)
-#undef FO_LP_ENTRY_
-#undef FO_LP_ONE_
-FO_CLONES static void fo_stream_f32(const double *h, unsigned k, char **b, ptrdiff_t n) {
-    fo_stream_seg<float>(h, k, b, n);
-}
-FO_CLONES static void fo_stream_f64(const double *h, unsigned k, char **b, ptrdiff_t n) {
-    fo_stream_seg<double>(h, k, b, n);
-}
+FO_ALGOS(FO_CPU_DECLARE)
+/* the roofline loop and the block statistics (below): FO_CPU_MISC_DEFINE() compiles them */
+FO_LINKAGE void fo_stream_f32(FO_SEG_ARGS_);
+FO_LINKAGE void fo_stream_f64(FO_SEG_ARGS_);
+FO_LINKAGE void fo_stats_f32(const void *x, ptrdiff_t n, double *s, double *m);
+FO_LINKAGE void fo_stats_f64(const void *x, ptrdiff_t n, double *s, double *m);
+FO_LINKAGE void fo_stats_bf16(const void *x, ptrdiff_t n, double *s, double *m);
+#if !defined(FO_SPLIT)
+FO_ALGOS(FO_CPU_DEFINE)
+#endif
 
 #define FO_ID_(a, P) FO_ID_##a,
 enum fo_algo_id { FO_ALGOS(FO_ID_) FO_NALGO };
@@ -371,15 +393,9 @@ static FO_INLINE void fo_stats(const T *x, ptrdiff_t n, double *sumsq, double *m
     if (maxabs) *maxabs = (s != s) ? s : mm;
 }
 #endif
-FO_CLONES static void fo_stats_f32(const void *x, ptrdiff_t n, double *s, double *m) {
-    fo_stats<float>((const float *)x, n, s, m);
-}
-FO_CLONES static void fo_stats_f64(const void *x, ptrdiff_t n, double *s, double *m) {
-    fo_stats<double>((const double *)x, n, s, m);
-}
 /* bfloat16 (gradients): each run of 256 elements widened to float32 and reduced as above,
  * the runs added in order, so the bits depend only on the data and the block boundaries */
-FO_CLONES static void fo_stats_bf16(const void *x, ptrdiff_t n, double *s, double *m) {
+static FO_INLINE void fo_stats_bf16_seg(const void *x, ptrdiff_t n, double *s, double *m) {
     const fo_bf16_bits *b = (const fo_bf16_bits *)x;
     float tmp[256];
     double ss = 0.0, mm = 0.0, s1, m1;
@@ -393,6 +409,16 @@ FO_CLONES static void fo_stats_bf16(const void *x, ptrdiff_t n, double *s, doubl
     *s = ss;
     if (m) *m = (ss != ss) ? ss : mm;
 }
+#define FO_STATS_ARGS_ const void *x, ptrdiff_t n, double *s, double *m
+#define FO_CPU_MISC_DEFINE()                                                                      \
+    FO_CLONES FO_LINKAGE void fo_stream_f32(FO_SEG_ARGS_) { fo_stream_seg<float>(h, f, b, n); }    \
+    FO_CLONES FO_LINKAGE void fo_stream_f64(FO_SEG_ARGS_) { fo_stream_seg<double>(h, f, b, n); }   \
+    FO_CLONES FO_LINKAGE void fo_stats_f32(FO_STATS_ARGS_) { fo_stats<float>((const float *)x, n, s, m); } \
+    FO_CLONES FO_LINKAGE void fo_stats_f64(FO_STATS_ARGS_) { fo_stats<double>((const double *)x, n, s, m); } \
+    FO_CLONES FO_LINKAGE void fo_stats_bf16(FO_STATS_ARGS_) { fo_stats_bf16_seg(x, n, s, m); }
+#if !defined(FO_SPLIT)
+FO_CPU_MISC_DEFINE()
+#endif
 typedef void (*fo_stats_fn)(const void *x, ptrdiff_t n, double *sumsq, double *maxabs);
 /* dtype: 0 = float32, 1 = float64, 2 = bfloat16 */
 static fo_stats_fn fo_cpu_stats(int dtype) { return dtype == 0 ? fo_stats_f32 : (dtype == 1 ? fo_stats_f64 : fo_stats_bf16); }

@@ -186,23 +186,23 @@ struct fo_rkernels {
     int nstats, ntscal, ntstate, maxstate;
 };
 
-#define FO_RENTRY_(a, P)                                                                          \
-    FO_CLONES static void fo_##a##_stats_f32(const double *h, unsigned f, char **b, ptrdiff_t n, double *o) { \
-        fo_rstats_seg<fo_##a, float>(h, f, b, n, o);                                            \
-    }                                                                                            \
-    FO_CLONES static void fo_##a##_stats_f64(const double *h, unsigned f, char **b, ptrdiff_t n, double *o) { \
-        fo_rstats_seg<fo_##a, double>(h, f, b, n, o);                                           \
-    }                                                                                            \
-    FO_CLONES static void fo_##a##_apply_f32(const double *h, unsigned f, char **b, ptrdiff_t n,             \
-                                             const double *t) {                                  \
-        fo_rapply_seg<fo_##a, float>(h, f, b, n, t);                                            \
-    }                                                                                            \
-    FO_CLONES static void fo_##a##_apply_f64(const double *h, unsigned f, char **b, ptrdiff_t n,             \
-                                             const double *t) {                                  \
-        fo_rapply_seg<fo_##a, double>(h, f, b, n, t);                                           \
-    }
-FO_REDUCE_ALGOS(FO_RENTRY_)
-#undef FO_RENTRY_
+/* the entry points of algorithm a: declared here, compiled by FO_REDUCE_DEFINE (cpu.h FO_SPLIT) */
+#define FO_RSTATS_ARGS_ const double *h, unsigned f, char **b, ptrdiff_t n, double *o
+#define FO_RAPPLY_ARGS_ const double *h, unsigned f, char **b, ptrdiff_t n, const double *t
+#define FO_REDUCE_DECLARE(a, P)                                                                   \
+    FO_LINKAGE void fo_##a##_stats_f32(FO_RSTATS_ARGS_);                                          \
+    FO_LINKAGE void fo_##a##_stats_f64(FO_RSTATS_ARGS_);                                          \
+    FO_LINKAGE void fo_##a##_apply_f32(FO_RAPPLY_ARGS_);                                          \
+    FO_LINKAGE void fo_##a##_apply_f64(FO_RAPPLY_ARGS_);
+#define FO_REDUCE_DEFINE(a, P)                                                                    \
+    FO_CLONES FO_LINKAGE void fo_##a##_stats_f32(FO_RSTATS_ARGS_) { fo_rstats_seg<fo_##a, float>(h, f, b, n, o); } \
+    FO_CLONES FO_LINKAGE void fo_##a##_stats_f64(FO_RSTATS_ARGS_) { fo_rstats_seg<fo_##a, double>(h, f, b, n, o); } \
+    FO_CLONES FO_LINKAGE void fo_##a##_apply_f32(FO_RAPPLY_ARGS_) { fo_rapply_seg<fo_##a, float>(h, f, b, n, t); } \
+    FO_CLONES FO_LINKAGE void fo_##a##_apply_f64(FO_RAPPLY_ARGS_) { fo_rapply_seg<fo_##a, double>(h, f, b, n, t); }
+FO_REDUCE_ALGOS(FO_REDUCE_DECLARE)
+#if !defined(FO_SPLIT)
+FO_REDUCE_ALGOS(FO_REDUCE_DEFINE)
+#endif
 
 #define FO_RID_(a, P) FO_RID_##a,
 enum fo_reduce_id { FO_REDUCE_ALGOS(FO_RID_) FO_NREDUCE };

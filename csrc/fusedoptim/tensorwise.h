@@ -97,15 +97,17 @@ static FO_INLINE void fo_lookahead_seg(const double *hd, unsigned, char **bufs, 
 }
 
 #define FO_TENSORWISE(X) X(muon_momentum) X(muon_apply) X(lookahead)
-#define FO_TW_ENTRY_(a)                                                                        \
-    FO_CLONES static void fo_tw_##a##_f32(const double *h, unsigned f, char **b, ptrdiff_t n) { \
-        fo_##a##_seg<float>(h, f, b, n);                                                      \
-    }                                                                                          \
-    FO_CLONES static void fo_tw_##a##_f64(const double *h, unsigned f, char **b, ptrdiff_t n) { \
-        fo_##a##_seg<double>(h, f, b, n);                                                     \
-    }
-FO_TENSORWISE(FO_TW_ENTRY_)
-#undef FO_TW_ENTRY_
+/* the entry points of stage a: declared here, compiled by FO_TW_DEFINE (cpu.h FO_SPLIT) */
+#define FO_TW_DECLARE(a)                                                                       \
+    FO_LINKAGE void fo_tw_##a##_f32(FO_SEG_ARGS_);                                             \
+    FO_LINKAGE void fo_tw_##a##_f64(FO_SEG_ARGS_);
+#define FO_TW_DEFINE(a)                                                                        \
+    FO_CLONES FO_LINKAGE void fo_tw_##a##_f32(FO_SEG_ARGS_) { fo_##a##_seg<float>(h, f, b, n); } \
+    FO_CLONES FO_LINKAGE void fo_tw_##a##_f64(FO_SEG_ARGS_) { fo_##a##_seg<double>(h, f, b, n); }
+FO_TENSORWISE(FO_TW_DECLARE)
+#if !defined(FO_SPLIT)
+FO_TENSORWISE(FO_TW_DEFINE)
+#endif
 
 #define FO_TW_ID_(a) FO_TW_##a,
 enum fo_tw_id { FO_TENSORWISE(FO_TW_ID_) FO_NTW };
