@@ -32,9 +32,13 @@
  * points are static functions of the including translation unit.  The package build
  * (CMakeLists.txt, fo_split) defines FO_SPLIT everywhere: the Cython translation unit then
  * holds only declarations and the dispatch tables, and the entry points, with external
- * linkage (hidden by the visibility preset), are compiled in generated translation units,
+ * linkage (hidden), are compiled in generated translation units,
  * one per entry of a family's list (one algorithm of FO_ALGOS, ...), built in parallel. */
-#if defined(FO_SPLIT)
+#if defined(FO_SPLIT) && defined(__GNUC__)
+/* hidden on the declaration too: with target_clones, GCC gives the ifunc symbol the
+ * visibility of the declaration, not of -fvisibility=hidden */
+#define FO_LINKAGE __attribute__((visibility("hidden")))
+#elif defined(FO_SPLIT)
 #define FO_LINKAGE
 #else
 #define FO_LINKAGE static
