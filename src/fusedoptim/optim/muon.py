@@ -109,6 +109,7 @@ class Muon(Optimizer):
     """
 
     buffers = ("momentum_buffer",)
+    matrix_only = True             # fusedoptim.optim.registry: 2-D parameters only
 
     def __init__(self, params=None, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=DEFAULT_NS_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, **options):
