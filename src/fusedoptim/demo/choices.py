@@ -143,21 +143,18 @@ def demo_optimizers() -> Dict[str, OptSpec]:
     plus the variants, each right after its class.  A wrapper (Lookahead) is listed
     around ``LOOKAHEAD_INNER``; :func:`lookahead` wraps any other."""
     out: Dict[str, OptSpec] = {}
-    wrappers = []
     for name, e in _registry.entries().items():
         key = name.lower()
         if e.step_kind == "wrapper":
-            wrappers.append((key, name))
+            inner = out.get(LOOKAHEAD_INNER)
+            if inner is not None:
+                out[key] = replace(lookahead(inner, cls=name), key=key)
             continue
         out[key] = OptSpec(key, name, name, DEMO_LR.get(name, _default_lr(e.cls)), dict(DEMO_KWARGS.get(name, {})),
                            e.step_kind, e.matrix_only)
         for v in VARIANTS:
             if v.cls == name:
                 out[v.key] = v
-    for key, name in wrappers:
-        inner = out.get(LOOKAHEAD_INNER)
-        if inner is not None:
-            out[key] = replace(lookahead(inner, cls=name), key=key)
     return out
 
 
