@@ -120,6 +120,9 @@ class Muon(Optimizer):
     def check_group(self, g, where):
         super().check_group(g, where)
         check_bool(g["nesterov"], f"{where}: nesterov")
+        # torch checks momentum >= 0 only; above 1 the lerp extrapolates and the buffer grows
+        # without bound, so it is refused here (1.0 keeps the buffer at zero, as torch)
+        check_real(g["momentum"], f"{where}: momentum", lo=0.0, hi=1.0, name="momentum")
         co = g["ns_coefficients"]
         if not isinstance(co, (tuple, list)) or len(co) != 3:
             raise ValueError(f"{where}: ns_coefficients must be three numbers (a, b, c), got {co!r}")
