@@ -391,6 +391,19 @@ def test_readme_snippet_runs(tmp_path, monkeypatch):
     assert scope["loss"].item() < 1.0 and (tmp_path / "ckpt.pt").exists()
 
 
+def test_readme_lbfgs_lookahead_muon_snippet_runs():
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    start = text.index("The classes come from the registry `fusedoptim.optim.registry`")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(code, "README fusedoptim.torch LBFGS snippet", "exec"), scope)
+    assert isinstance(scope["opt"], fot.LBFGS) and scope["losses"][0] > scope["losses"][-1]
+    assert isinstance(scope["la"], fot.Lookahead) and isinstance(scope["opt_muon"], fot.Muon)
+
+
 def test_clip_functions_take_tensor_gradients_in_place():
     torch.manual_seed(4)
     grads = [torch.randn(5) * 3, torch.randn(3, 2) * 3]
