@@ -619,7 +619,22 @@ def test_lookahead_options(tmp_path, capsys):
     assert train.build_parser().parse_args(["--lookahead", "4"]).lookahead == (4, 0.5)
 
 
-def test_closure_optimizer_refuses_schedule_and_clip():
+def test_closure_optimizer_refuses_schedule_and_clip(tmp_path, capsys):
     spec = train.OPTIMIZERS["lbfgs"]
-    with pytest.raises(DemoError, match="LBFGS takes step\\(closure\\).*--schedule"):
+    with pytest.raises(DemoError, match="LBFGS: takes step\\(closure\\).*--schedule"):
         train.train_one(spec, 1.0, _blobs(), epochs=1, schedule="cosine", show_progress=False)
+    assert train.unsupported(spec, "none", None, False) is None
+    assert "--distributed" in train.unsupported(train.OPTIMIZERS["muon"], "none", None, True)
+    assert train.unsupported(train.OPTIMIZERS["adam"], "cosine", 1.0, True) is None
+    # from the command line: left out with the reason, the others run
+    assert main(["demo", "--optimizers", "lbfgs,sgd", "--epochs", "1", "--clip-norm", "1", "--no-progress",
+                 "--no-plot", "--out", str(tmp_path), "--mnist", str(_fake_mnist(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "note: LBFGS is left out of this comparison: takes step(closure)" in out and "[1/1] SGD" in out
+    assert main(["demo", "--optimizers", "lbfgs", "--schedule", "cosine", "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "none of the optimizers can run with these options: LBFGS" in capsys.readouterr().err
+
+
+def _fake_mnist(tmp_path):
+    make_fake_mnist(str(tmp_path / "mnist"))
+    return tmp_path / "mnist"

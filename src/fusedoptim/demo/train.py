@@ -133,12 +133,9 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     grads = model.grads()
     steps_per_epoch = -(-n // batch_size)
     closure_step = spec.closure
-    if closure_step and (schedule != "none" or clip_norm or world is not None):
-        raise DemoError(f"{spec.label} takes step(closure) (it evaluates the loss several times per step): "
-                        "--schedule, --clip-norm and --distributed are not available for it")
-    if world is not None and (spec.step_kind != "grads" or spec.matrix_only):
-        raise DemoError(f"--distributed runs optimizers that step one parameter list from gradients; "
-                        f"{spec.label} does not")
+    why = unsupported(spec, schedule, clip_norm, world is not None)
+    if why is not None:
+        raise DemoError(f"{spec.label}: {why}")
     opt = spec.build(model.params(), make_schedule(schedule, lr, epochs * steps_per_epoch))
     clip = clip_function() if clip_norm else None
     order_rng = np.random.default_rng(shuffle_seq)
@@ -255,6 +252,18 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
             "ranks_bit_identical": identical, "params_sha256": digest,
         })
     return result
+
+
+def unsupported(spec: OptSpec, schedule: str, clip_norm, distributed: bool) -> Optional[str]:
+    """Why ``spec`` cannot run with these options, or None.  A closure optimizer (LBFGS)
+    evaluates the loss several times per step: no schedule, clipping or data parallelism;
+    ``--distributed`` needs one optimizer stepping the whole parameter list from gradients."""
+    if spec.closure and (schedule != "none" or clip_norm or distributed):
+        return ("takes step(closure) (it evaluates the loss several times per step): --schedule, --clip-norm and "
+                "--distributed do not apply to it")
+    if distributed and (spec.step_kind != "grads" or spec.matrix_only):
+        return "--distributed runs optimizers that step one parameter list from gradients"
+    return None
 
 
 def _loss_and_grads(model, grads, xm, ym, dm):
@@ -380,6 +389,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = wrapped
         if not runs:
             raise DemoError("--lookahead: none of the optimizers can be wrapped")
+    kept = []
+    for spec, lr in runs:
+        why = unsupported(spec, args.schedule, args.clip_norm, args.distributed)
+        if why is None:
+            kept.append((spec, lr))
+        else:
+            skipped.append((spec.label, why))
+    if not kept:
+        raise DemoError("none of the optimizers can run with these options: "
+                        + "; ".join(f"{label}: {why}" for label, why in skipped))
+    runs = kept
     epochs = args.epochs or (8 if args.quick else 20)
     if args.schedule != "none":
         make_schedule(args.schedule, 1.0, 1)   # fail now, not after loading data
