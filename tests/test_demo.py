@@ -638,3 +638,21 @@ def test_closure_optimizer_refuses_schedule_and_clip(tmp_path, capsys):
 def _fake_mnist(tmp_path):
     make_fake_mnist(str(tmp_path / "mnist"))
     return tmp_path / "mnist"
+
+
+def test_readme_registry_snippet():
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    start = text.index("### The registry: `fusedoptim.optim.registry`")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README registry snippet", "exec"), scope)
+    from fusedoptim.optim import registry
+    entries = registry.entries()
+    assert set(entries) == set(EXPORTED)
+    assert {n for n, e in entries.items() if e.step_kind != "grads"} == {"LBFGS", "Lookahead"}
+    assert {n for n, e in entries.items() if e.matrix_only} == {"Muon"}
+    assert {n for n, e in entries.items() if e.weights_from_state} == {"Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"}
+    assert "Muon" not in scope["any_shape"] and "Adam" in scope["any_shape"]
+    with pytest.raises(KeyError, match="no optimizer 'Nope' in the registry"):
+        registry.entry("Nope")
