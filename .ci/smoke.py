@@ -1,9 +1,10 @@
 """Smoke test of an installed fusedoptim (a wheel or an sdist install), run from outside the
 source tree so that only the installed package can be imported.
 
-One step of every optimizer class fusedoptim exports (found at run time from
-``fusedoptim.__all__``, so optimizers added later are covered without a change here),
-each checked against what the step must do to a parameter, then an ``fo.save`` /
+One step of every optimizer class fusedoptim exports (found at run time from the registry
+``fusedoptim.optim.registry``, so optimizers added later are covered without a change here;
+each driven as its registry entry says: gradients, a closure, a wrapped optimizer, 2-D
+weights with an AdamW for the bias), each checked against what the step must do to a parameter, then an ``fo.save`` /
 ``fo.load`` round trip that resumes bit for bit.  Needs NumPy only.  Exit code 0 or an
 AssertionError naming the optimizer.
 
@@ -18,24 +19,21 @@ import numpy as np
 
 import fusedoptim as fo
 from fusedoptim import _kernels
+from fusedoptim.optim import registry
 
 here = os.path.dirname(os.path.abspath(__file__))
 pkg = os.path.dirname(os.path.abspath(fo.__file__))
 assert not pkg.startswith(os.path.dirname(here) + os.sep + "src"), f"imported the source tree ({pkg}), not an install"
 
-optimizers = {name: getattr(fo, name) for name in fo.__all__
-              if isinstance(getattr(fo, name), type) and issubclass(getattr(fo, name), fo.Optimizer)
-              and getattr(fo, name) is not fo.Optimizer}
+entries = registry.entries()
+optimizers = {name: e.cls for name, e in entries.items()}
 if os.environ.get("FO_EXPECT_OPENMP"):
     assert _kernels.HAVE_OPENMP, "this build has no OpenMP (FO_EXPECT_OPENMP is set)"
 assert len(optimizers) >= 12, f"expected at least the 12 built-in optimizers, found {sorted(optimizers)}"
 
-# Optimizers that a plain ``cls([W, b], lr=lr)`` and ``opt.step([gW, gb])`` cannot drive:
-# name -> function(cls, W, b, gW, gb, lr) that builds one and takes one step, returning it.
-SPECIAL = {}
-# FTRL-proximal computes the weights from its accumulators (θ = (clip(z) - z)/(...)), not as
-# θ - step, so its first step is a descent only from θ = 0: those start from zeros.
-ZERO_START = {"Ftrl"}
+# An optimizer whose weights are computed from its state (registry: weights_from_state; e.g.
+# FTRL-proximal, θ = (clip(z) - z)/(...), not θ - step) makes a first-step descent only from
+# θ = 0: those start from zeros.
 
 
 def plain(cls, W, b, gW, gb, lr):
@@ -44,26 +42,53 @@ def plain(cls, W, b, gW, gb, lr):
     return opt
 
 
+def matrices_only(cls, W, b, gW, gb, lr):
+    """2-D parameters only (Muon): W with it, b with an AdamW, as a user splits them."""
+    opt, rest = cls([W], lr=lr), fo.AdamW([b], lr=lr)
+    opt.step([gW])
+    rest.step([gb])
+    return opt
+
+
+def closure(cls, W, b, gW, gb, lr):
+    """step(closure), the closure returning (loss, grads) of the linear loss <g, θ>."""
+    opt = cls([W, b], lr=lr, max_iter=1)
+    opt.step(lambda: (float(np.sum(gW * W) + np.sum(gb * b)), [gW, gb]))
+    opt.iterations = opt.state[0]["n_iter"]
+    return opt
+
+
+def wrapper(cls, W, b, gW, gb, lr):
+    """Around an AdamW, synchronising after every step (k=1)."""
+    opt = cls(fo.AdamW([W, b], lr=1e-2), k=1)
+    opt.step([gW, gb])
+    return opt
+
+
+DRIVE = {"grads": plain, "closure": closure, "wrapper": wrapper}
+
+
 rng = np.random.default_rng(0)
 for name, cls in optimizers.items():
     for dtype in (np.float32, np.float64):
         # a weight matrix and a bias vector, the shapes every optimizer must take
         W = rng.standard_normal((5, 3)).astype(dtype)
         b = rng.standard_normal(3).astype(dtype)
-        if name in ZERO_START:
+        if entries[name].weights_from_state:
             W[...] = 0
             b[...] = 0
         W0, b0 = W.copy(), b.copy()
         gW = rng.standard_normal(W.shape).astype(dtype)
         gb = rng.standard_normal(b.shape).astype(dtype)
-        lr = inspect.signature(cls).parameters["lr"].default
-        lr = lr if isinstance(lr, float) and lr > 0 else 1e-2
+        lr = inspect.signature(cls).parameters.get("lr")
+        lr = lr.default if lr is not None and isinstance(lr.default, float) and lr.default > 0 else 1e-2
+        drive = matrices_only if entries[name].matrix_only else DRIVE[entries[name].step_kind]
         try:
-            opt = SPECIAL.get(name, plain)(cls, W, b, gW, gb, lr)
+            opt = drive(cls, W, b, gW, gb, lr)
         except Exception as e:
             raise AssertionError(f"{name} {np.dtype(dtype)}: one step failed ({type(e).__name__}: {e}); if it "
-                                 "needs other arguments or another step signature, add it to SPECIAL in "
-                                 ".ci/smoke.py") from e
+                                 "needs other arguments or another step signature, say so in its registry "
+                                 "entry (fusedoptim.optim.registry)") from e
         for p, p0, g in ((W, W0, gW), (b, b0, gb)):
             assert np.all(np.isfinite(p)), f"{name} {np.dtype(dtype)}: non-finite parameter after one step"
             assert not np.array_equal(p, p0), f"{name} {np.dtype(dtype)}: one step left the parameter unchanged"

@@ -441,3 +441,148 @@ def test_gradient_aliasing_another_parameter_is_rejected():
     opt2 = fusedoptim.SGD([big[:8]], lr=0.1)
     opt2.step([big[8:]])                 # a neighbour in the same buffer that is no parameter: fine
     assert opt2.iterations == 1
+
+
+# --------------------------------------------- issue 13's optimizers: out-of-range values
+# (optimizer, hyperparameter, bad value, exception, message): one or more per optimizer;
+# each at construction (the arrays untouched) and set between steps (params, state, groups
+# and the step count bit-identical after the refused step).  The shared validators
+# (fusedoptim.validate) name the parameter in every message.
+RANGE_CASES = [
+    ("Lamb", "betas", (0.9, 1.0), ValueError, r"beta parameter at index 1"),
+    ("Lamb", "weight_decay", -1.0, ValueError, r"weight_decay value: -1.0"),
+    ("Lamb", "eps", NAN, ValueError, r"epsilon value must be finite"),
+    ("LARS", "momentum", -0.1, ValueError, r"momentum value: -0.1"),
+    ("LARS", "dampening", 2.0, ValueError, r"dampening: 2.0 \(must be <= 1.0\)"),
+    ("LARS", "trust_coefficient", -1.0, ValueError, r"trust_coefficient: -1.0"),
+    ("NovoGrad", "betas", (1.0, 0.9), ValueError, r"beta parameter at index 0"),
+    ("NovoGrad", "grad_averaging", 1, TypeError, r"grad_averaging must be a bool"),
+    ("AdaBelief", "betas", (0.9, 1.5), ValueError, r"beta parameter at index 1"),
+    ("AdaBelief", "eps", -1.0, ValueError, r"epsilon value: -1.0"),
+    ("Yogi", "initial_accumulator", -1.0, ValueError, r"initial_accumulator: -1.0"),
+    ("Yogi", "betas", (NAN, 0.9), ValueError, r"beta parameter at index 0"),
+    ("Adan", "betas", (0.9, 0.9, 1.0), ValueError, r"beta parameter at index 2"),
+    ("Adan", "weight_decay", INF, ValueError, r"weight_decay value must be finite"),
+    ("Ftrl", "learning_rate_power", 0.5, ValueError, r"learning_rate_power: 0.5 \(must be <= 0.0\)"),
+    ("Ftrl", "l1_regularization_strength", -1.0, ValueError, r"l1_regularization_strength: -1.0"),
+    ("Ftrl", "beta", -1.0, ValueError, r"beta: -1.0"),
+    ("ScheduleFreeAdamW", "warmup_steps", -1, ValueError, r"warmup_steps must be >= 0"),
+    ("ScheduleFreeAdamW", "weight_lr_power", NAN, ValueError, r"weight_lr_power must be finite"),
+    ("ScheduleFreeSGD", "momentum", 1.0, ValueError, r"momentum: 1.0 \(must be < 1.0\)"),
+    ("ScheduleFreeSGD", "r", INF, ValueError, r"r must be finite"),
+    ("ASGD", "lambd", -1e-4, ValueError, r"lambd: -0.0001"),
+    ("ASGD", "t0", -1.0, ValueError, r"t0: -1.0"),
+    ("Muon", "momentum", 1.5, ValueError, r"momentum must be <= 1"),
+    ("Muon", "ns_steps", -1, ValueError, r"ns_steps must be >= 0"),
+    ("Muon", "ns_coefficients", (1.0, 2.0), ValueError, r"ns_coefficients must be three numbers"),
+    ("Muon", "adjust_lr_fn", "sqrt", ValueError, r"adjust_lr_fn must be None, 'original' or 'match_rms_adamw'"),
+    ("LBFGS", "history_size", 0, ValueError, r"history_size must be >= 1"),
+    ("LBFGS", "tolerance_grad", -1.0, ValueError, r"tolerance_grad: -1.0"),
+    ("LBFGS", "line_search_fn", "wolfe", ValueError, r"line_search_fn must be None or 'strong_wolfe'"),
+]
+
+
+def _matrices():
+    """Params every optimizer takes, Muon included: 2-D (one a view of a larger array)."""
+    base = np.linspace(-1, 1, 30).reshape(5, 6)
+    return [base[:, :3].copy(), np.linspace(0.5, 2, 12).reshape(4, 3)]
+
+
+def _lbfgs_closure(params):
+    g = [np.full_like(p, 0.5) for p in params]
+    return lambda: (float(sum(np.sum(p * q) for p, q in zip(params, g))), g)
+
+
+@pytest.mark.parametrize("name,key,value,exc,match", [pytest.param(*c, id=f"{c[0]}-{c[1]}={c[2]!r}")
+                                                      for c in RANGE_CASES])
+def test_out_of_range_hyperparameter_at_construction(name, key, value, exc, match):
+    params = _matrices()
+    copies = [p.copy() for p in params]
+    with pytest.raises(exc, match=match):
+        getattr(fusedoptim, name)(params, **{key: value})
+    for p, c in zip(params, copies):
+        assert np.array_equal(p, c)
+
+
+@pytest.mark.parametrize("name,key,value,exc,match", [pytest.param(*c, id=f"{c[0]}-{c[1]}={c[2]!r}")
+                                                      for c in RANGE_CASES])
+def test_out_of_range_hyperparameter_between_steps_changes_nothing(name, key, value, exc, match):
+    params = _matrices()
+    opt = getattr(fusedoptim, name)(params)
+    if name == "LBFGS":
+        opt.step(_lbfgs_closure(params))
+        before = ([p.copy() for p in params], opt.state_dict())
+        opt.param_groups[0][key] = value
+        with pytest.raises(exc, match=r"param group 0: .*" + match):
+            opt.step(_lbfgs_closure(params))
+        after = ([p.copy() for p in params], opt.state_dict())
+        for a, b in zip(before[0], after[0]):
+            assert np.array_equal(a, b)
+        st0, st1 = before[1]["state"][0], after[1]["state"][0]
+        assert sorted(st0) == sorted(st1)
+        for k in st0:
+            if isinstance(st0[k], np.ndarray):
+                assert np.array_equal(st0[k], st1[k]), k
+            elif isinstance(st0[k], list):
+                assert all(np.array_equal(x, y) for x, y in zip(st0[k], st1[k])), k
+            else:
+                assert st0[k] == st1[k], k
+        return
+    grads = [np.full_like(p, 0.25) for p in params]
+    opt.step(grads)
+    opt.param_groups[0][key] = value
+    before = snapshot(opt, params)
+    with pytest.raises(exc, match=r"param group 0: .*" + match):
+        opt.step(grads)
+    assert_same_snapshot(before, snapshot(opt, params))
+
+
+def test_muon_given_a_vector_in_add_param_group_changes_nothing():
+    """Muon without a fallback for 1-D parameters (torch's rule): a bias given to it is
+    refused, naming it, and the optimizer keeps what it had."""
+    params = _matrices()
+    opt = fusedoptim.Muon(params)
+    opt.step([np.ones_like(p) for p in params])
+    before = snapshot(opt, params)
+    bias = np.zeros(3)
+    with pytest.raises(ValueError, match=r"Muon only supports 2-D parameters, params\[0\] has shape \(3,\).*AdamW"):
+        opt.add_param_group({"params": [bias]})
+    assert len(opt.param_groups) == 1 and np.array_equal(bias, np.zeros(3))
+    assert_same_snapshot(before, snapshot(opt, params))
+
+
+def test_lbfgs_step_without_a_closure_changes_nothing():
+    params = _matrices()
+    opt = fusedoptim.LBFGS(params)
+    opt.step(_lbfgs_closure(params))
+    copies, sd = [p.copy() for p in params], opt.state_dict()
+    for bad in (None, [np.ones((5, 3)), np.ones((4, 3))], 0.1):
+        with pytest.raises(TypeError, match=r"LBFGS.step needs a closure"):
+            opt.step(bad)
+    assert all(np.array_equal(p, c) for p, c in zip(params, copies))
+    assert opt.state_dict()["state"][0]["n_iter"] == sd["state"][0]["n_iter"]
+
+
+@pytest.mark.parametrize("inner", [fusedoptim.SGD, "Adam", None, [np.zeros(3)]], ids=["class", "name", "None",
+                                                                                      "params"])
+def test_lookahead_around_a_non_optimizer(inner):
+    with pytest.raises(TypeError, match=r"Lookahead wraps a fusedoptim optimizer .*got "):
+        fusedoptim.Lookahead(inner)
+
+
+def test_lookahead_around_lbfgs_is_refused():
+    """LBFGS steps from a closure: Lookahead(LBFGS) would never see a gradient step."""
+    with pytest.raises(TypeError, match=r"Lookahead wraps a fusedoptim optimizer .*got LBFGS"):
+        fusedoptim.Lookahead(fusedoptim.LBFGS(_matrices()))
+
+
+@pytest.mark.parametrize("kw,match", [({"k": 0}, r"k must be >= 1"), ({"alpha": 1.0}, r"alpha must be < 1"),
+                                      ({"alpha": NAN}, r"alpha must be finite")])
+def test_lookahead_bad_setting_changes_nothing(kw, match):
+    params = _matrices()
+    inner = fusedoptim.Adam(params)
+    inner.step([np.ones_like(p) for p in params])
+    before = snapshot(inner, params)
+    with pytest.raises(ValueError, match=r"Lookahead: " + match):
+        fusedoptim.Lookahead(inner, **kw)
+    assert_same_snapshot(before, snapshot(inner, params))

@@ -157,12 +157,20 @@ def _kept_order(name, s):
     return [b for b in BUFFERS[name] if b in s]
 
 
-# FTRL computes its weights from the accumulators (θ = (clip(z, ±λ1) - z) / (n^-p/γ + ...)),
-# and z sums g - σθ, which cancels: one bfloat16 rounding that lands the other way in the
-# float64 reference than in the float32 kernel moves θ by up to tens of percent after a few
-# steps, so its trajectory is compared with the reference only in float32 (the bits are still
-# checked for thread independence and resume below).  README: "Low-precision state".
-TRACKED_CASES = [(n, kw) for n, kw in RICH_CASES if n != "Ftrl"]
+# An optimizer whose weights are computed from its state (registry attribute
+# ``weights_from_state``: FTRL's θ = (clip(z, ±λ1) - z) / (n^-p/γ + ...), schedule-free's
+# y = lerp(y, z, c)) carries the state's bfloat16 precision in its weights, and a buffer that
+# sums signed increments (FTRL's and schedule-free's z) crosses zero, where a rounding that
+# lands the other way in the float64 reference than in the float32 kernel changes an element
+# by the rounding of its history: those are held to bounds at bfloat16 precision of the
+# buffer's / weights' scale, and not to the count of equal values.  README: "Low-precision state".
+
+
+def weights_from_state(name: str) -> bool:
+    return getattr(fusedoptim, name).weights_from_state
+
+
+TRACKED_CASES = list(RICH_CASES)
 
 
 @pytest.mark.parametrize("nearest", [False, True], ids=["stochastic", "nearest"])
@@ -195,18 +203,19 @@ def test_bfloat16_state_tracks_the_rounded_float64_reference(name, kwargs, neare
             scale = float(np.max(np.abs(w32))) if w32.size else 0.0
             np.testing.assert_allclose(g32, w32, rtol=2 ** -6, atol=max(2 ** -9 * scale, 1e-30),
                                        err_msg=f"{name} {b}")
-        if name.startswith("ScheduleFree"):
-            # the parameters interpolate toward z (y = lerp(y, z, c)), a bfloat16 buffer:
-            # they carry its precision (2^-8 relative) rather than the update's
+        if weights_from_state(name):
+            # the parameters are computed from bfloat16 buffers (schedule-free: y = lerp(y, z, c);
+            # FTRL: from z and n): they carry their precision (2^-8 relative), not the update's
             scale = float(np.max(np.abs(ref_p[i]))) if ref_p[i].size else 0.0
             np.testing.assert_allclose(p.reshape(-1), ref_p[i], rtol=2 ** -6, atol=2 ** -8 * scale,
                                        err_msg=f"{name} params[{i}]")
         else:
             np.testing.assert_allclose(p.reshape(-1), ref_p[i], rtol=1e-3, atol=1e-4 * max(hp["lr"], 1e-3),
                                        err_msg=f"{name} params[{i}]")
-    # schedule-free's z takes λy from the parameters, which the reference keeps in float64:
-    # its rounding flips are not rare, so it is held to the ulp bounds above only
-    if not name.startswith("ScheduleFree"):
+    # weights from state: schedule-free's z takes λy from the parameters, FTRL's z takes σθ,
+    # which the reference keeps in float64: rounding flips are not rare, so they are held to
+    # the ulp bounds above only
+    if not weights_from_state(name):
         assert equal >= 0.99 * total, f"{name}: only {equal}/{total} state values equal the reference's"
 
 
@@ -430,7 +439,10 @@ def test_bfloat16_params_track_the_rounded_float64_reference(name, kwargs, state
         got = p.astype(np.float32)
         want = ps[i].astype(np.float32)
         same = np.mean(got.view(np.uint32) == want.view(np.uint32))
-        assert same >= 0.95, f"{name} params[{i}]: only {same:.3f} bit-equal to the reference"
+        # weights computed from the state (FTRL): a rounding of θ feeds back through z, so
+        # more bits part from the reference's (FTRL: 79% and 87% equal in these seeded cases)
+        assert same >= (0.6 if weights_from_state(name) else 0.95), \
+            f"{name} params[{i}]: only {same:.3f} bit-equal to the reference"
         # relative: a few bfloat16 ulps; absolute 1e-3 for values near 0, where one rounding
         # that fell the other way (float32 vs float64 arithmetic) changes a sign-driven
         # step (Rprop) by up to its step size

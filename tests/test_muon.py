@@ -308,3 +308,16 @@ def test_bench_muon_runs(capsys):
     assert main(["--shapes", "8x4,4x8", "--repeat", "1", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "8x4" in out and "4x8" in out and "whole step over 2 tensors" in out
+    assert "Newton-Schulz over all 2 tensors" in out and "so Newton-Schulz is" in out
+
+
+def test_bench_muon_workload_shapes():
+    """--workload: the model's tensors of 2+ dimensions, flattened to (out, rest)."""
+    from fusedoptim.bench.muon import workload_matrices
+    from fusedoptim.bench.workloads import resnet18_shapes, gpt_block_shapes
+    r = workload_matrices("resnet18")
+    assert len(r) == 21 and r[0] == (64, 3 * 7 * 7) and r[-1] == (1000, 512)
+    assert sum(a * b for a, b in r) == sum(int(np.prod(s)) for s in resnet18_shapes() if len(s) > 1)
+    g = workload_matrices("gpt-4L-d256")
+    assert g[:2] == [(2048, 256), (256, 256)] and len(g) == 2 + 4 * 4 and all(len(s) == 2 for s in g)
+    assert len(g) == sum(1 for s in gpt_block_shapes() if len(s) == 2)

@@ -185,11 +185,23 @@ def test_plain_api_refuses_a_device_tensor():
 
 # ----------------------------------------------------------- fusedoptim.torch
 def test_every_fusedoptim_optimizer_has_a_torch_class():
+    """One torch class per optimizer of fusedoptim.optim (Muon, LBFGS and Lookahead
+    included): a generated FusedOptimizer subclass with the same signature for every one
+    that steps from gradients, torch's closure LBFGS, and the Lookahead wrapper."""
     import inspect
     for name in fo.optim.__all__:
         cls = getattr(fot, name)
+        if name == "Lookahead":
+            assert inspect.signature(cls) == inspect.signature(fo.Lookahead)
+            continue
         assert issubclass(cls, torch.optim.Optimizer) and cls.fused_class is getattr(fo, name)
-        assert inspect.signature(cls) == inspect.signature(getattr(fo, name))
+        if name == "LBFGS":
+            def plain(c):
+                return [(q.name, q.default) for q in inspect.signature(c).parameters.values()]
+            assert plain(cls) == plain(torch.optim.LBFGS)         # names and defaults (no annotations)
+        else:
+            assert issubclass(cls, fot.FusedOptimizer)
+            assert inspect.signature(cls) == inspect.signature(getattr(fo, name))
     assert set(fot.OPTIMIZERS) == set(fo.optim.__all__)
 
 
@@ -379,6 +391,19 @@ def test_readme_snippet_runs(tmp_path, monkeypatch):
     assert scope["loss"].item() < 1.0 and (tmp_path / "ckpt.pt").exists()
 
 
+def test_readme_lbfgs_lookahead_muon_snippet_runs():
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    start = text.index("The classes come from the registry `fusedoptim.optim.registry`")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(code, "README fusedoptim.torch LBFGS snippet", "exec"), scope)
+    assert isinstance(scope["opt"], fot.LBFGS) and scope["losses"][0] > scope["losses"][-1]
+    assert isinstance(scope["la"], fot.Lookahead) and isinstance(scope["opt_muon"], fot.Muon)
+
+
 def test_clip_functions_take_tensor_gradients_in_place():
     torch.manual_seed(4)
     grads = [torch.randn(5) * 3, torch.randn(3, 2) * 3]
@@ -390,3 +415,131 @@ def test_clip_functions_take_tensor_gradients_in_place():
     np.testing.assert_allclose(got, want.item(), rtol=1e-6)
     for p, g in zip(ps, grads):
         np.testing.assert_allclose(g.numpy(), p.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------- Muon, LBFGS and Lookahead through fusedoptim.torch
+class MatrixNet(torch.nn.Module):
+    """Muon's parameters: weight matrices only (torch.optim.Muon refuses the others)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(36, 16, bias=False)
+        self.fc2 = torch.nn.Linear(16, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+
+
+@pytest.fixture
+def _no_bf16(monkeypatch):
+    """torch's Newton-Schulz casts to bfloat16 (fusedoptim runs it in the parameter's
+    dtype): a same-dtype copy instead, as tests/test_muon.py's oracle does."""
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *a, **k: self.clone())
+
+
+@pytest.mark.parametrize("kw", [{}, {"lr": 0.02, "weight_decay": 0.01, "nesterov": False,
+                                     "adjust_lr_fn": "match_rms_adamw"}], ids=["defaults", "options"])
+def test_muon_matches_torch_optim(_no_bf16, kw, dtype):
+    seed = seed_for("Muon", "interop", dtype.name, str(kw))
+    with default_dtype(dtype):
+        torch.manual_seed(seed % 2 ** 31)
+        ref_model = MatrixNet()
+        model = copy.deepcopy(ref_model)
+        ref = torch.optim.Muon(ref_model.parameters(), **kw)
+        opt = fot.Muon(model.parameters(), **kw)
+        for t, (x, y) in enumerate(data(seed, STEPS)):
+            want = train_step(ref_model, ref, x, y)
+            got = train_step(model, opt, x, y)
+            # float32: torch.testing's float32 tolerances, as tests/test_muon.py (matmul sums differ)
+            tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1.3e-6, atol=1e-5)
+            np.testing.assert_allclose(got.item(), want.item(), **tol, err_msg=f"loss at step {t}")
+            for (n, a), b in zip(model.named_parameters(), ref_model.parameters()):
+                np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), **tol, err_msg=f"Muon {t} {n}")
+        for p, rp in zip(model.parameters(), ref_model.parameters()):
+            np.testing.assert_allclose(opt.state[p]["momentum_buffer"].numpy(),
+                                       ref.state[rp]["momentum_buffer"].numpy(), **tol)
+
+
+def test_muon_refuses_a_bias_like_torch():
+    lin = torch.nn.Linear(4, 3)
+    w0 = lin.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"Muon only supports 2-D parameters, params\[1\] has shape \(3,\)"):
+        fot.Muon(lin.parameters())
+    with pytest.raises(ValueError):
+        torch.optim.Muon(lin.parameters())
+    assert torch.equal(lin.weight, w0)
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_matches_torch_optim(line_search_fn, dtype):
+    """torch's closure convention (zero_grad, loss, backward, return loss) on the conv net,
+    full batch: the same trajectory as torch.optim.LBFGS, the unused parameter (grad None)
+    counted as zeros."""
+    seed = seed_for("LBFGS", "interop", dtype.name, str(line_search_fn))
+    kw = dict(lr=0.5, max_iter=6, history_size=4, line_search_fn=line_search_fn)
+    with default_dtype(dtype):
+        torch.manual_seed(seed % 2 ** 31)
+        ref_model = Net()
+        model = copy.deepcopy(ref_model)
+        x, y = data(seed, 1)[0]
+        ref = torch.optim.LBFGS(ref_model.parameters(), **kw)
+        opt = fot.LBFGS(model.parameters(), **kw)
+
+        def closure_of(m, o):
+            def closure():
+                o.zero_grad()
+                loss = torch.nn.functional.cross_entropy(m(x), y)
+                loss.backward()
+                return loss
+            return closure
+
+        ptrs = [p.data_ptr() for p in model.parameters()]
+        # float32: the flat dot products sum in another order (NumPy's BLAS vs torch)
+        tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+        for t in range(3):
+            want = ref.step(closure_of(ref_model, ref))
+            got = opt.step(closure_of(model, opt))
+            assert isinstance(got, torch.Tensor)                       # the first closure's loss, as torch
+            np.testing.assert_allclose(got.item(), want.item(), **tol, err_msg=f"loss at step {t}")
+            for (n, a), b in zip(model.named_parameters(), ref_model.parameters()):
+                np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), **tol, err_msg=f"{t} {n}")
+        assert [p.data_ptr() for p in model.parameters()] == ptrs
+        st, tst = opt.state_dict()["state"][0], ref.state[next(iter(ref_model.parameters()))]
+        assert st["n_iter"] == tst["n_iter"] and st["func_evals"] == tst["func_evals"]
+        np.testing.assert_allclose(st["d"], tst["d"].numpy(), **tol)
+
+
+def test_lbfgs_needs_a_closure_and_changes_nothing():
+    model = Net()
+    opt = fot.LBFGS(model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="LBFGS.step needs a closure"):
+        opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+    assert opt.state_dict()["state"] == {}
+    with pytest.raises(ValueError, match="per-parameter options"):
+        fot.LBFGS([{"params": [model.fc1.weight]}, {"params": [model.fc2.weight]}])
+
+
+def test_lookahead_around_a_fusedoptim_torch_optimizer():
+    """fusedoptim.torch.Lookahead(fusedoptim.torch.SGD(...)) follows pytorch-optimizer's
+    Lookahead around torch.optim.SGD on the conv net (float64), a scheduler on the inner lr."""
+    po = pytest.importorskip("pytorch_optimizer")
+    seed = seed_for("Lookahead", "interop")
+    with default_dtype(np.float64):
+        torch.manual_seed(seed % 2 ** 31)
+        ref_model = Net()
+        model = copy.deepcopy(ref_model)
+        ref = po.Lookahead(torch.optim.SGD(ref_model.parameters(), lr=0.05, momentum=0.9), k=3, alpha=0.5)
+        la = fot.Lookahead(fot.SGD(model.parameters(), lr=0.05, momentum=0.9), k=3, alpha=0.5)
+        for t, (x, y) in enumerate(data(seed, STEPS)):
+            for m, o in ((ref_model, ref), (model, la)):
+                o.zero_grad()
+                torch.nn.functional.cross_entropy(m(x), y).backward()
+                o.step()
+            assert_params_close(model, ref_model, np.float64, f"Lookahead step {t}")
+        sd = la.state_dict()
+        assert sd["kind"] == "Lookahead" and sd["param_groups"][0]["lookahead_counter"] == STEPS % 3
+    with pytest.raises(TypeError, match="wraps a fusedoptim.torch optimizer"):
+        fot.Lookahead(torch.optim.SGD(Net().parameters(), lr=0.1))

@@ -19,7 +19,7 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam",
     "Adadelta", "Rprop", "Lion", "ASGD", "Lamb", "LARS", "NovoGrad", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
     "clip_by_global_norm", "global_norm", "DynamicLossScale", "split_decay_groups", "save", "load", "schedules",
-    "ParamArena", "Lookahead",   # Muon, LBFGS: importable, not listed (see optim/__init__.py)
+    "ParamArena", "Lookahead", "Muon", "LBFGS",
 ]
 __all__ += ["AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 

@@ -38,6 +38,15 @@ class ExtensionAPI:
     #: by name, ``tscale``: per-parameter gradient scales or None, ``emas``: EMA buffers or
     #: None, both to be applied by the method).  None: the per-parameter :meth:`update`.
     update_group = None
+    #: what ``step`` takes: ``"grads"`` (every :class:`~fusedoptim.Optimizer`); LBFGS says
+    #: ``"closure"``, Lookahead ``"wrapper"`` (read by :mod:`fusedoptim.optim.registry`)
+    step_kind = "grads"
+    #: True when only 2-D parameters are accepted (Muon): others need a second optimizer
+    matrix_only = False
+    #: True when the weights are computed from the state rather than moved by a step
+    #: (FTRL-proximal, schedule-free): a first-step descent only from zero weights (FTRL),
+    #: and the weights carry the precision of bfloat16 state (tests/test_lowprec.py)
+    weights_from_state = False
 
     def __init_subclass__(cls, **kw):  # noqa: D105
         super().__init_subclass__(**kw)

@@ -57,6 +57,8 @@ class Lookahead:
     forward, 1 step back", NeurIPS 2019, arXiv:1907.08610.
     """
 
+    step_kind = "wrapper"          # fusedoptim.optim.registry: built around another optimizer
+
     def __init__(self, optimizer, k: int = 5, alpha: float = 0.5, pullback_momentum: str = "none"):
         if not isinstance(optimizer, Optimizer):
             raise TypeError("Lookahead wraps a fusedoptim optimizer (a fusedoptim.Optimizer instance, e.g. "

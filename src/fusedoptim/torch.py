@@ -12,7 +12,10 @@ loops: switch with one import line.
 Every fusedoptim optimizer has a class here of the same name and constructor (torch's
 hyperparameters plus fusedoptim's options: ``l1``, ``global_clipnorm``, ``clipnorm``,
 ``clipvalue``, ``ema_decay``, ``skip_nonfinite``, ``gradient_accumulation_steps``).  The
-classes are generated from :mod:`fusedoptim.optim`, so a new optimizer appears here too.
+classes are generated from :mod:`fusedoptim.optim.registry`, so a new optimizer appears here
+too.  Two follow torch's other conventions: :class:`LBFGS` takes torch's ``step(closure)``
+(the closure calls ``backward`` and returns the loss) and :class:`Lookahead` wraps one of
+this module's optimizers.  ``Muon`` is torch.optim.Muon's (2-D parameters only).
 
 How it works: the optimizer holds a fusedoptim optimizer (:attr:`FusedOptimizer.fused`)
 over zero-copy NumPy views of the parameters' memory.  ``step()`` reads ``p.grad`` (None:
@@ -48,6 +51,8 @@ import numpy as np
 import torch
 
 from . import optim as _optim
+from .lookahead import Lookahead as _FoLookahead
+from .optim import registry as _registry
 from ._arrays import as_array
 from ._state_dict import SCHEDULER_KEYS
 from .optimizer import Optimizer as _FoOptimizer
@@ -206,6 +211,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """One fused update of every parameter with a ``.grad`` (torch semantics: a
         parameter whose grad is None is skipped).  Returns ``closure()`` if given (run with
         grad enabled, before the update)."""
+        return self._step_through(self.fused, closure)
+
+    def _step_through(self, stepper, closure):
+        """step(), the gradients going to ``stepper.step(grads)`` (the fused optimizer, or
+        a fusedoptim Lookahead around it)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -223,7 +233,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             grads = [None if g is None else _grad_view(g, f"{self.fused.labels[i]}: grad") for i, g in enumerate(gs)]
         stepped = [p for p, g in zip(params, gs) if g is not None]
         self._sync_groups()
-        fused.step(grads)
+        stepper.step(grads)
         if stepped and fused.last_step_applied:
             _bump(stepped)
         return loss
@@ -313,11 +323,133 @@ def _subclass(fo_cls: type) -> type:
     return cls
 
 
-#: name -> torch optimizer class, one per optimizer of :mod:`fusedoptim.optim`
+class LBFGS(torch.optim.Optimizer):
+    """``torch.optim.LBFGS`` (same constructor and defaults) running
+    :class:`fusedoptim.LBFGS` over the parameters' memory, with torch's closure
+    convention: ``closure()`` zeroes the gradients, computes the loss, calls
+    ``loss.backward()`` and returns the loss; the gradients are read from ``p.grad``
+    (None counts as zeros, as torch).  ``step(closure)`` returns the first closure's loss,
+    as torch.  The trajectory is torch's (``tests/test_torch_interop.py`` compares them).
+
+    One param group (as torch); float32 or float64 CPU tensors of one dtype, C-contiguous.
+    ``state_dict()`` / ``load_state_dict`` are :class:`fusedoptim.LBFGS`'s (flat NumPy
+    vectors; the state lives in :attr:`fused`)."""
+
+    fused_class = _optim.LBFGS
+    step_kind = "closure"
+
+    def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
+                 history_size=100, line_search_fn=None):
+        if isinstance(params, torch.Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            "but got " + torch.typename(params))
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if isinstance(groups[0], dict):
+            if len(groups) != 1:
+                raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+            opts = {k: v for k, v in groups[0].items() if k != "params"}
+            tensors = _param_list(groups[0])
+        else:
+            opts, tensors = {}, groups
+        views = [FusedOptimizer._param_view(_tensor(p), f"params[{j}]") for j, p in enumerate(tensors)]
+        kw = dict(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+                  tolerance_change=tolerance_change, history_size=history_size, line_search_fn=line_search_fn)
+        #: the fusedoptim.LBFGS doing the work (its ``state``, ``state_dict()``)
+        self.fused = _optim.LBFGS([dict(opts, params=views)], **kw)
+        fg = self.fused.param_groups[0]
+        super().__init__([{"params": tensors}], {k: v for k, v in fg.items() if k != "params"})
+        self._tensors = [_tensor(p) for p in tensors]
+
+    def __getstate__(self):
+        raise TypeError("a fusedoptim.torch.LBFGS can't be pickled or deep-copied: it updates its parameters' "
+                        "memory in place; save state_dict() instead")
+
+    def step(self, closure=None):
+        """One L-BFGS step (up to ``max_iter`` iterations); returns the first closure's
+        loss.  ``closure`` is required (it is called several times)."""
+        if closure is None or not callable(closure):
+            raise TypeError("LBFGS.step needs a closure: step(closure), where closure() zeroes the gradients, "
+                            "computes the loss, calls loss.backward() and returns the loss")
+        tensors = self._tensors
+        first = []
+
+        def numpy_closure():
+            with torch.enable_grad():
+                loss = closure()
+            if not first:
+                first.append(loss)
+            grads = [None if t.grad is None else _grad_view(t.grad, f"params[{j}]: grad")
+                     for j, t in enumerate(tensors)]
+            return (float(loss), grads)
+
+        fg, tg = self.fused.param_groups[0], self.param_groups[0]
+        for k in fg:
+            if k != "params":
+                fg[k] = tg[k]          # a scheduler's lr, or an edit by hand
+        with torch.no_grad():
+            self.fused.step(numpy_closure)
+        _bump(tensors)
+        return first[0] if first else None
+
+    def state_dict(self):
+        return self.fused.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.fused.load_state_dict(state_dict)
+        for k, v in self.fused.param_groups[0].items():
+            if k != "params":
+                self.param_groups[0][k] = v
+
+
+class Lookahead:
+    """:class:`fusedoptim.Lookahead` around a :mod:`fusedoptim.torch` optimizer:
+    ``Lookahead(fusedoptim.torch.SGD(model.parameters(), lr=0.1), k=5, alpha=0.5)``;
+    ``step()`` reads ``p.grad`` as the inner optimizer does, steps it and pulls the
+    parameters toward the slow weights every ``k`` steps (one native call).
+    ``param_groups`` are the inner optimizer's (LR schedulers edit them through it);
+    ``state_dict()`` / ``load_state_dict`` are :class:`fusedoptim.Lookahead`'s."""
+
+    step_kind = "wrapper"
+
+    def __init__(self, optimizer, k: int = 5, alpha: float = 0.5, pullback_momentum: str = "none"):
+        if not isinstance(optimizer, FusedOptimizer):
+            raise TypeError("fusedoptim.torch.Lookahead wraps a fusedoptim.torch optimizer (e.g. "
+                            f"fusedoptim.torch.SGD(model.parameters())), got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        #: the fusedoptim.Lookahead around ``optimizer.fused``
+        self.fused = _FoLookahead(optimizer.fused, k, alpha, pullback_momentum)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        self.optimizer._sync_groups()
+        return self.optimizer._step_through(self.fused, closure)
+
+    def state_dict(self):
+        self.optimizer._sync_groups()
+        return self.fused.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.fused.load_state_dict(state_dict)
+        for tg, fg in zip(self.optimizer.param_groups, self.optimizer.fused.param_groups):
+            for k, v in fg.items():
+                if k != "params":
+                    tg[k] = v
+
+
+#: name -> torch optimizer class, one per optimizer of :mod:`fusedoptim.optim`'s registry
 OPTIMIZERS: Dict[str, type] = {}
-for _name in _optim.__all__:
-    _cls = getattr(_optim, _name)
-    if isinstance(_cls, type) and issubclass(_cls, _FoOptimizer):
-        OPTIMIZERS[_name] = globals()[_name] = _subclass(_cls)
-        __all__.append(_name)
-del _name, _cls
+for _name, _entry in _registry.entries().items():
+    if _entry.step_kind == "grads":
+        OPTIMIZERS[_name] = globals()[_name] = _subclass(_entry.cls)
+    else:                                  # LBFGS (closure), Lookahead (wrapper): written above
+        OPTIMIZERS[_name] = globals()[_name]
+    __all__.append(_name)
+del _name, _entry

@@ -32,7 +32,9 @@ def _list_arg(valid: Sequence[str], what: str, aliases: Optional[dict] = None):
         items = [(aliases or {}).get(x, x) for x in items]
         for x in items:
             if x not in valid:
-                raise argparse.ArgumentTypeError(f"unknown {what} {x!r}; choose from {', '.join(valid)}")
+                hint = (" (Muon's Newton-Schulz products have their own benchmark: python -m fusedoptim.bench.muon)"
+                        if x == "muon" else "")
+                raise argparse.ArgumentTypeError(f"unknown {what} {x!r}; choose from {', '.join(valid)}{hint}")
         return items
     return parse
 

@@ -83,13 +83,15 @@ _ORACLES = {"AdaBelief": "pytorch_optimizer.AdaBelief", "Yogi": "pytorch_optimiz
 
 
 def _every_optimizer() -> List[OptConfig]:
-    """The curated configurations, then every other built-in optimizer class of
-    ``fusedoptim.optim`` with its defaults (key: its lower-case name; no NumPy baseline)."""
-    from .. import optim
+    """The curated configurations, then every other built-in optimizer of the registry
+    (``fusedoptim.optim.registry``) that steps any parameter list with a native rule, with
+    its defaults (key: its lower-case name; no NumPy baseline).  Muon (2-D only, matmuls)
+    has its own benchmark, :mod:`fusedoptim.bench.muon`; LBFGS and Lookahead are not timed."""
+    from ..optim import registry
     out, covered = list(_CURATED), {c.cls for c in _CURATED}
-    for name in optim.__all__:
-        cls = getattr(optim, name)
-        if cls in covered or getattr(cls, "spec", None) is None:
+    for name, entry in registry.entries().items():
+        cls = entry.cls
+        if cls in covered or not entry.steps_any_shape or getattr(cls, "spec", None) is None:
             continue
         oracle = _ORACLES.get(name, "")
         out.append(OptConfig(name.lower(), cls, {}, None, False, in_torch=oracle is not None, oracle=oracle or ""))

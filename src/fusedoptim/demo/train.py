@@ -19,7 +19,7 @@ import numpy as np
 import fusedoptim as fo
 from .. import nn
 from . import data as _data
-from .choices import ALIASES, OptSpec, demo_optimizers, probe
+from .choices import ALIASES, OptSpec, demo_optimizers, lookahead, probe
 from ._util import DemoError, SCHEDULES, blas_threads, clip_function, make_schedule, progress
 from . import parallel
 from .parallel import World, slice_weight
@@ -31,9 +31,20 @@ OPTIMIZERS: Dict[str, OptSpec] = demo_optimizers()
 _ALIASES = ALIASES
 
 
+def _spec_for(name: str) -> Optional[OptSpec]:
+    """The OptSpec of key ``name`` (aliases included; ``lookahead-<key>`` wraps any other)."""
+    spec = OPTIMIZERS.get(_ALIASES.get(name, name))
+    if spec is None and name.startswith("lookahead-"):
+        inner = _spec_for(name[len("lookahead-"):])
+        if inner is not None and inner.inner is None:
+            return lookahead(inner)
+    return spec
+
+
 def parse_optimizers(text: str, lr_override: Optional[float],
                      skipped: Optional[List[tuple]] = None) -> List[tuple]:
-    """``"all"`` or a comma list of ``name`` / ``name=lr`` -> [(OptSpec, lr)].
+    """``"all"`` or a comma list of ``name`` / ``name=lr`` -> [(OptSpec, lr)].  ``name`` is
+    an optimizer's key, an alias, or ``lookahead-<key>`` (Lookahead around that one).
 
     Every optimizer is checked with ``choices.probe`` first: one named explicitly that
     cannot run in this comparison is an error; ``all`` leaves it out and appends
@@ -53,9 +64,10 @@ def parse_optimizers(text: str, lr_override: Optional[float],
                 elif skipped is not None:
                     skipped.append((s.label, why))
             continue
-        spec = OPTIMIZERS.get(_ALIASES.get(name, name))
+        spec = _spec_for(name)
         if spec is None:
-            raise DemoError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)} (or all)")
+            raise DemoError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}, lookahead-<name> "
+                            "(or all)")
         lr = spec.lr if lr_override is None else lr_override
         if lr_text:
             try:
@@ -120,9 +132,14 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     model = nn.MLP([dataset.n_features, *hidden, dataset.n_classes], rng=np.random.default_rng(init_seq))
     grads = model.grads()
     steps_per_epoch = -(-n // batch_size)
+    closure_step = spec.closure
+    why = unsupported(spec, schedule, clip_norm, world is not None)
+    if why is not None:
+        raise DemoError(f"{spec.label}: {why}")
     opt = spec.build(model.params(), make_schedule(schedule, lr, epochs * steps_per_epoch))
     clip = clip_function() if clip_norm else None
     order_rng = np.random.default_rng(shuffle_seq)
+    steps = 0
     if world is not None:
         from ..distributed import DistributedOptimizer, assert_synchronized
         # every rank built the same model from the same seed; the wrapper still broadcasts
@@ -144,7 +161,7 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     def record(epoch, t, tr_loss, tr_acc):
         te_loss, te_acc = evaluate(model, dataset.x_test, dataset.y_test)
         sched = opt.param_groups[0]["lr"]
-        lr_now = sched(opt.iterations) if callable(sched) else sched     # the next step's lr
+        lr_now = sched(steps) if callable(sched) else sched     # the next step's lr
         for k, v in zip(keys, (epoch, t, lr_now, tr_loss, tr_acc, te_loss, te_acc)):
             hist[k].append(v)
         return te_acc
@@ -187,8 +204,12 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
             if clip is not None:                   # on the averaged gradient: same bits, same decision
                 norm_sum += float(clip(g, clip_norm))
             ts = perf()
-            opt.step(g)
+            if closure_step:                       # LBFGS: the loss and gradients at any point of its search
+                opt.step(lambda xm=xm, ym=ym, dm=dm: _loss_and_grads(model, grads, xm, ym, dm))
+            else:
+                opt.step(g)
             step_s += perf() - ts
+            steps += 1
         train_s += perf() - t0
         if world is not None:                      # the epoch's sums over every rank's slices
             loss_sum, correct = world.sum(loss_sum, correct)
@@ -207,7 +228,6 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
     final_train = evaluate(model, x, y)
     final_test = (hist["test_loss"][-1], hist["test_acc"][-1])
     wall_s = time.perf_counter() - t_run
-    steps = opt.iterations
     result = {
         "optimizer": spec.key, "label": spec.label, "class": spec.cls, "lr": lr,
         "hyperparameters": {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "lr")},
@@ -232,6 +252,27 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
             "ranks_bit_identical": identical, "params_sha256": digest,
         })
     return result
+
+
+def unsupported(spec: OptSpec, schedule: str, clip_norm, distributed: bool) -> Optional[str]:
+    """Why ``spec`` cannot run with these options, or None.  A closure optimizer (LBFGS)
+    evaluates the loss several times per step: no schedule, clipping or data parallelism;
+    ``--distributed`` needs one optimizer stepping the whole parameter list from gradients."""
+    if spec.closure and (schedule != "none" or clip_norm or distributed):
+        return ("takes step(closure) (it evaluates the loss several times per step): --schedule, --clip-norm and "
+                "--distributed do not apply to it")
+    if distributed and (spec.step_kind != "grads" or spec.matrix_only):
+        return "--distributed runs optimizers that step one parameter list from gradients"
+    return None
+
+
+def _loss_and_grads(model, grads, xm, ym, dm):
+    """An LBFGS closure's value: (mean loss, gradients) of ``model`` on the batch, the
+    gradients written into ``grads`` (LBFGS copies them before its next call)."""
+    logits = model.forward(xm)
+    loss, dl = nn.softmax_cross_entropy(logits, ym, out=dm)
+    model.backward(dl)
+    return loss, grads
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -259,6 +300,18 @@ def _hidden(text):
     return sizes
 
 
+def _lookahead(text):
+    k_text, _, alpha_text = text.partition(",")
+    try:
+        k = int(k_text)
+        alpha = float(alpha_text) if alpha_text.strip() else 0.5
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or K,ALPHA (e.g. 5,0.5), got {text!r}") from None
+    if k < 1 or not 0.0 <= alpha < 1.0:
+        raise argparse.ArgumentTypeError(f"K must be >= 1 and ALPHA in [0, 1), got {text!r}")
+    return k, alpha
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusedoptim demo",
@@ -269,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"optimizers: {', '.join(f'{s.key} (lr {s.lr:g})' for s in OPTIMIZERS.values())}")
     p.add_argument("--optimizers", default="all", metavar="LIST",
                    help="comma list of optimizer names, each optionally name=lr (default: all, every optimizer "
-                        "fusedoptim exports)")
+                        "fusedoptim exports); lookahead-NAME runs Lookahead around NAME")
+    p.add_argument("--lookahead", type=_lookahead, metavar="K,ALPHA",
+                   help="wrap every optimizer in fusedoptim.Lookahead(opt, k=K, alpha=ALPHA) (ALPHA default 0.5)")
     p.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs per run (default 20; 8 with --quick)")
     p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="mini-batch size (default 32)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate for every optimizer (overrides the defaults)")
@@ -323,6 +378,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "add --distributed (or run a single process)")
     skipped: List[tuple] = []
     runs = parse_optimizers(args.optimizers, args.lr, skipped)
+    if args.lookahead:
+        wrapped = []
+        for spec, lr in runs:
+            if spec.inner is not None or spec.step_kind != "grads" or spec.matrix_only:
+                skipped.append((spec.label, "--lookahead wraps optimizers that step one parameter list from "
+                                            "gradients"))
+                continue
+            wrapped.append((lookahead(spec, *args.lookahead), lr))
+        runs = wrapped
+        if not runs:
+            raise DemoError("--lookahead: none of the optimizers can be wrapped")
+    kept = []
+    for spec, lr in runs:
+        why = unsupported(spec, args.schedule, args.clip_norm, args.distributed)
+        if why is None:
+            kept.append((spec, lr))
+        else:
+            skipped.append((spec.label, why))
+    if not kept:
+        raise DemoError("none of the optimizers can run with these options: "
+                        + "; ".join(f"{label}: {why}" for label, why in skipped))
+    runs = kept
     epochs = args.epochs or (8 if args.quick else 20)
     if args.schedule != "none":
         make_schedule(args.schedule, 1.0, 1)   # fail now, not after loading data

@@ -20,11 +20,12 @@ from .ftrl import Ftrl
 from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from .muon import Muon
 from .lbfgs import LBFGS
+from ..lookahead import Lookahead
+from . import registry
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
            "ASGD", "Lamb", "LARS", "NovoGrad", "AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW",
-           "ScheduleFreeSGD"]
-# Muon (2-D parameters only) and LBFGS (step(closure), not an Optimizer subclass) are
-# importable here and as fusedoptim.Muon / fusedoptim.LBFGS but left out of __all__: the
-# demo and fusedoptim.torch take __all__ as "optimizers that step any parameter list from
-# gradients" (the demo's MLP has bias vectors; torch.optim has its own LBFGS)
+           "ScheduleFreeSGD", "Muon", "LBFGS", "Lookahead"]
+# Every optimizer class is exported here; what each can be driven with (step(grads), a
+# closure, a wrapped optimizer, 2-D parameters only) is in fusedoptim.optim.registry, which
+# the demo, fusedoptim.torch, the benchmark and .ci/smoke.py read.

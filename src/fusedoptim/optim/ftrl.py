@@ -45,6 +45,7 @@ class Ftrl(Optimizer):
 
     spec = AlgoSpec("ftrl", scalars=("decay", "shrink2", "neg_power", "lr", "two_l2", "l1_strength"),
                     flags=("half_power",), buffers=("accumulator", "linear"))
+    weights_from_state = True      # θ = (clip(z) - z) / (...): computed from the accumulators
 
     def __init__(self, params=None, lr=1e-3, learning_rate_power=-0.5, initial_accumulator_value=0.1,
                  l1_regularization_strength=0.0, l2_regularization_strength=0.0,

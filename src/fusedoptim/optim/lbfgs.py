@@ -160,6 +160,8 @@ class LBFGS:
     Algorithms 7.4/7.5 and 3.5/3.6 (strong Wolfe); M. Schmidt, minFunc (2005).
     """
 
+    step_kind = "closure"          # fusedoptim.optim.registry: step(closure), no gradients argument
+
     def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
                  history_size=100, line_search_fn=None):
         if isinstance(params, np.ndarray):

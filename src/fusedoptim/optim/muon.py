@@ -109,6 +109,7 @@ class Muon(Optimizer):
     """
 
     buffers = ("momentum_buffer",)
+    matrix_only = True             # fusedoptim.optim.registry: 2-D parameters only
 
     def __init__(self, params=None, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=DEFAULT_NS_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, **options):
@@ -119,6 +120,9 @@ class Muon(Optimizer):
     def check_group(self, g, where):
         super().check_group(g, where)
         check_bool(g["nesterov"], f"{where}: nesterov")
+        # torch checks momentum >= 0 only; above 1 the lerp extrapolates and the buffer grows
+        # without bound, so it is refused here (1.0 keeps the buffer at zero, as torch)
+        check_real(g["momentum"], f"{where}: momentum", lo=0.0, hi=1.0, name="momentum")
         co = g["ns_coefficients"]
         if not isinstance(co, (tuple, list)) or len(co) != 3:
             raise ValueError(f"{where}: ns_coefficients must be three numbers (a, b, c), got {co!r}")

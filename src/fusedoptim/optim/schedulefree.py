@@ -11,6 +11,7 @@ class _ScheduleFree(Optimizer):
     warmup, ``r`` and ``weight_lr_power``), the ``z`` buffer and :meth:`train` / :meth:`eval`."""
 
     scalar_state = ("step", "weight_sum", "lr_max")
+    weights_from_state = True      # y interpolates toward the z buffer
 
     def _momentum(self, g) -> float:
         raise NotImplementedError
