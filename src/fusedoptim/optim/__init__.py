@@ -18,12 +18,13 @@ from .yogi import Yogi
 from .adan import Adan
 from .ftrl import Ftrl
 from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
+from .adafactor import Adafactor
 from .muon import Muon
 from .lbfgs import LBFGS
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
            "ASGD", "Lamb", "LARS", "NovoGrad", "AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW",
-           "ScheduleFreeSGD"]
+           "ScheduleFreeSGD", "Adafactor"]
 # Muon (2-D parameters only) and LBFGS (step(closure), not an Optimizer subclass) are
 # importable here and as fusedoptim.Muon / fusedoptim.LBFGS but left out of __all__: the
 # demo and fusedoptim.torch take __all__ as "optimizers that step any parameter list from
