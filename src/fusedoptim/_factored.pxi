@@ -106,7 +106,9 @@ def adafactor_step(dict common, dict scalars, list params, list grads, list row_
             if nd >= 2:
                 ts[i].R = a.shape[nd - 2]
                 ts[i].C = a.shape[nd - 1]
-                ts[i].B = size // (ts[i].R * ts[i].C) if ts[i].R * ts[i].C else 0
+                ts[i].B = 1
+                for k in range(nd - 2):
+                    ts[i].B *= a.shape[k]
                 if variances[i] is not None:
                     raise ValueError(f"tensor {i}: a tensor of {nd} dims keeps row_var and col_var, not variance")
                 ts[i].r = _data(row_vars[i], ts[i].B * ts[i].R, code, "row_var", i)
