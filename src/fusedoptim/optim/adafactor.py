@@ -83,10 +83,13 @@ class Adafactor(Optimizer):
         if eps[0] is not None:
             check_real(eps[0], f"{where}: eps[0] (epsilon1)", lo=0.0)
         check_real(eps[1], f"{where}: eps[1] (epsilon2)", lo=0.0)
-        check_real(g["d"], f"{where}: d (clipping threshold)", lo=1.0)
+        check_bool(g["keras_form"], f"{where}: keras_form")
+        if g["keras_form"]:      # Keras's clip_threshold: any positive number
+            check_real(g["d"], f"{where}: d (clipping threshold)", lo=0.0, lo_open=True)
+        else:
+            check_real(g["d"], f"{where}: d (clipping threshold)", lo=1.0)
         if g["foreach"] is not None:
             check_bool(g["foreach"], f"{where}: foreach")
-        check_bool(g["keras_form"], f"{where}: keras_form")
         for j, p in enumerate(g.get("params", ())):
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"{where}: Adafactor runs on NumPy arrays (its factored statistics are a CPU "
