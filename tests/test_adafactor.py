@@ -339,3 +339,37 @@ def test_bad_params_and_steps_change_nothing():
         for k, v in state[i].items():
             assert opt.state[p][k].tobytes() == v.tobytes()
         assert opt.state[p]["step"] == 1
+
+
+def test_readme_snippet_runs(capsys):
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?)```", text[text.index("### `Adafactor`"):], re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README Adafactor snippet", "exec"), scope)
+    assert capsys.readouterr().out.strip() == "(256, 1) (1, 128) (128,)"
+    assert scope["opt"].state[scope["W"]]["step"] == 1
+
+
+def test_keras_form_is_the_core_class_with_keras_options():
+    # README "Coming from Keras" table row: fusedoptim.keras.Adafactor = the core class with
+    # keras_form=True; both equal the float64 reference's Keras form (1-D, 2-D, 3-D)
+    from fusedoptim import keras as fk
+    shapes = [(7,), (5, 3), (2, 4, 6)]
+    a, b = _params(np.float64, shapes), _params(np.float64, shapes)
+    kopt = fk.Adafactor(learning_rate=0.05, beta_2_decay=-0.7, epsilon_1=1e-20, epsilon_2=1e-2,
+                        clip_threshold=0.8, weight_decay=0.1)
+    copt = fo.Adafactor(b, lr=0.05, beta2_decay=-0.7, eps=(1e-20, 1e-2), d=0.8, weight_decay=0.1, keras_form=True)
+    ref = _params(np.float64, shapes)
+    states = [{"step": 0} for _ in ref]
+    for t in range(20):
+        gs = _grads(t, a)
+        kopt.apply_gradients(zip(gs, a))
+        copt.step(gs)
+        for i, (p, g) in enumerate(zip(ref, gs)):
+            p[...] = ref_rule(p, g, states[i], lr=0.05, beta2_decay=-0.7, eps=(1e-20, 1e-2), d=0.8,
+                              weight_decay=0.1, keras_form=True)
+    for x, y, w in zip(a, b, ref):
+        assert x.tobytes() == y.tobytes()
+        np.testing.assert_allclose(x, w, rtol=1e-12, atol=1e-12)
