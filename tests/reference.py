@@ -534,3 +534,36 @@ def assert_matches(params, state_of, ref: ReferenceOptimizer, *, rtol, atol, wha
             else:
                 assert math.isclose(got, want, rel_tol=1e-14, abs_tol=0.0), \
                     f"{what}: params[{i}] {k} {got!r} != {want!r}"
+
+
+# ------------------------------------------------------------------ Adafactor
+def adafactor(theta, g, s, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+              maximize=False, keras_form=False):
+    """Adafactor (fusedoptim.Adafactor's docstring; torch 2.13 torch.optim.Adafactor, or
+    Keras 3's formulas with ``keras_form``) on a *shaped* ``theta`` (the statistics factor
+    its last two dims, so this rule is not in ``RULES``, which flattens).  float64 math."""
+    t = s["step"] = s["step"] + 1
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = float(np.finfo(theta.dtype).eps)
+    G = -g if maximize else g
+    w = t ** beta2_decay                                           # 1 - beta2_t
+    rho = min(lr, 1.0 / math.sqrt(t))
+    rms = lambda x: math.sqrt(float(np.mean(np.square(x)))) if x.size else 0.0  # noqa: E731
+    decay = 1.0 - lr * weight_decay
+    theta1 = theta * decay                                         # theta'
+    alpha = max(eps2, rms(theta1 if keras_form else theta)) * rho
+    G2 = G * G + (eps1 if keras_form else 0.0)
+    if theta.ndim >= 2:
+        R = s.setdefault("row_var", np.zeros(theta.shape[:-1] + (1,), theta.dtype))
+        C = s.setdefault("col_var", np.zeros(theta.shape[:-2] + (1, theta.shape[-1]), theta.dtype))
+        R += w * (G2.mean(axis=-1, keepdims=True) - R)
+        C += w * (G2.mean(axis=-2, keepdims=True) - C)
+        Rm = R.mean(axis=-2, keepdims=True)
+        V = R * C / (Rm if keras_form else np.maximum(Rm, eps1))
+    else:
+        V = s.setdefault("variance", np.zeros(theta.shape, theta.dtype))
+        V += w * (G2 - V)
+        V = V.copy()
+    U = G / np.sqrt(V if keras_form else np.maximum(V, eps1 * eps1))
+    return theta1 - alpha / max(1.0, rms(U) / d) * U

@@ -446,3 +446,83 @@ def test_state_dict_round_trip_restores_the_schedule_position():
     assert fresh.learning_rate == half.learning_rate
     run(4, fresh, fresh_v)
     np.testing.assert_array_equal(fresh_v, vf)
+
+
+# ------------------------------------------------------------------------ Adafactor
+# keras-team/keras v3.15.1 keras/src/optimizers/adafactor_test.py::AdafactorTest, numbers
+# and tolerances as written there
+def test_adafactor_single_step_1d():
+    optimizer = fk.Adafactor(learning_rate=0.5)
+    grads = np.array([1.0, 6.0, 7.0, 2.0])
+    vars = fk.Variable([1.0, 2.0, 3.0, 4.0])
+    optimizer.apply_gradients(zip([grads], [vars]))
+    close(vars, [-0.3693, 0.6307, 1.6307, 2.6307], rtol=1e-4, atol=1e-4)
+
+
+def test_adafactor_single_step_2d():
+    optimizer = fk.Adafactor(learning_rate=0.5)
+    grads = np.array([[1.0, 6.0], [7.0, 2.0]])
+    vars = fk.Variable([[1.0, 2.0], [3.0, 4.0]])
+    optimizer.apply_gradients(zip([grads], [vars]))
+    close(vars, [[0.7007, -0.0081], [1.2492, 3.4407]], rtol=1e-4, atol=1e-4)
+
+
+def test_adafactor_weight_decay():
+    grads, var1, var2, var3 = (np.zeros(()), fk.Variable(2.0), fk.Variable(2.0, name="exclude"), fk.Variable(2.0))
+    optimizer_1 = fk.Adafactor(learning_rate=1.0, weight_decay=0.004)
+    optimizer_1.apply_gradients(zip([grads], [var1]))
+
+    optimizer_2 = fk.Adafactor(learning_rate=1.0, weight_decay=0.004)
+    optimizer_2.exclude_from_weight_decay(var_names=["exclude"])
+    optimizer_2.apply_gradients(zip([grads, grads], [var1, var2]))
+
+    optimizer_3 = fk.Adafactor(learning_rate=1.0, weight_decay=0.004)
+    optimizer_3.exclude_from_weight_decay(var_list=[var3])
+    optimizer_3.apply_gradients(zip([grads, grads], [var1, var3]))
+
+    assert round(abs(float(var1.numpy()) - 1.9760959), 6) == 0
+    assert round(abs(float(var2.numpy()) - 2.0), 6) == 0
+    assert round(abs(float(var3.numpy()) - 2.0), 6) == 0
+
+
+def test_adafactor_correctness_with_golden():
+    optimizer = fk.Adafactor(learning_rate=0.5, beta_2_decay=-0.65, epsilon_1=1e-15, epsilon_2=1e-4,
+                             clip_threshold=0.9, relative_step=False)
+    x = fk.Variable(np.ones([10]))
+    grads = np.arange(0.1, 1.1, 0.1)
+    first_grads = np.full((10,), 0.01)
+    golden = np.array(
+        [[0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55],
+         [0.3031, 0.3026, 0.3025, 0.3024, 0.3024, 0.3024, 0.3024, 0.3024, 0.3024, 0.3024],
+         [0.1671, 0.1665, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663],
+         [0.0923, 0.0916, 0.0915, 0.0914, 0.0914, 0.0914, 0.0914, 0.0914, 0.0914, 0.0914],
+         [0.0554, 0.0548, 0.0546, 0.0546, 0.0546, 0.0546, 0.0546, 0.0545, 0.0545, 0.0545]])
+    optimizer.apply_gradients(zip([first_grads], [x]))
+    for i in range(5):
+        close(x, golden[i], rtol=5e-4, atol=5e-4)
+        optimizer.apply_gradients(zip([grads], [x]))
+
+
+def test_adafactor_config_and_clipping():
+    # adafactor_test.py::test_config, test_clip_norm, test_clip_value (the latter two
+    # through two steps: the clipped gradient, then a small one that no option clips, whose
+    # update depends on the second moment the first left; equal to the same steps with the
+    # gradient clipped by hand)
+    kw = dict(learning_rate=0.5, beta_2_decay=-0.65, epsilon_1=1e-15, epsilon_2=1e-4, clip_threshold=0.9,
+              relative_step=False)
+    cfg = fk.Adafactor(**kw).get_config()
+    for k, v in kw.items():
+        assert cfg[k] == v, k
+    assert fk.Adafactor.from_config(cfg).get_config() == cfg
+    for opts, clipped in ((dict(clipnorm=1), [2**0.5 / 2, 2**0.5 / 2]), (dict(clipvalue=1), [1.0, 1.0])):
+        a, b = fk.Variable([1.0, -2.0]), fk.Variable([1.0, -2.0])
+        oa, ob = fk.Adafactor(**opts), fk.Adafactor()
+        oa.apply_gradients(zip([np.array([100.0, 100.0])], [a]))
+        ob.apply_gradients(zip([np.array(clipped)], [b]))
+        oa.apply_gradients(zip([np.array([0.5, 0.1])], [a]))
+        ob.apply_gradients(zip([np.array([0.5, 0.1])], [b]))
+        close(a, b)
+        c, oc = fk.Variable([1.0, -2.0]), fk.Adafactor()    # unclipped: a different second step
+        oc.apply_gradients(zip([np.array([100.0, 100.0])], [c]))
+        oc.apply_gradients(zip([np.array([0.5, 0.1])], [c]))
+        assert not np.allclose(c, b, rtol=1e-6, atol=1e-6)

@@ -54,6 +54,9 @@ KERAS_CASES = [
     ("Adam", dict(learning_rate=0.01, global_clipnorm=1.0, use_ema=True, ema_momentum=0.9)),
     ("SGD", dict(learning_rate=0.01, momentum=0.9, clipnorm=0.5, gradient_accumulation_steps=2)),
     ("RMSprop", dict(learning_rate=0.001, clipvalue=0.5, loss_scale_factor=8.0)),
+    ("Adafactor", dict(learning_rate=0.01)),        # SHAPE is 2-D: the factored statistics
+    ("Adafactor", dict(learning_rate=0.01, weight_decay=0.01, clip_threshold=0.5, beta_2_decay=-0.6)),
+    ("Adafactor", dict(learning_rate=0.01, epsilon_1=1e-20, epsilon_2=1e-2, global_clipnorm=2.0)),
 ]
 
 

@@ -9,6 +9,7 @@ from .optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Ada
 from .optim import Lamb, LARS, NovoGrad
 from .optim import AdaBelief, Yogi, Adan, Ftrl, ScheduleFreeAdamW, ScheduleFreeSGD
 from .optim import Muon, LBFGS
+from .optim import Adafactor
 from .lookahead import Lookahead
 from .optimizer import Optimizer
 from .toolkit import DynamicLossScale, split_decay_groups
@@ -22,6 +23,7 @@ __all__ = [
     "ParamArena", "Lookahead", "Muon", "LBFGS",
 ]
 __all__ += ["AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ += ["Adafactor"]
 
 # Submodules and functions loaded on first use, so `import fusedoptim` stays light.
 _LAZY = {

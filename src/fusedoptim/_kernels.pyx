@@ -22,7 +22,7 @@ from collections import namedtuple
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.dict cimport PyDict_Update, PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
@@ -550,3 +550,4 @@ def update_dicts(list dicts, dict values):
 
 
 include "_tensorwise.pxi"
+include "_factored.pxi"

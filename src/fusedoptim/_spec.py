@@ -22,9 +22,20 @@ __all__ = ["AlgoSpec", "TENSOR_STATE", "state_shape"]
 TENSOR_STATE = frozenset(n for s in _kernels.ALGORITHMS.values() for n in s.tensor_state)
 
 
-def state_shape(key: str, shape) -> tuple:
-    """The shape a state array named ``key`` must have for a parameter of ``shape``."""
-    return () if key in TENSOR_STATE else tuple(shape)
+def state_shape(key: str, shape):
+    """The shape a state array named ``key`` must have for a parameter of ``shape``
+    (Adafactor's factored statistics: ``row_var`` ``(..., n, 1)`` and ``col_var``
+    ``(..., 1, m)`` of a parameter ``(..., n, m)``; None where the key cannot exist)."""
+    if key in TENSOR_STATE:
+        return ()
+    if key in _FACTORED:
+        shape = tuple(shape)
+        return None if len(shape) < 2 else _FACTORED[key](shape)
+    return tuple(shape)
+
+
+#: Adafactor's per-row / per-column statistics (torch's shapes, reduced dims kept as 1)
+_FACTORED = {"row_var": lambda s: s[:-1] + (1,), "col_var": lambda s: s[:-2] + (1, s[-1])}
 
 
 class AlgoSpec:

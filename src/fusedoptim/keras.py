@@ -59,7 +59,7 @@ from . import schedules as _schedules
 from ._backends import is_array
 from .validate import check_real
 
-__all__ = ["Variable", "Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "Nadam", "Adadelta",
+__all__ = ["Variable", "Optimizer", "Adafactor", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "Nadam", "Adadelta",
            "Lion", "get"]
 
 
@@ -513,7 +513,36 @@ class Lion(Optimizer, _optim.Lion):
                     dict(beta_1=beta_1, beta_2=beta_2), dict(betas=(beta_1, beta_2)))
 
 
-_ALL = {c.__name__.lower(): c for c in (Adam, AdamW, SGD, RMSprop, Adagrad, Adamax, Nadam, Adadelta, Lion)}
+class Adafactor(Optimizer, _optim.Adafactor):
+    r"""keras.optimizers.Adafactor (Keras 3's formulas: ``fusedoptim.Adafactor`` with
+    ``keras_form=True``): with :math:`t` the step, :math:`\hat\beta_2 = 1 - t^{\tau}`
+    (:math:`\tau` = ``beta_2_decay``), :math:`\rho_t = \min(\gamma, 1/\sqrt t)`,
+    :math:`\alpha_t = \max(\epsilon_2, \mathrm{RMS}(\theta))\rho_t` and
+    :math:`G^2 = g^2 + \epsilon_1`: for a variable of 2 or more dims
+    :math:`r \leftarrow \hat\beta_2 r + (1-\hat\beta_2)\,\mathrm{mean}_{-1}(G^2)`,
+    :math:`c \leftarrow \hat\beta_2 c + (1-\hat\beta_2)\,\mathrm{mean}_{-2}(G^2)`,
+    :math:`v = (r / \mathrm{mean}(r))\, c` (never stored); otherwise
+    :math:`v \leftarrow \hat\beta_2 v + (1-\hat\beta_2) G^2`; then :math:`u = g/\sqrt v`,
+    :math:`\theta \leftarrow \theta - \alpha_t\, u / \max(1, \mathrm{RMS}(u)/\text{clip\_threshold})`.
+    ``relative_step`` is kept for the config: Keras's :math:`\rho_t` is
+    :math:`\min(\gamma, 1/\sqrt t)` whether it is set or not.  State keys are the core
+    class's (``row_var``, ``col_var`` or ``variance``).""" + _BASE_DOC
+    _core = _optim.Adafactor
+    _decoupled_kw = False      # the core's weight decay is already Keras's: theta -= theta * wd * lr
+    _names = ("beta_2_decay", "epsilon_1", "epsilon_2", "clip_threshold", "relative_step")
+
+    def __init__(self, learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0,
+                 relative_step=True, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, name=None, **kwargs):
+        self._setup(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                    ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name, kwargs,
+                    dict(beta_2_decay=beta_2_decay, epsilon_1=epsilon_1, epsilon_2=epsilon_2,
+                         clip_threshold=clip_threshold, relative_step=relative_step),
+                    dict(beta2_decay=beta_2_decay, eps=(epsilon_1, epsilon_2), d=clip_threshold, keras_form=True))
+
+
+_ALL = {c.__name__.lower(): c for c in (Adam, AdamW, SGD, RMSprop, Adagrad, Adamax, Nadam, Adadelta, Lion, Adafactor)}
 
 
 def get(identifier):

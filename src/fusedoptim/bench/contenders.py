@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _kernels
 from ..optim import SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, NAdam, RAdam, Adadelta, Rprop, Lion
-from ..optim import Lamb, LARS, NovoGrad
+from ..optim import Lamb, LARS, NovoGrad, Adafactor
 from . import numpy_baselines as nb
 from .gpu import Gpu, GpuStream, one_line
 from .workloads import Workload
@@ -73,6 +73,8 @@ _CURATED = [
     OptConfig("lamb", Lamb, dict(lr=1e-3, weight_decay=1e-2), None, False, oracle="pytorch_optimizer.Lamb"),
     OptConfig("lars", LARS, dict(lr=1e-1, weight_decay=1e-4), None, False, oracle="pytorch_optimizer.LARS"),
     OptConfig("novograd", NovoGrad, dict(lr=1e-3), None, False, oracle="pytorch_optimizer.NovoGrad"),
+    # factored row/column statistics (factored.h); oracle: torch.optim.Adafactor
+    OptConfig("adafactor", Adafactor, dict(lr=1e-2), None, False),
 ]
 
 #: The oracle of each built-in optimizer that torch.optim lacks (None: no torch-based one;

@@ -18,6 +18,7 @@ from .yogi import Yogi
 from .adan import Adan
 from .ftrl import Ftrl
 from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
+from .adafactor import Adafactor
 from .muon import Muon
 from .lbfgs import LBFGS
 from ..lookahead import Lookahead
@@ -25,7 +26,7 @@ from . import registry
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Adadelta", "Rprop", "Lion",
            "ASGD", "Lamb", "LARS", "NovoGrad", "AdaBelief", "Yogi", "Adan", "Ftrl", "ScheduleFreeAdamW",
-           "ScheduleFreeSGD", "Muon", "LBFGS", "Lookahead"]
+           "ScheduleFreeSGD", "Adafactor", "Muon", "LBFGS", "Lookahead"]
 # Every optimizer class is exported here; what each can be driven with (step(grads), a
 # closure, a wrapped optimizer, 2-D parameters only) is in fusedoptim.optim.registry, which
 # the demo, fusedoptim.torch, the benchmark and .ci/smoke.py read.

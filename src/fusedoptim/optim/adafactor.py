@@ -1,0 +1,141 @@
+import math
+
+import numpy as np
+
+from .. import _kernels
+from ..optimizer import Optimizer
+from ..validate import check_bool, check_real
+
+__all__ = ["Adafactor"]
+
+
+class Adafactor(Optimizer):
+    r"""Adafactor: factored second moments (torch.optim.Adafactor of torch 2.13: its names,
+    defaults and update).
+
+    Symbols: :math:`\gamma` = ``lr``, :math:`\tau` = ``beta2_decay``,
+    :math:`(\epsilon_1, \epsilon_2)` = ``eps`` (:math:`\epsilon_1` None: the machine
+    epsilon of the parameter's dtype, as torch), :math:`d` = ``d``, :math:`\lambda` =
+    ``weight_decay``.  A tensor of 2 or more dims is factored over its last two dims (each
+    leading index its own :math:`n \times m` matrix): :math:`R` = ``row_var`` (shape
+    ``(..., n, 1)``) and :math:`C` = ``col_var`` (``(..., 1, m)``), means over a row / a
+    column; any other tensor keeps a full :math:`V` = ``variance``.
+    :math:`\mathrm{RMS}(x) = \lVert x\rVert_2 / \sqrt{\mathrm{numel}(x)}` per tensor.
+
+    .. math::
+
+        G_t &\leftarrow -g_t \text{ if maximize, else } g_t \\
+        \hat\beta_{2,t} &\leftarrow 1 - t^{\tau} \\
+        \rho_t &\leftarrow \min(\gamma, 1/\sqrt{t}) \\
+        \alpha_t &\leftarrow \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))\,\rho_t \\
+        \theta' &\leftarrow \theta_{t-1}(1 - \gamma\lambda) \\
+        R_t &\leftarrow \mathrm{lerp}(R_{t-1}, \mathrm{mean}_{\text{row}}(G_t^2), t^{\tau}),\quad
+        C_t \leftarrow \mathrm{lerp}(C_{t-1}, \mathrm{mean}_{\text{col}}(G_t^2), t^{\tau}) \\
+        \hat V_t &\leftarrow R_t C_t / \max(\mathrm{mean}(R_t), \epsilon_1)
+            \quad\text{(a vector: } \hat V_t \leftarrow \mathrm{lerp}(\hat V_{t-1}, G_t^2, t^{\tau})\text{)} \\
+        U_t &\leftarrow G_t / \sqrt{\max(\hat V_t, \epsilon_1^2)} \\
+        \theta_t &\leftarrow \theta' - \alpha_t\, U_t / \max(1, \mathrm{RMS}(U_t)/d)
+
+    ``keras_form=True`` (what ``fusedoptim.keras.Adafactor`` uses) switches to Keras 3's
+    formulas: :math:`\epsilon_1` is added to :math:`G_t^2` inside the statistics and
+    there is no floor (:math:`\hat V = R C / \mathrm{mean}(R)`, :math:`U = G / \sqrt{\hat V}`),
+    and :math:`\mathrm{RMS}(\theta)` is taken after the decay (:math:`\theta'`).
+
+    One native call per step for all tensors of a group (per dtype): a statistics pass
+    (row/column means of :math:`G^2` and :math:`\lVert\theta\rVert^2`, or the full
+    :math:`V`), a pass for :math:`\lVert U\rVert^2` (factored tensors) and the update pass
+    (decay, step, EMA); :math:`\hat V` and :math:`U` are never stored.  Fixed work units
+    (a function of the shapes only) and sums in unit order: the same bits for any number
+    of threads.  The toolkit's gradient transforms (clipping, ``grad_scale``,
+    accumulation, non-finite skip) apply to :math:`g_t` before the update.  NumPy float32
+    and float64 parameters only; ``foreach`` is accepted for torch compatibility and
+    ignored.  State: ``step``, ``row_var`` and ``col_var`` or ``variance``.
+
+    References: N. Shazeer and M. Stern, "Adafactor: Adaptive Learning Rates with
+    Sublinear Memory Cost", ICML 2018 (arXiv:1804.04235); torch 2.13
+    ``torch.optim.Adafactor``.
+
+    Example::
+
+        >>> import numpy as np, fusedoptim as fo
+        >>> w, b = np.ones((4, 3), np.float32), np.zeros(3, np.float32)
+        >>> opt = fo.Adafactor([w, b], lr=1e-2)
+        >>> opt.step([np.full_like(w, 0.5), np.full_like(b, 0.1)])
+        >>> opt.state[w]["row_var"].shape, opt.state[b]["variance"].shape
+        ((4, 1), (3,))
+    """
+
+    buffers = ("row_var", "col_var", "variance")
+
+    def __init__(self, params=None, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
+                 foreach=None, maximize=False, keras_form=False, **options):
+        super().__init__(params, dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                                      foreach=foreach, maximize=maximize, keras_form=keras_form), **options)
+
+    def check_group(self, g, where):
+        super().check_group({k: v for k, v in g.items() if k != "eps"}, where)
+        check_real(g["beta2_decay"], f"{where}: beta2_decay", hi=0.0)
+        eps = g["eps"]
+        if isinstance(eps, list):
+            eps = g["eps"] = tuple(eps)
+        if not isinstance(eps, tuple) or len(eps) != 2:
+            raise ValueError(f"{where}: eps must be a pair (eps1, eps2), eps1 may be None; got {eps!r}")
+        if eps[0] is not None:
+            check_real(eps[0], f"{where}: eps[0] (epsilon1)", lo=0.0)
+        check_real(eps[1], f"{where}: eps[1] (epsilon2)", lo=0.0)
+        check_bool(g["keras_form"], f"{where}: keras_form")
+        if g["keras_form"]:      # Keras's clip_threshold: any positive number
+            check_real(g["d"], f"{where}: d (clipping threshold)", lo=0.0, lo_open=True)
+        else:
+            check_real(g["d"], f"{where}: d (clipping threshold)", lo=1.0)
+        if g["foreach"] is not None:
+            check_bool(g["foreach"], f"{where}: foreach")
+        for j, p in enumerate(g.get("params", ())):
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"{where}: Adafactor runs on NumPy arrays (its factored statistics are a CPU "
+                                f"kernel), params[{j}] is a {type(p).__name__}")
+            if p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"{where}: Adafactor runs on float32 or float64 parameters, params[{j}] is "
+                                f"{p.dtype}")
+
+    def common_scalars(self, g):
+        return dict(super().common_scalars(g), weight_decay=0.0)   # decoupled: the decay factor below
+
+    def state_names(self, g):
+        return ()     # row_var/col_var or variance, by the parameter's dims: made in update_group
+
+    @staticmethod
+    def state_shapes(shape):
+        """``{name: shape}`` of the statistics of a parameter of ``shape``."""
+        shape = tuple(shape)
+        if len(shape) >= 2:
+            return {"row_var": shape[:-1] + (1,), "col_var": shape[:-2] + (1, shape[-1])}
+        return {"variance": shape}
+
+    def update_group(self, g, common, scal, params, grads, states, tscale, emas):
+        """One native call (``_kernels.adafactor_step``) per dtype of the bucket."""
+        t = scal["step"]
+        lr, wd, keras = float(g["lr"]), float(g["weight_decay"]), bool(g["keras_form"])
+        eps1, eps2 = g["eps"]
+        decay = 1.0 - lr * wd
+        by_dtype = {}
+        for j, (p, st) in enumerate(zip(params, states)):
+            for name, shape in self.state_shapes(p.shape).items():
+                if name not in st:
+                    dict.__setitem__(st, name, np.zeros(shape, p.dtype))
+            by_dtype.setdefault(p.dtype, []).append(j)
+        for dt, idx in by_dtype.items():
+            e1 = float(np.finfo(dt).eps) if eps1 is None else float(eps1)
+            sc = {"w": float(t) ** float(g["beta2_decay"]), "decay": decay,
+                  "rho": min(lr, 1.0 / math.sqrt(t)), "eps2": float(eps2), "inv_d": 1.0 / float(g["d"])}
+            if keras:
+                sc.update(eps_add=e1, clamp_r=0.0, clamp_v=0.0, rms_scale=abs(decay))
+            else:
+                sc.update(eps_add=0.0, clamp_r=e1, clamp_v=e1 * e1, rms_scale=1.0)
+            sel = idx if len(idx) < len(params) else None
+            pick = (lambda xs: xs) if sel is None else (lambda xs: [xs[j] for j in sel])   # noqa: E731
+            ps, sts = pick(params), pick(states)
+            _kernels.adafactor_step(common, sc, ps, pick(grads), [st.get("row_var") for st in sts],
+                                    [st.get("col_var") for st in sts], [st.get("variance") for st in sts],
+                                    None if emas is None else pick(emas),
+                                    None if tscale is None else [tscale[j] for j in (sel or range(len(params)))])
