@@ -488,3 +488,25 @@ def test_state_dict_round_trip_restores_the_schedule_position():
     assert fresh.learning_rate == half.learning_rate
     run(4, fresh, fresh_v)
     np.testing.assert_array_equal(fresh_v, vf)
+
+
+@pytest.mark.parametrize("freq, want", [
+    (None, [(1.0, None), (0.0, 0.0), (0.0, 0.0), (-1.0, -0.5), (-1.0, -0.75), (-2.0, -1.375)]),
+    (3, [(1.0, None), (0.0, 0.0), (0.0, 0.0), (-1.0, -0.5), (-0.75, -0.75), (-1.25, -1.25)]),
+])
+def test_ema_with_gradient_accumulation_blends_on_every_call(freq, want):
+    # base_optimizer.py (Keras 3.15, and backend/jax/optimizer.py): with accumulation the
+    # average is updated on every apply_gradients call, with momentum 0 while iterations == 0,
+    # and the weights are overwritten on every call of a cycle where (iterations + 1) % freq
+    # == 0.  Worked by hand from those lines: SGD lr 1, gradient 1, cycles of 2 calls, m 0.5.
+    v = fk.Variable([1.0])
+    opt = fk.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=freq,
+                 gradient_accumulation_steps=2)
+    for call, (want_v, want_ema) in enumerate(want, start=1):
+        opt.apply_gradients([(np.ones(1, np.float32), v)])
+        close(v, [want_v])
+        ema = opt.model_variables_moving_average[0]
+        if want_ema is None:
+            assert ema is None, call
+        else:
+            close(ema, [want_ema])

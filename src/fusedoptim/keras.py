@@ -34,9 +34,8 @@ calls so far, like Keras) or a callable without arguments.
 Differences from Keras, by design: variables are NumPy (or CuPy) arrays, updated in place;
 gradients are cast to their variable's dtype like Keras does (a copy when they differ).
 :func:`Variable` makes an array with a ``name`` for ``exclude_from_weight_decay(var_names=)``.
-With ``gradient_accumulation_steps`` and ``use_ema`` together, the average is updated once
-per applied step (Keras also blends it on the accumulating calls, where the weights do not
-change).
+With ``gradient_accumulation_steps`` and ``use_ema`` together the average is blended on
+every call, the accumulating ones included, as Keras does.
 
 Example::
 
