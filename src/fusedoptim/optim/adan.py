@@ -33,6 +33,11 @@ class Adan(Optimizer):
     :math:`d_1 = 0` with ``maximize`` as well (pytorch_optimizer seeds ``previous_grad``
     from the gradient before negating it, which gives :math:`d_1 = -2g_1` there).
 
+    ``optax_diff_weight=True`` weights the difference by :math:`1 - \beta_2` instead of
+    :math:`\beta_2`, in :math:`v_t` (:math:`g_t + (1 - \beta_2) d_t`) and in the step
+    (:math:`\gamma(1 - \beta_2) / (1 - \beta_2^t)`): optax.adan's formulas (with
+    ``weight_decouple=True``; optax's ``eps_root`` is not offered, i.e. ``eps_root=0``).
+
     State: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``previous_grad``.
 
     References: Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for Faster
