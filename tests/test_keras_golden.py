@@ -37,6 +37,10 @@ SINGLE_STEP = {
     "Nadam": [0.4686, 1.4686, 2.4686, 3.4686],
     "Adadelta": [0.9993, 1.9993, 2.9993, 3.9993],
     "Lion": [0.5, 1.5, 2.5, 3.5],
+    # ftrl_test.py (keras-team/keras 51d7e77) and lamb_test.py (405307d): vars as backend.Variable
+    # of Python floats (float32), grads np.array / ops.array of floats
+    "Ftrl": [0.2218, 1.3954, 2.3651, 2.8814],
+    "Lamb": [-0.3693, 0.6306, 1.6306, 2.6306],
 }
 
 
@@ -93,6 +97,17 @@ GOLDEN = {
         [-1.7492, -1.7478, -1.7469, -1.7464, -1.7461, -1.7459, -1.7457, -1.7456, -1.7455, -1.7454]])),
     "Adadelta": (dict(learning_rate=1.0, rho=0.8, epsilon=1e-6), _tile([0.9978, 0.9947, 0.9915, 0.9882, 0.9849])),
     "Lion": (dict(), _tile([0.999, 0.998, 0.997, 0.996, 0.995])),
+    # ftrl_test.py::FtrlTest::test_correctness_with_golden (keras-team/keras 51d7e77)
+    "Ftrl": (dict(learning_rate=0.05, learning_rate_power=-0.2, initial_accumulator_value=0.4,
+                  l1_regularization_strength=0.05, l2_regularization_strength=0.15,
+                  l2_shrinkage_regularization_strength=0.01, beta=0.3), np.array([
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [-0.0034, -0.0077, -0.0118, -0.0157, -0.0194, -0.023, -0.0263, -0.0294, -0.0325, -0.0354],
+        [-0.0078, -0.0162, -0.0242, -0.0317, -0.0387, -0.0454, -0.0516, -0.0575, -0.0631, -0.0685],
+        [-0.0121, -0.0246, -0.0363, -0.0472, -0.0573, -0.0668, -0.0757, -0.0842, -0.0922, -0.0999],
+        [-0.0164, -0.0328, -0.0481, -0.0623, -0.0753, -0.0875, -0.099, -0.1098, -0.1201, -0.1299]])),
+    # lamb_test.py::LambTest::test_correctness_with_golden (keras-team/keras 405307d)
+    "Lamb": (dict(), _tile([0.999, 0.9982, 0.9974, 0.9965, 0.9955])),
 }
 
 
@@ -118,7 +133,7 @@ def test_correctness_with_golden(name):
 # and Lion have no such Keras test; the same expectation holds for them):
 # assertAlmostEqual(..., decimal=6)
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "Nadam",
-                                  "Adadelta", "Lion"])
+                                  "Adadelta", "Lion", "Lamb"])   # lamb_test.py::test_weight_decay too
 def test_weight_decay(name):
     cls = getattr(fk, name)
     grads, var1, var2, var3 = (np.zeros((), np.float32), fk.Variable(2.0), fk.Variable(2.0, name="exclude"),
@@ -304,6 +319,29 @@ def test_invalid_momentum():
             fk.SGD(momentum=m)
 
 
+@pytest.mark.parametrize("kw, message", [
+    (dict(initial_accumulator_value=-0.1), "`initial_accumulator_value` needs to be positive or zero. "
+                                           "Received: initial_accumulator_value=-0.1."),
+    (dict(learning_rate_power=0.5), "`learning_rate_power` needs to be negative or zero. Received: "
+                                    "learning_rate_power=0.5."),
+    (dict(l1_regularization_strength=-1.0), "`l1_regularization_strength` needs to be positive or zero. "
+                                            "Received: l1_regularization_strength=-1.0."),
+])
+def test_ftrl_invalid_arguments(kw, message):
+    # ftrl.py's own checks (ftrl_test.py has none)
+    import re
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fk.Ftrl(**kw)
+
+
+def test_ftrl_schedule_reaching_zero_raises_before_the_step():
+    v = fk.Variable([1.0, 2.0])
+    opt = fk.Ftrl(learning_rate=lambda: 0.0)
+    with pytest.raises(ValueError, match="must be > 0 for Ftrl"):
+        opt.apply_gradients([(np.ones(2, np.float32), v)])
+    close(v, [1.0, 2.0])
+
+
 @pytest.mark.parametrize("beta_1", [-0.1, 0.0, 1.1])
 def test_lion_invalid_beta_1(beta_1):
     # lion_test.py::test_invalid_beta_1
@@ -331,7 +369,7 @@ def test_gradient_accumulation():
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw", "adagrad", "rmsprop", "adadelta", "adamax", "lion",
-                                       "nadam"])
+                                       "nadam", "lamb"])
 def test_gradient_accumulation_with_weigth_decay(optimizer):
     # optimizer_test.py::test_gradient_accumulation_with_weigth_decay (assertAllClose defaults)
     optimizer1 = fk.get({"class_name": optimizer, "config": {"weight_decay": 0.05}})
@@ -360,6 +398,10 @@ CONFIG = {
     "Nadam": dict(learning_rate=0.5, beta_1=0.5, beta_2=0.67, epsilon=1e-5),
     "Adadelta": dict(learning_rate=0.5, rho=0.9, epsilon=1e-5),
     "Lion": dict(learning_rate=0.5, beta_1=0.5, beta_2=0.67),
+    "Ftrl": dict(learning_rate=0.05, learning_rate_power=-0.2, initial_accumulator_value=0.4,
+                 l1_regularization_strength=0.05, l2_regularization_strength=0.15,
+                 l2_shrinkage_regularization_strength=0.01, beta=0.3),
+    "Lamb": dict(learning_rate=0.5, beta_1=0.5, beta_2=0.67, epsilon=1e-5),
 }
 
 
@@ -526,3 +568,23 @@ def test_adafactor_config_and_clipping():
         oc.apply_gradients(zip([np.array([100.0, 100.0])], [c]))
         oc.apply_gradients(zip([np.array([0.5, 0.1])], [c]))
         assert not np.allclose(c, b, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("freq, want", [
+    (None, [(1.0, None), (0.0, 0.0), (0.0, 0.0), (-1.0, -0.5), (-1.0, -0.75), (-2.0, -1.375)]),
+    (3, [(1.0, None), (0.0, 0.0), (0.0, 0.0), (-1.0, -0.5), (-0.75, -0.75), (-1.25, -1.25)]),
+])
+def test_ema_with_gradient_accumulation_blends_on_every_call(freq, want):
+    # base_optimizer.py (Keras 3.15, and backend/jax/optimizer.py): with accumulation the
+    # average is updated on every apply_gradients call, with momentum 0 while iterations == 0,
+    # and the weights are overwritten on every call of a cycle where (iterations + 1) % freq
+    # == 0.  Worked by hand from those lines: SGD lr 1, gradient 1, cycles of 2 calls, m 0.5.
+    v = fk.Variable([1.0])
+    opt = fk.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=freq,
+                 gradient_accumulation_steps=2)
+    for call, (want_v, want_ema) in enumerate(want, start=1):
+        opt.apply_gradients([(np.ones(1, np.float32), v)])
+        close(v, [want_v])
+        ema = opt.model_variables_moving_average[0]
+        if want_ema is None:
+            assert ema is None, call
+        else:
+            close(ema, [want_ema])

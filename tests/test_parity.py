@@ -57,6 +57,16 @@ KERAS_CASES = [
     ("Adafactor", dict(learning_rate=0.01)),        # SHAPE is 2-D: the factored statistics
     ("Adafactor", dict(learning_rate=0.01, weight_decay=0.01, clip_threshold=0.5, beta_2_decay=-0.6)),
     ("Adafactor", dict(learning_rate=0.01, epsilon_1=1e-20, epsilon_2=1e-2, global_clipnorm=2.0)),
+    ("Ftrl", dict(learning_rate=0.05)),
+    ("Ftrl", dict(learning_rate=0.05, learning_rate_power=-0.2, l1_regularization_strength=0.01,
+                  l2_regularization_strength=0.02, l2_shrinkage_regularization_strength=0.01, beta=0.3,
+                  weight_decay=0.01)),
+    ("Lamb", dict(learning_rate=0.01)),
+    ("Lamb", dict(learning_rate=0.01, weight_decay=0.01, beta_1=0.8, epsilon=1e-4)),
+    # EMA and gradient accumulation together: Keras blends the average on every call
+    ("Adam", dict(learning_rate=0.01, use_ema=True, ema_momentum=0.9, gradient_accumulation_steps=3)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=4,
+                 gradient_accumulation_steps=2)),
 ]
 
 
@@ -115,24 +125,108 @@ OPTAX_CASES = [
     ("adamax", dict(learning_rate=0.01), "Adamax", dict(lr=0.01, eps=1e-8)),
     ("adadelta", dict(learning_rate=1.0), "Adadelta", dict(lr=1.0, rho=0.9, eps=1e-6)),
     ("lion", dict(learning_rate=0.001), "Lion", dict(lr=0.001, betas=(0.9, 0.99), weight_decay=1e-3)),
-    ("nadam", dict(learning_rate=0.01), "NAdam", dict(lr=0.01, eps=1e-8, momentum_decay=1e9)),
+    ("nadam", dict(learning_rate=0.01), "NAdam", dict(lr=0.01, eps=1e-8, momentum_decay=None)),
+    ("nadamw", dict(learning_rate=0.01, weight_decay=0.1), "NAdam",
+     dict(lr=0.01, eps=1e-8, momentum_decay=None, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("radam", dict(learning_rate=0.01), "RAdam", dict(lr=0.01, eps_after_bias_correction=True), "x64"),
+    ("radam", dict(learning_rate=0.01, eps=1e-3), "RAdam", dict(lr=0.01, eps=1e-3, eps_after_bias_correction=True),
+     "x64"),
+    ("adabelief", dict(learning_rate=0.01), "AdaBelief", dict(lr=0.01, eps=1e-16)),
+    ("yogi", dict(learning_rate=0.01), "Yogi", dict(lr=0.01, eps=1e-3, initial_accumulator=1e-6)),
+    ("lamb", dict(learning_rate=0.01), "Lamb", dict(lr=0.01, eps=1e-6, bias_correction=True, plain_trust_ratio=True)),
+    ("lamb", dict(learning_rate=0.01, weight_decay=0.01), "Lamb",
+     dict(lr=0.01, eps=1e-6, weight_decay=0.01, weight_decouple=False, bias_correction=True, plain_trust_ratio=True)),
+    ("lars", dict(learning_rate=0.1, weight_decay=0.01), "LARS",
+     dict(lr=0.1, weight_decay=0.01, momentum=0.9, trust_coefficient=0.001, weight_decay_in_norm=True,
+          trust_all_tensors=True)),
+    ("lars", dict(learning_rate=0.1, weight_decay=0.01, nesterov=True, eps=1e-3), "LARS",
+     dict(lr=0.1, weight_decay=0.01, momentum=0.9, nesterov=True, trust_coefficient=0.001,
+          weight_decay_in_norm=True, trust_all_tensors=True, trust_eps=1e-3)),
+    ("novograd", dict(learning_rate=0.01, weight_decay=0.01), "NovoGrad",
+     dict(lr=0.01, betas=(0.9, 0.25), eps=1e-6, weight_decay=0.01)),
+    ("adan", dict(learning_rate=0.01, weight_decay=0.01, eps_root=0.0), "Adan",
+     dict(lr=0.01, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.01, weight_decouple=True,
+          optax_diff_weight=True)),
+    ("adamaxw", dict(learning_rate=0.01), "Adamax",
+     dict(lr=0.01, eps=1e-8, weight_decay=1e-4, decoupled_weight_decay=True)),
 ]
+
+
+def _x64(on):
+    """optax in float64 (``"x64"`` cases): optax's RAdam computes its rectification term in
+    float32, where 1 - β₂^t loses digits on the first rectified steps (its float32 result
+    is ~4e-5 from its own formula evaluated in float64 after 200 steps; fusedoptim's
+    float32 result, with its per-step scalars in double, is within 2e-6 of it)."""
+    import contextlib
+
+    import jax
+    return jax.enable_x64(True) if on else contextlib.nullcontext()
 
 
 @pytest.mark.parametrize("case", OPTAX_CASES, ids=lambda c: f"{c[0]}-" + "-".join(f"{k}={v}" for k, v in c[1].items()))
 def test_optax_parity(case):
     jnp = pytest.importorskip("jax.numpy")
     optax = pytest.importorskip("optax")
-    alias, okw, cls, fkw = case
+    alias, okw, cls, fkw = case[:4]
+    x64 = case[4:] == ("x64",)
     seed = 100 + OPTAX_CASES.index(case)
     grads, start = _grads(seed), _start(seed)
-    tx = getattr(optax, alias)(**okw)
+    ours = start.copy()
+    opt = getattr(fo, cls)([ours], **fkw)
+    with _x64(x64):
+        dt = jnp.float64 if x64 else jnp.float32
+        tx = getattr(optax, alias)(**okw)
+        params = jnp.asarray(start, dt)
+        state = tx.init(params)
+        for g in grads:
+            updates, state = tx.update(jnp.asarray(g, dt), state, params)
+            params = optax.apply_updates(params, updates)
+            opt.step([g])
+        ref = np.asarray(params)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_optax_lookahead_parity():
+    jnp = pytest.importorskip("jax.numpy")
+    optax = pytest.importorskip("optax")
+    grads, start = _grads(300), _start(300)
+    tx = optax.lookahead(optax.adam(0.01), sync_period=5, slow_step_size=0.5)
+    params = optax.LookaheadParams.init_synced(jnp.asarray(start))
+    state = tx.init(params)
+    ours = start.copy()
+    opt = fo.Lookahead(fo.Adam([ours], lr=0.01), k=5, alpha=0.5)
+    for g in grads[:198]:         # 198 = 39 syncs + 3 fast steps: fast and slow differ
+        updates, state = tx.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        opt.step([g])
+    np.testing.assert_allclose(ours, np.asarray(params.fast), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(opt.state_dict()["state"][0]["slow_params"], np.asarray(params.slow),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alias", ["schedule_free_adamw", "schedule_free_sgd"])
+def test_optax_schedule_free_parity(alias):
+    """optax's params are y (fusedoptim's train mode); schedule_free_eval_params gives x
+    (fusedoptim's eval())."""
+    jnp = pytest.importorskip("jax.numpy")
+    optax = pytest.importorskip("optax")
+    from optax import contrib
+    grads, start = _grads(301), _start(301)
+    if alias == "schedule_free_adamw":
+        tx = contrib.schedule_free_adamw(0.0025, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+        opt_cls, kw = fo.ScheduleFreeAdamW, dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    else:
+        tx = contrib.schedule_free_sgd(0.1, b1=0.9, weight_decay=0.01)
+        opt_cls, kw = fo.ScheduleFreeSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)
     params = jnp.asarray(start)
     state = tx.init(params)
     ours = start.copy()
-    opt = getattr(fo, cls)([ours], **fkw)
+    opt = opt_cls([ours], **kw)
     for g in grads:
         updates, state = tx.update(jnp.asarray(g), state, params)
         params = optax.apply_updates(params, updates)
         opt.step([g])
     np.testing.assert_allclose(ours, np.asarray(params), rtol=1e-5, atol=1e-5)
+    opt.eval()
+    np.testing.assert_allclose(ours, np.asarray(contrib.schedule_free_eval_params(state, params)),
+                               rtol=1e-5, atol=1e-5)

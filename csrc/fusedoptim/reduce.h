@@ -62,10 +62,13 @@
  * decay: 1 - lr*wd (1 - wd if fixed_decay) when decoupled, else 1; beta3: 1 - beta1 with
  * grad_averaging, else 1; wd_update: wd when coupled (added to the update, not the
  * gradient), else 0; neg_step: -lr / (1 - beta1^t); clamp: the weight-norm clamp (10);
- * adam: 1 for a trust ratio of 1.  Two passes: the stats pass updates m and v and sums
+ * adam: 1 for a trust ratio of 1; ratio_eps: added to |u| in the ratio (eps; 0 for the plain ratio
+ * of Keras and optax); fallback_ratio: the ratio when a norm is 0 or with adam (1; with the
+ * bias corrections of Keras/optax, sqrt(1 - beta2^t) / (1 - beta1^t), the scale of their u
+ * relative to this one, whose eps is then eps sqrt(1 - beta2^t)).  Two passes: the stats pass updates m and v and sums
  * |theta'|^2 and |u|^2; the apply pass reads m, v again and writes theta.               */
 #define FO_LAMB_SCALARS(X) X(decay) X(beta1) X(beta3) X(beta2) X(one_minus_beta2) X(eps) X(wd_update) \
-    X(neg_step) X(clamp) X(adam)
+    X(neg_step) X(clamp) X(adam) X(ratio_eps) X(fallback_ratio)
 #define FO_LAMB_FLAGS(X)
 #define FO_LAMB_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
 #define FO_LAMB_STATS(X) X(param_sumsq) X(update_sumsq)
@@ -99,8 +102,8 @@ struct fo_lamb : fo_algo_base<fo_lamb_scalars, fo_lamb_hp> {
     static void finish(const scalars &a, unsigned, const stats_t &st, int, T **, tsd &out) {
         double wn = sqrt(st.param_sumsq), un = sqrt(st.update_sumsq);
         wn = wn > a.clamp ? a.clamp : wn;               /* torch: norm.clamp_(0, clamp) */
-        double r = (wn == 0.0 || un == 0.0) ? 1.0 : wn / (un + a.eps);
-        if (a.adam != 0.0) r = 1.0;
+        double r = (wn == 0.0 || un == 0.0) ? a.fallback_ratio : wn / (un + a.ratio_eps);
+        if (a.adam != 0.0) r = a.fallback_ratio;
         out.neg_ratio_step = a.neg_step * r;
     }
     template <typename T, unsigned F, int M>
@@ -113,9 +116,12 @@ struct fo_lamb : fo_algo_base<fo_lamb_scalars, fo_lamb_hp> {
 /* ---- LARS (pytorch_optimizer.LARS) ----------------------------------------------------------
  * Tensors with ndim > 1: g <- (g + wd theta) * ratio, ratio = tc |theta| / (|g| + wd |theta|)
  * (1 when |theta| = 0 or the denominator is 0); tensors with ndim <= 1: plain SGD step.
- * The momentum buffer starts at zero (no first-step copy, unlike torch.optim.SGD).        */
+ * The momentum buffer starts at zero (no first-step copy, unlike torch.optim.SGD).
+ * optax.lars's ratio is a choice of scalars: norm_wd (wd: |g| becomes |g + wd theta|), den_wd
+ * (0 there; wd for pytorch_optimizer's |g| + wd |theta|), trust_eps (added to the
+ * denominator), all_tensors (1: every tensor is scaled and decayed, not only ndim > 1).   */
 #define FO_LARS_SCALARS(X) X(weight_decay) X(momentum) X(one_minus_dampening) X(trust_coefficient) \
-    X(nesterov) X(neg_lr)
+    X(nesterov) X(neg_lr) X(norm_wd) X(den_wd) X(trust_eps) X(all_tensors)
 #define FO_LARS_FLAGS(X) X(momentum)
 #define FO_LARS_BUFFERS(X) X(momentum_buffer, momentum)
 #define FO_LARS_STATS(X) X(param_sumsq) X(grad_sumsq)
@@ -132,19 +138,20 @@ template <typename T> struct fo_lars_hp : fo_hp_base<fo_lars_hp<T> > {
 struct fo_lars : fo_algo_base<fo_lars_scalars, fo_lars_hp> {
     FO_DESCRIBE_REDUCE(fo_lars, FO_LARS)
     template <typename T, unsigned F, int M>
-    FO_HD static void stats(T p, T g, T *, const fo_common<T> &c, const hp<T> &, T *v) {
-        g = fo_grad<M>(g, p, c);
+    FO_HD static void stats(T p, T g, T *, const fo_common<T> &c, const hp<T> &h, T *v) {
+        g = fo_grad<M>(g, p, c) + h.norm_wd * p;
         v[0] = p * p;
         v[1] = g * g;
     }
     template <typename T>
     static void finish(const scalars &a, unsigned, const stats_t &st, int ndim, T **, tsd &out) {
-        out.scaled = ndim > 1 ? 1.0 : 0.0;
+        const bool scaled = ndim > 1 || a.all_tensors != 0.0;
+        out.scaled = scaled ? 1.0 : 0.0;
         out.ratio = 1.0;
-        if (ndim > 1) {
+        if (scaled) {
             const double pn = sqrt(st.param_sumsq), gn = sqrt(st.grad_sumsq);
-            const double den = gn + a.weight_decay * pn;
-            if (pn > 0.0 && den > 0.0) out.ratio = a.trust_coefficient * pn / den;  /* NaN: 1, as torch.where */
+            const double den = gn + a.den_wd * pn;
+            if (pn > 0.0 && den > 0.0) out.ratio = a.trust_coefficient * pn / (den + a.trust_eps);  /* NaN: 1 */
         }
     }
     template <typename T, unsigned F, int M>

@@ -17,6 +17,10 @@ with the Keras conventions selected by options of those classes (no separate loo
 ``Nadam``       ``fo.NAdam(momentum_decay=1.0)`` (Keras's :math:`\\mu_t = \\beta_1(1 - \\tfrac12 0.96^t)`)
 ``Adadelta``    ``fo.Adadelta``, ``learning_rate=0.001``, ``rho=0.95``, ``epsilon=1e-7``
 ``Lion``        ``fo.Lion``, ``learning_rate=0.001``
+``Ftrl``        ``fo.Ftrl`` (Keras's formulas already), ``learning_rate=0.001``
+``Lamb``        ``fo.Lamb(bias_correction=True, plain_trust_ratio=True)``: Adam's bias-corrected
+                direction, trust ratio :math:`\lVert\theta\rVert / \lVert u\rVert` (no clamp, no
+                ``epsilon`` in it), ``epsilon=1e-7``
 ==============  ==========================================================================
 
 Every class takes Keras's base-optimizer arguments: ``weight_decay`` (decoupled,
@@ -30,9 +34,8 @@ calls so far, like Keras) or a callable without arguments.
 Differences from Keras, by design: variables are NumPy (or CuPy) arrays, updated in place;
 gradients are cast to their variable's dtype like Keras does (a copy when they differ).
 :func:`Variable` makes an array with a ``name`` for ``exclude_from_weight_decay(var_names=)``.
-With ``gradient_accumulation_steps`` and ``use_ema`` together, the average is updated once
-per applied step (Keras also blends it on the accumulating calls, where the weights do not
-change).
+With ``gradient_accumulation_steps`` and ``use_ema`` together the average is blended on
+every call, the accumulating ones included, as Keras does.
 
 Example::
 
@@ -59,8 +62,8 @@ from . import schedules as _schedules
 from ._backends import is_array
 from .validate import check_real
 
-__all__ = ["Variable", "Optimizer", "Adafactor", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "Nadam", "Adadelta",
-           "Lion", "get"]
+__all__ = ["Variable", "Optimizer", "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "Nadam", "Adadelta",
+           "Lion", "Ftrl", "Lamb", "Adafactor", "get"]
 
 
 class KerasVariable(np.ndarray):
@@ -278,9 +281,31 @@ class Optimizer:
         gradients and Keras's call counter advancing."""
         if self.loss_scale_factor is not None:
             grad_scale = grad_scale / self.loss_scale_factor
+        before = self.iterations
         out = type(self)._core.step(self, grads, closure, grad_scale=grad_scale, skip_nonfinite=skip_nonfinite)
         self._calls += 1
+        if self.use_ema and self.iterations == before and self.pipeline.acc_count:
+            self._ema_on_accumulating_call()
         return out
+
+    def _ema_on_accumulating_call(self) -> None:
+        """Keras updates the average on every ``apply_gradients`` call, also those that only
+        accumulate (the weights do not move there): ``ema = m ema + (1 - m) w`` once the
+        first update is behind (before it the average is re-seeded by that update anyway),
+        and with ``ema_overwrite_frequency`` k the weights become the average on every call
+        of the accumulation cycle whose ``iterations + 1`` is a multiple of k.  The applied
+        calls do the same inside the fused step."""
+        if self.iterations == 0:
+            return
+        m = float(self.ema_momentum)
+        for p in self.params:
+            st = self.state[p] if p in self.state else None
+            if st is not None and "ema" in st:
+                ema = st["ema"]
+                ema[...] = ema * m + p * (1.0 - m)
+        freq = self.ema_overwrite_frequency
+        if freq and (self.iterations + 1) % freq == 0:
+            self.registry.overwrite_with("ema")
 
     def load_state_dict(self, state_dict: dict, strict: bool = True):
         """As :meth:`fusedoptim.Optimizer.load_state_dict` (build the optimizer first, e.g.
@@ -542,7 +567,74 @@ class Adafactor(Optimizer, _optim.Adafactor):
                     dict(beta2_decay=beta_2_decay, eps=(epsilon_1, epsilon_2), d=clip_threshold, keras_form=True))
 
 
-_ALL = {c.__name__.lower(): c for c in (Adam, AdamW, SGD, RMSprop, Adagrad, Adamax, Nadam, Adadelta, Lion, Adafactor)}
+class Ftrl(Optimizer, _optim.Ftrl):
+    r"""keras.optimizers.Ftrl: with :math:`p` = ``learning_rate_power``, :math:`n \leftarrow n + g^2`,
+    :math:`z \leftarrow z + g + 2\lambda_s\theta - (n_t^{-p} - n_{t-1}^{-p})\theta / \gamma`,
+    :math:`q = n_t^{-p} / \gamma + 2(\lambda_2 + \beta / (2\gamma))`, :math:`\theta \leftarrow
+    (\mathrm{clip}(z, -\lambda_1, \lambda_1) - z) / q` (:class:`fusedoptim.Ftrl`'s rule: its
+    docstring has the symbols).""" + _BASE_DOC
+    _core = _optim.Ftrl
+    _decoupled_kw = False      # fo.Ftrl's weight_decay is already Keras's (decoupled)
+    _names = ("learning_rate_power", "initial_accumulator_value", "l1_regularization_strength",
+              "l2_regularization_strength", "l2_shrinkage_regularization_strength", "beta")
+
+    def __init__(self, learning_rate=0.001, learning_rate_power=-0.5, initial_accumulator_value=0.1,
+                 l1_regularization_strength=0.0, l2_regularization_strength=0.0,
+                 l2_shrinkage_regularization_strength=0.0, beta=0.0, weight_decay=None, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None, name=None,
+                 **kwargs):
+        # Keras's own checks and messages, before anything else
+        if initial_accumulator_value < 0.0:
+            raise ValueError("`initial_accumulator_value` needs to be positive or zero. Received: "
+                             f"initial_accumulator_value={initial_accumulator_value}.")
+        if learning_rate_power > 0.0:
+            raise ValueError("`learning_rate_power` needs to be negative or zero. Received: "
+                             f"learning_rate_power={learning_rate_power}.")
+        for k, v in (("l1_regularization_strength", l1_regularization_strength),
+                     ("l2_regularization_strength", l2_regularization_strength),
+                     ("l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength)):
+            if v < 0.0:
+                raise ValueError(f"`{k}` needs to be positive or zero. Received: {k}={v}.")
+        own = dict(learning_rate_power=learning_rate_power, initial_accumulator_value=initial_accumulator_value,
+                   l1_regularization_strength=l1_regularization_strength,
+                   l2_regularization_strength=l2_regularization_strength,
+                   l2_shrinkage_regularization_strength=l2_shrinkage_regularization_strength, beta=beta)
+        self._setup(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                    ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name, kwargs, own,
+                    dict(own))
+
+    def scheduled_lr(self, g, gi):
+        lr = Optimizer.scheduled_lr(self, g, gi)
+        if not lr > 0:
+            raise ValueError(f"param group {gi}: lr (from schedule at iteration {self._calls}) must be > 0 for "
+                             f"Ftrl (it divides by lr), got {lr!r}")
+        return lr
+
+
+class Lamb(Optimizer, _optim.Lamb):
+    r"""keras.optimizers.Lamb: :math:`m \leftarrow m + (g - m)(1-\beta_1)`, :math:`v \leftarrow v +
+    (g^2 - v)(1-\beta_2)`, :math:`u = \hat m / (\sqrt{\hat v} + \epsilon)` (bias-corrected),
+    :math:`r = \lVert\theta\rVert / \lVert u\rVert` per variable (1 if either is 0),
+    :math:`\theta \leftarrow \theta - r\gamma u` (:class:`fusedoptim.Lamb` with
+    ``bias_correction=True, plain_trust_ratio=True``).""" + _BASE_DOC
+    _core = _optim.Lamb
+    _decoupled_kw = False      # fo.Lamb's weight_decouple=True is Keras's decay
+    _names = ("beta_1", "beta_2", "epsilon")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None, name=None,
+                 **kwargs):
+        self._setup(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+                    ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name, kwargs,
+                    dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon),
+                    dict(betas=(beta_1, beta_2), eps=epsilon, weight_decouple=True, bias_correction=True,
+                         plain_trust_ratio=True))
+
+
+_ALL = {c.__name__.lower(): c for c in (Adam, AdamW, SGD, RMSprop, Adagrad, Adamax, Nadam, Adadelta, Lion, Ftrl,
+                                        Lamb, Adafactor)}
 
 
 def get(identifier):

@@ -156,7 +156,9 @@ _NONNEG_HYPER = {"eps": "epsilon value", "weight_decay": "weight_decay value", "
                  "eps_root": "eps_root value", "initial_scale": "initial_scale value"}
 _FLAGS = ("maximize", "amsgrad", "nesterov", "centered", "decoupled_weight_decay",
           "eps_in_sqrt", "bias_correction", "amsgrad_bias_corrected", "eps_before_bias_correction",
-          "lr_in_momentum", "eps_after_max")
+          "lr_in_momentum", "eps_after_max", "eps_after_bias_correction", "optax_diff_weight", "plain_trust_ratio")
+# hyperparameters for which None means "off" (NAdam's momentum_decay=None: optax's constant mu)
+_NONE_OK = ("momentum_decay",)
 
 
 def check_hyperparameters(g: dict, where: str) -> None:
@@ -166,7 +168,7 @@ def check_hyperparameters(g: dict, where: str) -> None:
     if "lr" in g and not callable(g["lr"]):       # lr=None is refused here, not by the kernel's scalars
         check_real(g["lr"], f"{where}: lr", lo=0.0)
     for k, label in _NONNEG_HYPER.items():
-        if k in g:
+        if k in g and not (g[k] is None and k in _NONE_OK):
             check_real(g[k], f"{where}: {label}", lo=0.0)
     if "betas" in g:
         check_betas(g["betas"], where)

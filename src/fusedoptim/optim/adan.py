@@ -33,6 +33,11 @@ class Adan(Optimizer):
     :math:`d_1 = 0` with ``maximize`` as well (pytorch_optimizer seeds ``previous_grad``
     from the gradient before negating it, which gives :math:`d_1 = -2g_1` there).
 
+    ``optax_diff_weight=True`` weights the difference by :math:`1 - \beta_2` instead of
+    :math:`\beta_2`, in :math:`v_t` (:math:`g_t + (1 - \beta_2) d_t`) and in the step
+    (:math:`\gamma(1 - \beta_2) / (1 - \beta_2^t)`): optax.adan's formulas (with
+    ``weight_decouple=True``; optax's ``eps_root`` is not offered, i.e. ``eps_root=0``).
+
     State: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``, ``previous_grad``.
 
     References: Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for Faster
@@ -54,9 +59,10 @@ class Adan(Optimizer):
                     buffers=("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"))
 
     def __init__(self, params=None, lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0, weight_decouple=False,
-                 eps=1e-8, *, maximize=False, **options):
+                 eps=1e-8, *, optax_diff_weight=False, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                      weight_decouple=weight_decouple, eps=eps, maximize=maximize), **options)
+                                      weight_decouple=weight_decouple, eps=eps, optax_diff_weight=optax_diff_weight,
+                                      maximize=maximize), **options)
 
     def check_group(self, g, where):
         betas = g["betas"]
@@ -72,10 +78,11 @@ class Adan(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2, b3), wd = g["lr"], g["betas"], g["weight_decay"]
+        w = 1.0 - b2 if g["optax_diff_weight"] else b2      # the weight of d in g + w d and of n in the step
         decouple = g["weight_decouple"]
         return {"decay": 1.0 - lr * wd if decouple and wd != 0 else 1.0,
                 "post": 1.0 + lr * wd if not decouple and wd != 0 else 1.0,
-                "one_minus_beta1": 1.0 - b1, "beta2": b2, "one_minus_beta2": 1.0 - b2, "beta3": b3,
+                "one_minus_beta1": 1.0 - b1, "beta2": w, "one_minus_beta2": 1.0 - b2, "beta3": b3,
                 "one_minus_beta3": 1.0 - b3, "bc3_sqrt": math.sqrt(1.0 - b3 ** t), "eps": g["eps"],
-                "neg_step": -lr / (1.0 - b1 ** t), "neg_diff_step": -lr * b2 / (1.0 - b2 ** t),
+                "neg_step": -lr / (1.0 - b1 ** t), "neg_diff_step": -lr * w / (1.0 - b2 ** t),
                 "first": 1.0 if "previous_grad" in fresh else 0.0}

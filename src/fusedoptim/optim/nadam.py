@@ -20,8 +20,10 @@ class NAdam(Optimizer):
             - \gamma \frac{\mu_{t+1}}{1 - \prod_{i \le t+1}\mu_i} \frac{m_t}{d_t}
 
     Keras's Nadam is ``momentum_decay=1.0`` (:math:`\mu_t = \beta_1(1 - \tfrac12 0.96^t)`);
-    optax's nadam, with a constant :math:`\mu_t = \beta_1`, is ``momentum_decay=1e9``
-    (:math:`0.96^{t\psi}` underflows to 0 from the first step).
+    ``momentum_decay=None`` keeps :math:`\mu_t = \beta_1` constant: optax's nadam
+    (``optax.adam(nesterov=True)``; with ``decoupled_weight_decay=True``, optax's nadamw),
+    whose step is :math:`\gamma(\beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 -
+    \beta_1^t)) / d_t`.
 
     State: ``step``, ``mu_product``, ``exp_avg``, ``exp_avg_sq``.
 
@@ -46,8 +48,11 @@ class NAdam(Optimizer):
         scal["step"] = t = scal["step"] + 1
         lr, (b1, b2), wd, psi = g["lr"], g["betas"], g["weight_decay"], g["momentum_decay"]
         decoupled = g["decoupled_weight_decay"]
-        mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
-        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+        if psi is None:     # optax: mu_t = beta1
+            mu = mu_next = b1
+        else:
+            mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+            mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         scal["mu_product"] = mu_product = scal["mu_product"] * mu
         return {"decay": 1.0 - lr * wd if decoupled else 1.0, "one_minus_beta1": 1.0 - b1, "beta2": b2,
                 "one_minus_beta2": 1.0 - b2, "bc2": 1.0 - b2 ** t, "eps": g["eps"],
