@@ -1,17 +1,21 @@
 # fusedoptim/_reduce.pxi -- included by _kernels.pyx: the driver of the reducing algorithms
 # (csrc/fusedoptim/reduce.h: LAMB, LARS, NovoGrad), whose update needs per-tensor
-# statistics first.  One native call (fused_step) runs, for all tensors of a bucket:
+# statistics first.  One native call (fused_step) runs, for all tensors of a bucket, batch by
+# batch (consecutive tensors whose arrays span at most set_reduce_batch bytes, so that the
+# apply pass of a batch finds in the cache what its stats pass read):
 #
 #   1. the stats pass: every tensor cut into fixed blocks of FO_RBLOCK elements (a block
-#      never crosses a tensor), the blocks shared among the threads; each block's sums go
-#      to its own slot, so nothing depends on which thread ran it;
+#      never crosses a tensor), the batch's blocks split among the threads; each block's
+#      sums go to its own slot, so nothing depends on which thread ran it;
 #   2. finish: per tensor, its block sums added in block order, then the descriptor's
 #      finish() (in double) -> the per-tensor scalars (trust ratio, denominator) and the
 #      per-tensor state (NovoGrad's grads_ema);
-#   3. the apply pass: the element update with those scalars, chunked over threads like
-#      every element-wise step (chunks cross tensor boundaries).
+#   3. the apply pass: the element update with those scalars, the batch's elements split
+#      among the threads like every element-wise step (chunks cross tensor boundaries).
 #
-# The bits are identical for any thread count and SIMD clone.  Bytes moved per element
+# Each range is one call of the native entry point (cpu_reduce.h), which loads the scalars
+# once.  Storage may be bfloat16 (state, parameters, gradients) as for fused_step.
+# The bits are identical for any thread count, batch budget and SIMD clone.  Bytes moved per element
 # (float32: 4 bytes per array access): LAMB reads p, g, m, v and writes m, v in the stats
 # pass, reads p, m, v and writes p in the apply pass (10 accesses; Adam: 7); LARS reads
 # p, g (stats), then p, g, buf and writes p, buf (7 with momentum; SGD with momentum: 5);
