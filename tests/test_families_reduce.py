@@ -138,21 +138,29 @@ def test_schedule_matches_the_oracle_with_torch_scheduler(name):
 @pytest.mark.parametrize("name,kw", [CASES[1], CASES[7], CASES[11]], ids=["Lamb", "LARS", "NovoGrad"])
 def test_bit_identical_for_one_and_two_threads(name, kw):
     # above the grain (one thread below it): 3 tensors, 200k elements, blocks shared between threads
-    shapes = [(300, 500), (7,), (50001,)]
+    # and for any cache batching of the tensors (1 byte: each tensor a batch; 1 TiB: one batch)
+    shapes = [(300, 500), (7,), (50001,), (3, 5)]
     out = []
-    for threads in (1, 2):
+    for threads, batch in ((1, 8 << 20), (2, 8 << 20), (2, 1), (1, 1 << 40), (2, 1 << 40)):
         fo.set_num_threads(threads)
-        ps = _params(np.float32, shapes=shapes)
-        opt = getattr(fo, name)(ps, **kw, clipnorm=50.0)
-        for t in range(5):
-            opt.step(_grads(t, ps))
+        _kernels.set_reduce_batch(batch)
+        try:
+            ps = _params(np.float32, shapes=shapes)
+            opt = getattr(fo, name)(ps, **kw, clipnorm=50.0, ema_decay=0.9)
+            for t in range(5):
+                opt.step(_grads(t, ps))
+        finally:
+            _kernels.set_reduce_batch(8 << 20)
         out.append((ps, opt.state_dict()))
-    (a, sa), (b, sb) = out
-    for x, y in zip(a, b):
-        assert x.tobytes() == y.tobytes()
-    for i in sa["state"]:
-        for k, v in sa["state"][i].items():
-            assert np.asarray(v).tobytes() == np.asarray(sb["state"][i][k]).tobytes(), (i, k)
+    (a, sa) = out[0]
+    for b, sb in out[1:]:
+        for x, y in zip(a, b):
+            assert x.tobytes() == y.tobytes()
+        for i in sa["state"]:
+            for k, v in sa["state"][i].items():
+                assert np.asarray(v).tobytes() == np.asarray(sb["state"][i][k]).tobytes(), (i, k)
+    with pytest.raises(ValueError, match="batch budget"):
+        _kernels.set_reduce_batch(0)
 
 
 @pytest.mark.parametrize("name,kw", [CASES[1], CASES[7], CASES[11]], ids=["Lamb", "LARS", "NovoGrad"])

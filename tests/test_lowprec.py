@@ -592,3 +592,206 @@ def test_demo_state_dtype_flag_prints_both_tasks(capsys):
     out = capsys.readouterr().out
     assert "digits:" in out and "regression:" in out and "bfloat16" in out
     assert main(["--state-dtype", "float16"]) == 2
+
+
+# ------------------------------------------- the reducing optimizers (per-tensor statistics)
+# Lamb, LARS and NovoGrad keep their element state in bfloat16 like the others; their
+# references are written here from the docstrings' formulas (float64), with the storage
+# emulated where the kernel stores: LAMB's stats pass stores m and v (rounded) and computes
+# the update u and its norm from the stored values; LARS and NovoGrad round their buffer
+# after the update used it, as every element-wise rule; NovoGrad's per-tensor grads_ema is
+# a bfloat16 scalar too, rounded with the bits of declared slot 1 (after ``moments``) at
+# element index 0.
+REDUCE_CASES = [
+    ("Lamb", dict(lr=1e-2, weight_decay=0.1)),
+    ("Lamb", dict(lr=1e-2, weight_decay=0.1, weight_decouple=False, betas=(0.8, 0.99), maximize=True)),
+    ("LARS", dict(lr=0.1, weight_decay=1e-2)),
+    ("LARS", dict(lr=0.1, weight_decay=1e-2, nesterov=True, dampening=0.0, trust_coefficient=2e-2)),
+    ("LARS", dict(lr=0.1, momentum=0.0)),
+    ("NovoGrad", dict(lr=1e-2, weight_decay=0.1)),
+    ("NovoGrad", dict(lr=1e-2, weight_decay=0.1, weight_decouple=True, grad_averaging=True, maximize=True)),
+]
+REDUCE_IDS = [f"{n}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for n, kw in REDUCE_CASES]
+REDUCE_SHAPES = [(70, 60), (7,), (3, 5), (20000,)]      # a matrix, vectors, two stats blocks
+REDUCE_BUFFERS = {"Lamb": ("exp_avg", "exp_avg_sq"), "LARS": ("momentum_buffer",), "NovoGrad": ("moments",)}
+
+
+def _reduce_ref(name, kw, params, grads_seq, *, seed, nearest, state_bf16=True):
+    """float64 reference of a reducing optimizer with bfloat16 state (see above)."""
+    ps = [p.astype(np.float64) for p in params]
+    lr, wd = kw["lr"], kw.get("weight_decay", 0.0)
+    sign = -1.0 if kw.get("maximize", False) else 1.0
+    st = [dict() for _ in ps]
+
+    def rnd(x, step, i, slot):
+        if not state_bf16:
+            return x
+        bits = None if nearest else random_bits(seed, step, i, x.size, slot).reshape(x.shape)
+        return round_bf16(x, bits).astype(np.float64)
+
+    for t, grads in enumerate(grads_seq, start=1):
+        for i, (p, g) in enumerate(zip(ps, grads)):
+            g = sign * g.astype(np.float64)
+            s = st[i]
+            if name == "Lamb":
+                b1, b2 = kw.get("betas", (0.9, 0.999))
+                eps = kw.get("eps", 1e-6)
+                decouple = kw.get("weight_decouple", True)
+                m = b1 * s.get("m", 0.0) + (1 - b1) * g
+                v = b2 * s.get("v", 0.0) + (1 - b2) * g * g
+                s["m"], s["v"] = m, v = rnd(m, t, i, 0), rnd(v, t, i, 1)
+                pd = p * (1 - lr * wd) if decouple and wd else p
+                u = m / (np.sqrt(v) + eps) + (0.0 if decouple else wd * pd)
+                wn, un = min(np.linalg.norm(pd), 10.0), np.linalg.norm(u)
+                r = 1.0 if wn == 0 or un == 0 else wn / (un + eps)
+                p[...] = pd - lr / (1 - b1 ** t) * r * u
+            elif name == "LARS":
+                mom, damp = kw.get("momentum", 0.9), kw.get("dampening", 0.0)
+                if p.ndim > 1:
+                    pn, gn = np.linalg.norm(p), np.linalg.norm(g)
+                    den = gn + wd * pn
+                    r = kw.get("trust_coefficient", 1e-3) * pn / den if pn > 0 and den > 0 else 1.0
+                    g = (g + wd * p) * r
+                if mom > 0:
+                    b = mom * s.get("b", 0.0) + (1 - damp) * g
+                    g = g + mom * b if kw.get("nesterov", False) else b
+                    s["b"] = rnd(b, t, i, 0)
+                p[...] = p - lr * g
+            else:
+                b1, b2 = kw.get("betas", (0.95, 0.98))
+                eps = kw.get("eps", 1e-8)
+                decouple = kw.get("weight_decouple", False)
+                sq = float(np.sum(g * g))
+                ema = sq if t == 1 else s["ema"] + (1 - b2) * (sq - s["ema"])
+                s["ema"] = float(rnd(np.array([ema]), t, i, 1)[0])
+                g = g / (np.sqrt(ema) + eps)
+                if decouple:
+                    p[...] = p * (1 - lr * wd)
+                elif wd:
+                    g = g + wd * p
+                m = g if t == 1 else b1 * s["m"] + (1 - b1 if kw.get("grad_averaging", False) else 1.0) * g
+                s["m"] = rnd(m, t, i, 0)
+                p[...] = p - lr * m
+    return ps, st
+
+
+def _reduce_state_of(name, opt, p):
+    st = opt.state[p]
+    return {"Lamb": lambda: {"m": st["exp_avg"], "v": st["exp_avg_sq"]},
+            "LARS": lambda: {"b": st["momentum_buffer"]} if "momentum_buffer" in st else {},
+            "NovoGrad": lambda: {"m": st["moments"], "ema": st["grads_ema"]}}[name]()
+
+
+@pytest.mark.parametrize("nearest", [False, True], ids=["stochastic", "nearest"])
+@pytest.mark.parametrize("name,kw", REDUCE_CASES, ids=REDUCE_IDS)
+def test_reducing_optimizers_bfloat16_state_track_the_rounded_reference(name, kw, nearest):
+    params = make_params(seed_for("p", name), REDUCE_SHAPES, np.float32)
+    grads = list(grad_stream(seed_for("g", name), REDUCE_SHAPES, np.float32, 12))
+    mine = [p.copy() for p in params]
+    opt = getattr(fusedoptim, name)(mine, **kw, state_dtype="bfloat16", seed=99,
+                                    rounding="nearest" if nearest else "stochastic")
+    for gs in grads:
+        opt.step(gs)
+    ref_p, ref_s = _reduce_ref(name, kw, params, grads, seed=99, nearest=nearest)
+    equal = total = 0
+    for i, p in enumerate(mine):
+        got_s = _reduce_state_of(name, opt, p)
+        assert set(got_s) == set(ref_s[i])
+        for k, got in got_s.items():
+            assert got.dtype == BF16, (k, got.dtype)
+            want = np.asarray(ref_s[i][k], dtype=np.float32).astype(BF16)
+            g32, w32 = got.astype(np.float32).reshape(-1), want.astype(np.float32).reshape(-1)
+            equal += int(np.sum(g32.view(np.uint32) == w32.view(np.uint32)))
+            total += g32.size
+            np.testing.assert_allclose(g32, w32, rtol=2 ** -6, atol=2 ** -9 * float(np.max(np.abs(w32))) + 1e-30,
+                                       err_msg=f"{name} {k}")
+        np.testing.assert_allclose(p, ref_p[i], rtol=1e-3, atol=1e-4 * kw["lr"], err_msg=f"{name} params[{i}]")
+    assert equal >= 0.99 * total, f"{name}: only {equal}/{total} state values equal the reference's"
+
+
+@pytest.mark.parametrize("name,kw", REDUCE_CASES, ids=REDUCE_IDS)
+def test_reducing_optimizers_bfloat16_bits_identical_for_threads_and_batches(name, kw):
+    shapes = [(2 ** 20 + 3,), (7,), (300, 70), (4099,)]
+    runs = []
+    for threads, grain, batch in ((1, 1 << 16, 8 << 20), (2, 1, 8 << 20), (2, 1000, 1), (2, 1, 1 << 40)):
+        fusedoptim.set_num_threads(threads)
+        _kernels.set_grain_size(grain)
+        _kernels.set_reduce_batch(batch)
+        try:
+            ps = make_params(1, shapes, np.float32)
+            ps[-1] = ps[-1].astype(BF16).astype(np.float32)
+            opt = getattr(fusedoptim, name)(ps, **kw, state_dtype="bfloat16", seed=4)
+            for gs in grad_stream(2, shapes, np.float32, 3):
+                opt.step(gs)
+        finally:
+            _kernels.set_reduce_batch(8 << 20)
+            _kernels.set_grain_size(1 << 16)
+        runs.append(([p.copy() for p in ps], [{k: v.copy() for k, v in opt.state[p].items()
+                                                if isinstance(v, np.ndarray)} for p in ps]))
+    for other in runs[1:]:
+        for a, b in zip(runs[0][0], other[0]):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+        for sa, sb in zip(runs[0][1], other[1]):
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                assert sa[k].dtype == BF16
+                np.testing.assert_array_equal(sa[k].view(np.uint16), sb[k].view(np.uint16), err_msg=k)
+
+
+@pytest.mark.parametrize("name,kw", REDUCE_CASES[::2], ids=REDUCE_IDS[::2])
+def test_reducing_optimizers_bfloat16_resume_is_bit_exact(name, kw, tmp_path):
+    grads = list(grad_stream(3, REDUCE_SHAPES, np.float32, 8))
+    a = make_params(4, REDUCE_SHAPES, np.float32)
+    oa = getattr(fusedoptim, name)(a, **kw, state_dtype="bfloat16", seed=5)
+    for gs in grads:
+        oa.step(gs)
+    b = make_params(4, REDUCE_SHAPES, np.float32)
+    ob = getattr(fusedoptim, name)(b, **kw, state_dtype="bfloat16", seed=5)
+    for gs in grads[:4]:
+        ob.step(gs)
+    fusedoptim.save(tmp_path / "c.npz", ob, params=b)
+    c = make_params(0, REDUCE_SHAPES, np.float32)
+    oc = getattr(fusedoptim, name)(c, **kw, state_dtype="bfloat16", seed=5)
+    fusedoptim.load(tmp_path / "c.npz", oc, params=c)
+    for gs in grads[4:]:
+        oc.step(gs)
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32))
+        for k, v in oa.state[x].items():
+            if isinstance(v, np.ndarray):
+                assert oc.state[y][k].dtype == BF16
+                np.testing.assert_array_equal(v.view(np.uint16), oc.state[y][k].view(np.uint16), err_msg=k)
+
+
+@pytest.mark.parametrize("name,kw", REDUCE_CASES, ids=REDUCE_IDS)
+def test_reducing_optimizers_bfloat16_grads_and_params(name, kw):
+    """bfloat16 gradients of float32 parameters: the same bits as their float32 copies;
+    bfloat16 parameters: the float32-state reference with the parameter rounded on each
+    write (stochastically, with the parameter's bits), the statistics taken from the
+    stored parameter."""
+    a = make_params(1, REDUCE_SHAPES, np.float32)
+    b = [p.copy() for p in a]
+    oa, ob = getattr(fusedoptim, name)(a, **kw), getattr(fusedoptim, name)(b, **kw)
+    for gs in grad_stream(2, REDUCE_SHAPES, np.float32, 4):
+        g16 = [g.astype(BF16) for g in gs]
+        oa.step(g16)
+        ob.step([g.astype(np.float32) for g in g16])
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32), err_msg=name)
+    # bfloat16 parameters, float32 state: after one step the parameter is the rounded
+    # float32-parameter result (one step from the same start and state)
+    p16 = [p.astype(BF16) for p in make_params(3, REDUCE_SHAPES, np.float32)]
+    p32 = [p.astype(np.float32) for p in p16]
+    o16 = getattr(fusedoptim, name)(p16, **kw, seed=7)
+    o32 = getattr(fusedoptim, name)(p32, **kw)
+    gs = next(grad_stream(5, REDUCE_SHAPES, np.float32, 1))
+    o16.step([g.astype(BF16) for g in gs])
+    o32.step([g.astype(BF16).astype(np.float32) for g in gs])
+    for i, (x, y) in enumerate(zip(p16, p32)):
+        assert x.dtype == BF16
+        want = round_bf16(y.reshape(-1), param_bits(7, 1, i, y.size))
+        np.testing.assert_array_equal(x.reshape(-1).view(np.uint16), want.view(np.uint16), err_msg=name)
+        for k, v in o16.state[x].items():
+            if isinstance(v, np.ndarray):
+                assert v.dtype == np.float32, k
+                np.testing.assert_array_equal(v, o32.state[y][k], err_msg=k)

@@ -12,18 +12,22 @@
  *                          arrays of the parameter's dtype, after the element buffers)
  *   FO_<ALGO>_STATS_USES   bit k: the stats pass reads and writes declared buffer k
  *                          (LAMB: m and v; the others read no state there)
- *   stats<T, F, M>(p, g, s, c, h, v)     one element: v[k] = its contribution to sum k;
- *                                        may update the state s (LAMB writes m and v here)
+ *   moments<T, F, M>(p, g, s, c, h)      one element: the state update of the stats pass
+ *                                        (LAMB writes m and v here; the others: nothing)
+ *   stats<T, F, M>(p, g, s, c, h, v)     one element: v[k] = its contribution to sum k,
+ *                                        from the state as moments() left it and the loop
+ *                                        stored it (rounded, for bfloat16 state)
  *   finish<T>(a, flags, st, ndim, tstate, out)   one tensor, in double: the sums st ->
  *                                        the per-tensor scalars out (and the new tstate)
  *   apply<T, F, M>(p, g, s, c, h, ts)    one element: the update with per-tensor ts
  *
  * The CPU driver (cpu_reduce.h, _reduce.pxi) runs, inside one native call for all tensors
- * of a bucket: the stats pass over fixed blocks (16384 elements, never crossing a tensor;
+ * of a bucket, batch by batch (consecutive tensors whose arrays fit in the cache): the
+ * stats pass over fixed blocks (16384 elements, never crossing a tensor;
  * within a block 16 lanes over 256-element sub-blocks, widened to double in a fixed
  * order), then finish() per tensor (block sums added in block order), then the apply
  * pass.  The bits depend on the data and the block boundaries only, never on the thread
- * count or the SIMD clone.
+ * count, the batches or the SIMD clone.
  *
  * The list FO_REDUCE_ALGOS is separate from FO_ALGOS (the element-wise list): the CUDA
  * kernels are instantiated from FO_ALGOS only, and the CUDA backend rejects these.
@@ -89,10 +93,13 @@ template <typename T> FO_HD T fo_lamb_dir(T pd, T m, T v, const fo_lamb_hp<T> &h
 struct fo_lamb : fo_algo_base<fo_lamb_scalars, fo_lamb_hp> {
     FO_DESCRIBE_REDUCE(fo_lamb, FO_LAMB)
     template <typename T, unsigned F, int M>
-    FO_HD static void stats(T p, T g, T *s, const fo_common<T> &c, const hp<T> &h, T *v) {
+    FO_HD static void moments(T p, T g, T *s, const fo_common<T> &c, const hp<T> &h) {
         g = fo_grad<M>(g, p, c);
         s[0] = s[0] * h.beta1 + h.beta3 * g;
         s[1] = s[1] * h.beta2 + h.one_minus_beta2 * g * g;
+    }
+    template <typename T, unsigned F, int M>
+    FO_HD static void stats(T p, T, T *s, const fo_common<T> &, const hp<T> &h, T *v) {
         const T pd = p * h.decay;
         const T u = fo_lamb_dir(pd, s[0], s[1], h);
         v[0] = pd * pd;
@@ -137,6 +144,8 @@ template <typename T> struct fo_lars_hp : fo_hp_base<fo_lars_hp<T> > {
 };
 struct fo_lars : fo_algo_base<fo_lars_scalars, fo_lars_hp> {
     FO_DESCRIBE_REDUCE(fo_lars, FO_LARS)
+    template <typename T, unsigned F, int M>
+    FO_HD static void moments(T, T, T *, const fo_common<T> &, const hp<T> &) {}
     template <typename T, unsigned F, int M>
     FO_HD static void stats(T p, T g, T *, const fo_common<T> &c, const hp<T> &h, T *v) {
         g = fo_grad<M>(g, p, c) + h.norm_wd * p;
@@ -188,6 +197,8 @@ template <typename T> struct fo_novograd_hp : fo_hp_base<fo_novograd_hp<T> > {
 };
 struct fo_novograd : fo_algo_base<fo_novograd_scalars, fo_novograd_hp> {
     FO_DESCRIBE_REDUCE(fo_novograd, FO_NOVOGRAD)
+    template <typename T, unsigned F, int M>
+    FO_HD static void moments(T, T, T *, const fo_common<T> &, const hp<T> &) {}
     template <typename T, unsigned F, int M>
     FO_HD static void stats(T p, T g, T *, const fo_common<T> &c, const hp<T> &, T *v) {
         g = fo_grad<M>(g, p, c);

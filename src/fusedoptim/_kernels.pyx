@@ -174,6 +174,7 @@ def pack_scalars(int algo, dict common, dict scalars):
 
 DEF MAXBUF = 8           # FO_STATE + FO_MAXSTATE + 1
 DEF ALIGN = 64           # chunk boundaries are multiples of this many elements
+DEF BF16 = 2                 # _dtype_code of a bfloat16 array (storage only: arithmetic is float32)
 
 include "_reduce.pxi"
 _SCALAR_NAMES = [None] * (max(_s.id for _s in ALGORITHMS.values()) + 1)   # None: STREAM's id
@@ -242,7 +243,6 @@ def get_grain_size():
     return _grain
 
 
-DEF BF16 = 2                 # _dtype_code of a bfloat16 array (storage only: arithmetic is float32)
 cdef Py_ssize_t _ITEMSIZE[3]
 _ITEMSIZE[:] = [4, 8, 2]
 # bfloat16 is ml_dtypes' NumPy type, a user-defined type number (>= NPY_USERDEF) known once
@@ -381,8 +381,8 @@ def fused_step(int algo, dict common, dict scalars, unsigned flags, list params,
     if len(states) != nstate:
         raise ValueError(f"{s.name.decode()} with flags {flags:#x} keeps {nstate} state buffer(s) "
                          f"{kept_buffers(algo, flags)}, got {len(states)}")
-    if algo > STREAM:       # a reducing algorithm (_reduce.pxi); no low-precision rounding there
-        _reduce_run(algo, hbuf, flags, params, grads, states, emas, tscale)
+    if algo > STREAM:       # a reducing algorithm (_reduce.pxi)
+        _reduce_run(algo, hbuf, flags, params, grads, states, emas, tscale, rounding)
         return
     _run(algo, hbuf, flags, params, grads, states, emas, tscale, rounding)
 

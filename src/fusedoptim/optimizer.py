@@ -72,9 +72,6 @@ class Optimizer(ExtensionAPI):
         if storage["state_dtype"] != "float32" and self.spec is None:
             raise ValueError(f"state_dtype={storage['state_dtype']!r} needs a built-in optimizer (a spec); "
                              f"{type(self).__name__} updates its state in NumPy")
-        if storage["state_dtype"] != "float32" and getattr(self.spec, "stats", None):
-            raise ValueError(f"state_dtype={storage['state_dtype']!r} is not supported by {type(self).__name__} "
-                             f"yet (its reduction stage keeps float32 state); use state_dtype='float32'")
         self.options = types.MappingProxyType(dict(check_options(
             global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue, ema_decay=ema_decay,
             skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps,
