@@ -226,7 +226,7 @@ def test_kernels_compile_to_ptx(build_dir, arch):
     ptx = _nvcc_ptx(build_dir, arch, ["-lineinfo"])
     entries = set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, flags=re.M))
     want = {f"fo_{a}_kernel_{s}" for a in ALGOS for s in ("f32", "f64")}
-    want |= {"fo_sumsq_kernel_f32", "fo_sumsq_kernel_f64", "fo_grad_control_kernel"}
+    want |= {"fo_sumsq_kernel_f32", "fo_sumsq_kernel_f64", "fo_grad_control_kernel", "fo_bf16_round_kernel"}
     assert want <= entries, sorted(want - entries)
     funcs = _ptx_functions(ptx)
     for a in ALGOS:
@@ -245,12 +245,12 @@ def test_nvrtc_code_string_is_self_contained(build_dir):
     """The ``code`` given to NVRTC (rules.h text + kernels.cu text) compiles with no include
     path at all: the guarded #include of rules.h is skipped, nothing else is included."""
     code = _cuda.kernel_source()
-    assert code.count("#define FUSEDOPTIM_RULES_H") == 1
+    assert code.count("#define FUSEDOPTIM_RULES_H") == 1 and code.count("#define FUSEDOPTIM_LOWP_H") == 1
     src = os.path.join(build_dir, "fo_nvrtc_code.cu")
     with open(src, "w") as f:
         f.write(code)
     ptx = _nvcc_ptx(build_dir, "sm_80", source=src, include=False)
-    assert "fo_adam_kernel_f32" in ptx
+    assert "fo_adam_kernel_f32" in ptx and "fo_bf16_round_kernel" in ptx
 
 
 @needs_nvcc
@@ -447,6 +447,11 @@ extern "C" void emu_control(const fo_i64 *rmeta, int ntens, const double *partia
         fo_grad_control_kernel(rmeta, ntens, partial, gscale, gclip, pclip, skip, ctrl, tscale, per);
     });
 }
+extern "C" void emu_bf16_round(int grid, int block, const float *x, unsigned short *out, fo_i64 n,
+                               unsigned long long seed, unsigned long long step, unsigned long long tensor,
+                               int buffer, int stochastic) {
+    emu_serial(grid, block, [&] { fo_bf16_round_kernel(x, out, n, seed, step, tensor, buffer, stochastic); });
+}
 """
 
 
@@ -473,6 +478,8 @@ def emu(build_dir):
     so.emu_sumsq.argtypes = [ctypes.c_int, ctypes.c_int, P, ctypes.c_int, P]
     so.emu_control.argtypes = [P, ctypes.c_int, P, ctypes.c_double, ctypes.c_double, ctypes.c_double,
                                ctypes.c_int, P, P, P]
+    so.emu_bf16_round.argtypes = [ctypes.c_int, ctypes.c_int, P, P, ctypes.c_longlong, ctypes.c_ulonglong,
+                                  ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int, ctypes.c_int]
     return so
 
 
@@ -709,6 +716,36 @@ def test_emulated_grad_control_flags_nonfinite(emu, bad):
     assert math.isnan(tscale[0]) and not math.isnan(tscale[1])
     ctrl, _, _ = emu_grad_control(emu, grads)
     assert ctrl[1] == 1.0 and ctrl[3] == 0.0 and ctrl[2] == 1.0
+
+
+def _bf16_rounding_case():
+    """Awkward float32 values and the CPU loop's bfloat16 storage of them: one SGD-momentum
+    step from a fresh buffer stores buf = g, rounded by cpu.h/lowp.h (test_lowprec.py
+    checks those bits against its NumPy reference)."""
+    ml = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)).astype(np.float32)
+    x[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 3.4e38, 1e-45, 1.0 + 2 ** -9]
+    out = {}
+    for rounding in ("stochastic", "nearest"):
+        p = np.zeros_like(x)
+        opt = fusedoptim.SGD([p], lr=0.0, momentum=0.9, state_dtype="bfloat16", seed=77, rounding=rounding)
+        opt.step([x])
+        out[rounding] = opt.state[p]["momentum_buffer"].view(np.uint16)
+    assert opt.state[p]["momentum_buffer"].dtype == np.dtype(ml.bfloat16)
+    return x, out
+
+
+@pytest.mark.parametrize("grid,block", [(1, 1), (3, 64)])
+def test_emulated_bf16_rounding_kernel_matches_cpu_storage(emu, grid, block):
+    """kernels.cu's device compile of lowp.h's storage rules (fo_bf16s, the counter hash)
+    rounds exactly as the CPU loop stores: same bits, any launch shape."""
+    x, cpu = _bf16_rounding_case()
+    for rounding, stochastic in (("stochastic", 1), ("nearest", 0)):
+        got = np.full(x.size, 0xDEAD, np.uint16)
+        # SGD's momentum_buffer is state buffer 0 of tensor 0; step 1
+        emu.emu_bf16_round(grid, block, _addr(x), _addr(got), x.size, 77, 1, 0, 0, stochastic)
+        np.testing.assert_array_equal(got, cpu[rounding], err_msg=rounding)
 
 
 # ============================================ _cuda.py end to end on a fake CuPy
@@ -1126,3 +1163,20 @@ def test_gpu_optimizer_rejects_mixed_arrays(cp):
     cpu = fusedoptim.Adam([np.zeros(3, np.float32)])
     with pytest.raises(TypeError):
         cpu.step([cp.zeros(3, dtype=cp.float32)])
+
+
+def test_gpu_bf16_rounding_kernel_matches_cpu_storage(cp):
+    """On a device: NVRTC's build of lowp.h rounds float32 -> bfloat16 exactly as the CPU
+    loop stores (integer arithmetic only, so bit for bit even with -ftz)."""
+    x, _ = _bf16_rounding_case()
+    x = np.where(np.abs(x) < np.finfo(np.float32).tiny, np.float32(0.0), x)   # -ftz: no denormal inputs
+    for rounding, stochastic in (("stochastic", 1), ("nearest", 0)):
+        p = np.zeros_like(x)
+        opt = fusedoptim.SGD([p], lr=0.0, momentum=0.9, state_dtype="bfloat16", seed=77, rounding=rounding)
+        opt.step([x])
+        want = opt.state[p]["momentum_buffer"].view(np.uint16)
+        dx, dout = cp.asarray(x), cp.zeros(x.size, dtype=cp.uint16)
+        fn = _cuda._function(cp.cuda.Device().id, "fo_bf16_round_kernel")
+        fn((4,), (128,), (dx, dout, np.int64(x.size), np.uint64(77), np.uint64(1), np.uint64(0), np.int32(0),
+                          np.int32(stochastic)))
+        np.testing.assert_array_equal(cp.asnumpy(dout), want, err_msg=rounding)

@@ -293,6 +293,75 @@ def test_resume_from_state_dict_is_bit_exact(name, kwargs):
                 np.testing.assert_array_equal(v.view(np.uint16), oc.state[y][k].view(np.uint16))
 
 
+def test_seed_is_resumable_state():
+    """The rounding seed travels in the state_dict: an optimizer built without it (default
+    seed 0) continues the run bit for bit after loading; a state_dict from before the seed
+    was stored keeps the optimizer's own seed; a bad one is refused before anything."""
+    shapes = [(4099,), (7,)]
+    grads = list(grad_stream(3, shapes, np.float32, 8))
+    a = make_params(4, shapes, np.float32)
+    oa = fusedoptim.Adam(a, lr=1e-2, state_dtype="bfloat16", seed=123456789012345)
+    for gs in grads:
+        oa.step(gs)
+    b = make_params(4, shapes, np.float32)
+    ob = fusedoptim.Adam(b, lr=1e-2, state_dtype="bfloat16", seed=123456789012345)
+    for gs in grads[:5]:
+        ob.step(gs)
+    sd = ob.state_dict()
+    assert sd["seed"] == 123456789012345
+    c = [p.copy() for p in b]
+    oc = fusedoptim.Adam(c, lr=1e-2, state_dtype="bfloat16")          # no seed given
+    oc.load_state_dict(sd)
+    assert oc.options["seed"] == 123456789012345
+    for gs in grads[5:]:
+        oc.step(gs)
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32))
+    np.testing.assert_array_equal(oa.state[a[0]]["exp_avg"].view(np.uint16), oc.state[c[0]]["exp_avg"].view(np.uint16))
+    # without the seed (an older state_dict), the optimizer keeps its own: the bits differ
+    old = {k: v for k, v in sd.items() if k != "seed"}
+    d = [p.copy() for p in b]
+    od = fusedoptim.Adam(d, lr=1e-2, state_dtype="bfloat16", seed=7)
+    od.load_state_dict(old)
+    assert od.options["seed"] == 7
+    for gs in grads[5:]:
+        od.step(gs)
+    assert not np.array_equal(od.state[d[0]]["exp_avg"].view(np.uint16), oa.state[a[0]]["exp_avg"].view(np.uint16))
+    # a bad seed: nothing loaded
+    e = [p.copy() for p in b]
+    oe = fusedoptim.Adam(e, lr=1e-2, state_dtype="bfloat16", seed=7)
+    for bad, exc in ((-1, ValueError), (1 << 64, ValueError), (1.5, TypeError), ("3", TypeError)):
+        with pytest.raises(exc, match=r"state_dict\['seed'\]"):
+            oe.load_state_dict(dict(sd, seed=bad))
+        assert len(oe.state) == 0 and oe.options["seed"] == 7 and oe.iterations == 0
+
+
+def test_seed_travels_through_save_load_and_the_codec(tmp_path):
+    from fusedoptim import codec
+    shapes = [(4099,)]
+    grads = list(grad_stream(5, shapes, np.float32, 6))
+    a = make_params(6, shapes, np.float32)
+    oa = fusedoptim.AdamW(a, lr=1e-2, state_dtype="bfloat16", seed=2 ** 64 - 1)
+    for gs in grads:
+        oa.step(gs)
+    b = make_params(6, shapes, np.float32)
+    ob = fusedoptim.AdamW(b, lr=1e-2, state_dtype="bfloat16", seed=2 ** 64 - 1)
+    for gs in grads[:3]:
+        ob.step(gs)
+    path = tmp_path / "seed.npz"
+    fusedoptim.save(path, ob, params=b)
+    c = make_params(0, shapes, np.float32)
+    oc = fusedoptim.AdamW(c, lr=1e-2, state_dtype="bfloat16")
+    fusedoptim.load(path, oc, params=c)
+    assert oc.options["seed"] == 2 ** 64 - 1
+    for gs in grads[3:]:
+        oc.step(gs)
+    np.testing.assert_array_equal(a[0].view(np.uint32), c[0].view(np.uint32))
+    # the codec (ZeRO shards and the data-parallel broadcast use it) keeps the seed too
+    meta, arrays = codec.encode(ob)
+    assert codec.decode(meta, arrays, ob)["seed"] == 2 ** 64 - 1
+
+
 def test_seed_changes_the_bits_and_state_is_half_the_bytes():
     def run(seed):
         p = make_params(5, [(4099,)], np.float32)
@@ -344,6 +413,16 @@ def test_missing_ml_dtypes_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
     with pytest.raises(ImportError, match="pip install ml_dtypes"):
         fusedoptim.Adam([np.ones(3, np.float32)], state_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("name", ["Lamb", "LARS", "NovoGrad", "Muon"])
+def test_optimizers_without_bfloat16_state_refuse_it_by_name(name):
+    """The reducing optimizers (their loops keep float32 state) and Muon (its momentum
+    stage, tensorwise.h, has no bfloat16 storage yet) say so at construction."""
+    p = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=f"not supported by {name} yet.*state_dtype='float32'"):
+        getattr(fusedoptim, name)([p], lr=0.1, state_dtype="bfloat16")
+    assert np.all(p == 1)
 
 
 def test_custom_optimizer_refuses_bfloat16_state():

@@ -95,15 +95,17 @@ typedef void (*fo_seg_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_
  * rule itself always runs in T.  The default (fo_same<T>) is plain T memory, and then no
  * random bits are drawn: the float32/float64 loops are exactly what they were.         */
 template <class A, typename T, unsigned F, int M, class SP = fo_same<T>, class SG = fo_same<T>,
-          class SS = fo_same<T> >
+          class SS = fo_same<T>, bool SR = false>
 static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, const typename SG::type *FO_RESTRICT g,
                               typename SP::type *FO_RESTRICT e, typename SS::type *FO_RESTRICT b0,
                               typename SS::type *FO_RESTRICT b1, typename SS::type *FO_RESTRICT b2,
                               typename SS::type *FO_RESTRICT b3, const fo_common<T> c,
                               const typename A::template hp<T> h, const fo_rng rng = fo_rng()) {
     constexpr unsigned K = A::mask(F);
-    constexpr bool R0 = SS::LOWP && (K & 3u), R1 = SS::LOWP && (K & 12u), R2 = SP::LOWP;
-    for (ptrdiff_t i = 0; i < n; i++) {
+    /* random bits only for stochastic rounding (SR), and only for the words that get them */
+    constexpr bool R0 = SR && SS::LOWP && (K & 3u), R1 = SR && SS::LOWP && (K & 12u), R2 = SR && SP::LOWP;
+    unsigned idx = rng.i0;              /* a 32-bit counter of its own: the loop vectorizes it in 32-bit lanes */
+    for (ptrdiff_t i = 0; i < n; i++, idx++) {
         T s[FO_MAXSTATE] = {};
         if (K & 1u) s[0] = SS::load(b0[i]);
         if (K & 2u) s[1] = SS::load(b1[i]);
@@ -111,19 +113,18 @@ static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, con
         if (K & 8u) s[3] = SS::load(b3[i]);
         T pv = SP::load(p[i]);
         A::template rule<T, F, M>(pv, SG::load(g[i]), s, c, h);
-        const unsigned idx = rng.i0 + (unsigned)i;
         const unsigned r0 = R0 ? fo_hash32(idx ^ rng.k[0]) : 0u;
         const unsigned r1 = R1 ? fo_hash32(idx ^ rng.k[1]) : 0u;
         const unsigned r2 = R2 ? fo_hash32(idx ^ rng.k[2]) : 0u;
-        if (K & 1u) b0[i] = SS::store(s[0], r0, rng.stochastic);
-        if (K & 2u) b1[i] = SS::store(s[1], r0 >> 16, rng.stochastic);
-        if (K & 4u) b2[i] = SS::store(s[2], r1, rng.stochastic);
-        if (K & 8u) b3[i] = SS::store(s[3], r1 >> 16, rng.stochastic);
-        p[i] = SP::store(pv, r2, rng.stochastic);
+        if (K & 1u) b0[i] = SS::store(s[0], r0, SR);
+        if (K & 2u) b1[i] = SS::store(s[1], r0 >> 16, SR);
+        if (K & 4u) b2[i] = SS::store(s[2], r1, SR);
+        if (K & 8u) b3[i] = SS::store(s[3], r1 >> 16, SR);
+        p[i] = SP::store(pv, r2, SR);
         if (M & FO_EMA) {                   /* the average of the parameter as stored */
             T ev = SP::load(e[i]);
             fo_ema_rule(ev, SP::load(p[i]), c);
-            e[i] = SP::store(ev, r2 >> 16, rng.stochastic);
+            e[i] = SP::store(ev, r2 >> 16, SR);
         }
     }
 }
@@ -182,9 +183,18 @@ static FO_INLINE void fo_seg(const double *hd, unsigned flags, char **bufs, ptrd
 /* ---- low-precision storage (lowp.h): the same loop, with conversions ---------------
  * A storage code says which buffers are bfloat16: bit 0 the parameter (and its EMA),
  * bit 1 the gradient, bit 2 the state buffers (codes 1..7; 0 is the float32 loop above).
- * Arithmetic is float32.  Only the run-time loop mode is instantiated (0, or FO_EMA with
- * an EMA buffer): the rules then decide the clip/decay/lerp form per element, with the
- * same results as the fixed modes, and the code size stays about that of one more dtype.
+ * Arithmetic is float32.  The conversions cost more instructions than the rule (the loop
+ * is compute-bound where float32 is memory-bound), so what is instantiated is chosen for
+ * speed where it pays and for code size elsewhere (each loop is compiled three times):
+ *   - stochastic and nearest rounding are separate loops (SR): nearest draws no bits;
+ *   - the run-time mode 0 (the rules decide clip/decay/lerp per element, with the same
+ *     results as the fixed modes) everywhere, plus FO_PLAIN with the lerp form fixed
+ *     (fo_lp_fast) for the two common storages, bfloat16 state (code 4) and everything
+ *     bfloat16 (code 7);
+ *   - the EMA is not a loop mode here: a second short loop (fo_lp_ema, one per storage of
+ *     the parameter, shared by every algorithm) runs over each block of FO_LP_BLOCK
+ *     elements right after the update, while the block is still in cache, with the same
+ *     arithmetic and random bits as the EMA epilogue of fo_loop.
  * x: the segment's place in its tensor and the key of the random bits (lowp.h).         */
 struct fo_lp_ctx {
     unsigned long long seed, step, tensor; /* the key: optimizer seed, step, tensor index */
@@ -193,11 +203,55 @@ struct fo_lp_ctx {
 };
 typedef void (*fo_lp_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_t n, const fo_lp_ctx *x);
 
+#define FO_LP_BLOCK 2048   /* elements per update + EMA block (with an EMA buffer only) */
+
 template <bool B, class X, class Y> struct fo_if { typedef X type; };
 template <class X, class Y> struct fo_if<false, X, Y> { typedef Y type; };
 template <class Q> static FO_INLINE Q *fo_at(Q *q, ptrdiff_t i) { return q ? q + i : q; }
 
-template <class A, unsigned F, class SP, class SG, class SS>
+/* the EMA of n parameters as stored: ema = lerp(ema, p), rounded with the high 16 bits
+ * of the parameter's hash (fo_loop's epilogue, as a loop of its own) */
+template <class SP, bool SR>
+static FO_INLINE void fo_lp_ema(ptrdiff_t n, const typename SP::type *FO_RESTRICT p, typename SP::type *FO_RESTRICT e,
+                                const fo_common<float> c, const fo_rng rng) {
+    unsigned idx = rng.i0;
+    for (ptrdiff_t i = 0; i < n; i++, idx++) {
+        float ev = SP::load(e[i]);
+        fo_ema_rule(ev, SP::load(p[i]), c);
+        e[i] = SP::store(ev, (SR && SP::LOWP) ? fo_hash32(idx ^ rng.k[2]) >> 16 : 0u, SR);
+    }
+}
+
+/* the fixed mode of the fast loop for these scalars, or -1 (then the run-time mode 0) */
+template <class A>
+static FO_INLINE int fo_lp_fast(const fo_common<float> &c, unsigned F, const typename A::template hp<float> &h) {
+    if (!c.plain()) return -1;
+    if (A::LERP == 0) return FO_PLAIN;
+    return A::lerp(F, h) == FO_LERP_SMALL ? FO_PLAIN | FO_LERP_SMALL : -1;
+}
+
+template <class A, unsigned F, class SP, class SG, class SS, bool SR, bool FAST>
+static FO_INLINE void fo_lp_run(const fo_common<float> &c, const typename A::template hp<float> &h, ptrdiff_t m,
+                                typename SP::type *p, const typename SG::type *g, typename SP::type *e,
+                                typename SS::type *const *slot, const fo_rng &r) {
+    constexpr int FM = A::LERP == 0 ? FO_PLAIN : FO_PLAIN | FO_LERP_SMALL;
+    const bool fast = FAST && fo_lp_fast<A>(c, F, h) == FM;
+    const ptrdiff_t blk = e ? FO_LP_BLOCK : m;
+    for (ptrdiff_t j = 0; j < m; j += blk) {
+        const ptrdiff_t b = m - j < blk ? m - j : blk;
+        fo_rng rb = r;
+        rb.i0 = r.i0 + (unsigned)j;
+        if (FAST && fast)
+            fo_loop<A, float, F, FM, SP, SG, SS, SR>(b, p + j, g + j, NULL, fo_at(slot[0], j), fo_at(slot[1], j),
+                                                     fo_at(slot[2], j), fo_at(slot[3], j), c, h, rb);
+        else
+            fo_loop<A, float, F, 0, SP, SG, SS, SR>(b, p + j, g + j, NULL, fo_at(slot[0], j), fo_at(slot[1], j),
+                                                    fo_at(slot[2], j), fo_at(slot[3], j), c, h, rb);
+        if (e) fo_lp_ema<SP, SR>(b, p + j, e + j, c, rb);
+    }
+}
+
+template <class A, unsigned F, class SP, class SG, class SS, bool FAST>
 static FO_INLINE void fo_lp_flags(const fo_common<float> &c, const typename A::template hp<float> &h, char **bufs,
                                   ptrdiff_t n, const fo_lp_ctx *x) {
     constexpr unsigned K = A::mask(F);
@@ -207,37 +261,40 @@ static FO_INLINE void fo_lp_flags(const fo_common<float> &c, const typename A::t
         if ((K >> k) & 1u) slot[k] = (S *)bufs[FO_STATE + kept++];
     typename SP::type *p = (typename SP::type *)bufs[0], *e = (typename SP::type *)bufs[2];
     const typename SG::type *g = (const typename SG::type *)bufs[1];
+    /* nothing is rounded when only the gradient is bfloat16: one loop */
+    constexpr bool ROUNDS = SP::LOWP || SS::LOWP;
     /* the hash takes the low 32 bits of the index; the high ones go into the key, so a
      * piece never crosses a multiple of 2^32 (only tensors that large are split here) */
     for (ptrdiff_t i = 0; i < n;) {
         const unsigned long long gi = (unsigned long long)(x->i0 + i);
         const unsigned long long room = (((gi >> 32) + 1ULL) << 32) - gi;
         const ptrdiff_t m = (unsigned long long)(n - i) < room ? n - i : (ptrdiff_t)room;
-        const unsigned long long key = fo_rng_key(x->seed, x->step, x->tensor, gi >> 32);
         fo_rng r;
-        for (int j = 0; j < 3; j++) r.k[j] = fo_rng_subkey(key, j);
         r.i0 = (unsigned)gi;
-        r.stochastic = x->stochastic != 0;
-#define FO_LP_RUN_(mode)                                                                            \
-    fo_loop<A, float, F, (mode), SP, SG, SS>(m, p + i, g + i, fo_at(e, i), fo_at(slot[0], i), fo_at(slot[1], i), \
-                                             fo_at(slot[2], i), fo_at(slot[3], i), c, h, r)
-        if (e) FO_LP_RUN_(FO_EMA);
-        else FO_LP_RUN_(0);
-#undef FO_LP_RUN_
+        S *sl[FO_MAXSTATE];
+        for (int k = 0; k < FO_MAXSTATE; k++) sl[k] = fo_at(slot[k], i);
+        if (ROUNDS && x->stochastic) {
+            const unsigned long long key = fo_rng_key(x->seed, x->step, x->tensor, gi >> 32);
+            for (int j = 0; j < 3; j++) r.k[j] = fo_rng_subkey(key, j);
+            fo_lp_run<A, F, SP, SG, SS, ROUNDS, FAST>(c, h, m, p + i, g + i, fo_at(e, i), sl, r);
+        } else {
+            r.k[0] = r.k[1] = r.k[2] = 0u;
+            fo_lp_run<A, F, SP, SG, SS, false, FAST>(c, h, m, p + i, g + i, fo_at(e, i), sl, r);
+        }
         i += m;
     }
 }
 
-template <class A, class SP, class SG, class SS, unsigned F = 0>
+template <class A, class SP, class SG, class SS, bool FAST, unsigned F = 0>
 static FO_INLINE void fo_lp_dispatch(unsigned flags, const fo_common<float> &c, const typename A::template hp<float> &h,
                                      char **bufs, ptrdiff_t n, const fo_lp_ctx *x) {
     if constexpr (F + 1 < (1u << A::NFLAGS)) {
         if (flags != F) {
-            fo_lp_dispatch<A, SP, SG, SS, F + 1>(flags, c, h, bufs, n, x);
+            fo_lp_dispatch<A, SP, SG, SS, FAST, F + 1>(flags, c, h, bufs, n, x);
             return;
         }
     }
-    fo_lp_flags<A, F, SP, SG, SS>(c, h, bufs, n, x);
+    fo_lp_flags<A, F, SP, SG, SS, FAST>(c, h, bufs, n, x);
 }
 
 template <class A, int CODE>
@@ -249,7 +306,8 @@ static FO_INLINE void fo_lp_seg(const double *hd, unsigned flags, char **bufs, p
     typedef typename fo_if<(CODE & 1) != 0, fo_bf16s, fo_same<float> >::type SP;
     typedef typename fo_if<(CODE & 2) != 0, fo_bf16s, fo_same<float> >::type SG;
     typedef typename fo_if<(CODE & 4) != 0, fo_bf16s, fo_same<float> >::type SS;
-    fo_lp_dispatch<A, SP, SG, SS>(flags, fo_common<float>::load(cs), A::template hp<float>::load(as), bufs, n, x);
+    fo_lp_dispatch<A, SP, SG, SS, CODE == 4 || CODE == 7>(flags, fo_common<float>::load(cs),
+                                                          A::template hp<float>::load(as), bufs, n, x);
 }
 
 /* ---- the roofline: a plain streaming loop with the same bytes per element ---------

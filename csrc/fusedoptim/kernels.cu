@@ -8,8 +8,8 @@
  *
  * Loaded at run time by fusedoptim/_cuda.py through cupy.RawModule (NVRTC).  CuPy's
  * compile cache does not hash headers pulled in with -I, so _cuda.py passes the text of
- * rules.h followed by the text of this file as one `code` string; the guarded include
- * below is then skipped.  With nvcc: `nvcc -ptx -I csrc/fusedoptim kernels.cu`.
+ * rules.h, then lowp.h, then the text of this file as one `code` string; the guarded
+ * includes below are then skipped.  With nvcc: `nvcc -ptx -I csrc/fusedoptim kernels.cu`.
  *
  * Launch contract (the Python side reads the #defines below from this file)
  *  - hp: the per-step scalars by value, fo_hparams = FO_MAXSCALARS doubles: the named
@@ -37,6 +37,9 @@
  */
 #ifndef FUSEDOPTIM_RULES_H
 #include "rules.h"
+#endif
+#ifndef FUSEDOPTIM_LOWP_H
+#include "lowp.h"
 #endif
 
 #define FO_THREADS 256      /* threads per block of the update kernels (any size works) */
@@ -355,5 +358,25 @@ extern "C" __global__ void fo_grad_control_kernel(const fo_i64 *rmeta, int ntens
         }
         ctrl[2] = coef;
         ctrl[3] = (skip && sbad[0]) ? 1.0 : 0.0;
+    }
+}
+
+/* ---- bfloat16 storage on the device (lowp.h) ------------------------------------------
+ * The CUDA update kernels keep float32/float64 state (the CUDA backend refuses
+ * state_dtype="bfloat16" and bfloat16 parameters); the storage rules of lowp.h are
+ * compiled for the device here, in the one conversion a bfloat16 kernel would do on
+ * every store: float32 -> bfloat16 bits of element i of one tensor, nearest-even or
+ * stochastic with the random bits the CPU loop draws for state buffer `buffer` (0..3) at
+ * (seed, step, tensor): bit-identical to the CPU rounding.                             */
+extern "C" __global__ void fo_bf16_round_kernel(const float *x, fo_bf16_bits *out, fo_i64 n, unsigned long long seed,
+                                                unsigned long long step, unsigned long long tensor, int buffer,
+                                                int stochastic) {
+    for (fo_i64 i = (fo_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (fo_i64)gridDim.x * blockDim.x) {
+        unsigned r = 0u;
+        if (stochastic) {
+            const unsigned k = fo_rng_subkey(fo_rng_key(seed, step, tensor, (unsigned long long)i >> 32), buffer >> 1);
+            r = fo_hash32((unsigned)i ^ k) >> (16 * (buffer & 1));
+        }
+        out[i] = stochastic ? fo_bf16s::store(x[i], r, true) : fo_bf16s::store(x[i], 0u, false);
     }
 }

@@ -73,9 +73,10 @@ def _read(name: str) -> str:
 
 
 def kernel_source() -> str:
-    """The ``code`` given to NVRTC: rules.h, then kernels.cu (whose guarded
-    ``#include "rules.h"`` is then skipped), with ``#line`` marks for error messages."""
-    return ('#line 1 "rules.h"\n' + _read("rules.h") + '\n#line 1 "kernels.cu"\n' + _read("kernels.cu"))
+    """The ``code`` given to NVRTC: rules.h, lowp.h, then kernels.cu (whose guarded
+    ``#include``s are then skipped), with ``#line`` marks for error messages."""
+    return ('#line 1 "rules.h"\n' + _read("rules.h") + '\n#line 1 "lowp.h"\n' + _read("lowp.h")
+            + '\n#line 1 "kernels.cu"\n' + _read("kernels.cu"))
 
 
 def _parse_defines(text: str) -> Dict[str, str]:

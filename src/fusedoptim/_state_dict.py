@@ -1,8 +1,9 @@
 """``Optimizer.state_dict`` and ``load_state_dict``: torch's layout, validated loading.
 
 A state_dict is plain data: ``{"kind", "iterations", "nonfinite_count", "accum_count",
-"state": {key: {name: number or array}}, "param_groups": [{hyperparameters...,
-"params": [keys]}]}``.  A parameter's key is its flat index (torch's layout) or, when the
+"seed", "state": {key: {name: number or array}}, "param_groups": [{hyperparameters...,
+"params": [keys]}]}`` (``seed``: the optimizer's rounding seed, :mod:`fusedoptim.lowp`;
+loading a state_dict without one keeps the optimizer's own).  A parameter's key is its flat index (torch's layout) or, when the
 parameters have names, its name: ``{"state": {"W": {...}}, "param_groups": [{...,
 "params": ["W", "b"]}]}``.  Arrays are host copies.
 
@@ -16,6 +17,7 @@ ZeRO shards, broadcasts) is :mod:`fusedoptim.codec`'s job.
 """
 from __future__ import annotations
 
+import types
 from typing import Any, Dict, List, NamedTuple
 
 import numpy as np
@@ -23,13 +25,13 @@ import numpy as np
 from ._backends import is_array
 from ._spec import state_shape
 from .lowp import is_bfloat16
-from .validate import check_real, scalar_from
+from .validate import check_int, check_real, scalar_from
 
 __all__ = ["build", "load", "SCHEDULER_KEYS", "IncompatibleKeys", "is_named"]
 
 # keys torch-style LR schedulers keep in param groups (as torch does); state_dicts carry them
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
-_TOP = {"kind", "iterations", "nonfinite_count", "accum_count", "state", "param_groups"}
+_TOP = {"kind", "iterations", "nonfinite_count", "accum_count", "seed", "state", "param_groups"}
 
 
 class IncompatibleKeys(NamedTuple):
@@ -66,7 +68,7 @@ def build(opt) -> dict:
     for i, a in opt.pipeline.snapshot(reg.to_host).items():
         state.setdefault(key(i), {})["grad_accum"] = a
     return {"kind": type(opt).__name__, "iterations": opt.iterations, "nonfinite_count": opt.nonfinite_count,
-            "accum_count": opt.pipeline.acc_count, "state": state, "param_groups": groups}
+            "accum_count": opt.pipeline.acc_count, "seed": opt.options["seed"], "state": state, "param_groups": groups}
 
 
 def _stage_groups(opt, saved_groups, me: str, named: bool):
@@ -199,6 +201,14 @@ def load(opt, state_dict: dict, strict: bool = True, convert_state_dtype: bool =
                             "state_dict['nonfinite_count']", integer=True)
     accum_count = scalar_from(state_dict.get("accum_count", 0), "state_dict['accum_count']", integer=True)
     opt.pipeline.check_count(accum_count)
+    # the seed of the stochastic rounding is resumable state (fusedoptim.lowp): a resumed
+    # run draws the same bits without being given the seed again; a state_dict saved
+    # before it was stored keeps this optimizer's own seed
+    seed = opt.options["seed"]
+    if "seed" in state_dict:
+        seed = check_int(state_dict["seed"], "state_dict['seed']", lo=0)
+        if seed >= 1 << 64:
+            raise ValueError(f"state_dict['seed'] must be < 2**64, got {seed}")
     kept = [reg.params[reg.index_of_name(n)] for n in missing]   # strict=False: their state stays
     accs = {i: a for i, a in ((i, new_state.get(id(p), {}).pop("grad_accum", None))
                               for i, p in enumerate(reg.params)) if a is not None}
@@ -211,6 +221,8 @@ def load(opt, state_dict: dict, strict: bool = True, convert_state_dtype: bool =
     reg.store.update(new_state)
     opt.iterations = its
     opt.nonfinite_count = nonfinite
+    if seed != opt.options["seed"]:
+        opt.options = types.MappingProxyType(dict(opt.options, seed=seed))
     opt.pipeline.restore(accum_count, accs)
     opt.engine.invalidate()
     return IncompatibleKeys(missing, unexpected)

@@ -296,6 +296,8 @@ def _count(v, what: str) -> int:
     """A non-negative integer, or StateFormatError (never OverflowError)."""
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise StateFormatError(f"{what} must be a non-negative integer, got {_short(v)}")
+    if v < 1 << 64:       # exact (a 64-bit rounding seed is not a float: 2**64 - 1 != float(2**64 - 1))
+        return v
     return _number(v, what, integer=True)
 
 

@@ -69,6 +69,9 @@ class Optimizer(ExtensionAPI):
         defaults = dict(defaults)
         defaults.setdefault("l1", l1)
         storage = check_lowp_options(state_dtype=state_dtype, rounding=rounding, seed=seed)
+        if storage["state_dtype"] != "float32" and self.spec is None and self.update_group is not None:
+            raise ValueError(f"state_dtype={storage['state_dtype']!r} is not supported by {type(self).__name__} "
+                             f"yet (its momentum stage keeps float32 state); use state_dtype='float32'")
         if storage["state_dtype"] != "float32" and self.spec is None:
             raise ValueError(f"state_dtype={storage['state_dtype']!r} needs a built-in optimizer (a spec); "
                              f"{type(self).__name__} updates its state in NumPy")
