@@ -474,3 +474,82 @@ def test_every_buffer_has_a_sign():
         for b in ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "exp_inf", "sum", "step_size"):
             if b in opt.spec.buffers:
                 assert b not in s, (name, b)
+
+
+def test_readme_int8_snippet_runs(capsys):
+    import os
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    section = text.split("### 8-bit block-wise state", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README int8 snippet", "exec"), {})
+    out = capsys.readouterr().out.split("\n")
+    assert out[0] == "uint8 (256, 64) (64,)" and out[1] == "float32" and out[2] == "True"
+
+
+def test_zero_shard_checkpoint_with_int8_state_resumes_bit_exact(tmp_path):
+    """ZeroOptimizer on one rank (COMM_SELF): 8-bit shard state saved, loaded into a fresh
+    ZeroOptimizer, and continued == the straight run; consolidation refuses 8-bit state."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fusedoptim.arena import ParamArena
+    from fusedoptim.distributed import ZeroOptimizer, consolidate_checkpoint
+
+    def arena():
+        rng = np.random.default_rng(3)
+        return ParamArena({"W": rng.standard_normal((64, 100)).astype(np.float32),
+                           "b": rng.standard_normal(100).astype(np.float32)})
+
+    grads = [np.random.default_rng(t).standard_normal(8192).astype(np.float32) for t in range(8)]
+
+    def steps(z, a, ts):
+        g = a.grad_arena()
+        for t in ts:
+            g.flat[...] = grads[t][:g.flat.size]
+            z.step(g)
+
+    a1 = arena()
+    z1 = ZeroOptimizer(fusedoptim.Adam, a1, MPI.COMM_SELF, lr=1e-2, state_dtype="int8", block_size=128)
+    steps(z1, a1, range(8))
+    a2 = arena()
+    z2 = ZeroOptimizer(fusedoptim.Adam, a2, MPI.COMM_SELF, lr=1e-2, state_dtype="int8", block_size=128)
+    steps(z2, a2, range(5))
+    z2.save_checkpoint(str(tmp_path / "ck"))
+    a3 = arena()
+    z3 = ZeroOptimizer(fusedoptim.Adam, a3, MPI.COMM_SELF, lr=1e-2, state_dtype="int8", block_size=128)
+    z3.load_checkpoint(str(tmp_path / "ck"))
+    st = z3.optimizer.state[z3.optimizer.params[0]]
+    assert st["exp_avg"].dtype == np.uint8 and st["exp_avg_absmax"].dtype == np.float32
+    steps(z3, a3, range(5, 8))
+    np.testing.assert_array_equal(a1.flat, a3.flat)
+    s1 = z1.optimizer.state[z1.optimizer.params[0]]
+    for k in ("exp_avg", "exp_avg_absmax", "exp_avg_sq", "exp_avg_sq_absmax"):
+        np.testing.assert_array_equal(s1[k], st[k], err_msg=k)
+    sd, _ = consolidate_checkpoint(str(tmp_path / "ck"))      # one shard: it is the whole range
+    assert sd["storage"]["state_dtype"] == "int8"
+    with pytest.raises(ValueError, match="8-bit state"):
+        z1.consolidated_state_dict()
+
+
+def test_ema_and_clipping_with_int8_state():
+    """The EMA epilogue and per-parameter clipping run in the 8-bit pass: the same
+    parameters as an optimizer given the pre-clipped gradients, and the EMA of the
+    parameters as they are written."""
+    shapes = [(5000,), (300,)]
+    gs = list(grad_stream(5, shapes, np.float32, 4))
+    a = make_params(6, shapes, np.float32)
+    oa = fusedoptim.Adam(a, lr=1e-2, state_dtype="int8", ema_decay=0.5)
+    b = make_params(6, shapes, np.float32)
+    ob = fusedoptim.Adam(b, lr=1e-2, state_dtype="int8")
+    ema = None
+    for g in gs:
+        oa.step(g)
+        ob.step(g)
+        ema = [p.copy() for p in b] if ema is None else [e + np.float32(0.5) * (p - e) for e, p in zip(ema, b)]
+    for x, y, e in zip(a, b, ema):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_allclose(oa.state[x]["ema"], e, rtol=1e-6, atol=1e-7)
+    c = make_params(6, shapes, np.float32)
+    oc = fusedoptim.Adam(c, lr=1e-2, state_dtype="int8", clipnorm=1.0)
+    for g in gs:
+        oc.step(g)
+    assert all(np.all(np.isfinite(p)) for p in c)
+    assert not np.array_equal(c[0], b[0])          # clipping changed the run
