@@ -21,6 +21,7 @@ CASES = {
     "mlp_adam_cosine_clip.py": (("sklearn", "fusedoptim.schedules", "fusedoptim:clip_grad_norm"), "test acc"),
     "torch_cpu_loop.py": (("torch",), "train accuracy"),
     "lowprec_state.py": (("ml_dtypes",), "bfloat16 params, float32 state"),
+    "int8_state.py": ((), "int8    state"),
 }
 
 

@@ -439,7 +439,7 @@ static const fo_rspec *fo_cpu_reduce_spec(int k) {
 #define FO_RSPEC_ROW_(a, P)                                                                        \
     {{#a, fo_##a##_scalar_names, fo_##a##_flag_names, fo_##a##_buffer_names,                       \
       (int)(sizeof(fo_##a##_scalars) / sizeof(double)), fo_##a::NFLAGS, fo_##a::MAXSTATE + fo_##a::NTSTATE, \
-      fo_rspec_mask<fo_##a>},                                                                      \
+      fo_rspec_mask<fo_##a>, fo_##a::signs()},                                                     \
      fo_##a##_stats_names, fo_##a##_tscalar_names, fo_##a##_tstate_names,                         \
      fo_##a::NSTATS, fo_##a::NTSCAL, fo_##a::NTSTATE, fo_##a::MAXSTATE},
     static const fo_rspec table[FO_NREDUCE] = {FO_REDUCE_ALGOS(FO_RSPEC_ROW_)};

@@ -74,7 +74,7 @@
 #define FO_LAMB_SCALARS(X) X(decay) X(beta1) X(beta3) X(beta2) X(one_minus_beta2) X(eps) X(wd_update) \
     X(neg_step) X(clamp) X(adam) X(ratio_eps) X(fallback_ratio)
 #define FO_LAMB_FLAGS(X)
-#define FO_LAMB_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+#define FO_LAMB_BUFFERS(X) X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG)
 #define FO_LAMB_STATS(X) X(param_sumsq) X(update_sumsq)
 #define FO_LAMB_TSCALARS(X) X(neg_ratio_step)
 #define FO_LAMB_TSTATE(X)
@@ -130,7 +130,7 @@ struct fo_lamb : fo_algo_base<fo_lamb_scalars, fo_lamb_hp> {
 #define FO_LARS_SCALARS(X) X(weight_decay) X(momentum) X(one_minus_dampening) X(trust_coefficient) \
     X(nesterov) X(neg_lr) X(norm_wd) X(den_wd) X(trust_eps) X(all_tensors)
 #define FO_LARS_FLAGS(X) X(momentum)
-#define FO_LARS_BUFFERS(X) X(momentum_buffer, momentum)
+#define FO_LARS_BUFFERS(X) X(momentum_buffer, momentum, FO_SIGNED)
 #define FO_LARS_STATS(X) X(param_sumsq) X(grad_sumsq)
 #define FO_LARS_TSCALARS(X) X(scaled) X(ratio)
 #define FO_LARS_TSTATE(X)
@@ -183,7 +183,7 @@ struct fo_lars : fo_algo_base<fo_lars_scalars, fo_lars_hp> {
 #define FO_NOVOGRAD_SCALARS(X) X(beta1) X(beta3) X(one_minus_beta2) X(eps) X(decay) X(wd_coupled) \
     X(neg_lr) X(first)
 #define FO_NOVOGRAD_FLAGS(X)
-#define FO_NOVOGRAD_BUFFERS(X) X(moments, true)
+#define FO_NOVOGRAD_BUFFERS(X) X(moments, true, FO_SIGNED)
 #define FO_NOVOGRAD_STATS(X) X(grad_sumsq)
 #define FO_NOVOGRAD_TSCALARS(X) X(denom)
 #define FO_NOVOGRAD_TSTATE(X) X(grads_ema)

@@ -78,7 +78,8 @@ template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, const fo_weight<T>
 
 /* ---- named per-step scalars -----------------------------------------------------
  * Every per-step scalar travels by name.  Each algorithm lists its scalars, its flags and
- * its state buffers in three X-macros (FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS); from them
+ * its state buffers in three X-macros (FO_<ALGO>_SCALARS / _FLAGS / _BUFFERS: each buffer
+ * with the flag condition that keeps it and its sign attribute); from them
  *  - FO_SCALAR_STRUCT makes a struct of doubles whose field order IS the packing order
  *    (the Python layer packs a dict by the names the extension exports: spec.h),
  *  - FO_DESCRIBE gives the descriptor (struct fo_<algo>) its flag bits, MAXSTATE and
@@ -89,15 +90,28 @@ template <int MODE = 0, typename T> FO_HD T fo_lerp(T a, T b, const fo_weight<T>
 #define FO_FIELD_(n) double n;
 #define FO_SCALAR_STRUCT(type, LIST) struct type { LIST(FO_FIELD_) };
 #define FO_FLAG_ENUM_(n) n##_flag,
-#define FO_PLUS_ONE_(n, cond) +1
+#define FO_PLUS_ONE_(n, cond, sign) +1
 #define FO_FLAG_LOCAL_(n) const bool n = ((f >> n##_flag) & 1u) != 0; (void)n;
-#define FO_BUF_BIT_(n, cond) m |= ((cond) ? 1u : 0u) << k; k++;
+#define FO_BUF_BIT_(n, cond, sign) m |= ((cond) ? 1u : 0u) << k; k++;
+#define FO_SIGN_BIT_(n, cond, sign) m |= (unsigned)(sign) << k; k++;
+/* A buffer's sign attribute (third entry of its FO_<ALGO>_BUFFERS item) says which values
+ * it can hold: FO_SIGNED (any sign: first moments, momenta) or FO_NONNEG (never negative:
+ * second moments, accumulated squares, step sizes).  8-bit block-wise storage (q8.h)
+ * quantizes a signed buffer with the signed code map, a non-negative one with the
+ * unsigned map (twice the codes on [0, 1]).                                            */
+#define FO_SIGNED 1
+#define FO_NONNEG 0
 #define FO_DESCRIBE(P)                                                                  \
     enum { P##_FLAGS(FO_FLAG_ENUM_) NFLAGS };                                          \
     enum { MAXSTATE = 0 P##_BUFFERS(FO_PLUS_ONE_) };                                   \
     FO_HD static constexpr unsigned mask(unsigned f) {                                 \
         (void)f; P##_FLAGS(FO_FLAG_LOCAL_) unsigned m = 0, k = 0;                      \
         P##_BUFFERS(FO_BUF_BIT_) return m;                                             \
+    }                                                                                  \
+    /* bit k: declared buffer k is FO_SIGNED */                                        \
+    FO_HD static constexpr unsigned signs() {                                          \
+        unsigned m = 0, k = 0;                                                         \
+        P##_BUFFERS(FO_SIGN_BIT_) return m;                                            \
     }
 /* flag `name` of the descriptor D in the flag bits F (a compile-time bool) */
 #define FO_FLAG(D, F, name) ((((F) >> D::name##_flag) & 1u) != 0)
@@ -205,7 +219,7 @@ template <typename T> FO_HD void fo_ema_rule(T &ema, T p, const fo_common<T> &c)
  * one_minus_dampening = -lr and lr = -1, so b = mu b - lr g and p += b)                  */
 #define FO_SGD_SCALARS(X) X(lr) X(momentum) X(one_minus_dampening) X(nesterov) X(first) X(decay) X(grad_coef)
 #define FO_SGD_FLAGS(X) X(momentum)
-#define FO_SGD_BUFFERS(X) X(momentum_buffer, momentum)
+#define FO_SGD_BUFFERS(X) X(momentum_buffer, momentum, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_sgd_scalars, FO_SGD_SCALARS)
 template <typename T> struct fo_sgd_hp : fo_hp_base<fo_sgd_hp<T> > {
     FO_HP_FIELDS(FO_SGD)
@@ -241,7 +255,8 @@ struct fo_sgd : fo_algo_base<fo_sgd_scalars, fo_sgd_hp> {
 #define FO_ADAM_SCALARS(X) \
     X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step) X(eps_root) X(vmax_scale)
 #define FO_ADAM_FLAGS(X) X(amsgrad)
-#define FO_ADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true) X(max_exp_avg_sq, amsgrad)
+#define FO_ADAM_BUFFERS(X) \
+    X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG) X(max_exp_avg_sq, amsgrad, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_adam_scalars, FO_ADAM_SCALARS)
 template <typename T> struct fo_adam_hp : fo_hp_base<fo_adam_hp<T> > {
     FO_HP_FIELDS(FO_ADAM)
@@ -278,7 +293,7 @@ struct fo_adam : fo_algo_base<fo_adam_scalars, fo_adam_hp> {
  * eps_root: added under the root (Keras, optax), 0 for torch                                */
 #define FO_ADAGRAD_SCALARS(X) X(neg_clr) X(eps) X(decay) X(eps_root)
 #define FO_ADAGRAD_FLAGS(X)
-#define FO_ADAGRAD_BUFFERS(X) X(sum, true)
+#define FO_ADAGRAD_BUFFERS(X) X(sum, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_adagrad_scalars, FO_ADAGRAD_SCALARS)
 template <typename T> struct fo_adagrad_hp : fo_hp_base<fo_adagrad_hp<T> > {
     FO_HP_FIELDS(FO_ADAGRAD)
@@ -306,7 +321,8 @@ struct fo_adagrad : fo_algo_base<fo_adagrad_scalars, fo_adagrad_hp> {
     X(alpha) X(one_minus_alpha) X(eps) X(momentum) X(neg_lr) X(decay) X(eps_root) X(vscale) X(mscale) \
     X(grad_coef) X(nesterov)
 #define FO_RMSPROP_FLAGS(X) X(centered) X(momentum)
-#define FO_RMSPROP_BUFFERS(X) X(square_avg, true) X(grad_avg, centered) X(momentum_buffer, momentum)
+#define FO_RMSPROP_BUFFERS(X) \
+    X(square_avg, true, FO_NONNEG) X(grad_avg, centered, FO_SIGNED) X(momentum_buffer, momentum, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_rmsprop_scalars, FO_RMSPROP_SCALARS)
 template <typename T> struct fo_rmsprop_hp : fo_hp_base<fo_rmsprop_hp<T> > {
     FO_HP_FIELDS(FO_RMSPROP)
@@ -355,7 +371,7 @@ struct fo_rmsprop : fo_algo_base<fo_rmsprop_scalars, fo_rmsprop_hp> {
  * inside the max (torch, optax); eps_denom: added to u after it (Keras), 0 for torch       */
 #define FO_ADAMAX_SCALARS(X) X(one_minus_beta1) X(beta2) X(eps) X(neg_clr) X(decay) X(eps_denom)
 #define FO_ADAMAX_FLAGS(X)
-#define FO_ADAMAX_BUFFERS(X) X(exp_avg, true) X(exp_inf, true)
+#define FO_ADAMAX_BUFFERS(X) X(exp_avg, true, FO_SIGNED) X(exp_inf, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_adamax_scalars, FO_ADAMAX_SCALARS)
 template <typename T> struct fo_adamax_hp : fo_hp_base<fo_adamax_hp<T> > {
     FO_HP_FIELDS(FO_ADAMAX)
@@ -382,7 +398,7 @@ struct fo_adamax : fo_algo_base<fo_adamax_scalars, fo_adamax_hp> {
  * c_avg: -lr mu_{t+1} / (1 - prod mu * mu_{t+1})                                              */
 #define FO_NADAM_SCALARS(X) X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc2) X(eps) X(c_grad) X(c_avg)
 #define FO_NADAM_FLAGS(X)
-#define FO_NADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+#define FO_NADAM_BUFFERS(X) X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_nadam_scalars, FO_NADAM_SCALARS)
 template <typename T> struct fo_nadam_hp : fo_hp_base<fo_nadam_hp<T> > {
     FO_HP_FIELDS(FO_NADAM)
@@ -417,7 +433,7 @@ struct fo_nadam : fo_algo_base<fo_nadam_scalars, fo_nadam_hp> {
 #define FO_RADAM_SCALARS(X) \
     X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(bc1) X(lr) X(rectified) X(bc2_sqrt) X(eps) X(rect)
 #define FO_RADAM_FLAGS(X)
-#define FO_RADAM_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+#define FO_RADAM_BUFFERS(X) X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_radam_scalars, FO_RADAM_SCALARS)
 template <typename T> struct fo_radam_hp : fo_hp_base<fo_radam_hp<T> > {
     FO_HP_FIELDS(FO_RADAM)
@@ -452,7 +468,7 @@ struct fo_radam : fo_algo_base<fo_radam_scalars, fo_radam_hp> {
 /* decay: 1 - lr*wd if decoupled, else 1 */
 #define FO_ADADELTA_SCALARS(X) X(rho) X(one_minus_rho) X(eps) X(neg_lr) X(decay)
 #define FO_ADADELTA_FLAGS(X)
-#define FO_ADADELTA_BUFFERS(X) X(square_avg, true) X(acc_delta, true)
+#define FO_ADADELTA_BUFFERS(X) X(square_avg, true, FO_NONNEG) X(acc_delta, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_adadelta_scalars, FO_ADADELTA_SCALARS)
 template <typename T> struct fo_adadelta_hp : fo_hp_base<fo_adadelta_hp<T> > {
     FO_HP_FIELDS(FO_ADADELTA)
@@ -476,7 +492,7 @@ struct fo_adadelta : fo_algo_base<fo_adadelta_scalars, fo_adadelta_hp> {
 /* ---- Rprop ----------------------------------------------------------------------------------- */
 #define FO_RPROP_SCALARS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max)
 #define FO_RPROP_FLAGS(X)
-#define FO_RPROP_BUFFERS(X) X(prev, true) X(step_size, true)
+#define FO_RPROP_BUFFERS(X) X(prev, true, FO_SIGNED) X(step_size, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_rprop_scalars, FO_RPROP_SCALARS)
 template <typename T> struct fo_rprop_hp : fo_hp_base<fo_rprop_hp<T> > {
     FO_HP_FIELDS(FO_RPROP)
@@ -512,7 +528,7 @@ struct fo_rprop : fo_algo_base<fo_rprop_scalars, fo_rprop_hp> {
  * decay: 1 - lr * weight_decay                                                                   */
 #define FO_LION_SCALARS(X) X(decay) X(beta1) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(neg_lr)
 #define FO_LION_FLAGS(X)
-#define FO_LION_BUFFERS(X) X(exp_avg, true)
+#define FO_LION_BUFFERS(X) X(exp_avg, true, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_lion_scalars, FO_LION_SCALARS)
 template <typename T> struct fo_lion_hp : fo_hp_base<fo_lion_hp<T> > {
     FO_HP_FIELDS(FO_LION)
@@ -538,7 +554,7 @@ struct fo_lion : fo_algo_base<fo_lion_scalars, fo_lion_hp> {
  * torch copies instead of averaging)                                                              */
 #define FO_ASGD_SCALARS(X) X(decay) X(neg_eta) X(mu) X(copy)
 #define FO_ASGD_FLAGS(X)
-#define FO_ASGD_BUFFERS(X) X(ax, true)
+#define FO_ASGD_BUFFERS(X) X(ax, true, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_asgd_scalars, FO_ASGD_SCALARS)
 template <typename T> struct fo_asgd_hp : fo_hp_base<fo_asgd_hp<T> > {
     FO_HP_FIELDS(FO_ASGD)
@@ -566,7 +582,8 @@ struct fo_asgd : fo_algo_base<fo_asgd_scalars, fo_asgd_hp> {
 #define FO_ADABELIEF_SCALARS(X) \
     X(decay) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(eps) X(bc2_sqrt) X(neg_step) X(adaptive)
 #define FO_ADABELIEF_FLAGS(X) X(ams_bound)
-#define FO_ADABELIEF_BUFFERS(X) X(exp_avg, true) X(exp_avg_var, true) X(max_exp_avg_var, ams_bound)
+#define FO_ADABELIEF_BUFFERS(X) \
+    X(exp_avg, true, FO_SIGNED) X(exp_avg_var, true, FO_NONNEG) X(max_exp_avg_var, ams_bound, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_adabelief_scalars, FO_ADABELIEF_SCALARS)
 template <typename T> struct fo_adabelief_hp : fo_hp_base<fo_adabelief_hp<T> > {
     FO_HP_FIELDS(FO_ADABELIEF)
@@ -611,7 +628,7 @@ struct fo_adabelief : fo_algo_base<fo_adabelief_scalars, fo_adabelief_hp> {
  * neg_step: -lr / (1 - beta1^t)                                                             */
 #define FO_YOGI_SCALARS(X) X(decay) X(one_minus_beta1) X(one_minus_beta2) X(bc2_sqrt) X(eps) X(neg_step)
 #define FO_YOGI_FLAGS(X)
-#define FO_YOGI_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true)
+#define FO_YOGI_BUFFERS(X) X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_yogi_scalars, FO_YOGI_SCALARS)
 template <typename T> struct fo_yogi_hp : fo_hp_base<fo_yogi_hp<T> > {
     FO_HP_FIELDS(FO_YOGI)
@@ -650,7 +667,8 @@ struct fo_yogi : fo_algo_base<fo_yogi_scalars, fo_yogi_hp> {
     X(decay) X(post) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(beta3) X(one_minus_beta3) X(bc3_sqrt) \
     X(eps) X(neg_step) X(neg_diff_step) X(first)
 #define FO_ADAN_FLAGS(X)
-#define FO_ADAN_BUFFERS(X) X(exp_avg, true) X(exp_avg_sq, true) X(exp_avg_diff, true) X(previous_grad, true)
+#define FO_ADAN_BUFFERS(X) \
+    X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG) X(exp_avg_diff, true, FO_SIGNED) X(previous_grad, true, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_adan_scalars, FO_ADAN_SCALARS)
 template <typename T> struct fo_adan_hp : fo_hp_base<fo_adan_hp<T> > {
     FO_HP_FIELDS(FO_ADAN)
@@ -696,7 +714,7 @@ struct fo_adan : fo_algo_base<fo_adan_scalars, fo_adan_hp> {
  * Flag half_power: learning_rate_power == -0.5, the powers are square roots               */
 #define FO_FTRL_SCALARS(X) X(decay) X(shrink2) X(neg_power) X(lr) X(two_l2) X(l1_strength)
 #define FO_FTRL_FLAGS(X) X(half_power)
-#define FO_FTRL_BUFFERS(X) X(accumulator, true) X(linear, true)
+#define FO_FTRL_BUFFERS(X) X(accumulator, true, FO_NONNEG) X(linear, true, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_ftrl_scalars, FO_FTRL_SCALARS)
 template <typename T> struct fo_ftrl_hp : fo_hp_base<fo_ftrl_hp<T> > {
     FO_HP_FIELDS(FO_FTRL)
@@ -730,7 +748,7 @@ struct fo_ftrl : fo_algo_base<fo_ftrl_scalars, fo_ftrl_hp> {
  * neg_lr: -lr (lr with warmup)                                                                */
 #define FO_SF_ADAMW_SCALARS(X) X(beta2) X(one_minus_beta2) X(bc2) X(eps) X(wd) X(ckp1) X(c_y) X(neg_lr)
 #define FO_SF_ADAMW_FLAGS(X)
-#define FO_SF_ADAMW_BUFFERS(X) X(z, true) X(exp_avg_sq, true)
+#define FO_SF_ADAMW_BUFFERS(X) X(z, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_sf_adamw_scalars, FO_SF_ADAMW_SCALARS)
 template <typename T> struct fo_sf_adamw_hp : fo_hp_base<fo_sf_adamw_hp<T> > {
     FO_HP_FIELDS(FO_SF_ADAMW)
@@ -763,7 +781,7 @@ struct fo_sf_adamw : fo_algo_base<fo_sf_adamw_scalars, fo_sf_adamw_hp> {
  * coupled one (g + wd y, as there)                                                             */
 #define FO_SF_SGD_SCALARS(X) X(ckp1) X(c_y) X(neg_lr)
 #define FO_SF_SGD_FLAGS(X)
-#define FO_SF_SGD_BUFFERS(X) X(z, true)
+#define FO_SF_SGD_BUFFERS(X) X(z, true, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_sf_sgd_scalars, FO_SF_SGD_SCALARS)
 template <typename T> struct fo_sf_sgd_hp : fo_hp_base<fo_sf_sgd_hp<T> > {
     FO_HP_FIELDS(FO_SF_SGD)

@@ -18,10 +18,11 @@ struct fo_spec {
     const char *const *buffers; /* NULL-terminated, declaration order */
     int nscalars, nflags, nbuffers;
     unsigned (*mask)(unsigned flags); /* bit k: buffer k is kept under these flags */
+    unsigned signs;                   /* bit k: buffer k is FO_SIGNED (rules.h; q8.h's code maps) */
 };
 
 #define FO_STR_(n) #n,
-#define FO_BUFSTR_(n, cond) #n,
+#define FO_BUFSTR_(n, cond, sign) #n,
 static const char *const fo_common_names[] = {FO_COMMON_SCALARS(FO_STR_) NULL};
 
 #define FO_SPEC_NAMES_(a, P)                                                              \
@@ -39,7 +40,7 @@ static const fo_spec *fo_cpu_spec(int algo) {
 #define FO_SPEC_ROW_(a, P)                                                                      \
     {#a, fo_##a##_scalar_names, fo_##a##_flag_names, fo_##a##_buffer_names,                      \
      (int)(sizeof(fo_##a##_scalars) / sizeof(double)), fo_##a::NFLAGS, fo_##a::MAXSTATE,         \
-     fo_spec_mask<fo_##a>},
+     fo_spec_mask<fo_##a>, fo_##a::signs()},
     static const fo_spec table[FO_NALGO] = {FO_ALGOS(FO_SPEC_ROW_)};
 #undef FO_SPEC_ROW_
     return (algo >= 0 && algo < FO_NALGO) ? &table[algo] : NULL;

@@ -53,6 +53,7 @@ cdef extern from "fusedoptim/spec.h" nogil:
         const char *const *buffers
         int nscalars, nflags, nbuffers
         unsigned (*mask)(unsigned flags)
+        unsigned signs
     const fo_spec *fo_cpu_spec(int algo)
     const char *const fo_common_names[]
     enum:
@@ -551,3 +552,4 @@ def update_dicts(list dicts, dict values):
 
 include "_tensorwise.pxi"
 include "_factored.pxi"
+include "_q8.pxi"

@@ -24,14 +24,14 @@ import numpy as np
 
 from ._backends import is_array
 from ._spec import state_shape
-from .lowp import is_bfloat16
+from .lowp import absmax_key, dequantize, is_bfloat16, quantize, signed_buffers
 from .validate import check_int, check_real, scalar_from
 
 __all__ = ["build", "load", "SCHEDULER_KEYS", "IncompatibleKeys", "is_named"]
 
 # keys torch-style LR schedulers keep in param groups (as torch does); state_dicts carry them
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
-_TOP = {"kind", "iterations", "nonfinite_count", "accum_count", "seed", "state", "param_groups"}
+_TOP = {"kind", "iterations", "nonfinite_count", "accum_count", "seed", "state", "param_groups", "storage"}
 
 
 class IncompatibleKeys(NamedTuple):
@@ -67,8 +67,97 @@ def build(opt) -> dict:
         groups.append(gd)
     for i, a in opt.pipeline.snapshot(reg.to_host).items():
         state.setdefault(key(i), {})["grad_accum"] = a
-    return {"kind": type(opt).__name__, "iterations": opt.iterations, "nonfinite_count": opt.nonfinite_count,
-            "accum_count": opt.pipeline.acc_count, "seed": opt.options["seed"], "state": state, "param_groups": groups}
+    out = {"kind": type(opt).__name__, "iterations": opt.iterations, "nonfinite_count": opt.nonfinite_count,
+           "accum_count": opt.pipeline.acc_count, "seed": opt.options["seed"], "state": state, "param_groups": groups}
+    if reg.state_dtype == "int8":    # the tag of 8-bit state: how its codes and absmax arrays are laid out
+        out["storage"] = storage_tag(reg)
+    return out
+
+
+def storage_tag(reg) -> dict:
+    """``{"state_dtype": "int8", "block_size", "min_8bit_size"}``: the layout of 8-bit state."""
+    return {"state_dtype": reg.state_dtype, "block_size": reg.block_size, "min_8bit_size": reg.min_8bit_size}
+
+
+def _saved_block(storage) -> "int | None":
+    """The block size a state_dict's ``storage`` tag names (None: no tag)."""
+    if storage is None:
+        return None
+    if not isinstance(storage, dict) or storage.get("state_dtype") != "int8":
+        raise ValueError(f"state_dict['storage'] must be {{'state_dtype': 'int8', 'block_size': ..., ...}}, got "
+                         f"{storage!r}")
+    from ._kernels import q8_check_block
+    try:
+        return q8_check_block(storage.get("block_size"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"state_dict['storage']: {e}") from None
+
+
+def _infer_block(size: int, nblocks: int):
+    """The block size (power of two, 64..4096) that splits ``size`` elements into
+    ``nblocks`` blocks (the smallest if several: then any gives the same codes), or None."""
+    b = 64
+    while b <= 4096:
+        if -(-size // b) == nblocks:
+            return b
+        b *= 2
+    return None
+
+
+def _describe(kind: str, block) -> str:
+    return f"int8 (blocks of {block})" if kind == "int8" else kind
+
+
+def _stage_buffer(opt, p, k, a, st, where, me, convert, signed, saved_block) -> dict:
+    """The staged entries of state buffer ``k`` (``a``: its saved array, host): its
+    array, plus its absmax for 8-bit state; converted only with ``convert``."""
+    reg = opt.registry
+    ak = absmax_key(k)
+    awhere = where.rsplit("[", 1)[0] + f"[{ak!r}]"
+    if ak in st:                                        # saved 8-bit: codes + absmax
+        am = reg.to_host(st[ak]) if is_array(st[ak]) else np.asarray(st[ak])
+        if a.dtype != np.uint8:
+            raise TypeError(f"{where}: 8-bit state codes must be uint8, got {a.dtype}")
+        if a.shape != p.shape:
+            raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}")
+        if am.dtype != np.float32 or am.ndim != 1:
+            raise TypeError(f"{awhere}: the absmax of 8-bit state must be a 1-D float32 "
+                            f"array, got {am.dtype} of shape {am.shape}")
+        block = saved_block if saved_block is not None else _infer_block(p.size, am.shape[0])
+        if block is None or -(-p.size // block) != am.shape[0]:
+            raise ValueError(f"{awhere}: {am.shape[0]} absmax blocks do not fit "
+                             f"{p.size} elements" + (f" in blocks of {block}" if block else ""))
+        saved = "int8"
+    else:
+        if a.dtype == np.uint8:
+            raise ValueError(f"{where}: uint8 (8-bit) codes without their absmax {ak!r}")
+        if a.shape != p.shape:
+            raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}")
+        if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
+            raise TypeError(f"{where}: dtype {a.dtype} is not a real number type")
+        saved, block = ("bfloat16" if is_bfloat16(a.dtype) else "float"), None
+    if reg.quantized(p):
+        target, want = "int8", None
+    else:
+        sdt = reg.buffer_dtype(p)
+        want = p.dtype if sdt is None else sdt
+        target = "bfloat16" if is_bfloat16(want) else "float"
+    if saved == target and (saved != "int8" or block == reg.block_size):
+        if saved == "int8":
+            return {k: np.array(a, dtype=np.uint8, order="C", copy=True), ak: np.array(am, copy=True)}
+        return {k: np.array(a, dtype=want, order="C", copy=True) if want != p.dtype else reg.from_host(a, p)}
+    if not convert:
+        held = _describe(saved, block) if saved != "float" else str(a.dtype)
+        keeps = _describe(target, reg.block_size) if target != "float" else str(want)
+        raise ValueError(f"{where}: the state_dict holds {held} state, this {me} keeps {keeps} state "
+                         f"(state_dtype={reg.state_dtype!r}); pass convert_state_dtype=True (to load_state_dict or "
+                         f"fusedoptim.load) to convert it (nearest-even / the nearest 8-bit code), or build the "
+                         f"optimizer with the state_dtype (and block_size) it was saved with")
+    values = dequantize(a, am, k in signed, block) if saved == "int8" else np.asarray(a, dtype=np.float32)
+    if target == "int8":
+        codes, amax = quantize(values, k in signed, reg.block_size)
+        return {k: codes.reshape(p.shape), ak: amax}
+    return {k: np.array(values, dtype=want, order="C", copy=True)}
 
 
 def _stage_groups(opt, saved_groups, me: str, named: bool):
@@ -120,11 +209,15 @@ def _stage_groups(opt, saved_groups, me: str, named: bool):
     return new_groups, old_to_param, saved_names
 
 
-def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False) -> Dict[int, Any]:
+def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
+                 storage=None) -> Dict[int, Any]:
     reg = opt.registry
     if not isinstance(saved_state, dict):
         raise ValueError("state_dict['state'] must be a dict")
-    allowed = set(opt.scalar_state) | set(opt.buffers) | {"ema", "grad_accum"}
+    absmax_keys = {absmax_key(b): b for b in opt.buffers} if opt.spec is not None else {}
+    allowed = set(opt.scalar_state) | set(opt.buffers) | set(absmax_keys) | {"ema", "grad_accum"}
+    saved_block = _saved_block(storage)
+    signed = set(signed_buffers(opt))
     new_state = {}
     for key, st in saved_state.items():
         if key not in old_to_param:
@@ -145,7 +238,14 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False)
             if k in opt.scalar_state:
                 ns[k] = scalar_from(v, where, integer=(k == "step"))
                 continue
+            if k in absmax_keys:
+                if absmax_keys[k] not in st:
+                    raise ValueError(f"{where}: an 8-bit absmax without its codes {absmax_keys[k]!r}")
+                continue                        # staged with its codes
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
+            if k in opt.buffers and opt.spec is not None:
+                ns.update(_stage_buffer(opt, p, k, a, st, where, me, convert, signed, saved_block))
+                continue
             if a.shape != state_shape(k, p.shape):
                 raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}"
                                  + (" (a per-tensor state is of shape ())" if k != "step" and
@@ -195,7 +295,8 @@ def load(opt, state_dict: dict, strict: bool = True, convert_state_dtype: bool =
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict doesn't match this optimizer's parameters: missing {missing}, unexpected "
                              f"{unexpected} (load_state_dict(sd, strict=False) loads the names both have)")
-    new_state = _stage_state(opt, state_dict["state"], old_to_param, me, convert_state_dtype)
+    new_state = _stage_state(opt, state_dict["state"], old_to_param, me, convert_state_dtype,
+                             state_dict.get("storage"))
     its = scalar_from(state_dict.get("iterations", opt.iterations), "state_dict['iterations']", integer=True)
     nonfinite = scalar_from(state_dict.get("nonfinite_count", opt.nonfinite_count),
                             "state_dict['nonfinite_count']", integer=True)

@@ -43,7 +43,7 @@ import numpy as np
 from . import schedules as _schedules
 from ._spec import state_shape
 from ._state_dict import is_named
-from .lowp import bfloat16, is_bfloat16
+from .lowp import ABSMAX_SUFFIX, bfloat16, is_bfloat16
 from .validate import scalar_from
 
 __all__ = ["StateFormatError", "Encoder", "decode_value", "array_refs", "describe_arrays", "read_array_table",
@@ -287,6 +287,8 @@ def encode_optimizer(optimizer, enc: Encoder, prefix: str = STATE_PREFIX, *, ski
                 if k not in _OPT_KEYS and isinstance(v, numbers.Integral) and not isinstance(v, bool)}
     out = {"kind": sd.get("kind", type(optimizer).__name__), "iterations": int(sd.get("iterations", 0)),
            "counters": counters, "param_groups": groups, "params": signature(optimizer.params), "state": state}
+    if "storage" in sd:              # the 8-bit state tag: state_dtype, block_size, min_8bit_size
+        out["storage"] = enc.value(sd["storage"], "optimizer storage")
     if names is not None:
         out["names"] = names
     return out
@@ -478,6 +480,11 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
         ds = {k: decode_value(v, arrays, f"optimizer state of parameter {i}: {k}", used) for k, v in st.items()}
         for k, v in ds.items():
             what = f"optimizer state of parameter {i}: {k!r}"
+            if isinstance(v, np.ndarray) and k.endswith(ABSMAX_SUFFIX) and k[:-len(ABSMAX_SUFFIX)] in ds:
+                # the block absmax of 8-bit state: load_state_dict checks its length and dtype
+                if v.ndim != 1:
+                    raise StateFormatError(f"{what} must be a 1-D array (one absmax per block), got shape {v.shape}")
+                continue
             if isinstance(v, np.ndarray):
                 if shapes is not None and v.shape != state_shape(k, shapes[i][0]):
                     raise StateFormatError(f"{what} has shape {v.shape}, the parameter has shape {shapes[i][0]}")
@@ -485,7 +492,7 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
                 # state, float32 state of bfloat16 parameters); load_state_dict checks them
                 # against the optimizer's state_dtype
                 lowp = is_bfloat16(v.dtype) or (shapes is not None and is_bfloat16(shapes[i][1])
-                                                and v.dtype == np.float32)
+                                                and v.dtype == np.float32) or v.dtype == np.uint8   # 8-bit codes
                 if shapes is not None and v.dtype != shapes[i][1] and not lowp:
                     raise StateFormatError(f"{what} has dtype {v.dtype}, the parameter has dtype {shapes[i][1]}")
             elif not (isinstance(v, numbers.Real) and not isinstance(v, bool)):
@@ -500,7 +507,13 @@ def decode_optimizer(om, arrays: Dict[str, np.ndarray], optimizer=None, used: Op
         _count(v, f"{src}'s optimizer counter {k!r}")
         if k in _OPT_KEYS:
             raise StateFormatError(f"{src}'s optimizer counters are malformed: {_short(counters)}")
-    return dict(counters, kind=om["kind"], iterations=it, state=state, param_groups=groups)
+    out = dict(counters, kind=om["kind"], iterations=it, state=state, param_groups=groups)
+    if "storage" in om:
+        storage = decode_value(om["storage"], arrays, "optimizer storage", used)
+        if not isinstance(storage, dict) or not all(isinstance(x, (str, int)) for x in storage.values()):
+            raise StateFormatError(f"{src}'s optimizer storage tag is malformed: {_short(om['storage'])}")
+        out["storage"] = storage
+    return out
 
 
 # ================================================================ convenience

@@ -24,6 +24,7 @@ from typing import Dict
 import numpy as np
 
 from ._kernels import update_dicts
+from .lowp import absmax_key, quantize, signed_buffers
 
 __all__ = ["Engine"]
 
@@ -106,11 +107,14 @@ class Engine:
         with _gc_paused(len(params) > _MANY):
             buckets = self._buckets(g, names, params, grads)
         lowp = self.opt.registry.lowp
+        q8 = self.opt.registry.state_dtype == "int8"
         for key, items in buckets.items():
             opt = self.opt
             scal = {k: key[i] for i, k in enumerate(opt.scalar_state)}
             states = [it[2] for it in items]
             bufs = [[st[name] for st in states] for name in names]
+            if q8:      # the codes (or float32 buffers), then the absmax arrays (None: float32 state)
+                bufs += [[st.get(absmax_key(name)) for st in states] for name in names]
             emas = [st["ema"] for st in states] if opt.options["ema_decay"] is not None else None
             ts = None if tscale is None else be.take(tscale, [it[3] for it in items])
             ps = [it[0] for it in items]
@@ -134,7 +138,10 @@ class Engine:
         ema = opt.options["ema_decay"] is not None
         scalar_state = tuple(opt.scalar_state)
         init = None
-        buffer_dtype = opt.registry.buffer_dtype
+        reg = opt.registry
+        buffer_dtype = reg.buffer_dtype
+        q8_on = reg.state_dtype == "int8"
+        signed = set(signed_buffers(opt)) if q8_on else set()
         buckets: Dict[tuple, list] = {}
         for j, (p, gr) in enumerate(zip(params, grads)):
             if gr is None:
@@ -147,9 +154,15 @@ class Engine:
             if names:
                 made = [name for name in names if name not in st]
                 sdt = buffer_dtype(p) if made else None
+                q8 = made and q8_on and reg.quantized(p)
                 for name in made:
                     b = opt.init_buffer(name, p, g)
-                    dict.__setitem__(st, name, b if sdt is None else b.astype(sdt))   # nearest-even
+                    if q8:          # 8-bit: the nearest codes of the initial values
+                        codes, amax = quantize(b.astype(np.float32), name in signed, reg.block_size)
+                        dict.__setitem__(st, name, codes)
+                        dict.__setitem__(st, absmax_key(name), amax)
+                    else:
+                        dict.__setitem__(st, name, b if sdt is None else b.astype(sdt))   # nearest-even
                 fresh = frozenset(made) if made else _NO_FRESH
             if ema and "ema" not in st:
                 # the first average is the weights after the first update (torch's
@@ -173,10 +186,16 @@ class Engine:
             opt.update_group(g, common, scal, params, grads, states, tscale, emas)
         elif opt.spec is None:
             _numpy_update(opt, g, common, scal, params, grads, states, tscale, emas)
-        elif ids is not None:                            # bfloat16 writes: key the rounding bits
+        elif ids is not None:                            # low-precision writes: key the rounding bits
             o = opt.options
-            be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control,
-                          (o["seed"], scal["step"], ids, o["rounding"] == "stochastic"))
+            rounding = (o["seed"], scal["step"], ids, o["rounding"] == "stochastic")
+            if opt.registry.state_dtype == "int8":       # bufs: codes lists, then absmax lists
+                k = len(bufs) // 2
+                be.fused_step_q8(opt.spec.id, common, scalars, flags, params, grads, bufs[:k], bufs[k:], emas,
+                                 tscale, control, rounding, o["block_size"])
+            else:
+                be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control,
+                              rounding)
         else:
             be.fused_step(opt.spec.id, common, scalars, flags, params, grads, bufs, emas, tscale, control)
         update_dicts(states, scal)

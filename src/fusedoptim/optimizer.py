@@ -54,10 +54,12 @@ class Optimizer(ExtensionAPI):
     in ``nonfinite_count``), ``gradient_accumulation_steps`` (apply the mean of k calls'
     gradients every k-th call).
 
-    Storage options (:mod:`fusedoptim.lowp`): ``state_dtype`` (``"float32"``, the default,
-    or ``"bfloat16"``: every state buffer an ``ml_dtypes.bfloat16`` array, float32
-    arithmetic), ``rounding`` of the bfloat16 writes (``"stochastic"``, the default, or
-    ``"nearest"``) and the ``seed`` of the stochastic rounding.
+    Storage options (:mod:`fusedoptim.lowp`): ``state_dtype`` (``"float32"``, the default;
+    ``"bfloat16"``: every state buffer an ``ml_dtypes.bfloat16`` array; ``"int8"``: block-wise
+    8-bit state, uint8 codes plus one float32 absmax per ``block_size`` elements, for
+    parameters of at least ``min_8bit_size`` elements; float32 arithmetic in every case),
+    ``rounding`` of the low-precision writes (``"stochastic"`` or ``"nearest"``; default
+    stochastic for bfloat16, nearest for int8) and the ``seed`` of the stochastic rounding.
 
     Subclasses implement the hooks of :class:`~fusedoptim.extension.ExtensionAPI` (a
     built-in names its native rule with a ``spec``; a custom optimizer writes ``update``).
@@ -65,16 +67,21 @@ class Optimizer(ExtensionAPI):
 
     def __init__(self, params, defaults: Dict[str, Any], *, l1=0.0, global_clipnorm=None, clipnorm=None,
                  clipvalue=None, ema_decay=None, skip_nonfinite=False, gradient_accumulation_steps=1,
-                 ema_overwrite_frequency=None, state_dtype="float32", rounding="stochastic", seed=0):
+                 ema_overwrite_frequency=None, state_dtype="float32", rounding=None, seed=0, block_size=256,
+                 min_8bit_size=4096):
         defaults = dict(defaults)
         defaults.setdefault("l1", l1)
-        storage = check_lowp_options(state_dtype=state_dtype, rounding=rounding, seed=seed)
+        storage = check_lowp_options(state_dtype=state_dtype, rounding=rounding, seed=seed, block_size=block_size,
+                                     min_8bit_size=min_8bit_size)
         if storage["state_dtype"] != "float32" and self.spec is None and self.update_group is not None:
             raise ValueError(f"state_dtype={storage['state_dtype']!r} is not supported by {type(self).__name__} "
                              f"yet (its momentum stage keeps float32 state); use state_dtype='float32'")
         if storage["state_dtype"] != "float32" and self.spec is None:
             raise ValueError(f"state_dtype={storage['state_dtype']!r} needs a built-in optimizer (a spec); "
                              f"{type(self).__name__} updates its state in NumPy")
+        if storage["state_dtype"] == "int8" and getattr(self.spec, "stats", None):
+            raise ValueError(f"state_dtype='int8' is not supported by {type(self).__name__} yet (its reduction "
+                             f"stage has no 8-bit storage); use state_dtype='float32' or 'bfloat16'")
         self.options = types.MappingProxyType(dict(check_options(
             global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue, ema_decay=ema_decay,
             skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps,
@@ -88,7 +95,8 @@ class Optimizer(ExtensionAPI):
         self.iterations = 0                  # steps taken (Keras' optimizer.iterations)
         self.engine = Engine(self)
         self.registry = ParamRegistry(defaults, self.check_group, self.engine.invalidate, storage["state_dtype"],
-                                      native=self.spec is not None)
+                                      native=self.spec is not None, block_size=storage["block_size"],
+                                      min_8bit_size=storage["min_8bit_size"])
         self.state = StateView(self.registry.store)
         self.pipeline = GradientPipeline(self.options)
         self._adopts = params is None        # Keras style: apply_gradients learns the variables
@@ -284,8 +292,9 @@ class Optimizer(ExtensionAPI):
         lacks is ignored.  Returns ``IncompatibleKeys(missing_keys, unexpected_keys)``
         (torch's ``Module.load_state_dict`` result; empty lists for a positional one).
 
-        State saved with another storage (bfloat16 into float32 state or back) is refused
-        unless ``convert_state_dtype=True``, which converts it (to bfloat16: nearest-even)."""
+        State saved with another storage (bfloat16, int8 or float32 into another of them, or
+        8-bit state with another block size) is refused unless ``convert_state_dtype=True``,
+        which converts it (to bfloat16: nearest-even; to int8: the nearest code)."""
         check_bool(convert_state_dtype, "convert_state_dtype")
         with self.lock:
             return _state_dict.load(self, state_dict, strict=strict, convert_state_dtype=convert_state_dtype)

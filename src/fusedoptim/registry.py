@@ -16,7 +16,7 @@ import numpy as np
 from ._arrays import as_arrays, is_single_array
 from ._backends import backend_for, is_array
 from ._spec import state_shape
-from .lowp import is_bfloat16, state_dtype_of
+from .lowp import ABSMAX_SUFFIX, is_bfloat16, state_dtype_of
 
 __all__ = ["Group", "ParamState", "StateView", "ParamRegistry", "check_no_overlap", "required", "group_params",
            "name_label"]
@@ -86,21 +86,27 @@ class ParamState(dict):
     a replaced buffer) is checked against the parameter and calls ``on_change`` (the
     optimizer drops its cached plans, so the next step uses the new values)."""
 
-    __slots__ = ("_param", "_on_change", "_sdtype")
+    __slots__ = ("_param", "_on_change", "_sdtype", "_block")
 
-    def __init__(self, param, on_change: Callable[[], None], init=(), state_dtype=None):
+    def __init__(self, param, on_change: Callable[[], None], init=(), state_dtype=None, block=None):
         dict.__init__(self, init)
         self._param = param
         self._on_change = on_change
         self._sdtype = state_dtype       # the state buffers' dtype when not the parameter's
+        self._block = block              # 8-bit state: the block size (absmax arrays: one per block)
 
     def __setitem__(self, key, value):
         p = self._param
         if is_array(value):
             ok = value.dtype == p.dtype or (self._sdtype is not None and value.dtype == self._sdtype)
-            if value.shape != state_shape(key, p.shape) or not ok:
+            shape = state_shape(key, p.shape)
+            if self._block is not None and key.endswith(ABSMAX_SUFFIX):
+                shape, ok = ((p.size + self._block - 1) // self._block,), value.dtype == np.float32
+            if value.shape != shape or not ok:
                 want = p.dtype if self._sdtype is None else f"{self._sdtype} (state) or {p.dtype}"
-                raise ValueError(f"state[{key!r}]: expected an array of shape {state_shape(key, p.shape)} and "
+                if self._block is not None and key.endswith(ABSMAX_SUFFIX):
+                    want = "float32"
+                raise ValueError(f"state[{key!r}]: expected an array of shape {shape} and "
                                  f"dtype {want}, got "
                                  f"shape {value.shape} and dtype {value.dtype}")
             if not value.flags.c_contiguous or not value.flags.writeable or not value.flags.aligned:
@@ -212,10 +218,15 @@ class ParamRegistry:
     flat parameter list in group order and each parameter's label."""
 
     def __init__(self, defaults: dict, check_group: Callable[[dict, str], None], on_change: Callable[[], None],
-                 state_dtype: str = "float32", native: bool = True):
+                 state_dtype: str = "float32", native: bool = True, block_size: int = 256,
+                 min_8bit_size: int = 4096):
         self.defaults = defaults
+        #: 8-bit state (``state_dtype="int8"``): elements per absmax block, and the smallest
+        #: parameter (in elements) whose state is 8-bit (smaller ones keep float32 state)
+        self.block_size = block_size
+        self.min_8bit_size = min_8bit_size
         self._native = native            # a built-in optimizer (bfloat16 parameters need its kernels)
-        #: the optimizer's ``state_dtype`` option (``"float32"`` or ``"bfloat16"``)
+        #: the optimizer's ``state_dtype`` option (``"float32"``, ``"bfloat16"`` or ``"int8"``)
         self.state_dtype = state_dtype
         self.groups: List[dict] = []
         self.store: Dict[int, ParamState] = {}
@@ -264,17 +275,24 @@ class ParamRegistry:
         return self._spans
 
     def new_state(self, param, init) -> ParamState:
-        return ParamState(param, self._on_change, init, self.buffer_dtype(param))
+        return ParamState(param, self._on_change, init, self.buffer_dtype(param),
+                          self.block_size if self.quantized(param) else None)
+
+    def quantized(self, param) -> bool:
+        """Whether ``param``'s state buffers are 8-bit (``state_dtype="int8"`` and at least
+        ``min_8bit_size`` elements)."""
+        return self.state_dtype == "int8" and param.size >= self.min_8bit_size
 
     def buffer_dtype(self, param):
-        """The dtype of ``param``'s state buffers when it is not the parameter's own (None)."""
-        return state_dtype_of(self.state_dtype, param.dtype)
+        """The dtype of ``param``'s state buffers when it is not the parameter's own (None);
+        uint8 (the codes) for 8-bit state."""
+        return state_dtype_of(self.state_dtype, param.dtype, self.quantized(param))
 
     @property
     def lowp(self) -> bool:
-        """Some array the kernel writes is bfloat16 (state or parameters): steps draw
+        """Some array the kernel writes is low-precision (state or parameters): steps draw
         rounding bits."""
-        return self.state_dtype == "bfloat16" or bool(self.params and is_bfloat16(self.params[0].dtype))
+        return self.state_dtype != "float32" or bool(self.params and is_bfloat16(self.params[0].dtype))
 
     # --------------------------------------------------------------- groups
     def stage(self, groups: Iterable, first_index: int = 0) -> List[dict]:

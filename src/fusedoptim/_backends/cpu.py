@@ -48,7 +48,8 @@ class CpuBackend:
 
 # the checks, statistics and steps are the extension's functions themselves: no Python
 # frame between a step and the loops
-for _name in ("check_params", "check_grads", "param_spans", "grad_stats", "accumulate", "fused_step"):
+for _name in ("check_params", "check_grads", "param_spans", "grad_stats", "accumulate", "fused_step",
+              "fused_step_q8"):
     setattr(CpuBackend, _name, staticmethod(getattr(_kernels, _name)))
 del _name
 

@@ -1,11 +1,12 @@
-"""Low-precision state: ``python -m fusedoptim.bench --state-dtype float32,bfloat16``.
+"""Low-precision state: ``python -m fusedoptim.bench --state-dtype float32,bfloat16,int8``.
 
 Adam on each workload with every requested ``state_dtype``, timed in the same
 interleaved rounds as the native STREAM loop over the same float32 arrays, torch's
 ``Adam(fused=True)`` (float32 state) and, where installed, bitsandbytes' 8-bit
 ``Adam8bit`` on the CPU.  Per state dtype: bytes moved per element (parameter and
 gradient float32: 4 + 4 read, 4 written; each of the two moments read and written in
-its storage size), GB/s at that byte count, % of the roofline (the STREAM loop's GB/s
+its storage size: for int8 one byte per code plus the float32 absmax of each block, and
+float32 for the tensors below ``min_8bit_size``), GB/s at that byte count, % of the roofline (the STREAM loop's GB/s
 on the same arrays: the machine's bandwidth, whatever the byte count), the speedup over
 torch and bitsandbytes, and the state memory relative to float32.
 """
@@ -24,9 +25,10 @@ from .workloads import make_data, parse_workload
 __all__ = ["STATE_DTYPES", "BYTES_PER_ELEMENT", "run_state_dtypes", "print_state_dtypes"]
 
 #: the state dtypes this benchmark knows
-STATE_DTYPES = ("float32", "bfloat16")
-#: Adam's minimum traffic per element: read p, g, m, v; write p, m, v
-BYTES_PER_ELEMENT = {"float32": 28, "bfloat16": 20}
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+#: Adam's minimum traffic per element: read p, g, m, v; write p, m, v (int8: the codes plus
+#: 2 x 2 x 4 bytes of absmax per 256-element block; the rows count a workload's actual state)
+BYTES_PER_ELEMENT = {"float32": 28, "bfloat16": 20, "int8": 16 + 16 / 256}
 
 
 def _bitsandbytes_adam8bit(params: Sequence[np.ndarray], grads: Sequence[np.ndarray]):
@@ -96,11 +98,11 @@ def run_state_dtypes(state_dtypes: Sequence[str], workloads: Sequence[str], repe
             f32_state = 8 * n
             for sd in state_dtypes:
                 t = res[f"fusedoptim[{sd}]"]["median_s"]
-                bpe = BYTES_PER_ELEMENT[sd]
-                gbs = bpe * n / t / 1e9
                 st = opts[sd].state
                 state_bytes = sum(v.nbytes for p in opts[sd].params for v in st[p].values()
                                   if isinstance(v, np.ndarray))
+                bpe = 12 + 2 * state_bytes / n      # p, g read, p written; the state read and written
+                gbs = bpe * n / t / 1e9
                 row = {"workload": name, "n_tensors": wl.n_tensors, "n_elements": n, "threads": nth,
                        "state_dtype": sd, "median_s": t, "bytes_per_element": bpe, "gb_s": gbs,
                        "stream_gb_s": stream_gbs, "pct_roofline": 100.0 * gbs / stream_gbs,
@@ -124,7 +126,7 @@ def print_state_dtypes(rows: List[dict]) -> None:
     print(hdr)
     for r in rows:
         f = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
-        print(f"{r['workload']:<10} {r['state_dtype']:<9} {r['median_s'] * 1e3:8.2f} {r['bytes_per_element']:6d} "
+        print(f"{r['workload']:<10} {r['state_dtype']:<9} {r['median_s'] * 1e3:8.2f} {r['bytes_per_element']:6.2f} "
               f"{r['gb_s']:6.1f} {r['pct_roofline']:6.0f} {f(r['vs_torch_fused'], '8.2f')} "
               f"{f(r['vs_bnb_adam8bit'], '8.1f')} {r['state_vs_float32']:8.2f}x")
     for r in rows:

@@ -26,6 +26,7 @@ import numpy as np
 from .. import codec as _codec
 from ..archive import CheckpointError, read_archive, write_archive
 from ..arena import GradArena, _aligned_empty, _ArenaBase
+from ..lowp import ABSMAX_SUFFIX
 from ..optimizer import Optimizer
 from ..pipeline import scale_, sum_of_squares
 from ._mpi import DEFAULT_TIMEOUT, StepAgreement, agree, hyperparameters, mpi, mpi_type, resolve_comm
@@ -262,6 +263,9 @@ class ZeroOptimizer:
         for the whole state."""
         sd = self.optimizer.state_dict()
         st = sd["state"].get(0, {})
+        if self.optimizer.registry.state_dtype == "int8":
+            raise ValueError("consolidated_state_dict: 8-bit state (state_dtype='int8') is kept in blocks of each "
+                             "shard and can't be gathered into one tensor's state; use save_checkpoint")
         names = sorted(k for k, v in st.items() if isinstance(v, np.ndarray))
         full: Dict[str, Any] = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
         for name in names:
@@ -420,19 +424,26 @@ def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtyp
         path = os.path.join(directory, fname)
         sd, param = _read_shard(path, manifest, r, olo, ohi)
         st = sd["state"].get(0, {})
+        if any(k.endswith(ABSMAX_SUFFIX) for k in st) and overlap and (olo, ohi) != (lo, hi):
+            # 8-bit state: a shard's blocks are its own (codes + one absmax per block)
+            raise CheckpointError(f"{path}: 8-bit state (state_dtype='int8') is stored in blocks of each shard; "
+                                  f"load it with the world size it was saved with ({manifest['world']} ranks), "
+                                  "or save it from an optimizer with state_dtype='float32' to reshard")
         sc = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
         if first is None:
             first, scalars = sd, sc
             for k, v in st.items():  # every buffer name, even for an empty range
                 if isinstance(v, np.ndarray):   # in its stored dtype (bfloat16 state stays bfloat16)
-                    state[k] = np.zeros(n, dtype=v.dtype)
+                    state[k] = np.zeros(v.shape if k.endswith(ABSMAX_SUFFIX) else n, dtype=v.dtype)
         elif sc != scalars or bool(sd["state"]) != bool(first["state"]):
             raise CheckpointError(f"{path}: scalar state {sc} differs from another shard's {scalars}")
         if not overlap:
             continue
         a, b = max(lo, olo), min(hi, ohi)
         for k, v in st.items():
-            if isinstance(v, np.ndarray):
+            if isinstance(v, np.ndarray) and k.endswith(ABSMAX_SUFFIX):
+                state[k] = v.copy()             # the whole shard (checked above)
+            elif isinstance(v, np.ndarray):
                 state.setdefault(k, np.zeros(n, dtype=v.dtype))[a - lo:b - lo] = v[a - olo:b - olo]
         if want_params:
             if param is None:

@@ -1,0 +1,334 @@
+/* fusedoptim/q8.h -- 8-bit block-wise state (state_dtype="int8", issue 12).
+ *
+ * Dettmers et al., "8-bit Optimizers via Block-wise Quantization" (2022), as bitsandbytes
+ * stores it: every state buffer is split into blocks of B elements (B a power of two,
+ * 64..4096, 256 by default; blocks start at element 0 of each tensor, the last one may be
+ * short).  A block keeps one float32 absmax (the largest |value| in it) and one uint8 code
+ * per element; the element's value is  map[code] * absmax,  map a non-linear 256-entry code
+ * map on [-1, 1]:
+ *
+ *   - the unsigned map (buffers declared FO_NONNEG in rules.h: second moments, sums of
+ *     squares, step sizes): 0, then for each decade i = 0..6 the 2^(i+1) midpoints of
+ *     linspace(0.1, 1, 2^(i+1) + 1) times 10^(i-6), then 1: 256 values on [0, 1];
+ *   - the signed map (FO_SIGNED buffers: first moments, momenta): the same with 2^i
+ *     midpoints per decade, mirrored: 127 negative values, 0, 127 positive values and 1
+ *     (no -1: the most negative code is -0.99297 * absmax, as in bitsandbytes).
+ *
+ * bitsandbytes' create_dynamic_map(signed) describes the same values (it computes them in
+ * float32 then rounds to float32; here they are computed in double and rounded once).
+ * Codes are stored as uint8 indices into the sorted map: signed code 127 is 0.
+ *
+ * One pass per block: dequantize every kept buffer into a float32 stack buffer, run the
+ * same fo_loop as float32 state (the parameter may be bfloat16: fo_bf16s, lowp.h), take
+ * the new absmax of each buffer, quantize.  Quantizing works on the magnitude a = |v| /
+ * absmax (clamped to 1): the magnitude index k is
+ *   nearest:     #{j : mid[j] < a}, mid[j] = (mag[j] + mag[j+1]) / 2 rounded to float
+ *                (a tie goes to the smaller magnitude);
+ *   stochastic:  kf = max{j : mag[j] <= a}, then kf + 1 when u * gap[kf] < a - mag[kf],
+ *                u = r / 2^16 (r: 16 random bits, the same counter hash as bfloat16,
+ *                lowp.h: buffer k takes bits 16 (k % 2) .. of fo_hash32(index ^ key[k / 2])),
+ *                gap[j] = mag[j + 1] - mag[j]: up with probability (a - mag[kf]) / gap.
+ * Signed: code = 127 + k for v >= 0, 127 - min(k, 127) for v < 0; unsigned: k for v > 0,
+ * else 0.  Both searches are one lookup in a table indexed by the top 16 bits of a's
+ * float32 bits (exponent and 7 mantissa bits; below 2^-24 one bucket) plus one compare:
+ * fo_q8_init checks that no bucket holds two midpoints or two code values.
+ * The absmax of a block with a NaN is NaN (its values read back as NaN); a block of zeros
+ * has absmax 0 and reads back zeros.
+ *
+ * A thread's piece of work is always a run of whole blocks (the driver, _q8.pxi, splits
+ * the block count, not the element count), so results are identical for any thread count.
+ */
+#ifndef FUSEDOPTIM_Q8_H
+#define FUSEDOPTIM_Q8_H
+
+#include "cpu.h"
+
+#define FO_Q8_MAXBLOCK 4096
+#define FO_Q8_MINBLOCK 64
+#define FO_Q8_MB 7                                     /* mantissa bits of the bucket key */
+#define FO_Q8_ELO 24                                   /* magnitudes below 2^-24: bucket 0 */
+#define FO_Q8_BASE ((127 - FO_Q8_ELO) << FO_Q8_MB)     /* key of 2^-24 */
+#define FO_Q8_NKEY ((FO_Q8_ELO << FO_Q8_MB) + 1)       /* buckets up to and with 1.0 */
+
+struct fo_q8_table {
+    float map[256];           /* code -> value on [-1, 1] (what a stored code means) */
+    float mag[257];           /* magnitude index -> value; mag[nmag] = 2 (never reached) */
+    float mid[257];           /* (mag[j] + mag[j + 1]) / 2; +Inf at the top */
+    float gap[257];           /* mag[j + 1] - mag[j]; 0 at the top */
+    int near_[FO_Q8_NKEY];    /* bucket -> #{j : mid[j] < bucket start} */
+    int floor_[FO_Q8_NKEY];   /* bucket -> max{j : mag[j] <= bucket start} */
+    int nmag;                 /* 129 signed (0 .. 1), 256 unsigned */
+};
+static fo_q8_table fo_q8_tables[2];  /* [0] unsigned (FO_NONNEG), [1] signed (FO_SIGNED) */
+
+static inline float fo_q8_key_start(int b) {  /* smallest magnitude of bucket b */
+    return b == 0 ? 0.0f : fo_bits_as_float((unsigned)(b + FO_Q8_BASE) << (23 - FO_Q8_MB));
+}
+
+/* Build both tables; 0 on success, else the number of the failed check (called once, at
+ * import, before any thread runs). */
+static int fo_q8_init(void) {
+    static const double p10[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+    for (int sg = 0; sg < 2; sg++) {
+        fo_q8_table &t = fo_q8_tables[sg];
+        double v[257];
+        int n = 0;
+        v[n++] = 0.0;
+        for (int i = 0; i < 7; i++) {
+            const int cnt = sg ? 1 << i : 1 << (i + 1);
+            const double step = 0.9 / cnt;
+            for (int k = 0; k < cnt; k++) v[n++] = p10[i] * (0.1 + (k + 0.5) * step);
+        }
+        v[n++] = 1.0;
+        if (n != (sg ? 129 : 256)) return 1;
+        t.nmag = n;
+        for (int j = 0; j < n; j++) {
+            t.mag[j] = (float)v[j];
+            if (j && !(t.mag[j] > t.mag[j - 1])) return 2;
+        }
+        t.mag[n] = 2.0f;
+        for (int j = 0; j < n - 1; j++) {
+            t.mid[j] = (float)(((double)t.mag[j] + (double)t.mag[j + 1]) * 0.5);
+            t.gap[j] = t.mag[j + 1] - t.mag[j];
+        }
+        t.mid[n - 1] = fo_inf<float>();
+        t.gap[n - 1] = 0.0f;
+        t.mid[n] = fo_inf<float>();
+        t.gap[n] = 0.0f;
+        if (sg) {
+            for (int k = 0; k < 128; k++) t.map[127 - k] = -t.mag[k];
+            for (int k = 0; k < 129; k++) t.map[127 + k] = t.mag[k];
+        } else {
+            for (int k = 0; k < 256; k++) t.map[k] = t.mag[k];
+        }
+        for (int b = 0; b < FO_Q8_NKEY; b++) {
+            const float lo = fo_q8_key_start(b);
+            const float hi = b + 1 < FO_Q8_NKEY ? fo_q8_key_start(b + 1) : fo_inf<float>();
+            int cnt = 0, inside = 0, fl = 0, vin = 0;
+            for (int j = 0; j < n - 1; j++) {
+                cnt += t.mid[j] < lo;
+                inside += t.mid[j] >= lo && t.mid[j] < hi;
+            }
+            for (int j = 0; j < n; j++) {
+                if (t.mag[j] <= lo) fl = j;
+                vin += t.mag[j] > lo && t.mag[j] < hi;
+            }
+            if (inside > 1 || vin > 1) return 3;   /* one compare would not be enough */
+            t.near_[b] = cnt;
+            t.floor_[b] = fl;
+        }
+    }
+    return 0;
+}
+
+/* the bucket of a magnitude a in [0, 1] */
+static FO_INLINE int fo_q8_key(float a) {
+    const int key = (int)(fo_float_as_bits(a) >> (23 - FO_Q8_MB)) - FO_Q8_BASE;
+    return key > 0 ? key : 0;
+}
+
+/* codes -> values of one block */
+static FO_INLINE void fo_q8_dequant(const unsigned char *FO_RESTRICT q, float amax, const float *FO_RESTRICT map,
+                                    float *FO_RESTRICT out, ptrdiff_t m) {
+    for (ptrdiff_t i = 0; i < m; i++) out[i] = map[q[i]] * amax;
+}
+
+/* max |v| over a block, NaN if any element is NaN.  16 lanes (GCC vector extension, so
+ * every clone vectorizes it) with a NaN flag; the max of a set does not depend on the
+ * order, so the result is that of the element-by-element loop. */
+#if defined(__GNUC__)
+static FO_INLINE float fo_q8_absmax(const float *FO_RESTRICT v, ptrdiff_t m) {
+    typedef float V __attribute__((vector_size(64)));
+    typedef int I __attribute__((vector_size(64)));
+    V mx = {};
+    I bad = {};
+    ptrdiff_t i = 0;
+    for (; i + 16 <= m; i += 16) {
+        V x;
+        __builtin_memcpy(&x, v + i, sizeof x);
+        const V a = x < 0 ? -x : x;
+        mx = a > mx ? a : mx;
+        bad |= a != a;
+    }
+    float r = 0.0f;
+    int nan = 0;
+    for (int k = 0; k < 16; k++) {
+        r = mx[k] > r ? mx[k] : r;
+        nan |= bad[k];
+    }
+    for (; i < m; i++) {
+        const float a = fo_abs(v[i]);
+        r = a > r ? a : r;
+        nan |= a != a;
+    }
+    return nan ? fo_bits_as_float(0x7FC00000u) : r;
+}
+#else
+static FO_INLINE float fo_q8_absmax(const float *v, ptrdiff_t m) {
+    float mx = 0.0f;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const float a = fo_abs(v[i]);
+        mx = (a > mx || a != a) ? a : mx;
+    }
+    return mx;
+}
+#endif
+
+/* values -> absmax and codes of one block (SIGNED: the signed map; STOCH: stochastic, with
+ * the bits of fo_hash32((i0 + i) ^ kx) >> shift) */
+template <bool SIGNED, bool STOCH>
+static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const fo_q8_table &t,
+                                  unsigned char *FO_RESTRICT q, float *amax, unsigned kx, unsigned i0, int shift) {
+    const float mx = fo_q8_absmax(v, m);
+    *amax = mx;
+    const float inv = mx > 0.0f && mx < fo_inf<float>() ? 1.0f / mx : 0.0f;
+    const float *FO_RESTRICT mag = t.mag;
+    const float *FO_RESTRICT mid = t.mid;
+    const float *FO_RESTRICT gap = t.gap;
+    const int *FO_RESTRICT near_ = t.near_;
+    const int *FO_RESTRICT floor_ = t.floor_;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const float y = v[i] * inv;
+        float a = fo_abs(y);
+        a = a < 1.0f ? a : 1.0f;                       /* NaN -> 1 (the block reads back NaN) */
+        const int key = fo_q8_key(a);
+        int k;
+        if (STOCH) {
+            k = floor_[key];
+            k += a >= mag[k + 1];
+            const unsigned r = (fo_hash32((i0 + (unsigned)i) ^ kx) >> shift) & 0xFFFFu;
+            k += (float)r * 0x1p-16f * gap[k] < a - mag[k];
+        } else {
+            k = near_[key];
+            k += a > mid[k];
+        }
+        int code;
+        if (SIGNED) code = y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k;
+        else code = y > 0.0f ? k : 0;
+        q[i] = (unsigned char)code;
+    }
+}
+
+template <bool STOCH>
+static FO_INLINE void fo_q8_quant_any(bool sgn, const float *v, ptrdiff_t m, unsigned char *q, float *amax, unsigned kx,
+                                      unsigned i0, int shift) {
+    if (sgn) fo_q8_quant<true, STOCH>(v, m, fo_q8_tables[1], q, amax, kx, i0, shift);
+    else fo_q8_quant<false, STOCH>(v, m, fo_q8_tables[0], q, amax, kx, i0, shift);
+}
+
+/* One segment of an 8-bit step: n elements of one tensor starting at a block boundary
+ * (i0 = the index in its tensor of the first element, a multiple of block). */
+struct fo_q8_ctx {
+    unsigned long long seed, step, tensor; /* the key of the random bits (lowp.h) */
+    ptrdiff_t i0;                          /* index in the tensor of the segment's first element */
+    ptrdiff_t block;                       /* elements per block (a power of two, 64..4096) */
+    int stochastic;                        /* 1: stochastic rounding (state codes and bfloat16 writes) */
+};
+/* bufs as fo_seg_fn's (bufs[FO_STATE + j]: the codes of the j-th kept buffer); absmax[j]:
+ * its absmax array, at the segment's first block */
+typedef void (*fo_q8_fn)(const double *h, unsigned flags, char **bufs, float *const *absmax, ptrdiff_t n,
+                         const fo_q8_ctx *x);
+
+template <class A, unsigned F, class SP, class SG>
+static FO_INLINE void fo_q8_flags(const fo_common<float> &c, const typename A::template hp<float> &h, char **bufs,
+                                  float *const *absmax, ptrdiff_t n, const fo_q8_ctx *x) {
+    constexpr unsigned K = A::mask(F), SIGNS = A::signs();
+    unsigned char *code[FO_MAXSTATE] = {};
+    float *am[FO_MAXSTATE] = {};
+    for (int k = 0, kept = 0; k < A::MAXSTATE; k++)
+        if ((K >> k) & 1u) {
+            code[k] = (unsigned char *)bufs[FO_STATE + kept];
+            am[k] = absmax[kept++];
+        }
+    typename SP::type *p = (typename SP::type *)bufs[0], *e = (typename SP::type *)bufs[2];
+    const typename SG::type *g = (const typename SG::type *)bufs[1];
+    alignas(64) float s[FO_MAXSTATE][FO_Q8_MAXBLOCK];
+    const ptrdiff_t B = x->block;
+    const bool st = x->stochastic != 0;
+    for (ptrdiff_t j = 0, b = 0; j < n; j += B, b++) {
+        const ptrdiff_t m = n - j < B ? n - j : B;
+        for (int k = 0; k < FO_MAXSTATE; k++)
+            if ((K >> k) & 1u) fo_q8_dequant(code[k] + j, am[k][b], fo_q8_tables[(SIGNS >> k) & 1u].map, s[k], m);
+        /* blocks are powers of two <= 2^12, so a block never crosses a multiple of 2^32 */
+        const unsigned long long gi = (unsigned long long)(x->i0 + j);
+        const unsigned long long key = fo_rng_key(x->seed, x->step, x->tensor, gi >> 32);
+        fo_rng r;
+        for (int q = 0; q < 3; q++) r.k[q] = fo_rng_subkey(key, q);
+        r.i0 = (unsigned)gi;
+        r.stochastic = st;
+        if (e) fo_loop<A, float, F, FO_EMA, SP, SG, fo_same<float> >(m, p + j, g + j, e + j, s[0], s[1], s[2], s[3],
+                                                                        c, h, r);
+        else fo_loop<A, float, F, 0, SP, SG, fo_same<float> >(m, p + j, g + j, e, s[0], s[1], s[2], s[3], c, h, r);
+        for (int k = 0; k < FO_MAXSTATE; k++) {
+            if (!((K >> k) & 1u)) continue;
+            const bool sgn = ((SIGNS >> k) & 1u) != 0;
+            if (st) fo_q8_quant_any<true>(sgn, s[k], m, code[k] + j, am[k] + b, r.k[k >> 1], r.i0, 16 * (k & 1));
+            else fo_q8_quant_any<false>(sgn, s[k], m, code[k] + j, am[k] + b, 0u, 0u, 0);
+        }
+    }
+}
+
+template <class A, class SP, class SG, unsigned F = 0>
+static FO_INLINE void fo_q8_dispatch(unsigned flags, const fo_common<float> &c, const typename A::template hp<float> &h,
+                                     char **bufs, float *const *absmax, ptrdiff_t n, const fo_q8_ctx *x) {
+    if constexpr (F + 1 < (1u << A::NFLAGS)) {
+        if (flags != F) {
+            fo_q8_dispatch<A, SP, SG, F + 1>(flags, c, h, bufs, absmax, n, x);
+            return;
+        }
+    }
+    fo_q8_flags<A, F, SP, SG>(c, h, bufs, absmax, n, x);
+}
+
+/* CODE: bit 0 a bfloat16 parameter (and EMA), bit 1 a bfloat16 gradient */
+template <class A, int CODE>
+static FO_INLINE void fo_q8_seg(const double *hd, unsigned flags, char **bufs, float *const *absmax, ptrdiff_t n,
+                                const fo_q8_ctx *x) {
+    fo_common_scalars cs;
+    typename A::scalars as;
+    memcpy(&cs, hd, sizeof cs);
+    memcpy(&as, hd + FO_NCOMMON, sizeof as);
+    typedef typename fo_if<(CODE & 1) != 0, fo_bf16s, fo_same<float> >::type SP;
+    typedef typename fo_if<(CODE & 2) != 0, fo_bf16s, fo_same<float> >::type SG;
+    fo_q8_dispatch<A, SP, SG>(flags, fo_common<float>::load(cs), A::template hp<float>::load(as), bufs, absmax, n, x);
+}
+
+#define FO_Q8_ONE_(a, code)                                                                                    \
+    FO_CLONES static void fo_##a##_q8_##code(const double *h, unsigned f, char **b, float *const *am, ptrdiff_t n, \
+                                             const fo_q8_ctx *x) {                                             \
+        fo_q8_seg<fo_##a, code>(h, f, b, am, n, x);                                                           \
+    }
+#define FO_Q8_ENTRY_(a, P) FO_Q8_ONE_(a, 0) FO_Q8_ONE_(a, 1) FO_Q8_ONE_(a, 2) FO_Q8_ONE_(a, 3)
+FO_ALGOS(FO_Q8_ENTRY_)
+#undef FO_Q8_ENTRY_
+#undef FO_Q8_ONE_
+
+/* the 8-bit loop of algorithm algo for storage code 0..3 (fo_q8_seg) */
+static fo_q8_fn fo_cpu_seg_q8(int algo, int code) {
+#define FO_Q8_ROW_(a, P) {fo_##a##_q8_0, fo_##a##_q8_1, fo_##a##_q8_2, fo_##a##_q8_3},
+    static const fo_q8_fn table[FO_NALGO][4] = {FO_ALGOS(FO_Q8_ROW_)};
+#undef FO_Q8_ROW_
+    if (algo < 0 || algo >= FO_NALGO || code < 0 || code > 3) return NULL;
+    return table[algo][code];
+}
+
+/* Quantize / dequantize whole arrays (new state, conversions, tests): n elements in blocks
+ * of `block`, nearest rounding (stochastic with the bits of key kx, buffer slot `slot`). */
+static void fo_q8_quantize(int sgn, const float *v, ptrdiff_t n, ptrdiff_t block, unsigned char *q, float *amax,
+                           int stochastic, unsigned kx, int shift) {
+    for (ptrdiff_t j = 0, b = 0; j < n; j += block, b++) {
+        const ptrdiff_t m = n - j < block ? n - j : block;
+        if (stochastic) fo_q8_quant_any<true>(sgn != 0, v + j, m, q + j, amax + b, kx, (unsigned)j, shift);
+        else fo_q8_quant_any<false>(sgn != 0, v + j, m, q + j, amax + b, 0u, 0u, 0);
+    }
+}
+static void fo_q8_dequantize(int sgn, const unsigned char *q, const float *amax, ptrdiff_t n, ptrdiff_t block,
+                             float *out) {
+    for (ptrdiff_t j = 0, b = 0; j < n; j += block, b++) {
+        const ptrdiff_t m = n - j < block ? n - j : block;
+        fo_q8_dequant(q + j, amax[b], fo_q8_tables[sgn != 0].map, out + j, m);
+    }
+}
+static const fo_q8_table *fo_q8_table_of(int sgn) { return &fo_q8_tables[sgn != 0]; }
+
+#endif /* FUSEDOPTIM_Q8_H */
