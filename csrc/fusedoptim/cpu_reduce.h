@@ -288,7 +288,17 @@ static FO_INLINE void fo_rapply_flags(const fo_common<T> &c, const fo_rapply_hp<
     fo_rslots<A, F>(bufs, sl);
     typename SP::type *p = (typename SP::type *)bufs[0], *e = (typename SP::type *)bufs[2];
     const typename SG::type *g = (const typename SG::type *)bufs[1];
-#define FO_RRUN_(m) fo_loop<R, T, F, (m), SP, SG, SS>(n, p, g, e, sl[0], sl[1], sl[2], sl[3], c, x, rng)
+    /* stochastic rounding is a template choice of fo_loop (SR): only storage that rounds gets both */
+#define FO_RRUN_(m)                                                                                        \
+    do {                                                                                                   \
+        if constexpr (SP::LOWP || SS::LOWP) {                                                              \
+            if (rng.stochastic) {                                                                          \
+                fo_loop<R, T, F, (m), SP, SG, SS, true>(n, p, g, e, sl[0], sl[1], sl[2], sl[3], c, x, rng); \
+                break;                                                                                     \
+            }                                                                                              \
+        }                                                                                                  \
+        fo_loop<R, T, F, (m), SP, SG, SS, false>(n, p, g, e, sl[0], sl[1], sl[2], sl[3], c, x, rng);        \
+    } while (0)
     if (e) FO_RRUN_(FO_EMA);
     else if (!FO_RLOWP && c.plain()) FO_RRUN_(FO_PLAIN);
     else FO_RRUN_(0);

@@ -111,6 +111,7 @@ struct fo_bf16s {
 struct fo_rng {
     unsigned k[3];
     unsigned i0;
+    bool stochastic;   /* read by the loops that pick SR at run time (cpu_reduce.h, q8.h); fo_loop itself takes SR */
 };
 
 #endif /* FUSEDOPTIM_LOWP_H */

@@ -256,9 +256,18 @@ static FO_INLINE void fo_q8_flags(const fo_common<float> &c, const typename A::t
         for (int q = 0; q < 3; q++) r.k[q] = fo_rng_subkey(key, q);
         r.i0 = (unsigned)gi;
         r.stochastic = st;
-        if (e) fo_loop<A, float, F, FO_EMA, SP, SG, fo_same<float> >(m, p + j, g + j, e + j, s[0], s[1], s[2], s[3],
+        /* stochastic rounding of a bfloat16 parameter is fo_loop's template choice (SR) */
+        if (SP::LOWP && st) {
+            if (e) fo_loop<A, float, F, FO_EMA, SP, SG, fo_same<float>, SP::LOWP != 0>(
+                       m, p + j, g + j, e + j, s[0], s[1], s[2], s[3], c, h, r);
+            else fo_loop<A, float, F, 0, SP, SG, fo_same<float>, SP::LOWP != 0>(m, p + j, g + j, e, s[0], s[1], s[2],
+                                                                                s[3], c, h, r);
+        } else if (e) {
+            fo_loop<A, float, F, FO_EMA, SP, SG, fo_same<float>, false>(m, p + j, g + j, e + j, s[0], s[1], s[2], s[3],
                                                                         c, h, r);
-        else fo_loop<A, float, F, 0, SP, SG, fo_same<float> >(m, p + j, g + j, e, s[0], s[1], s[2], s[3], c, h, r);
+        } else {
+            fo_loop<A, float, F, 0, SP, SG, fo_same<float>, false>(m, p + j, g + j, e, s[0], s[1], s[2], s[3], c, h, r);
+        }
         for (int k = 0; k < FO_MAXSTATE; k++) {
             if (!((K >> k) & 1u)) continue;
             const bool sgn = ((SIGNS >> k) & 1u) != 0;

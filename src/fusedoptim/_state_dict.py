@@ -243,7 +243,7 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
                     raise ValueError(f"{where}: an 8-bit absmax without its codes {absmax_keys[k]!r}")
                 continue                        # staged with its codes
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
-            if k in opt.buffers and opt.spec is not None:
+            if k in opt.buffers and opt.spec is not None and state_shape(k, p.shape) == tuple(p.shape):
                 ns.update(_stage_buffer(opt, p, k, a, st, where, me, convert, signed, saved_block))
                 continue
             if a.shape != state_shape(k, p.shape):
