@@ -62,6 +62,18 @@ __all__ = ["FusedOptimizer", "OPTIMIZERS"]
 _bump = torch.autograd.graph.increment_version
 
 
+def _param_groups(params) -> list:
+    """The ``params`` argument of a torch optimizer as a non-empty list (of tensors or
+    group dicts), with torch.optim's messages for a lone tensor and an empty list."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                        "but got " + torch.typename(params))
+    groups = list(params)
+    if not groups:
+        raise ValueError("optimizer got an empty parameter list")
+    return groups
+
+
 def _param_list(group: dict) -> list:
     ps = group["params"]
     if isinstance(ps, torch.Tensor):
@@ -119,12 +131,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     fused_class: type = _FoOptimizer
 
     def __init__(self, params, *args, **kwargs):
-        if isinstance(params, torch.Tensor):
-            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                            "but got " + torch.typename(params))
-        groups = list(params)
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
+        groups = _param_groups(params)
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         groups = [dict(g, params=_param_list(g)) if isinstance(g, dict) else g for g in groups]
@@ -340,12 +347,7 @@ class LBFGS(torch.optim.Optimizer):
 
     def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
                  history_size=100, line_search_fn=None):
-        if isinstance(params, torch.Tensor):
-            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                            "but got " + torch.typename(params))
-        groups = list(params)
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
+        groups = _param_groups(params)
         if isinstance(groups[0], dict):
             if len(groups) != 1:
                 raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")

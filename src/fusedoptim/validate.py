@@ -83,6 +83,17 @@ def check_bool(x, what: str, *, name: Optional[str] = None) -> bool:
     return bool(x)
 
 
+def check_cpu_float_param(p, j: int, where: str, who: str, kernel: str, precision: str = "") -> None:
+    """``params[j]`` of an optimizer whose stage runs on the CPU outside the element-wise
+    kernels (Muon's Newton-Schulz, Adafactor's factored statistics): a NumPy float32 or
+    float64 array.  ``kernel`` says what runs there, ``precision`` (optional) why the dtype."""
+    import numpy as np
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{where}: {who} runs on NumPy arrays ({kernel}), params[{j}] is a {type(p).__name__}")
+    if p.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{where}: {who} runs on float32 or float64 parameters{precision}, params[{j}] is {p.dtype}")
+
+
 def check_step(step, what: str = "schedule step") -> float:
     """Raise unless ``step`` is a finite real number >= 0 (a Python or NumPy number, or a
     0-d array); return it as a float.  The argument of every schedule."""

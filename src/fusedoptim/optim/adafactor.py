@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import _kernels
 from ..optimizer import Optimizer
-from ..validate import check_bool, check_real
+from ..validate import check_bool, check_cpu_float_param, check_real
 
 __all__ = ["Adafactor"]
 
@@ -91,12 +91,7 @@ class Adafactor(Optimizer):
         if g["foreach"] is not None:
             check_bool(g["foreach"], f"{where}: foreach")
         for j, p in enumerate(g.get("params", ())):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"{where}: Adafactor runs on NumPy arrays (its factored statistics are a CPU "
-                                f"kernel), params[{j}] is a {type(p).__name__}")
-            if p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"{where}: Adafactor runs on float32 or float64 parameters, params[{j}] is "
-                                f"{p.dtype}")
+            check_cpu_float_param(p, j, where, "Adafactor", "its factored statistics are a CPU kernel")
 
     def common_scalars(self, g):
         return dict(super().common_scalars(g), weight_decay=0.0)   # decoupled: the decay factor below

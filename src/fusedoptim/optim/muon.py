@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import _kernels
 from ..optimizer import Optimizer
-from ..validate import check_bool, check_int, check_real, is_real
+from ..validate import check_bool, check_cpu_float_param, check_int, check_real, is_real
 
 __all__ = ["Muon", "newton_schulz", "DEFAULT_NS_COEFFICIENTS"]
 
@@ -137,12 +137,8 @@ class Muon(Optimizer):
             raise ValueError(f"{where}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', "
                              f"got {g['adjust_lr_fn']!r}")
         for j, p in enumerate(g.get("params", ())):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"{where}: Muon runs on NumPy arrays (its Newton-Schulz step is np.matmul), "
-                                f"params[{j}] is a {type(p).__name__}")
-            if p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"{where}: Muon runs on float32 or float64 parameters (Newton-Schulz in their "
-                                f"dtype), params[{j}] is {p.dtype}")
+            check_cpu_float_param(p, j, where, "Muon", "its Newton-Schulz step is np.matmul",
+                                  " (Newton-Schulz in their dtype)")
             if p.ndim != 2:
                 raise ValueError(f"{where}: Muon only supports 2-D parameters, params[{j}] has shape "
                                  f"{p.shape}; optimize biases, norms and embeddings with another optimizer "
