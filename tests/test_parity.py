@@ -86,14 +86,25 @@ def test_keras_parity(case):
     name, kw = case
     seed = KERAS_CASES.index(case)
     grads, start = _grads(seed), _start(seed)
+    import jax
+
     ref_opt = getattr(keras.optimizers, name)(**kw)
     ref = keras.Variable(start.copy())
     ours_opt = getattr(fk, name)(**kw)
     ours = fk.Variable(start.copy())
     scale = kw.get("loss_scale_factor", 1.0)
+    # Keras's own path, compiled as its JAX trainer runs it: stateless_apply (the whole of
+    # apply_gradients: loss scaling, clipping, accumulation, EMA, the update) under jax.jit,
+    # about 100x faster than 200 eager calls and equal to them to float32 rounding
+    ref_opt.build([ref])
+    opt_vars, train_vars = [v.value for v in ref_opt.variables], [ref.value]
+    apply = jax.jit(ref_opt.stateless_apply)
     for g in grads:
-        ref_opt.apply_gradients([(keras.ops.convert_to_tensor(g * scale), ref)])
+        train_vars, opt_vars = apply(opt_vars, [jax.numpy.asarray(g * scale)], train_vars)
         ours_opt.apply_gradients([(g * scale, ours)])
+    ref.assign(train_vars[0])
+    for v, value in zip(ref_opt.variables, opt_vars):
+        v.assign(value)
     if kw.get("use_ema"):
         np.testing.assert_allclose(ours_opt.model_variables_moving_average[0],
                                    np.asarray(ref_opt._model_variables_moving_average[0]), rtol=1e-5, atol=1e-5)
@@ -163,6 +174,18 @@ def _x64(on):
     return jax.enable_x64(True) if on else contextlib.nullcontext()
 
 
+def _jit_step(tx):
+    """One optax step (update, then apply_updates) compiled with jax.jit, as optax is used
+    in training: ~100x faster than eager calls, the same formulas."""
+    import jax
+    import optax
+
+    def step(g, state, params):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+    return jax.jit(step)
+
+
 @pytest.mark.parametrize("case", OPTAX_CASES, ids=lambda c: f"{c[0]}-" + "-".join(f"{k}={v}" for k, v in c[1].items()))
 def test_optax_parity(case):
     jnp = pytest.importorskip("jax.numpy")
@@ -178,9 +201,9 @@ def test_optax_parity(case):
         tx = getattr(optax, alias)(**okw)
         params = jnp.asarray(start, dt)
         state = tx.init(params)
+        step = _jit_step(tx)
         for g in grads:
-            updates, state = tx.update(jnp.asarray(g, dt), state, params)
-            params = optax.apply_updates(params, updates)
+            params, state = step(jnp.asarray(g, dt), state, params)
             opt.step([g])
         ref = np.asarray(params)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
