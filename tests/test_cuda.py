@@ -1058,28 +1058,44 @@ def test_nvrtc_compiles_the_kernel_source():
 
 GPU_STEPS = 200
 GPU_TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6), np.dtype(np.float64): dict(rtol=1e-6, atol=1e-6)}
+# Ftrl with learning_rate_power != -0.5 calls powf (rules.h fo_pow).  CUDA's powf is not
+# correctly rounded (CUDA C++ Programming Guide, "Mathematical Functions": powf up to 4 ulp;
+# pow 2 ulp) and glibc's is within 1 ulp, so the two sides differ in the last bits of
+# n^-p; Ftrl's linear state accumulates the difference (pn - po) / lr * p of two nearly
+# equal powers, which turns those ulps into 4e-4 relative in z and 4e-5 in the
+# parameters after 200 float32 steps (first H200 run, CUDA 13.0).  Making the bits agree
+# would mean our own pow in rules.h on both sides (the CPU would give up libm's powf and
+# its vectorized loop for a rarely used option), so float32 pow cases get a tolerance
+# sized to that: float64 (pow within 2 ulp of 1e-16) keeps the default one.
+POW_TOL = dict(rtol=2e-3, atol=1e-5)
+
+
+def _gpu_tol(name, kwargs, dtype) -> dict:
+    uses_pow = name == "Ftrl" and kwargs.get("learning_rate_power", -0.5) != -0.5
+    return POW_TOL if uses_pow and dtype == np.float32 else GPU_TOL[dtype]
 
 
 def _gpu_mirror(cupy):
     return _Mirror(lambda a, shift: cupy.asarray(a), lambda *args: _cuda.fused_step(*args))
 
 
-def _gpu_compare(cupy, mirror, dtype):
+def _gpu_compare(cupy, mirror, dtype, tol=None):
     cupy.cuda.runtime.deviceSynchronize()
     for i, (a, m) in enumerate(mirror.pairs.values()):
-        np.testing.assert_allclose(cupy.asnumpy(m), a, **GPU_TOL[dtype], err_msg=f"array {i}")
+        np.testing.assert_allclose(cupy.asnumpy(m), a, **(tol or GPU_TOL[dtype]), err_msg=f"array {i}")
 
 
 @pytest.mark.parametrize("name,kwargs", case_params())
 def test_gpu_kernels_match_cpu(cp, monkeypatch, name, kwargs, dtype):
     """The real kernels, fed the CPU path's per-step scalars for 200 steps (see
     test_optimizers.py for why 200), against the CPU path.  float32 tolerances: NVRTC
-    flushes float32 denormals (-ftz=true); float64 is IEEE on both sides."""
+    flushes float32 denormals (-ftz=true), and CUDA's powf is not libm's (POW_TOL); float64
+    is IEEE on both sides."""
     seed = seed_for("cuda-gpu", name, kwargs, dtype.name)
     hp = draw_hparams(name, kwargs, seed)
     mirror = _gpu_mirror(cp)
     _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, GPU_STEPS, seed)
-    _gpu_compare(cp, mirror, dtype)
+    _gpu_compare(cp, mirror, dtype, _gpu_tol(name, hp, dtype))
 
 
 @pytest.mark.parametrize("opt_kw,step_kw", OPTION_VARIANTS)
@@ -1139,8 +1155,9 @@ def test_gpu_optimizer_matches_cpu(cp, name, kwargs):
     for grads in grad_stream(seed + 1, SHAPES, dtype, GPU_STEPS):
         a.step(grads)
         b.step([cp.asarray(g) for g in grads])
+    tol = _gpu_tol(name, hp, dtype)
     for x, y in zip(host, dev):
-        np.testing.assert_allclose(cp.asnumpy(y), x, **GPU_TOL[dtype])
+        np.testing.assert_allclose(cp.asnumpy(y), x, **tol)
     sd = b.state_dict()
     arrays = [v for st in sd["state"].values() for v in st.values() if hasattr(v, "shape")]
     assert arrays and all(type(v) is np.ndarray for v in arrays), "state_dict must return host arrays"
@@ -1148,7 +1165,7 @@ def test_gpu_optimizer_matches_cpu(cp, name, kwargs):
     for i, st in sd["state"].items():
         for k, v in st.items():
             if isinstance(v, np.ndarray):
-                np.testing.assert_allclose(v, ref["state"][i][k], **GPU_TOL[dtype])
+                np.testing.assert_allclose(v, ref["state"][i][k], **tol)
     c = build(name, [cp.asarray(p) for p in host], **hp)
     c.load_state_dict(sd)
     assert all(isinstance(v, cp.ndarray) for st in c.state for v in st.values() if hasattr(v, "shape"))
