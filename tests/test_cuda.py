@@ -572,7 +572,7 @@ class _Mirror:
         if rounding is None:
             self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale)
         else:
-            self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale, None, rounding)
+            self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale, rounding=rounding)
         self.calls += 1
 
 
@@ -603,12 +603,12 @@ def _emu_compare(mirror: _Mirror):
         assert np.array_equal(a, m, equal_nan=True), f"array {i} differs: max |d| = {np.nanmax(np.abs(a - m))}"
 
 
-def _run_mirrored(monkeypatch, mirror, name, hp, dtype, shapes, steps, seed, step_kw=None, **opt_kw):
-    params = make_params(seed, shapes, dtype)
+def _run_mirrored(monkeypatch, mirror, name, hp, dtype, shapes, steps, data_seed, step_kw=None, **opt_kw):
+    params = make_params(data_seed, shapes, dtype)
     opt = build(name, params, **hp, **opt_kw)
     with monkeypatch.context() as m:
         m.setattr(CPU, "fused_step", mirror.fused_step)
-        for grads in grad_stream(seed + 1, shapes, dtype, steps):
+        for grads in grad_stream(data_seed + 1, shapes, dtype, steps):
             opt.step(grads, **(step_kw or {}))
     return opt
 
@@ -657,7 +657,7 @@ def test_emulated_bf16_state_reproduces_cpu_bit_for_bit(emu, monkeypatch, name, 
     dtype = np.dtype(np.float32)
     seed = seed_for("cuda-emu-bf16", name, kwargs, rounding)
     hp = draw_hparams(name, kwargs, seed)
-    mirror = _Mirror(_host_copy, lambda *a: emu_fused_step(emu, *a, grid=2, block=32), offsets=True)
+    mirror = _Mirror(_host_copy, lambda *a, **kw: emu_fused_step(emu, *a, grid=2, block=32, **kw), offsets=True)
     opt = _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, EMU_STEPS, seed,
                         state_dtype="bfloat16", rounding=rounding, seed=seed)
     kept = [v for p in opt.params for v in opt.state[p].values() if getattr(v, "shape", None) == p.shape]
@@ -665,12 +665,44 @@ def test_emulated_bf16_state_reproduces_cpu_bit_for_bit(emu, monkeypatch, name, 
     _emu_compare(mirror)
 
 
+def test_emulated_bf16_state_bits_follow_the_key(emu):
+    """The comparison above can fail: the emulated _lp4 kernel equals the CPU loop for the
+    same (seed, step, tensor ids) and differs from it, in about half of the stochastically
+    rounded elements, when any part of the key differs; nearest rounding ignores the key."""
+    ml = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    rng = np.random.default_rng(9)
+    shapes = [(4099,), (K.CHUNK + 5,)]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    m0 = [(rng.standard_normal(s) * 0.1).astype(ml.bfloat16) for s in shapes]
+    v0 = [(rng.random(s) * 0.01).astype(ml.bfloat16) for s in shapes]
+    hp = _adam_hp(step=4)
+
+    def run(rounding, device):
+        p, m, v = [a.copy() for a in p0], [a.copy() for a in m0], [a.copy() for a in v0]
+        if device:
+            m, v = [a.view(np.uint16) for a in m], [a.view(np.uint16) for a in v]
+            emu_fused_step(emu, ADAM, *hp, [x.copy() for x in p0], g, [m, v], rounding=rounding, grid=3, block=8)
+            return np.concatenate([a.ravel() for a in m + v])
+        _kernels.fused_step(ADAM, *hp, p, g, [m, v], None, None, None, rounding)
+        return np.concatenate([a.view(np.uint16).ravel() for a in m + v])
+
+    key = (5, 4, np.array([3, 8], np.uint64), True)
+    cpu = run(key, False)
+    assert np.array_equal(run(key, True), cpu)
+    for other in [(6, 4, key[2], True), (5, 5, key[2], True), (5, 4, np.array([8, 3], np.uint64), True)]:
+        same = np.mean(run(other, True) == cpu)
+        assert 0.2 < same < 0.8, (other, same)
+    near = run((5, 4, key[2], False), False)
+    assert np.array_equal(run((6, 9, None, False), True), near) and not np.array_equal(near, cpu)
+
+
 @pytest.mark.parametrize("opt_kw,step_kw", OPTION_VARIANTS)
 def test_emulated_bf16_state_with_options(emu, monkeypatch, opt_kw, step_kw):
     """bfloat16 state with the EMA epilogue, per-tensor and global clipping, clip value:
     still the CPU's bits (AdamW with amsgrad keeps 3 state buffers: both random words)."""
     pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
-    mirror = _Mirror(_host_copy, lambda *a: emu_fused_step(emu, *a, grid=3, block=16), offsets=True)
+    mirror = _Mirror(_host_copy, lambda *a, **kw: emu_fused_step(emu, *a, grid=3, block=16, **kw), offsets=True)
     _run_mirrored(monkeypatch, mirror, "AdamW", dict(lr=1e-2, amsgrad=True, weight_decay=0.1), np.dtype(np.float32),
                   EMU_SHAPES, EMU_STEPS, 8, step_kw, state_dtype="bfloat16", seed=8, **opt_kw)
     _emu_compare(mirror)
@@ -1357,7 +1389,7 @@ def test_gpu_bf16_state_matches_cpu(cp, monkeypatch, name, kwargs, rounding):
     seed = seed_for("cuda-gpu-bf16", name, kwargs, rounding)
     hp = draw_hparams(name, kwargs, seed)
     copy = lambda a, shift: cp.asarray(a.view(np.uint16) if a.dtype.name == "bfloat16" else a)  # noqa: E731
-    mirror = _Mirror(copy, lambda *args: _cuda.fused_step(*args))
+    mirror = _Mirror(copy, lambda *args, **kw: _cuda.fused_step(*args, **kw))
     _run_mirrored(monkeypatch, mirror, name, hp, np.dtype(np.float32), EMU_SHAPES, GPU_BF16_STEPS, seed,
                   state_dtype="bfloat16", rounding=rounding, seed=seed)
     _bits_agree(cp, mirror, 0.999)
