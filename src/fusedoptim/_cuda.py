@@ -119,13 +119,19 @@ def _hp_struct(block: np.ndarray) -> np.ndarray:
 def _pack_meta(sizes: Sequence[int], rows: Sequence[Sequence[int]], tids=None) -> np.ndarray:
     """``starts[0..n]`` (prefix sum of ``sizes``) then the pointer rows, as int64; then,
     for a low-precision launch, the ``n`` tensor ids ``tids``."""
-    n = len(sizes)
-    nbuf = len(rows[0]) if n else 0
+    return _pack_meta_cols(sizes, [list(c) for c in zip(*rows)] if len(sizes) else [], tids)
+
+
+def _pack_meta_cols(sizes: Sequence[int], cols: Sequence[Sequence[int]], tids=None) -> np.ndarray:
+    """:func:`_pack_meta` from the pointer columns (one list per buffer slot)."""
+    n, nbuf = len(sizes), len(cols)
     meta = np.empty(n + 1 + n * nbuf + (0 if tids is None else n), dtype=np.int64)
     meta[0] = 0
-    np.cumsum(np.asarray(sizes, dtype=np.int64), out=meta[1:n + 1])
+    np.cumsum(np.fromiter(sizes, dtype=np.int64, count=n), out=meta[1:n + 1])
     if n:
-        meta[n + 1:n + 1 + n * nbuf] = np.asarray(rows, dtype=np.uint64).reshape(-1).view(np.int64)
+        table = meta[n + 1:n + 1 + n * nbuf].reshape(n, nbuf).view(np.uint64)
+        for k, col in enumerate(cols):
+            table[:, k] = np.fromiter(col, dtype=np.uint64, count=n)
     if tids is not None:
         meta[n + 1 + n * nbuf:] = np.asarray(tids, dtype=np.uint64).view(np.int64)
     return meta
@@ -139,13 +145,15 @@ def _column(what: str, col, sizes: List[int], dtype, ptr) -> List[int]:
     """The addresses of one buffer column, after checking it against the parameters
     (one list comparison each for the sizes and the dtypes in the usual case)."""
     try:
-        ok = [a.size for a in col] == sizes and all(a.dtype == dtype for a in col)
+        ok = [a.size for a in col] == sizes and {a.dtype for a in col} == {dtype}
     except AttributeError:          # a None
         ok = False
     if not ok:
         for i, a in enumerate(col):
             if a is None or a.size != sizes[i] or a.dtype != dtype:
                 raise ValueError(f"{what} of tensor {i} does not match its parameter")
+    if ptr is _ptr:                 # CuPy: the addresses in one comprehension, no call per array
+        return [a.data.ptr for a in col]
     return [ptr(a) for a in col]
 
 
@@ -182,13 +190,13 @@ def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr, rou
     sdtype = dtype
     if states and dtype == _F32 and states[0][0] is not None and states[0][0].dtype == _BF16_BITS:
         sdtype, suffix = _BF16_BITS, "lp4"     # bfloat16 state (cpu.h's storage code 4)
-    if any(p.dtype != dtype for p in params):
+    if {p.dtype for p in params} != {dtype}:
         raise TypeError("mixed dtypes in one native call")
     sizes: List[int] = [p.size for p in params]
-    cols = [[ptr(p) for p in params], _column("gradient", grads, sizes, dtype, ptr)]
+    cols = [[p.data.ptr for p in params] if ptr is _ptr else [ptr(p) for p in params],
+            _column("gradient", grads, sizes, dtype, ptr)]
     cols.append([0] * ntens if emas is None else _column("EMA buffer", emas, sizes, dtype, ptr))
     cols += [_column(f"state buffer {k}", col, sizes, sdtype, ptr) for k, col in enumerate(states)]
-    rows = list(zip(*cols)) if ntens else []
     extra, tids = (), None
     if suffix == "lp4":
         seed, step, tids, stochastic = (0, 0, None, True) if rounding is None else rounding
@@ -196,7 +204,7 @@ def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr, rou
         if tids.shape != (ntens,):
             raise ValueError(f"rounding: expected {ntens} tensor ids, got {tids.size}")
         extra = (np.uint64(seed), np.uint64(step), np.int32(1 if stochastic else 0))
-    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta(sizes, rows, tids), nbuf,
+    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta_cols(sizes, cols, tids), nbuf,
             0 if emas is None else 1, extra)
 
 
@@ -381,11 +389,6 @@ def _check_arrays(arrays: list, labels=None) -> None:
         _check_param(i, a, arrays[0], labels)
 
 
-def _contiguous(a) -> bool:
-    c = getattr(a, "_c_contiguous", None)     # CuPy's flag as a plain attribute: no Flags object
-    return a.flags.c_contiguous if c is None else c
-
-
 def check_grads(params: list, grads: list, labels=None) -> int:
     """Raise unless grads[i] is None or matches params[i]: ``cupy.ndarray`` on the same
     device, same dtype and shape, C-contiguous, not overlapping the parameter.
@@ -405,9 +408,11 @@ def check_grads(params: list, grads: list, labels=None) -> int:
             nnone += 1
             continue
         p = params[i]
-        # the usual case in plain attribute reads (CuPy's are C fields); any doubt: the full check
+        # the usual case in plain attribute reads (CuPy's ndarray fields _c_contiguous, dtype,
+        # data and MemoryPointer's device_id, ptr are C fields: no Flags or Device object);
+        # anything else (an attribute missing, a check failing): the full check
         try:
-            if type(g) is nd and g.dtype == p.dtype and g.shape == p.shape and _contiguous(g):
+            if type(g) is nd and g.dtype == p.dtype and g.shape == p.shape and g._c_contiguous:
                 gd, pd = g.data, p.data
                 if gd.device_id == pd.device_id:
                     pb, gb, pn, gn = pd.ptr, gd.ptr, p.nbytes, g.nbytes
@@ -463,7 +468,7 @@ def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list,
     total = int(meta[ntens])
     if total == 0:
         return
-    dev = params[0].device.id
+    dev = params[0].data.device_id
     if control is not None:
         _check_device_vector(control, _consts().CTRL, dev, "control")
     k = _consts()
