@@ -15,13 +15,15 @@ What runs where:
   through _cuda.py's own table builder; every optimizer case must then reproduce the CPU
   backend bit for bit (same compiler rounding, no FMA contraction on either side), for
   any grid and block size, with misaligned buffers, EMA, per-tensor and global clipping,
-  and the skip flag.  This checks the chunking, the binary search, the 16-byte pack path,
+  and the skip flag; with state_dtype="bfloat16" (the _lp4 kernels: uint16 bits of
+  bfloat16 state) every optimizer, both roundings, bit for bit too.  This checks the chunking, the binary search, the 16-byte pack path,
   the flag dispatch and the reductions without a GPU.
 - always: _cuda.py itself (checks, pointer tables, upload cache, launch arguments checked
   against the C signatures in kernels.cu) on a fake CuPy whose launches run the host
   emulation, bit-identical to the CPU backend.
-- CuPy and a CUDA device: the real kernels against the CPU path, 200 steps, and the
-  Optimizer on cupy arrays; without them these tests skip with the reason.  CuPy alone
+- CuPy and a CUDA device: the real kernels against the CPU path, 200 steps (bfloat16
+  state: 20 steps, bits), and the Optimizer on cupy arrays; without them these tests
+  skip with the reason.  CuPy alone
   (no device): NVRTC compiles the code string.
 """
 from __future__ import annotations
@@ -1358,7 +1360,7 @@ def test_gpu_bf16_rounding_kernel_matches_cpu_storage(cp):
 
 
 def _bits_agree(cupy, mirror, min_equal: float):
-    """Every mirrored array: float32 arrays within the GPU tolerance; bfloat16 state as
+    """Every mirrored array: float32 arrays within bfloat16 precision; bfloat16 state as
     bits, equal in at least ``min_equal`` of the elements and otherwise within a few
     bfloat16 ulps (a float32 value that differs in its last bit -- a flushed denormal --
     may round to the other neighbour; the run then carries that difference)."""
@@ -1371,8 +1373,8 @@ def _bits_agree(cupy, mirror, min_equal: float):
             assert same >= min_equal, f"array {i}: only {same:.6f} of the bfloat16 bits agree"
             np.testing.assert_allclose(got.view(a.dtype).astype(np.float32), a.astype(np.float32), rtol=3e-2,
                                        atol=1e-6, err_msg=f"array {i}")
-        else:
-            np.testing.assert_allclose(got, a, rtol=1e-3, atol=1e-5, err_msg=f"array {i}")
+        else:   # float32: within bfloat16 precision, since a state word that rounded the other way feeds it
+            np.testing.assert_allclose(got, a, rtol=3e-2, atol=1e-5, err_msg=f"array {i}")
 
 
 GPU_BF16_STEPS = 20
