@@ -15,13 +15,15 @@ What runs where:
   through _cuda.py's own table builder; every optimizer case must then reproduce the CPU
   backend bit for bit (same compiler rounding, no FMA contraction on either side), for
   any grid and block size, with misaligned buffers, EMA, per-tensor and global clipping,
-  and the skip flag.  This checks the chunking, the binary search, the 16-byte pack path,
+  and the skip flag; with state_dtype="bfloat16" (the _lp4 kernels: uint16 bits of
+  bfloat16 state) every optimizer, both roundings, bit for bit too.  This checks the chunking, the binary search, the 16-byte pack path,
   the flag dispatch and the reductions without a GPU.
 - always: _cuda.py itself (checks, pointer tables, upload cache, launch arguments checked
   against the C signatures in kernels.cu) on a fake CuPy whose launches run the host
   emulation, bit-identical to the CPU backend.
-- CuPy and a CUDA device: the real kernels against the CPU path, 200 steps, and the
-  Optimizer on cupy arrays; without them these tests skip with the reason.  CuPy alone
+- CuPy and a CUDA device: the real kernels against the CPU path, 200 steps (bfloat16
+  state: 20 steps, bits), and the Optimizer on cupy arrays; without them these tests
+  skip with the reason.  CuPy alone
   (no device): NVRTC compiles the code string.
 """
 from __future__ import annotations
@@ -225,7 +227,7 @@ def test_kernels_compile_to_ptx(build_dir, arch):
     -ffp-contract=off."""
     ptx = _nvcc_ptx(build_dir, arch, ["-lineinfo"])
     entries = set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, flags=re.M))
-    want = {f"fo_{a}_kernel_{s}" for a in ALGOS for s in ("f32", "f64")}
+    want = {f"fo_{a}_kernel_{s}" for a in ALGOS for s in ("f32", "f64", "lp4")}
     want |= {"fo_sumsq_kernel_f32", "fo_sumsq_kernel_f64", "fo_grad_control_kernel", "fo_bf16_round_kernel"}
     assert want <= entries, sorted(want - entries)
     funcs = _ptx_functions(ptx)
@@ -237,7 +239,8 @@ def test_kernels_compile_to_ptx(build_dir, arch):
     # the CUDA math library's pow (Ftrl's n^-p for p != -1/2) computes with fma internally:
     # Ftrl's GPU results match its CPU ones within tolerance, not bit for bit
     with_fma = {n for n, body in funcs.items() if "fma.rn" in body}
-    assert with_fma <= {"fo_ftrl_kernel_f32", "fo_ftrl_kernel_f64", "__internal_accurate_pow"}, sorted(with_fma)
+    assert with_fma <= {"fo_ftrl_kernel_f32", "fo_ftrl_kernel_f64", "fo_ftrl_kernel_lp4",
+                        "__internal_accurate_pow"}, sorted(with_fma)
 
 
 @needs_nvcc
@@ -295,7 +298,7 @@ def test_gpu_update_kernels_have_no_arithmetic_of_their_own(build_dir):
     allowed = {_kernels_cu_line("cs.gscale = cs.gscale * ctrl[2];"),
                _kernels_cu_line("if (tscale) ct.gscale = cs.gscale * tscale[t];")}
     for algo in ALGOS:
-        for suffix in ("f32", "f64"):
+        for suffix in ("f32", "f64", "lp4"):   # lp4: lowp.h's conversions are integer work
             entry = f"fo_{algo}_kernel_{suffix}"
             foreign = _ptx_foreign_arith(ptx, entry, funcs, files)
             for (fn, file, line), n in foreign.items():
@@ -421,8 +424,25 @@ template <class F> static void emu_threads(int grid, int block, F f) {
 
 typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
                               const double *);
+typedef void (*fo_emu_update_lp)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
+                                 const double *, unsigned long long, unsigned long long, int);
 #define FO_EMU(a, P) {"fo_" #a "_kernel_f32", fo_##a##_kernel_f32}, {"fo_" #a "_kernel_f64", fo_##a##_kernel_f64},
 static const struct { const char *name; fo_emu_update fn; } fo_emu_table[] = {FO_ALGOS(FO_EMU)};
+#define FO_EMU_LP(a, P) {"fo_" #a "_kernel_lp4", fo_##a##_kernel_lp4},
+static const struct { const char *name; fo_emu_update_lp fn; } fo_emu_lp_table[] = {FO_ALGOS(FO_EMU_LP)};
+
+extern "C" int emu_update_lp(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
+                             int ntens, int nbuf, int ema, unsigned flags, const double *tscale, const double *ctrl,
+                             unsigned long long seed, unsigned long long step, int stochastic) {
+    fo_hparams hp;
+    std::memcpy(hp.h, h, sizeof hp.h);
+    for (const auto &e : fo_emu_lp_table)
+        if (!std::strcmp(e.name, name)) {
+            emu_serial(grid, block, [&] { e.fn(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, seed, step, stochastic); });
+            return 0;
+        }
+    return -1;
+}
 
 extern "C" int emu_update(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
                           int ntens, int nbuf, int ema, unsigned flags, const double *tscale, const double *ctrl) {
@@ -475,6 +495,8 @@ def emu(build_dir):
     so.emu_update.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, P, P, ctypes.c_int, ctypes.c_int,
                               ctypes.c_int, ctypes.c_uint, P, P]
     so.emu_update.restype = ctypes.c_int
+    so.emu_update_lp.argtypes = so.emu_update.argtypes + [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int]
+    so.emu_update_lp.restype = ctypes.c_int
     so.emu_sumsq.argtypes = [ctypes.c_int, ctypes.c_int, P, ctypes.c_int, P]
     so.emu_control.argtypes = [P, ctypes.c_int, P, ctypes.c_double, ctypes.c_double, ctypes.c_double,
                                ctypes.c_int, P, P, P]
@@ -492,14 +514,18 @@ def _optr(a):
 
 
 def emu_fused_step(emu, algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, ctrl=None,
-                   grid=2, block=32):
+                   grid=2, block=32, rounding=None):
     """_cuda.fused_step with the launch replaced by the host emulation (same table builder)."""
     if not params:
         return
-    name, hps, meta, nbuf, ema = _cuda._prepare(algo, common, scalars, flags, params, grads, states, emas, _addr)
+    name, hps, meta, nbuf, ema, extra = _cuda._prepare(algo, common, scalars, flags, params, grads, states, emas,
+                                                       _addr, rounding)
     ts = None if tscale is None else np.ascontiguousarray(tscale, dtype=np.float64)
-    rc = emu.emu_update(name.encode(), grid, block, _addr(hps), _addr(meta), len(params), nbuf, ema, flags,
-                        _optr(ts), _optr(ctrl))
+    args = (name.encode(), grid, block, _addr(hps), _addr(meta), len(params), nbuf, ema, flags, _optr(ts), _optr(ctrl))
+    if extra:
+        rc = emu.emu_update_lp(*args, *(x.item() for x in extra))
+    else:
+        rc = emu.emu_update(*args)
     assert rc == 0, name
 
 
@@ -538,19 +564,26 @@ class _Mirror:
             self.pairs[id(a)] = hit
         return hit[1]
 
-    def fused_step(self, algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, control=None):
+    def fused_step(self, algo, common, scalars, flags, params, grads, states, emas=None, tscale=None, control=None,
+                   rounding=None):
         mp = [self._mirror(p) for p in params]
         ms = [[self._mirror(a) for a in col] for col in states]
         me = None if emas is None else [self._mirror(e) for e in emas]
         mg = [self._copy(g, (i % 2) if self._offsets else 0) for i, g in enumerate(grads)]
-        _kernels.fused_step(algo, common, scalars, flags, params, grads, states, emas, tscale)
-        self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale)
+        _kernels.fused_step(algo, common, scalars, flags, params, grads, states, emas, tscale, None, rounding)
+        if rounding is None:
+            self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale)
+        else:
+            self._run(algo, common, scalars, flags, mp, mg, ms, me, tscale, rounding=rounding)
         self.calls += 1
 
 
 def _host_copy(a, shift):
     """A C-contiguous copy whose data starts ``shift`` elements past a 64-byte boundary
-    (an odd float32 shift is not 16-byte aligned: the kernel takes the element path)."""
+    (an odd float32 shift is not 16-byte aligned: the kernel takes the element path).
+    A bfloat16 array is copied as the CUDA backend holds it: uint16 bits."""
+    if a.dtype.kind == "V" or a.dtype.name == "bfloat16":
+        a = a.view(np.uint16)
     base = np.empty(a.size + 64, dtype=a.dtype)
     off = (-(_addr(base) // a.itemsize)) % (64 // a.itemsize) + shift
     out = base[off:off + a.size].reshape(a.shape)
@@ -565,16 +598,19 @@ EMU_STEPS = 12
 def _emu_compare(mirror: _Mirror):
     assert mirror.calls > 0
     for i, (a, m) in enumerate(mirror.pairs.values()):
+        if a.dtype.name == "bfloat16":          # bfloat16 state: the same bits
+            assert m.dtype == np.uint16
+            a, m = a.view(np.uint16), m
         assert a.shape == m.shape and a.dtype == m.dtype
         assert np.array_equal(a, m, equal_nan=True), f"array {i} differs: max |d| = {np.nanmax(np.abs(a - m))}"
 
 
-def _run_mirrored(monkeypatch, mirror, name, hp, dtype, shapes, steps, seed, step_kw=None, **opt_kw):
-    params = make_params(seed, shapes, dtype)
+def _run_mirrored(monkeypatch, mirror, name, hp, dtype, shapes, steps, data_seed, step_kw=None, **opt_kw):
+    params = make_params(data_seed, shapes, dtype)
     opt = build(name, params, **hp, **opt_kw)
     with monkeypatch.context() as m:
         m.setattr(CPU, "fused_step", mirror.fused_step)
-        for grads in grad_stream(seed + 1, shapes, dtype, steps):
+        for grads in grad_stream(data_seed + 1, shapes, dtype, steps):
             opt.step(grads, **(step_kw or {}))
     return opt
 
@@ -609,6 +645,68 @@ def test_emulated_kernels_with_options(emu, monkeypatch, name, kwargs, opt_kw, s
     hp = draw_hparams(name, kwargs, seed)
     mirror = _Mirror(_host_copy, lambda *a: emu_fused_step(emu, *a), offsets=True)
     _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, EMU_STEPS, seed, step_kw, **opt_kw)
+    _emu_compare(mirror)
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+@pytest.mark.parametrize("name,kwargs", case_params())
+def test_emulated_bf16_state_reproduces_cpu_bit_for_bit(emu, monkeypatch, name, kwargs, rounding):
+    """state_dtype="bfloat16": the _lp4 kernels (uint16 bits of bfloat16 state, float32
+    arithmetic, lowp.h's rounding with the CPU loop's counter hash) give the CPU
+    backend's bits, every optimizer of the table, both roundings, the sizes, offsets and
+    chunking of the float32 test (packs of 8 bytes of bfloat16 beside 16 of float32)."""
+    pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    dtype = np.dtype(np.float32)
+    seed = seed_for("cuda-emu-bf16", name, kwargs, rounding)
+    hp = draw_hparams(name, kwargs, seed)
+    mirror = _Mirror(_host_copy, lambda *a, **kw: emu_fused_step(emu, *a, grid=2, block=32, **kw), offsets=True)
+    opt = _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, EMU_STEPS, seed,
+                        state_dtype="bfloat16", rounding=rounding, seed=seed)
+    kept = [v for p in opt.params for v in opt.state[p].values() if getattr(v, "shape", None) == p.shape]
+    assert all(v.dtype.name == "bfloat16" for v in kept)
+    _emu_compare(mirror)
+
+
+def test_emulated_bf16_state_bits_follow_the_key(emu):
+    """The comparison above can fail: the emulated _lp4 kernel equals the CPU loop for the
+    same (seed, step, tensor ids) and differs from it, in about half of the stochastically
+    rounded elements, when any part of the key differs; nearest rounding ignores the key."""
+    ml = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    rng = np.random.default_rng(9)
+    shapes = [(4099,), (K.CHUNK + 5,)]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    m0 = [(rng.standard_normal(s) * 0.1).astype(ml.bfloat16) for s in shapes]
+    v0 = [(rng.random(s) * 0.01).astype(ml.bfloat16) for s in shapes]
+    hp = _adam_hp(step=4)
+
+    def run(rounding, device):
+        p, m, v = [a.copy() for a in p0], [a.copy() for a in m0], [a.copy() for a in v0]
+        if device:
+            m, v = [a.view(np.uint16) for a in m], [a.view(np.uint16) for a in v]
+            emu_fused_step(emu, ADAM, *hp, [x.copy() for x in p0], g, [m, v], rounding=rounding, grid=3, block=8)
+            return np.concatenate([a.ravel() for a in m + v])
+        _kernels.fused_step(ADAM, *hp, p, g, [m, v], None, None, None, rounding)
+        return np.concatenate([a.view(np.uint16).ravel() for a in m + v])
+
+    key = (5, 4, np.array([3, 8], np.uint64), True)
+    cpu = run(key, False)
+    assert np.array_equal(run(key, True), cpu)
+    for other in [(6, 4, key[2], True), (5, 5, key[2], True), (5, 4, np.array([8, 3], np.uint64), True)]:
+        same = np.mean(run(other, True) == cpu)
+        assert 0.2 < same < 0.8, (other, same)
+    near = run((5, 4, key[2], False), False)
+    assert np.array_equal(run((6, 9, None, False), True), near) and not np.array_equal(near, cpu)
+
+
+@pytest.mark.parametrize("opt_kw,step_kw", OPTION_VARIANTS)
+def test_emulated_bf16_state_with_options(emu, monkeypatch, opt_kw, step_kw):
+    """bfloat16 state with the EMA epilogue, per-tensor and global clipping, clip value:
+    still the CPU's bits (AdamW with amsgrad keeps 3 state buffers: both random words)."""
+    pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    mirror = _Mirror(_host_copy, lambda *a, **kw: emu_fused_step(emu, *a, grid=3, block=16, **kw), offsets=True)
+    _run_mirrored(monkeypatch, mirror, "AdamW", dict(lr=1e-2, amsgrad=True, weight_decay=0.1), np.dtype(np.float32),
+                  EMU_SHAPES, EMU_STEPS, 8, step_kw, state_dtype="bfloat16", seed=8, **opt_kw)
     _emu_compare(mirror)
 
 
@@ -752,12 +850,13 @@ def test_emulated_bf16_rounding_kernel_matches_cpu_storage(emu, grid, block):
 def _kernel_signatures() -> dict:
     """C parameter types of every extern "C" kernel, parsed from kernels.cu."""
     text = open(KERNELS_CU).read().replace("\\\n", " ")
+    text = text.replace("FO_KERNEL_ARGS_", re.search(r"#define FO_KERNEL_ARGS_ ([^\n]*)", text).group(1))
     sigs = {}
     for name, params in re.findall(r'extern "C" __global__ void ([\w#]+)\(([^)]*)\)', text):
         types = [re.sub(r"\s*\b\w+$", "", p.strip()) for p in params.split(",")]
         if "##" in name:
             for a in ALGOS:
-                for sfx in ("f32", "f64"):
+                for sfx in ("f32", "f64", "lp4"):
                     if name.endswith(sfx):
                         sigs[f"fo_{a}_kernel_{sfx}"] = types
         else:
@@ -788,6 +887,7 @@ class _FakeCuPy:
         class Ptr:
             def __init__(self, a):
                 self.ptr = _addr(a)
+                self.device_id = 0
 
         class ndarray:
             def __init__(self, a):
@@ -827,8 +927,8 @@ class _FakeCuPy:
     def array(self, a, dtype=None, order="C", copy=True):
         return self.ndarray(np.array(a.a if isinstance(a, self.ndarray) else a, dtype=dtype, order=order, copy=True))
 
-    def empty(self, shape, dtype):
-        return self.ndarray(np.full(shape, np.nan, dtype=dtype))
+    def empty(self, shape, dtype):   # garbage that shows: NaN, or 0xDEAD in integer arrays
+        return self.ndarray(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0xDEAD, dtype=dtype))
 
     def zeros(self, shape, dtype):
         return self.ndarray(np.zeros(shape, dtype=dtype))
@@ -852,7 +952,8 @@ class _FakeCuPy:
                 return _addr(v.a)
             assert type(v) is np.uint64 and v == 0, where   # NULL, 8 bytes
             return None
-        want = {"int": np.int32, "unsigned": np.uint32, "fo_i64": np.int64, "double": np.float64}[ctype]
+        want = {"int": np.int32, "unsigned": np.uint32, "fo_i64": np.int64, "double": np.float64,
+                "unsigned long long": np.uint64}[ctype]
         assert type(v) is want, f"{where}: got {type(v).__name__}"
         return v.item()
 
@@ -867,6 +968,10 @@ class _FakeCuPy:
         elif name == "fo_grad_control_kernel":
             assert grid == (1,) and block == (K.RED_THREADS,)
             self.emu.emu_control(*a)
+        elif name == "fo_bf16_round_kernel":
+            self.emu.emu_bf16_round(grid[0], block[0], *a)
+        elif name.endswith("_lp4"):
+            assert self.emu.emu_update_lp(name.encode(), grid[0], block[0], *a) == 0
         else:
             assert self.emu.emu_update(name.encode(), grid[0], block[0], *a) == 0
 
@@ -895,6 +1000,61 @@ def test_cuda_backend_end_to_end_on_fake_cupy(fake_cupy, monkeypatch, name, kwar
     assert fake_cupy.launches and len(_cuda._meta_cache) >= 1
     for a, m in mirror.pairs.values():
         assert np.array_equal(a, m.a)
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+@pytest.mark.parametrize("name", ["Adam", "Adagrad", "RMSprop"])
+def test_optimizer_bf16_state_on_fake_cupy(fake_cupy, name, rounding):
+    """The Optimizer on (fake) CuPy arrays with state_dtype="bfloat16": new buffers rounded
+    on the device (fo_bf16_round_kernel; Adagrad's start from a non-zero value), uint16
+    state, the _lp4 kernel, per-parameter clipping on the device; parameters and state
+    bits equal the CPU optimizer's; state_dict holds ml_dtypes.bfloat16 arrays equal to
+    the CPU's and load_state_dict puts them back as device bits (the run continues
+    identically)."""
+    ml = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    fk = fake_cupy
+    shapes = [(7,), (K.CHUNK + 3,), (3, 5)]
+    host = make_params(3, shapes, np.dtype(np.float32))
+    dev = [fk.asarray(p) for p in host]
+    kw = dict(lr=1e-2, state_dtype="bfloat16", rounding=rounding, seed=11, clipnorm=2.0)
+    if name == "Adagrad":
+        kw["initial_accumulator_value"] = 0.1
+    a, b = getattr(fusedoptim, name)(host, **kw), getattr(fusedoptim, name)(dev, **kw)
+    grads = list(grad_stream(4, shapes, np.dtype(np.float32), 6))
+    for g in grads[:3]:
+        a.step(g)
+        b.step([fk.asarray(x) for x in g])
+    assert "fo_bf16_round_kernel" in fk.launches and any(n.endswith("_lp4") for n in fk.launches)
+    for x, y in zip(host, dev):
+        assert np.array_equal(x, y.a)
+    for x, y in zip(host, dev):
+        for k, v in a.state[x].items():
+            if isinstance(v, np.ndarray):
+                w = b.state[y][k]
+                assert w.dtype == np.uint16 and np.array_equal(v.view(np.uint16), w.a), k
+    sa, sb = a.state_dict(), b.state_dict()
+    for i, st in sa["state"].items():
+        for k, v in st.items():
+            if isinstance(v, np.ndarray):
+                assert sb["state"][i][k].dtype == np.dtype(ml.bfloat16)
+                assert np.array_equal(v.view(np.uint16), sb["state"][i][k].view(np.uint16))
+    dev2 = [fk.asarray(p.a) for p in dev]
+    c = getattr(fusedoptim, name)(dev2, **kw)
+    c.load_state_dict(sb)
+    assert all(v.dtype == np.uint16 for p in dev2 for v in c.state[p].values() if hasattr(v, "dtype"))
+    for g in grads[3:]:
+        a.step(g)
+        c.step([fk.asarray(x) for x in g])
+    for x, y in zip(host, dev2):
+        assert np.array_equal(x, y.a)
+
+
+def test_cuda_refuses_int8_state_and_bf16_params_on_fake_cupy(fake_cupy):
+    fk = fake_cupy
+    with pytest.raises(NotImplementedError, match="int8"):
+        fusedoptim.Adam([fk.asarray(np.zeros(5000, np.float32))], state_dtype="int8")
+    with pytest.raises(TypeError, match="bfloat16 parameters run on the CPU backend only"):
+        fusedoptim.Adam([fk.asarray(np.zeros(3, np.uint16))])
 
 
 def test_cuda_reductions_and_helpers_on_fake_cupy(fake_cupy):
@@ -1058,28 +1218,44 @@ def test_nvrtc_compiles_the_kernel_source():
 
 GPU_STEPS = 200
 GPU_TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6), np.dtype(np.float64): dict(rtol=1e-6, atol=1e-6)}
+# Ftrl with learning_rate_power != -0.5 calls powf (rules.h fo_pow).  CUDA's powf is not
+# correctly rounded (CUDA C++ Programming Guide, "Mathematical Functions": powf up to 4 ulp;
+# pow 2 ulp) and glibc's is within 1 ulp, so the two sides differ in the last bits of
+# n^-p; Ftrl's linear state accumulates the difference (pn - po) / lr * p of two nearly
+# equal powers, which turns those ulps into 4e-4 relative in z and 4e-5 in the
+# parameters after 200 float32 steps (first H200 run, CUDA 13.0).  Making the bits agree
+# would mean our own pow in rules.h on both sides (the CPU would give up libm's powf and
+# its vectorized loop for a rarely used option), so float32 pow cases get a tolerance
+# sized to that: float64 (pow within 2 ulp of 1e-16) keeps the default one.
+POW_TOL = dict(rtol=2e-3, atol=1e-5)
+
+
+def _gpu_tol(name, kwargs, dtype) -> dict:
+    uses_pow = name == "Ftrl" and kwargs.get("learning_rate_power", -0.5) != -0.5
+    return POW_TOL if uses_pow and dtype == np.float32 else GPU_TOL[dtype]
 
 
 def _gpu_mirror(cupy):
     return _Mirror(lambda a, shift: cupy.asarray(a), lambda *args: _cuda.fused_step(*args))
 
 
-def _gpu_compare(cupy, mirror, dtype):
+def _gpu_compare(cupy, mirror, dtype, tol=None):
     cupy.cuda.runtime.deviceSynchronize()
     for i, (a, m) in enumerate(mirror.pairs.values()):
-        np.testing.assert_allclose(cupy.asnumpy(m), a, **GPU_TOL[dtype], err_msg=f"array {i}")
+        np.testing.assert_allclose(cupy.asnumpy(m), a, **(tol or GPU_TOL[dtype]), err_msg=f"array {i}")
 
 
 @pytest.mark.parametrize("name,kwargs", case_params())
 def test_gpu_kernels_match_cpu(cp, monkeypatch, name, kwargs, dtype):
     """The real kernels, fed the CPU path's per-step scalars for 200 steps (see
     test_optimizers.py for why 200), against the CPU path.  float32 tolerances: NVRTC
-    flushes float32 denormals (-ftz=true); float64 is IEEE on both sides."""
+    flushes float32 denormals (-ftz=true), and CUDA's powf is not libm's (POW_TOL); float64
+    is IEEE on both sides."""
     seed = seed_for("cuda-gpu", name, kwargs, dtype.name)
     hp = draw_hparams(name, kwargs, seed)
     mirror = _gpu_mirror(cp)
     _run_mirrored(monkeypatch, mirror, name, hp, dtype, EMU_SHAPES, GPU_STEPS, seed)
-    _gpu_compare(cp, mirror, dtype)
+    _gpu_compare(cp, mirror, dtype, _gpu_tol(name, hp, dtype))
 
 
 @pytest.mark.parametrize("opt_kw,step_kw", OPTION_VARIANTS)
@@ -1139,8 +1315,9 @@ def test_gpu_optimizer_matches_cpu(cp, name, kwargs):
     for grads in grad_stream(seed + 1, SHAPES, dtype, GPU_STEPS):
         a.step(grads)
         b.step([cp.asarray(g) for g in grads])
+    tol = _gpu_tol(name, hp, dtype)
     for x, y in zip(host, dev):
-        np.testing.assert_allclose(cp.asnumpy(y), x, **GPU_TOL[dtype])
+        np.testing.assert_allclose(cp.asnumpy(y), x, **tol)
     sd = b.state_dict()
     arrays = [v for st in sd["state"].values() for v in st.values() if hasattr(v, "shape")]
     assert arrays and all(type(v) is np.ndarray for v in arrays), "state_dict must return host arrays"
@@ -1148,7 +1325,7 @@ def test_gpu_optimizer_matches_cpu(cp, name, kwargs):
     for i, st in sd["state"].items():
         for k, v in st.items():
             if isinstance(v, np.ndarray):
-                np.testing.assert_allclose(v, ref["state"][i][k], **GPU_TOL[dtype])
+                np.testing.assert_allclose(v, ref["state"][i][k], **tol)
     c = build(name, [cp.asarray(p) for p in host], **hp)
     c.load_state_dict(sd)
     assert all(isinstance(v, cp.ndarray) for st in c.state for v in st.values() if hasattr(v, "shape"))
@@ -1180,3 +1357,87 @@ def test_gpu_bf16_rounding_kernel_matches_cpu_storage(cp):
         fn((4,), (128,), (dx, dout, np.int64(x.size), np.uint64(77), np.uint64(1), np.uint64(0), np.int32(0),
                           np.int32(stochastic)))
         np.testing.assert_array_equal(cp.asnumpy(dout), want, err_msg=rounding)
+
+
+def _bits_agree(cupy, mirror, min_equal: float):
+    """Every mirrored array: float32 arrays within bfloat16 precision; bfloat16 state as
+    bits, equal in at least ``min_equal`` of the elements and otherwise within a few
+    bfloat16 ulps (a float32 value that differs in its last bit -- a flushed denormal --
+    may round to the other neighbour; the run then carries that difference)."""
+    cupy.cuda.runtime.deviceSynchronize()
+    for i, (a, m) in enumerate(mirror.pairs.values()):
+        got = cupy.asnumpy(m)
+        if a.dtype.name == "bfloat16":
+            assert got.dtype == np.uint16
+            same = np.mean(a.view(np.uint16) == got) if a.size else 1.0
+            assert same >= min_equal, f"array {i}: only {same:.6f} of the bfloat16 bits agree"
+            np.testing.assert_allclose(got.view(a.dtype).astype(np.float32), a.astype(np.float32), rtol=3e-2,
+                                       atol=1e-6, err_msg=f"array {i}")
+        else:   # float32: within bfloat16 precision, since a state word that rounded the other way feeds it
+            np.testing.assert_allclose(got, a, rtol=3e-2, atol=1e-5, err_msg=f"array {i}")
+
+
+GPU_BF16_STEPS = 20
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+@pytest.mark.parametrize("name,kwargs", case_params(RICH_CASES))
+def test_gpu_bf16_state_matches_cpu(cp, monkeypatch, name, kwargs, rounding):
+    """The real _lp4 kernels (NVRTC, -ftz) against the CPU loop, fed the same scalars and
+    rounding key for 20 steps: the bfloat16 state bits agree (all but a rare element a
+    flushed float32 denormal pushes across a rounding boundary) and every value is within
+    bfloat16 precision of the CPU's."""
+    pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    seed = seed_for("cuda-gpu-bf16", name, kwargs, rounding)
+    hp = draw_hparams(name, kwargs, seed)
+    copy = lambda a, shift: cp.asarray(a.view(np.uint16) if a.dtype.name == "bfloat16" else a)  # noqa: E731
+    mirror = _Mirror(copy, lambda *args, **kw: _cuda.fused_step(*args, **kw))
+    _run_mirrored(monkeypatch, mirror, name, hp, np.dtype(np.float32), EMU_SHAPES, GPU_BF16_STEPS, seed,
+                  state_dtype="bfloat16", rounding=rounding, seed=seed)
+    _bits_agree(cp, mirror, 0.999)
+
+
+def test_gpu_optimizer_bf16_state(cp):
+    """AdamW on CuPy arrays with bfloat16 state: uint16 device state, the CPU
+    optimizer's results to bfloat16 precision, state_dict in ml_dtypes.bfloat16 that a CPU
+    optimizer loads, and a device optimizer that loads it continues as the original."""
+    ml = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (pip install '.[lowp]')")
+    host = make_params(5, SHAPES, np.dtype(np.float32))
+    dev = [cp.asarray(p) for p in host]
+    kw = dict(lr=1e-2, weight_decay=0.1, state_dtype="bfloat16", seed=3, global_clipnorm=1.0)
+    a, b = fusedoptim.AdamW(host, **kw), fusedoptim.AdamW(dev, **kw)
+    grads = list(grad_stream(6, SHAPES, np.dtype(np.float32), 40))
+    for g in grads[:20]:
+        a.step(g)
+        b.step([cp.asarray(x) for x in g])
+    assert all(v.dtype == cp.uint16 for p in dev for k, v in b.state[p].items() if k.startswith("exp_avg"))
+    for x, y in zip(host, dev):
+        np.testing.assert_allclose(cp.asnumpy(y), x, rtol=1e-3, atol=1e-5)
+    sd = b.state_dict()
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, np.ndarray):
+                assert v.dtype == np.dtype(ml.bfloat16)
+                ref = a.state_dict()["state"][i][k].astype(np.float32)
+                np.testing.assert_allclose(v.astype(np.float32), ref, rtol=3e-2, atol=1e-6)
+    fusedoptim.AdamW([p.copy() for p in host], **kw).load_state_dict(sd)     # interchangeable with the CPU's
+    dev2 = [y.copy() for y in dev]
+    c = fusedoptim.AdamW(dev2, **kw)
+    c.load_state_dict(sd)
+    for g in grads[20:]:
+        gd = [cp.asarray(x) for x in g]
+        b.step(gd)
+        c.step(gd)
+    for y, z in zip(dev, dev2):
+        assert bool((y == z).all())
+    for y, z in zip(dev, dev2):
+        for k, v in b.state[y].items():
+            if hasattr(v, "dtype"):
+                assert bool((v == c.state[z][k]).all()), k
+
+
+def test_gpu_refuses_int8_state_and_uint16_params(cp):
+    with pytest.raises(NotImplementedError, match="int8"):
+        fusedoptim.Adam([cp.zeros(5000, dtype=cp.float32)], state_dtype="int8")
+    with pytest.raises(TypeError, match="bfloat16 parameters run on the CPU backend only"):
+        fusedoptim.Adam([cp.zeros(3, dtype=cp.uint16)])

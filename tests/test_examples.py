@@ -22,12 +22,21 @@ CASES = {
     "torch_cpu_loop.py": (("torch",), "train accuracy"),
     "lowprec_state.py": (("ml_dtypes",), "bfloat16 params, float32 state"),
     "int8_state.py": ((), "int8    state"),
+    "cuda_bf16_state.py": (("cupy", "ml_dtypes", "cuda-device"), "GPU bfloat16 state: loss"),
 }
 
 
 def _missing(requirements):
     out = []
     for req in requirements:
+        if req == "cuda-device":     # CuPy with a driver and at least one GPU
+            try:
+                import cupy
+                if cupy.cuda.runtime.getDeviceCount() < 1:
+                    raise RuntimeError
+            except Exception:
+                out.append("a CUDA device")
+            continue
         module, _, attr = req.partition(":")
         try:
             mod = importlib.import_module(module)

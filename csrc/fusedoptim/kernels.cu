@@ -34,6 +34,12 @@
  *  - ctrl (may be NULL): the control block written on device by fo_grad_control_kernel;
  *    ctrl[3] != 0 skips the step (non-finite guard), ctrl[2] multiplies gscale (global-norm
  *    clipping).  No host synchronisation is needed.
+ *  - bfloat16 state (fo_<algo>_kernel_lp4): the state buffers hold bfloat16 bits
+ *    (unsigned short; CuPy has no bfloat16 dtype), widened on load and rounded on store by
+ *    lowp.h; meta ends with one tensor id per tensor and (seed, step, stochastic) follow
+ *    ctrl, so the random bits of stochastic rounding are the CPU loop's: a GPU step equals
+ *    the CPU step bit for bit (up to -ftz, as for float32 storage).  A bfloat16 pack is 8
+ *    bytes (four elements, as the float4 of the float32 buffers).
  */
 #ifndef FUSEDOPTIM_RULES_H
 #include "rules.h"
@@ -61,9 +67,33 @@ struct fo_hparams {
 
 /* ---- the engine: chunks -> tensor segments -> elements / 16-byte packs ------------- */
 
-template <typename T> struct alignas(16) fo_pack {
-    T v[16 / sizeof(T)];
+/* V consecutive elements of one buffer of storage type S (a float4 / double2 of float32 /
+ * float64 storage, 8 bytes of bfloat16 bits), loaded and stored at once */
+template <typename S, int V> struct alignas(V * sizeof(S)) fo_pack {
+    S v[V];
 };
+
+/* The storage of a launch (lowp.h's policies, as cpu.h's fo_loop takes them): SP the
+ * parameter and its EMA, SG the gradient, SS the state buffers; SR: stochastic rounding
+ * on the low-precision writes.  fo_plain<T> is T everywhere: no conversion, no bits.   */
+template <class SP_, class SG_, class SS_, bool SR_> struct fo_st {
+    typedef SP_ SP;
+    typedef SG_ SG;
+    typedef SS_ SS;
+    enum { SR = SR_ };
+};
+template <typename T> using fo_plain = fo_st<fo_same<T>, fo_same<T>, fo_same<T>, false>;
+
+/* The random words of element idx (its index in its tensor, low 32 bits), exactly as
+ * cpu.h's fo_loop draws them: w[0] for state buffers 0 and 1 (low, high 16 bits), w[1]
+ * for 2 and 3, w[2] for the parameter and its EMA.  None without stochastic rounding. */
+template <class St, unsigned K>
+__device__ __forceinline__ void fo_draw(const fo_rng &r, unsigned idx, unsigned *w) {
+    w[0] = (St::SR && St::SS::LOWP && (K & 3u)) ? fo_hash32(idx ^ r.k[0]) : 0u;
+    w[1] = (St::SR && St::SS::LOWP && (K & 12u)) ? fo_hash32(idx ^ r.k[1]) : 0u;
+    w[2] = (St::SR && St::SP::LOWP) ? fo_hash32(idx ^ r.k[2]) : 0u;
+}
+__device__ __forceinline__ unsigned fo_word(const unsigned *w, int k) { return w[k >> 1] >> (16 * (k & 1)); }
 
 __device__ __forceinline__ fo_i64 fo_min64(fo_i64 a, fo_i64 b) { return a < b ? a : b; }
 __device__ __forceinline__ fo_i64 fo_max64(fo_i64 a, fo_i64 b) { return a > b ? a : b; }
@@ -96,78 +126,113 @@ template <class A, typename T, unsigned F> struct fo_op {
     __device__ void operator()(T &p, T g, T *s) const { A::template rule<T, F, 0>(p, g, s, c, h); }
 };
 
-/* One element: load, rule, EMA epilogue (as cpu.h's loop), store. */
-template <typename T, bool EMA, typename Op>
-__device__ __forceinline__ void fo_elem(const Op &op, T *const *b, fo_i64 i) {
+#define FO_PTR_(S, x) ((typename S::type *)(x))
+
+/* One element: load (widen), rule, store (round), EMA epilogue on the parameter as
+ * stored (as cpu.h's loops). */
+template <typename T, bool EMA, class St, typename Op>
+__device__ __forceinline__ void fo_elem(const Op &op, void *const *b, fo_i64 i, const fo_rng &r) {
+    typedef typename St::SP SP;
+    typedef typename St::SG SG;
+    typedef typename St::SS SS;
     T s[Op::NS + 1] = {};
-    T p = b[0][i];
-    const T g = b[1][i];
+    T p = SP::load(FO_PTR_(SP, b[0])[i]);
+    const T g = SG::load(FO_PTR_(SG, b[1])[i]);
 #pragma unroll
     for (int k = 0; k < Op::NS; k++)
-        if ((Op::K >> k) & 1u) s[k] = b[FO_STATE + k][i];
+        if ((Op::K >> k) & 1u) s[k] = SS::load(FO_PTR_(SS, b[FO_STATE + k])[i]);
     op(p, g, s);
-    b[0][i] = p;
+    unsigned w[3];
+    fo_draw<St, Op::K>(r, (unsigned)i, w);
+    const typename SP::type ps = SP::store(p, w[2], St::SR);
+    FO_PTR_(SP, b[0])[i] = ps;
 #pragma unroll
     for (int k = 0; k < Op::NS; k++)
-        if ((Op::K >> k) & 1u) b[FO_STATE + k][i] = s[k];
+        if ((Op::K >> k) & 1u) FO_PTR_(SS, b[FO_STATE + k])[i] = SS::store(s[k], fo_word(w, k), St::SR);
     if (EMA) {
-        T e = b[2][i];
-        fo_ema_rule(e, p, op.c);
-        b[2][i] = e;
+        T e = SP::load(FO_PTR_(SP, b[2])[i]);
+        fo_ema_rule(e, SP::load(ps), op.c);
+        FO_PTR_(SP, b[2])[i] = SP::store(e, w[2] >> 16, St::SR);
     }
 }
 
-/* One 16-byte pack (pack index j) of every buffer. */
-template <typename T, bool EMA, typename Op>
-__device__ __forceinline__ void fo_elem_pack(const Op &op, T *const *b, fo_i64 j) {
+/* One pack (pack index j: elements j*V .. j*V + V - 1) of every buffer. */
+template <typename T, bool EMA, class St, typename Op>
+__device__ __forceinline__ void fo_elem_pack(const Op &op, void *const *b, fo_i64 j, const fo_rng &r) {
     enum { V = 16 / sizeof(T) };
-    fo_pack<T> pp = ((const fo_pack<T> *)b[0])[j];
-    const fo_pack<T> gp = ((const fo_pack<T> *)b[1])[j];
-    fo_pack<T> sp[Op::NS + 1];
-    fo_pack<T> ep;
+    typedef typename St::SP SP;
+    typedef typename St::SG SG;
+    typedef typename St::SS SS;
+    typedef fo_pack<typename SP::type, V> PP;
+    typedef fo_pack<typename SG::type, V> PG;
+    typedef fo_pack<typename SS::type, V> PS;
+    PP pp = ((const PP *)b[0])[j];
+    const PG gp = ((const PG *)b[1])[j];
+    PS sp[Op::NS + 1];
+    PP ep;
 #pragma unroll
     for (int k = 0; k < Op::NS; k++)
-        if ((Op::K >> k) & 1u) sp[k] = ((const fo_pack<T> *)b[FO_STATE + k])[j];
-    if (EMA) ep = ((const fo_pack<T> *)b[2])[j];
+        if ((Op::K >> k) & 1u) sp[k] = ((const PS *)b[FO_STATE + k])[j];
+    if (EMA) ep = ((const PP *)b[2])[j];
 #pragma unroll
     for (int l = 0; l < V; l++) {
         T s[Op::NS + 1] = {};
 #pragma unroll
         for (int k = 0; k < Op::NS; k++)
-            if ((Op::K >> k) & 1u) s[k] = sp[k].v[l];
-        op(pp.v[l], gp.v[l], s);
+            if ((Op::K >> k) & 1u) s[k] = SS::load(sp[k].v[l]);
+        T p = SP::load(pp.v[l]);
+        op(p, SG::load(gp.v[l]), s);
+        unsigned w[3];
+        fo_draw<St, Op::K>(r, (unsigned)(j * V + l), w);
+        pp.v[l] = SP::store(p, w[2], St::SR);
 #pragma unroll
         for (int k = 0; k < Op::NS; k++)
-            if ((Op::K >> k) & 1u) sp[k].v[l] = s[k];
-        if (EMA) fo_ema_rule(ep.v[l], pp.v[l], op.c);
+            if ((Op::K >> k) & 1u) sp[k].v[l] = SS::store(s[k], fo_word(w, k), St::SR);
+        if (EMA) {
+            T e = SP::load(ep.v[l]);
+            fo_ema_rule(e, SP::load(pp.v[l]), op.c);
+            ep.v[l] = SP::store(e, w[2] >> 16, St::SR);
+        }
     }
-    ((fo_pack<T> *)b[0])[j] = pp;
+    ((PP *)b[0])[j] = pp;
 #pragma unroll
     for (int k = 0; k < Op::NS; k++)
-        if ((Op::K >> k) & 1u) ((fo_pack<T> *)b[FO_STATE + k])[j] = sp[k];
-    if (EMA) ((fo_pack<T> *)b[2])[j] = ep;
+        if ((Op::K >> k) & 1u) ((PS *)b[FO_STATE + k])[j] = sp[k];
+    if (EMA) ((PP *)b[2])[j] = ep;
 }
 
-/* Elements [lo, hi) of one tensor (buffer pointers b), strided over the block's threads. */
-template <typename T, bool EMA, typename Op>
-__device__ __forceinline__ void fo_segment(const Op &op, T *const *b, fo_i64 lo, fo_i64 hi) {
-    enum { V = 16 / sizeof(T), NB = FO_STATE + Op::NS };
-    unsigned long long bits = 0;
+/* Elements [lo, hi) of one tensor (buffer pointers b), strided over the block's threads.
+ * Packs where every buffer is aligned to its pack (16 bytes of T; 8 of bfloat16). */
+template <typename T, bool EMA, class St, typename Op>
+__device__ __forceinline__ void fo_segment(const Op &op, void *const *b, fo_i64 lo, fo_i64 hi, const fo_rng &r) {
+    enum { V = 16 / sizeof(T) };
+    const unsigned long long ap = V * sizeof(typename St::SP::type) - 1, ag = V * sizeof(typename St::SG::type) - 1,
+                             as = V * sizeof(typename St::SS::type) - 1;
+    unsigned long long bits = ((unsigned long long)b[0] | (unsigned long long)b[2]) & ap;
+    bits |= (unsigned long long)b[1] & ag;
 #pragma unroll
-    for (int k = 0; k < NB; k++) bits |= (unsigned long long)b[k];
+    for (int k = 0; k < Op::NS; k++) bits |= (unsigned long long)b[FO_STATE + k] & as;
     fo_i64 vlo = hi, vhi = hi; /* pack range [vlo, vhi), in elements */
-    if ((bits & 15ull) == 0) {
+    if (bits == 0) {
         vlo = fo_min64(hi, (lo + V - 1) / V * V);
         vhi = fo_max64(vlo, hi / V * V);
     }
-    for (fo_i64 i = lo + threadIdx.x; i < vlo; i += blockDim.x) fo_elem<T, EMA>(op, b, i);
-    for (fo_i64 j = vlo / V + threadIdx.x; j < vhi / V; j += blockDim.x) fo_elem_pack<T, EMA>(op, b, j);
-    for (fo_i64 i = vhi + threadIdx.x; i < hi; i += blockDim.x) fo_elem<T, EMA>(op, b, i);
+    for (fo_i64 i = lo + threadIdx.x; i < vlo; i += blockDim.x) fo_elem<T, EMA, St>(op, b, i, r);
+    for (fo_i64 j = vlo / V + threadIdx.x; j < vhi / V; j += blockDim.x) fo_elem_pack<T, EMA, St>(op, b, j, r);
+    for (fo_i64 i = vhi + threadIdx.x; i < hi; i += blockDim.x) fo_elem<T, EMA, St>(op, b, i, r);
 }
 
-template <class A, typename T, unsigned F, bool EMA>
+/* The key of the random bits (low-precision launches): seed, step and, per tensor, its
+ * index in the optimizer (tids, after the pointer rows of meta). */
+struct fo_lowp_key {
+    unsigned long long seed, step;
+    const fo_i64 *tids;
+};
+
+template <class A, typename T, unsigned F, bool EMA, class St>
 __device__ __forceinline__ void fo_chunks(const fo_common_scalars &cs, const typename A::scalars &as,
-                                          const fo_i64 *meta, int ntens, int nbuf, const double *tscale) {
+                                          const fo_i64 *meta, int ntens, int nbuf, const double *tscale,
+                                          const fo_lowp_key &key) {
     typedef fo_op<A, T, F> Op;
     const fo_i64 *starts = meta;
     const fo_i64 *rows = meta + ntens + 1;
@@ -178,40 +243,53 @@ __device__ __forceinline__ void fo_chunks(const fo_common_scalars &cs, const typ
             const fo_i64 a = fo_max64(lo, starts[t]), z = fo_min64(hi, starts[t + 1]);
             if (a >= z) continue;
             const fo_i64 *row = rows + (fo_i64)t * nbuf;
-            T *b[FO_STATE + Op::NS];
+            void *b[FO_STATE + Op::NS];
 #pragma unroll
-            for (int k = 0; k < FO_STATE; k++) b[k] = (T *)row[k];
+            for (int k = 0; k < FO_STATE; k++) b[k] = (void *)row[k];
 #pragma unroll
             for (int k = 0; k < Op::NS; k++) /* a dropped buffer aliases the parameter, never touched */
-                b[FO_STATE + k] = (T *)row[((Op::K >> k) & 1u) ? FO_STATE + fo_rank(Op::K, k) : 0];
+                b[FO_STATE + k] = (void *)row[((Op::K >> k) & 1u) ? FO_STATE + fo_rank(Op::K, k) : 0];
             fo_common_scalars ct = cs;
             if (tscale) ct.gscale = cs.gscale * tscale[t];
             const Op op(ct, as);
-            fo_segment<T, EMA>(op, b, a - starts[t], z - starts[t]);
+            /* the hash takes the low 32 bits of the index in the tensor, the high ones go
+             * into the key (lowp.h): a piece never crosses a multiple of 2^32            */
+            for (fo_i64 i = a - starts[t], end = z - starts[t]; i < end;) {
+                const fo_i64 e = fo_min64(end, ((i >> 32) + 1) << 32);
+                fo_rng r = {};
+                if (St::SR) {
+                    const unsigned long long k64 = fo_rng_key(key.seed, key.step, (unsigned long long)key.tids[t],
+                                                              (unsigned long long)i >> 32);
+                    for (int j = 0; j < 3; j++) r.k[j] = fo_rng_subkey(k64, j);
+                }
+                fo_segment<T, EMA, St>(op, b, i, e, r);
+                i = e;
+            }
         }
     }
 }
 
 /* The run-time flag bits select the instantiation F (0 .. 2^NFLAGS - 1), then the EMA flag. */
-template <class A, typename T, unsigned F = 0>
+template <class A, typename T, class St, unsigned F = 0>
 __device__ void fo_dispatch(unsigned flags, const fo_common_scalars &cs, const typename A::scalars &as,
-                            const fo_i64 *meta, int ntens, int nbuf, int ema, const double *tscale) {
+                            const fo_i64 *meta, int ntens, int nbuf, int ema, const double *tscale,
+                            const fo_lowp_key &key) {
     if constexpr (F + 1 < (1u << A::NFLAGS)) {
         if (flags != F) {
-            fo_dispatch<A, T, F + 1>(flags, cs, as, meta, ntens, nbuf, ema, tscale);
+            fo_dispatch<A, T, St, F + 1>(flags, cs, as, meta, ntens, nbuf, ema, tscale, key);
             return;
         }
     }
-    if (ema) fo_chunks<A, T, F, true>(cs, as, meta, ntens, nbuf, tscale);
-    else fo_chunks<A, T, F, false>(cs, as, meta, ntens, nbuf, tscale);
+    if (ema) fo_chunks<A, T, F, true, St>(cs, as, meta, ntens, nbuf, tscale, key);
+    else fo_chunks<A, T, F, false, St>(cs, as, meta, ntens, nbuf, tscale, key);
 }
 
 /* A launch: the named block (with the device control block applied), then the dispatch.
  * Returns at once when ctrl asks to skip the step; the global clip coefficient ctrl[2]
- * joins gscale in double, as the CPU path folds it in on the host.                      */
-template <class A, typename T>
+ * joins gscale in double, as the CPU path folds it in on the host.  St: the storage.   */
+template <class A, typename T, class St>
 __device__ void fo_update(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, unsigned flags,
-                          const double *tscale, const double *ctrl) {
+                          const double *tscale, const double *ctrl, const fo_lowp_key &key) {
     fo_common_scalars cs;
     typename A::scalars as;
     memcpy(&cs, hp.h, sizeof cs);
@@ -220,22 +298,48 @@ __device__ void fo_update(const fo_hparams &hp, const fo_i64 *meta, int ntens, i
         if (ctrl[3] != 0.0) return;
         cs.gscale = cs.gscale * ctrl[2];
     }
-    fo_dispatch<A, T>(flags, cs, as, meta, ntens, nbuf, ema, tscale);
+    fo_dispatch<A, T, St>(flags, cs, as, meta, ntens, nbuf, ema, tscale, key);
 }
 
-/* ---- the extern "C" entry points, from the one list: fo_<algo>_kernel_f32 / _f64 ------
- * (hp, meta, ntens, nbuf, ema, flags, tscale, ctrl): tscale (NULL or one double per
- * tensor) and ctrl (NULL or a control block) are device pointers.                       */
+/* Low-precision storage code (cpu.h's fo_lp_ctx): bit 0 the parameter and its EMA, bit 1
+ * the gradient, bit 2 the state buffers are bfloat16 bits; float32 arithmetic. */
+template <bool B> struct fo_lp_pick { typedef fo_bf16s type; };
+template <> struct fo_lp_pick<false> { typedef fo_same<float> type; };
+template <int CODE, bool SR>
+using fo_lp_st = fo_st<typename fo_lp_pick<(CODE & 1) != 0>::type, typename fo_lp_pick<(CODE & 2) != 0>::type,
+                       typename fo_lp_pick<(CODE & 4) != 0>::type, SR>;
+
+template <class A, int CODE>
+__device__ void fo_update_lp(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, unsigned flags,
+                             const double *tscale, const double *ctrl, unsigned long long seed,
+                             unsigned long long step, int stochastic) {
+    const fo_lowp_key key = {seed, step, meta + ntens + 1 + (fo_i64)ntens * nbuf};
+    if (stochastic) fo_update<A, float, fo_lp_st<CODE, true> >(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, key);
+    else fo_update<A, float, fo_lp_st<CODE, false> >(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, key);
+}
+
+/* ---- the extern "C" entry points, from the one list -----------------------------------
+ * fo_<algo>_kernel_f32 / _f64 (hp, meta, ntens, nbuf, ema, flags, tscale, ctrl): tscale
+ * (NULL or one double per tensor) and ctrl (NULL or a control block) are device pointers.
+ * fo_<algo>_kernel_lp4: float32 parameters and gradients, bfloat16 state (storage code 4
+ * of cpu.h), with (seed, step, stochastic) and meta followed by ntens tensor ids (the
+ * tensor part of the key): the CPU loop's bits.  The CUDA backend takes no bfloat16
+ * parameters or gradients (CuPy has no bfloat16 dtype), so codes 1-3 and 5-7 are not
+ * instantiated; fo_update_lp<A, CODE> compiles any of them.                            */
+#define FO_KERNEL_ARGS_ const fo_hparams hp, const fo_i64 *meta, int ntens, int nbuf, int ema, unsigned flags, \
+                        const double *tscale, const double *ctrl
 #define FO_KERNEL_(a, P)                                                                          \
-    extern "C" __global__ void fo_##a##_kernel_f32(const fo_hparams hp, const fo_i64 *meta, int ntens, \
-                                                   int nbuf, int ema, unsigned flags,               \
-                                                   const double *tscale, const double *ctrl) {      \
-        fo_update<fo_##a, float>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl);                 \
+    extern "C" __global__ void fo_##a##_kernel_f32(FO_KERNEL_ARGS_) {                              \
+        fo_update<fo_##a, float, fo_plain<float> >(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, \
+                                                   fo_lowp_key());                                \
     }                                                                                             \
-    extern "C" __global__ void fo_##a##_kernel_f64(const fo_hparams hp, const fo_i64 *meta, int ntens, \
-                                                   int nbuf, int ema, unsigned flags,               \
-                                                   const double *tscale, const double *ctrl) {      \
-        fo_update<fo_##a, double>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl);                \
+    extern "C" __global__ void fo_##a##_kernel_f64(FO_KERNEL_ARGS_) {                              \
+        fo_update<fo_##a, double, fo_plain<double> >(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, \
+                                                     fo_lowp_key());                              \
+    }                                                                                             \
+    extern "C" __global__ void fo_##a##_kernel_lp4(FO_KERNEL_ARGS_, unsigned long long seed,        \
+                                                   unsigned long long step, int stochastic) {       \
+        fo_update_lp<fo_##a, 4>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, seed, step, stochastic); \
     }
 FO_ALGOS(FO_KERNEL_)
 #undef FO_KERNEL_
@@ -362,12 +466,11 @@ extern "C" __global__ void fo_grad_control_kernel(const fo_i64 *rmeta, int ntens
 }
 
 /* ---- bfloat16 storage on the device (lowp.h) ------------------------------------------
- * The CUDA update kernels keep float32/float64 state (the CUDA backend refuses
- * state_dtype="bfloat16" and bfloat16 parameters); the storage rules of lowp.h are
- * compiled for the device here, in the one conversion a bfloat16 kernel would do on
- * every store: float32 -> bfloat16 bits of element i of one tensor, nearest-even or
- * stochastic with the random bits the CPU loop draws for state buffer `buffer` (0..3) at
- * (seed, step, tensor): bit-identical to the CPU rounding.                             */
+ * The conversion the _lp4 kernels do on every store, alone: float32 -> bfloat16 bits of
+ * element i of one tensor, nearest-even or stochastic with the random bits the CPU loop
+ * draws for state buffer `buffer` (0..3) at (seed, step, tensor): bit-identical to the
+ * CPU rounding.  The CUDA backend rounds new state buffers with it (nearest-even, as the
+ * CPU path's astype(bfloat16)).                                                        */
 extern "C" __global__ void fo_bf16_round_kernel(const float *x, fo_bf16_bits *out, fo_i64 n, unsigned long long seed,
                                                 unsigned long long step, unsigned long long tensor, int buffer,
                                                 int stochastic) {

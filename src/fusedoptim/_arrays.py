@@ -82,8 +82,12 @@ def as_array(x, what: str):
 
 def as_arrays(xs: list, label) -> list:
     """``xs`` with every entry through :func:`as_array` (None kept); ``label(i)`` names
-    entry i.  Returns ``xs`` itself when it holds only NumPy arrays and None, so the usual
-    call costs one pass in C over the types."""
-    if _PASS.issuperset(map(type, xs)):
+    entry i.  Returns ``xs`` itself when it holds only NumPy (or only CuPy) arrays and
+    None, so the usual call costs one pass in C over the types."""
+    types = set(map(type, xs))
+    if _PASS.issuperset(types):
+        return xs
+    cp = sys.modules.get("cupy")        # CuPy arrays pass as they are too (one set test)
+    if cp is not None and types <= (_PASS | {cp.ndarray}):
         return xs
     return [x if x is None else as_array(x, label(i)) for i, x in enumerate(xs)]

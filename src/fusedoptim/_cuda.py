@@ -25,16 +25,18 @@ import os
 import re
 import sys
 import threading
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _kernels
+from .lowp import bfloat16, is_bfloat16
 from .validate import positive_or_none
 
 __all__ = ["check_params", "check_grads", "fused_step", "zeros_like", "full_like", "to_host", "from_host",
            "grad_norm_sq", "grad_stats", "grad_control", "accumulate", "is_device_array", "take", "address",
-           "kernel_source", "NVRTC_OPTIONS"]
+           "kernel_source", "NVRTC_OPTIONS", "storage_dtype", "to_storage"]
 
 # algorithm id (shared with the CPU backend) -> kernel name stem in kernels.cu: both are
 # instantiated from rules.h's one list FO_ALGOS
@@ -114,22 +116,57 @@ def _hp_struct(block: np.ndarray) -> np.ndarray:
     return a
 
 
-def _pack_meta(sizes: Sequence[int], rows: Sequence[Sequence[int]]) -> np.ndarray:
-    """``starts[0..n]`` (prefix sum of ``sizes``) then the pointer rows, as int64."""
-    n = len(sizes)
-    nbuf = len(rows[0]) if n else 0
-    meta = np.empty(n + 1 + n * nbuf, dtype=np.int64)
+def _pack_meta(sizes: Sequence[int], rows: Sequence[Sequence[int]], tids=None) -> np.ndarray:
+    """``starts[0..n]`` (prefix sum of ``sizes``) then the pointer rows, as int64; then,
+    for a low-precision launch, the ``n`` tensor ids ``tids``."""
+    return _pack_meta_cols(sizes, [list(c) for c in zip(*rows)] if len(sizes) else [], tids)
+
+
+def _pack_meta_cols(sizes: Sequence[int], cols: Sequence[Sequence[int]], tids=None) -> np.ndarray:
+    """:func:`_pack_meta` from the pointer columns (one list per buffer slot)."""
+    n, nbuf = len(sizes), len(cols)
+    meta = np.empty(n + 1 + n * nbuf + (0 if tids is None else n), dtype=np.int64)
     meta[0] = 0
-    np.cumsum(np.asarray(sizes, dtype=np.int64), out=meta[1:n + 1])
+    np.cumsum(np.fromiter(sizes, dtype=np.int64, count=n), out=meta[1:n + 1])
     if n:
-        meta[n + 1:] = np.asarray(rows, dtype=np.uint64).reshape(-1).view(np.int64)
+        table = meta[n + 1:n + 1 + n * nbuf].reshape(n, nbuf).view(np.uint64)
+        for k, col in enumerate(cols):
+            table[:, k] = np.fromiter(col, dtype=np.uint64, count=n)
+    if tids is not None:
+        meta[n + 1 + n * nbuf:] = np.asarray(tids, dtype=np.uint64).view(np.int64)
     return meta
 
 
-def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr):
+_F32, _F64, _BF16_BITS = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint16)
+_SUFFIX = {_F32: "f32", _F64: "f64"}
+
+
+def _column(what: str, col, sizes: List[int], dtype, ptr) -> List[int]:
+    """The addresses of one buffer column, after checking it against the parameters
+    (one list comparison each for the sizes and the dtypes in the usual case)."""
+    try:
+        ok = [a.size for a in col] == sizes and {a.dtype for a in col} == {dtype}
+    except AttributeError:          # a None
+        ok = False
+    if not ok:
+        for i, a in enumerate(col):
+            if a is None or a.size != sizes[i] or a.dtype != dtype:
+                raise ValueError(f"{what} of tensor {i} does not match its parameter")
+    if ptr is _ptr:                 # CuPy: the addresses in one comprehension, no call per array
+        return [a.data.ptr for a in col]
+    return [ptr(a) for a in col]
+
+
+def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr, rounding=None):
     """Check the call and build its launch arguments; ``ptr(a)`` gives an array's address.
 
-    Returns ``(kernel name, fo_hparams struct, meta table, nbuf, has_ema)``."""
+    State buffers of uint16 (bfloat16 bits; CuPy has no bfloat16 dtype) with float32
+    parameters select the low-precision kernel ``fo_<algo>_kernel_lp4``: ``rounding`` =
+    ``(seed, step, tensor_ids, stochastic)`` as for the CPU backend (None: ``(0, 0, None,
+    True)``) keys its random bits, and the tensor ids end the table.
+
+    Returns ``(kernel name, fo_hparams struct, meta table, nbuf, has_ema, extra)``,
+    ``extra`` the trailing launch arguments of a low-precision kernel (else ``()``)."""
     if algo in _REDUCING:
         raise NotImplementedError(f"{_REDUCING[algo]}: the CUDA backend has no reduction stage yet (per-tensor "
                                   f"statistics); step this optimizer on NumPy arrays (the CPU backend)")
@@ -144,31 +181,31 @@ def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr):
     nbuf = _FO_STATE + len(states)
     if len(grads) != ntens or (emas is not None and len(emas) != ntens):
         raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
+    if any(len(col) != ntens for col in states):
+        raise ValueError(f"expected {ntens} arrays per state buffer")
     dtype = params[0].dtype
-    if dtype == np.float32:
-        suffix = "f32"
-    elif dtype == np.float64:
-        suffix = "f64"
-    else:
+    suffix = _SUFFIX.get(dtype)
+    if suffix is None:
         raise ValueError(f"no CUDA kernel for dtype {dtype}")
+    sdtype = dtype
+    if states and dtype == _F32 and states[0][0] is not None and states[0][0].dtype == _BF16_BITS:
+        sdtype, suffix = _BF16_BITS, "lp4"     # bfloat16 state (cpu.h's storage code 4)
+    if {p.dtype for p in params} != {dtype}:
+        raise TypeError("mixed dtypes in one native call")
     sizes: List[int] = [p.size for p in params]
-    rows: List[List[int]] = []
-    for i, p in enumerate(params):
-        if p.dtype != dtype:
-            raise TypeError("mixed dtypes in one native call")
-        buffers = [("gradient", grads[i]), ("EMA buffer", None if emas is None else emas[i])]
-        buffers += [(f"state buffer {k}", col[i]) for k, col in enumerate(states)]
-        row = [ptr(p)]
-        for what, a in buffers:
-            if a is None and what == "EMA buffer" and emas is None:
-                row.append(0)  # no EMA: the kernel never reads this slot
-            elif a is None or a.size != sizes[i] or a.dtype != dtype:
-                raise ValueError(f"{what} of tensor {i} does not match its parameter")
-            else:
-                row.append(ptr(a))
-        rows.append(row)
-    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta(sizes, rows), nbuf,
-            0 if emas is None else 1)
+    cols = [[p.data.ptr for p in params] if ptr is _ptr else [ptr(p) for p in params],
+            _column("gradient", grads, sizes, dtype, ptr)]
+    cols.append([0] * ntens if emas is None else _column("EMA buffer", emas, sizes, dtype, ptr))
+    cols += [_column(f"state buffer {k}", col, sizes, sdtype, ptr) for k, col in enumerate(states)]
+    extra, tids = (), None
+    if suffix == "lp4":
+        seed, step, tids, stochastic = (0, 0, None, True) if rounding is None else rounding
+        tids = np.arange(ntens, dtype=np.uint64) if tids is None else np.asarray(tids, dtype=np.uint64)
+        if tids.shape != (ntens,):
+            raise ValueError(f"rounding: expected {ntens} tensor ids, got {tids.size}")
+        extra = (np.uint64(seed), np.uint64(step), np.int32(1 if stochastic else 0))
+    return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta_cols(sizes, cols, tids), nbuf,
+            0 if emas is None else 1, extra)
 
 
 def _grid(nwork: int, per_block: int, nsm: int) -> int:
@@ -276,37 +313,94 @@ def _not_cupy(what: str, x) -> TypeError:
     return TypeError(f"{what}: expected a cupy.ndarray, got {type(x).__name__}")
 
 
+def _check_param(i: int, a, first, labels) -> None:
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        hint = ("; bfloat16 parameters run on the CPU backend only (CuPy has no bfloat16 dtype: keep float32 "
+                "parameters and pass state_dtype='bfloat16' for bfloat16 state)") if a.dtype == _BF16_BITS else ""
+        raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} is not supported; use float32 or float64{hint}")
+    if a.dtype != first.dtype:
+        raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} differs from {first.dtype} of the "
+                        "first parameter; float32 and float64 can't be mixed in one optimizer")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{_where(i, labels)}: array is not C-contiguous; the optimizer updates it "
+                         "in place, so pass a contiguous array (cupy.ascontiguousarray makes a copy)")
+    if a.device.id != first.device.id:
+        raise ValueError(f"{_where(i, labels)}: array is on GPU {a.device.id}, the first parameter on "
+                         f"GPU {first.device.id}; one optimizer updates the arrays of one device")
+
+
+class _Seen:
+    """The arrays of the last successful check, by identity, held by weak references (a
+    cache must not keep a step's gradients alive): the same arrays again need no second
+    look, since an array's dtype, device, memory and layout never change (a CuPy array's
+    shape may be assigned in place, so shapes are compared again)."""
+
+    __slots__ = ("ids", "refs", "shapes", "params", "nnone")
+
+    def __init__(self):
+        self.ids, self.refs, self.shapes, self.params, self.nnone = None, (), None, None, 0
+
+    def hit(self, arrays: list) -> bool:
+        if self.ids is None or len(arrays) != len(self.refs):
+            return False
+        if tuple(map(id, arrays)) != self.ids:
+            return False
+        return all(r is None or r() is a for r, a in zip(self.refs, arrays)) and \
+            [None if a is None else a.shape for a in arrays] == self.shapes
+
+    def remember(self, arrays: list) -> None:
+        try:
+            self.refs = tuple(None if a is None else weakref.ref(a) for a in arrays)
+        except TypeError:            # an array type without weak references: no cache
+            self.ids = None
+            return
+        self.ids = tuple(map(id, arrays))
+        self.shapes = [None if a is None else a.shape for a in arrays]
+
+
+_seen_params = threading.local()
+_seen_grads = threading.local()
+
+
+def _seen(tl) -> _Seen:
+    c = getattr(tl, "c", None)
+    if c is None:
+        c = tl.c = _Seen()
+    return c
+
+
 def check_params(params: list, labels=None) -> None:
     """Raise unless every entry is a C-contiguous float32/float64 ``cupy.ndarray`` of
-    one dtype, all on one device.  ``labels[i]`` names entry i in messages."""
+    one dtype, all on one device.  ``labels[i]`` names entry i in messages.  The same
+    arrays as the last successful call (an optimizer's own parameters, every step) are
+    not looked at again."""
+    seen = _seen(_seen_params)
+    if seen.hit(params):
+        return
+    _check_arrays(params, labels)
+    seen.remember(params)
+
+
+def _check_arrays(arrays: list, labels=None) -> None:
     cp = _cp()
-    first = None
-    for i, a in enumerate(params):
+    for i, a in enumerate(arrays):
         if not isinstance(a, cp.ndarray):
             raise _not_cupy(_where(i, labels), a)
-        if a.dtype != np.float32 and a.dtype != np.float64:
-            raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} is not supported; use float32 or float64")
-        if first is None:
-            first = a
-        elif a.dtype != first.dtype:
-            raise TypeError(f"{_where(i, labels)}: dtype {a.dtype} differs from {first.dtype} of the "
-                            "first parameter; float32 and float64 can't be mixed in one optimizer")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{_where(i, labels)}: array is not C-contiguous; the optimizer updates it "
-                             "in place, so pass a contiguous array (cupy.ascontiguousarray makes a copy)")
-        if a.device.id != first.device.id:
-            raise ValueError(f"{_where(i, labels)}: array is on GPU {a.device.id}, the first parameter on "
-                             f"GPU {first.device.id}; one optimizer updates the arrays of one device")
+        _check_param(i, a, arrays[0], labels)
 
 
 def check_grads(params: list, grads: list, labels=None) -> int:
     """Raise unless grads[i] is None or matches params[i]: ``cupy.ndarray`` on the same
     device, same dtype and shape, C-contiguous, not overlapping the parameter.
-    Returns the number of None entries."""
-    cp = _cp()
+    Returns the number of None entries.  The same gradient arrays as the last successful
+    call (a training loop that reuses its gradient buffers) are not looked at again."""
     n = len(params)
     if len(grads) != n:
         raise ValueError(f"expected {n} gradients, one per parameter, got {len(grads)}")
+    seen = _seen(_seen_grads)
+    if seen.hit(grads) and seen.params == tuple(map(id, params)):
+        return seen.nnone
+    nd = _cp().ndarray
     nnone = 0
     for i in range(n):
         g = grads[i]
@@ -314,25 +408,44 @@ def check_grads(params: list, grads: list, labels=None) -> int:
             nnone += 1
             continue
         p = params[i]
-        if not isinstance(g, cp.ndarray):
-            raise _not_cupy(_gname(i, labels), g)
-        if g.dtype != p.dtype:
-            raise TypeError(f"{_gname(i, labels)}: dtype {g.dtype} does not match the parameter's {p.dtype}")
-        if g.shape != p.shape:
-            raise ValueError(f"{_gname(i, labels)}: shape {g.shape} does not match the parameter's shape {p.shape}")
-        if not g.flags.c_contiguous:
-            raise ValueError(f"{_gname(i, labels)}: array is not C-contiguous (cupy.ascontiguousarray makes a copy)")
-        if g.device.id != p.device.id:
-            raise ValueError(f"{_gname(i, labels)}: gradient is on GPU {g.device.id}, its parameter on GPU {p.device.id}")
-        pb, gb, pn, gn = _ptr(p), _ptr(g), p.nbytes, g.nbytes
-        if pn > 0 and gn > 0 and pb < gb + gn and gb < pb + pn:
-            raise ValueError(f"{_gname(i, labels)}: the gradient shares memory with its parameter")
+        # the usual case in plain attribute reads (CuPy's ndarray fields _c_contiguous, dtype,
+        # data and MemoryPointer's device_id, ptr are C fields: no Flags or Device object);
+        # anything else (an attribute missing, a check failing): the full check
+        try:
+            if type(g) is nd and g.dtype == p.dtype and g.shape == p.shape and g._c_contiguous:
+                gd, pd = g.data, p.data
+                if gd.device_id == pd.device_id:
+                    pb, gb, pn, gn = pd.ptr, gd.ptr, p.nbytes, g.nbytes
+                    if not (pn > 0 and gn > 0 and pb < gb + gn and gb < pb + pn):
+                        continue
+        except AttributeError:
+            pass
+        _check_grad(i, p, g, labels)
+    seen.remember(grads)
+    seen.params, seen.nnone = tuple(map(id, params)), nnone
     return nnone
+
+
+def _check_grad(i: int, p, g, labels) -> None:
+    cp = _cp()
+    if not isinstance(g, cp.ndarray):
+        raise _not_cupy(_gname(i, labels), g)
+    if g.dtype != p.dtype:
+        raise TypeError(f"{_gname(i, labels)}: dtype {g.dtype} does not match the parameter's {p.dtype}")
+    if g.shape != p.shape:
+        raise ValueError(f"{_gname(i, labels)}: shape {g.shape} does not match the parameter's shape {p.shape}")
+    if not g.flags.c_contiguous:
+        raise ValueError(f"{_gname(i, labels)}: array is not C-contiguous (cupy.ascontiguousarray makes a copy)")
+    if g.device.id != p.device.id:
+        raise ValueError(f"{_gname(i, labels)}: gradient is on GPU {g.device.id}, its parameter on GPU {p.device.id}")
+    pb, gb, pn, gn = _ptr(p), _ptr(g), p.nbytes, g.nbytes
+    if pn > 0 and gn > 0 and pb < gb + gn and gb < pb + pn:
+        raise ValueError(f"{_gname(i, labels)}: the gradient shares memory with its parameter")
 
 
 # --------------------------------------------------------------------------- step
 def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list, grads: list, states: list,
-               emas: Optional[list] = None, tscale=None, control=None) -> None:
+               emas: Optional[list] = None, tscale=None, control=None, rounding=None) -> None:
     """Run ``algo`` once over all tensors, in one kernel launch on the parameters' GPU.
 
     Same arguments as the CPU backend's ``fused_step`` (arrays already checked by
@@ -341,17 +454,21 @@ def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list,
     per tensor (e.g. from :func:`grad_control`, so it never leaves the device).
     ``control`` (optional) is the control block of :func:`grad_control`, read by the
     kernel on the device: skip flag and global clip coefficient.
+    bfloat16 state: uint16 state buffers holding bfloat16 bits (see :func:`to_storage`)
+    with float32 parameters; ``rounding`` = ``(seed, step, tensor_ids, stochastic)`` as
+    for the CPU backend, whose bits the kernel reproduces.
     Asynchronous: returns once the launch is queued on the current stream.
     """
     if len(params) == 0:
         return
     cp = _cp()
-    name, hps, meta, nbuf, ema = _prepare(algo, common, scalars, flags, params, grads, states, emas, _ptr)
+    name, hps, meta, nbuf, ema, extra = _prepare(algo, common, scalars, flags, params, grads, states, emas, _ptr,
+                                                 rounding)
     ntens = len(params)
     total = int(meta[ntens])
     if total == 0:
         return
-    dev = params[0].device.id
+    dev = params[0].data.device_id
     if control is not None:
         _check_device_vector(control, _consts().CTRL, dev, "control")
     k = _consts()
@@ -361,7 +478,7 @@ def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list,
         meta_d = _upload(meta, dev)
         fn((_grid(total, k.CHUNK, _nsm(dev)),), (k.THREADS,),
            (hps, meta_d, np.int32(ntens), np.int32(nbuf), np.int32(ema), np.uint32(flags),
-            _null() if ts is None else ts, _null() if control is None else control))
+            _null() if ts is None else ts, _null() if control is None else control) + extra)
 
 
 def accumulate(accs: list, grads: list, scale: float = 1.0) -> None:
@@ -429,7 +546,7 @@ def grad_control(grads: list, *, grad_scale: float = 1.0, global_clipnorm: Optio
     pclip = positive_or_none(clipnorm, "clipnorm")
     grad_scale = float(grad_scale)
     present = [(i, g) for i, g in enumerate(grads) if g is not None]
-    check_params([g for _, g in present], [f"grads[{i}]" for i, _ in present])
+    _check_arrays([g for _, g in present], [f"grads[{i}]" for i, _ in present])
     k = _consts()
     dev = present[0][1].device.id if present else cp.cuda.Device().id
     ntens = len(grads)
@@ -502,15 +619,47 @@ def full_like(p, v: float):
 
 
 def to_host(a) -> np.ndarray:
-    """A NumPy copy of a device array (waits for the GPU); NumPy input is copied."""
+    """A NumPy copy of a device array (waits for the GPU); NumPy input is copied.  A
+    uint16 device array is bfloat16 state (the only uint16 arrays this backend keeps):
+    its copy is an ``ml_dtypes.bfloat16`` array, as the CPU backend's state."""
     if is_device_array(a):
-        return _cp().asnumpy(a)
+        h = _cp().asnumpy(a)
+        return h.view(bfloat16()) if h.dtype == _BF16_BITS else h
     return np.array(a, copy=True)
 
 
 def from_host(a, like):
     """A C-contiguous device copy of ``a`` (NumPy or CuPy) with ``like``'s dtype, on
-    ``like``'s device."""
+    ``like``'s device; a host ``bfloat16`` array becomes uint16 bfloat16 bits (state)."""
     cp = _cp()
+    dtype = like.dtype
+    if isinstance(a, np.ndarray) and is_bfloat16(a.dtype):
+        a, dtype = np.ascontiguousarray(a).view(np.uint16), _BF16_BITS
     with like.device:
-        return cp.array(a, dtype=like.dtype, order="C", copy=True)
+        return cp.array(a, dtype=dtype, order="C", copy=True)
+
+
+def storage_dtype(dtype):
+    """How this backend stores a state dtype: bfloat16 as uint16 bits (CuPy has no
+    bfloat16), the rest as itself."""
+    return _BF16_BITS if dtype is not None and is_bfloat16(dtype) else dtype
+
+
+def to_storage(a, dtype):
+    """A state buffer ``a`` (a float32 device array, fresh from the optimizer's
+    ``init_buffer``) in the storage of ``dtype``: bfloat16 is rounded to the nearest even
+    by lowp.h on the device (fo_bf16_round_kernel, as the CPU's ``astype(bfloat16)``)
+    into uint16 bits; other dtypes are ``a.astype(dtype)``."""
+    if not is_bfloat16(dtype):
+        return a.astype(dtype)
+    cp = _cp()
+    if a.dtype != _F32 or not a.flags.c_contiguous:
+        raise TypeError(f"bfloat16 state is rounded from a C-contiguous float32 array, got {a.dtype}")
+    dev = a.device.id
+    with cp.cuda.Device(dev):
+        out = cp.empty(a.shape, dtype=_BF16_BITS)
+        if a.size:
+            _function(dev, "fo_bf16_round_kernel")(
+                (_grid(a.size, _consts().THREADS, _nsm(dev)),), (_consts().THREADS,),
+                (a, out, np.int64(a.size), np.uint64(0), np.uint64(0), np.uint64(0), np.int32(0), np.int32(0)))
+    return out

@@ -244,7 +244,8 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
                 continue                        # staged with its codes
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
             if k in opt.buffers and opt.spec is not None and state_shape(k, p.shape) == tuple(p.shape):
-                ns.update(_stage_buffer(opt, p, k, a, st, where, me, convert, signed, saved_block))
+                ns.update((kk, reg.place(v, p))
+                          for kk, v in _stage_buffer(opt, p, k, a, st, where, me, convert, signed, saved_block).items())
                 continue
             if a.shape != state_shape(k, p.shape):
                 raise ValueError(f"{where}: shape {a.shape} does not match the parameter's shape {p.shape}"
@@ -264,7 +265,8 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
                                  f"(state_dtype={reg.state_dtype!r}); pass convert_state_dtype=True (to "
                                  f"load_state_dict or fusedoptim.load) to convert it (nearest-even), or build the "
                                  f"optimizer with the state_dtype it was saved with")
-            ns[k] = np.array(a, dtype=want, order="C", copy=True) if sdt is not None else reg.from_host(a, p)
+            ns[k] = reg.place(np.array(a, dtype=want, order="C", copy=True), p) if sdt is not None \
+                else reg.from_host(a, p)
         new_state[id(p)] = reg.new_state(p, ns)
     return new_state
 

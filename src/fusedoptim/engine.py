@@ -139,7 +139,7 @@ class Engine:
         scalar_state = tuple(opt.scalar_state)
         init = None
         reg = opt.registry
-        buffer_dtype = reg.buffer_dtype
+        buffer_dtype, to_storage = reg.buffer_dtype, reg.backend.to_storage
         q8_on = reg.state_dtype == "int8"
         signed = set(signed_buffers(opt)) if q8_on else set()
         buckets: Dict[tuple, list] = {}
@@ -162,7 +162,7 @@ class Engine:
                         dict.__setitem__(st, name, codes)
                         dict.__setitem__(st, absmax_key(name), amax)
                     else:
-                        dict.__setitem__(st, name, b if sdt is None else b.astype(sdt))   # nearest-even
+                        dict.__setitem__(st, name, b if sdt is None else to_storage(b, sdt))   # nearest-even
                 fresh = frozenset(made) if made else _NO_FRESH
             if ema and "ema" not in st:
                 # the first average is the weights after the first update (torch's

@@ -275,8 +275,15 @@ class ParamRegistry:
         return self._spans
 
     def new_state(self, param, init) -> ParamState:
-        return ParamState(param, self._on_change, init, self.buffer_dtype(param),
+        return ParamState(param, self._on_change, init, self.backend.storage_dtype(self.buffer_dtype(param)),
                           self.block_size if self.quantized(param) else None)
+
+    def place(self, a, like):
+        """A staged state array (host, already in its state dtype) where ``like`` lives:
+        itself on the CPU, a device copy on CUDA (bfloat16 as uint16 bits)."""
+        if self.backend.name == "cpu" or not isinstance(a, np.ndarray):
+            return a
+        return self.backend.from_host(a, like)
 
     def quantized(self, param) -> bool:
         """Whether ``param``'s state buffers are 8-bit (``state_dtype="int8"`` and at least
@@ -362,9 +369,9 @@ class ParamRegistry:
                 raise TypeError(f"{labels[0]}: state_dtype={self.state_dtype!r} needs float32 (or bfloat16) "
                                 f"parameters, got {new[0].dtype}; {new[0].dtype} parameters keep "
                                 f"{new[0].dtype} state (state_dtype='float32')")
-            if backend_for(new).name != "cpu":
-                raise NotImplementedError(f"{labels[0]}: state_dtype={self.state_dtype!r} runs on the CPU "
-                                          "backend only (NumPy arrays)")
+            if backend_for(new).name != "cpu" and self.state_dtype == "int8":
+                raise NotImplementedError(f"{labels[0]}: state_dtype='int8' runs on the CPU backend only (NumPy "
+                                          "arrays); CuPy arrays take state_dtype='float32' or 'bfloat16'")
         check_no_overlap(earlier, new, labels)
 
     def add(self, g: dict) -> None:

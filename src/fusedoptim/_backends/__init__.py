@@ -11,7 +11,9 @@ A backend object (:class:`~fusedoptim._backends.cpu.CpuBackend` for NumPy arrays
 ``grad_stats(grads, per_tensor)`` (host) or ``grad_control(...)`` (device)
     the deterministic reductions of the gradient pipeline (``device_control`` says which);
 ``accumulate(accs, grads, scale)`` (``accs[i] += scale * grads[i]``), ``zeros_like``,
-``full_like``, ``to_host``, ``from_host``, ``address``, ``take``.
+``full_like``, ``to_host``, ``from_host``, ``address``, ``take``;
+``storage_dtype(dtype)``, ``to_storage(a, dtype)``
+    how a state dtype is held (CUDA: bfloat16 as uint16 bits) and a fresh buffer in it.
 
 The optimizer never branches on the backend's identity: it asks :func:`backend_for`.
 """

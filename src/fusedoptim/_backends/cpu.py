@@ -44,6 +44,16 @@ class CpuBackend:
     def take(values, idx):
         return [values[i] for i in idx]
 
+    @staticmethod
+    def storage_dtype(dtype):
+        """NumPy stores every state dtype as itself (bfloat16: ``ml_dtypes.bfloat16``)."""
+        return dtype
+
+    @staticmethod
+    def to_storage(a, dtype):
+        """A fresh state buffer in ``dtype`` (bfloat16: nearest-even, ml_dtypes' cast)."""
+        return a.astype(dtype)
+
 
 
 # the checks, statistics and steps are the extension's functions themselves: no Python
