@@ -57,7 +57,8 @@ class Adan(Optimizer):
     """
 
     spec = AlgoSpec("adan", scalars=("decay", "post", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3",
-                                     "one_minus_beta3", "bc3_sqrt", "eps", "neg_step", "neg_diff_step", "first", "eps_root"),
+                                     "one_minus_beta3", "bc3_sqrt", "eps", "neg_step", "neg_diff_step", "first",
+                                     "eps_root"),
                     buffers=("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"))
 
     def __init__(self, params=None, lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0, weight_decouple=False,
@@ -89,4 +90,5 @@ class Adan(Optimizer):
                 "one_minus_beta1": 1.0 - b1, "beta2": w, "one_minus_beta2": 1.0 - b2, "beta3": b3,
                 "one_minus_beta3": 1.0 - b3, "bc3_sqrt": math.sqrt(1.0 - b3 ** t), "eps": g["eps"],
                 "neg_step": -lr / (1.0 - b1 ** t), "neg_diff_step": -lr * w / (1.0 - b2 ** t),
-                "first": 1.0 if "previous_grad" in fresh else 0.0, "eps_root": g.get("eps_root", 0.0) * (1.0 - b3 ** t)}
+                "first": 1.0 if "previous_grad" in fresh else 0.0,
+                "eps_root": g.get("eps_root", 0.0) * (1.0 - b3 ** t)}   # sqrt(v/bc3 + r) = sqrt(v + r bc3)/sqrt(bc3)

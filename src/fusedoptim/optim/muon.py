@@ -114,7 +114,9 @@ class Muon(Optimizer):
     fan_out)``), ``consistent_rms=ρ`` its :math:`r = \rho\sqrt{\max(A, C)}` (torch's
     "match_rms_adamw" is ρ = 0.2).  optax normalises by :math:`\lVert X\rVert_F + \varepsilon`
     where torch and fusedoptim take :math:`\max(\lVert X\rVert_F, \varepsilon)`: the same
-    in float32 unless the momentum's norm is within a few orders of :math:`\varepsilon`.  The two element-wise stages are one native call each over all
+    in float32 unless the momentum's norm is within a few orders of :math:`\varepsilon`.
+
+    The two element-wise stages are one native call each over all
     parameters of a group (the momentum stage also applies the options' gradient
     transforms: clipping, ``grad_scale``, ``l1``; the last stage the EMA); Newton-Schulz
     runs per parameter through ``np.matmul`` **in the parameter's dtype** (torch casts to
