@@ -241,8 +241,10 @@ def adadelta(theta, g, s, *, lr, rho, eps, weight_decay, maximize):
 
 
 # ------------------------------------------------------------------------- Rprop
-def rprop(theta, g, s, *, lr, etas, step_sizes, maximize):
+def rprop(theta, g, s, *, lr, etas, step_sizes, maximize, delayed=False):
     s["step"] += 1
+    if delayed:
+        return _rprop_delayed(theta, g, s, lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
     T = theta.dtype.type                                         # etas and bounds round to the dtype, as in torch
     eta_minus, eta_plus = etas
     lo, hi = step_sizes
@@ -255,6 +257,21 @@ def rprop(theta, g, s, *, lr, etas, step_sizes, maximize):
     g = np.where(d < 0, T(0), g)                                 # g <- 0 where the sign flipped
     s["prev"] = g                                                # g^ <- g
     return theta - step * np.sign(g)                             # theta <- theta - s sign(g)
+
+
+def _rprop_delayed(theta, g, s, *, lr, etas, step_sizes, maximize):
+    """optax.rprop's order (Rprop's ``delayed=True``), written from optax's state: the
+    step sizes and prev_updates u = s sign(g^) (0 after a sign change)."""
+    eta_minus, eta_plus = etas
+    lo, hi = step_sizes
+    g_prev, step = _buf(s, "prev", theta), _buf(s, "step_size", theta, lr)
+    if maximize:
+        g = -g
+    u_prev = step * np.sign(g_prev)                              # optax's prev_updates
+    d = g * u_prev
+    s["step_size"] = step = np.where(d == 0, step, np.clip(step * np.where(d > 0, eta_plus, eta_minus), lo, hi))
+    s["prev"] = np.where(d < 0, 0.0, g)                          # (optax: u = where(d < 0, 0, s sign(g)))
+    return theta - np.where(d < 0, 0.0, u_prev)                  # theta <- theta - u_prev unless the sign flipped
 
 
 # -------------------------------------------------------------------------- Lion
@@ -336,7 +353,8 @@ def yogi(theta, g, s, *, lr, betas, initial_accumulator, weight_decay, weight_de
 
 
 # ------------------------------------------------------------------------ Adan
-def adan(theta, g, s, *, lr, betas, weight_decay, weight_decouple, eps, maximize):
+def adan(theta, g, s, *, lr, betas, weight_decay, weight_decouple, eps, maximize, eps_root=0.0,
+         optax_diff_weight=False):
     t = s["step"] = s["step"] + 1
     b1, b2, b3 = betas
     first = "previous_grad" not in s
@@ -346,11 +364,12 @@ def adan(theta, g, s, *, lr, betas, weight_decay, weight_decouple, eps, maximize
     d = np.zeros_like(g) if first else g - (-s["previous_grad"])   # d <- g - g_prev (d_1 = 0)
     s["exp_avg"] = m = b1 * m + (1 - b1) * g                     # m <- b1 m + (1 - b1) g
     s["exp_avg_diff"] = n = b2 * n + (1 - b2) * d                # n <- b2 n + (1 - b2) d
-    s["exp_avg_sq"] = v = b3 * v + (1 - b3) * (g + b2 * d) ** 2  # v <- b3 v + (1 - b3)(g + b2 d)^2
-    eta = np.sqrt(v) / math.sqrt(1 - b3 ** t) + eps              # eta <- sqrt(v) / sqrt(1 - b3^t) + eps
+    w = 1 - b2 if optax_diff_weight else b2                      # optax weights d by 1 - b2
+    s["exp_avg_sq"] = v = b3 * v + (1 - b3) * (g + w * d) ** 2   # v <- b3 v + (1 - b3)(g + b2 d)^2
+    eta = np.sqrt(v / (1 - b3 ** t) + eps_root) + eps            # eta <- sqrt(v / (1 - b3^t) + eps_root) + eps
     if weight_decouple:
         theta = theta * (1 - lr * weight_decay)                  # theta <- theta (1 - gamma lambda)
-    theta = theta - lr / (1 - b1 ** t) * m / eta - lr * b2 / (1 - b2 ** t) * n / eta
+    theta = theta - lr / (1 - b1 ** t) * m / eta - lr * w / (1 - b2 ** t) * n / eta
     if not weight_decouple:
         theta = theta / (1 + lr * weight_decay)                  # theta <- theta / (1 + gamma lambda)
     s["previous_grad"] = -g                                      # stored as -g (pytorch_optimizer)
@@ -377,24 +396,28 @@ def ftrl(theta, g, s, *, lr, learning_rate_power, initial_accumulator_value, l1_
 
 
 # --------------------------------------------------------------- schedule-free
-def _sf_weights(s, lr, warmup_steps, r, weight_lr_power):
-    """gamma_t (with warmup) and c_{t+1}; advances step, lr_max, weight_sum."""
+def _sf_weights(s, lr, warmup_steps, r, weight_lr_power, optax_warmup=False):
+    """gamma_t (with warmup; optax_warmup: the z step's gamma at t - 1) and c_{t+1};
+    advances step, lr_max, weight_sum."""
     k = s["step"]
     s["step"] = k + 1
-    lr = lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)   # gamma_t
+    lr0, lr = lr, lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)   # gamma_t
     s["lr_max"] = lr_max = max(lr, s.get("lr_max", -1.0))       # gamma_max
     w = (k + 1) ** r * lr_max ** weight_lr_power                 # w_t
     s["weight_sum"] = s.get("weight_sum", 0.0) + w               # sum w
+    if optax_warmup:
+        lr = lr0 * (k / warmup_steps if k < warmup_steps else 1.0)   # gamma_{t-1} for the z step
     return lr, (w / s["weight_sum"] if s["weight_sum"] != 0 else 0.0)   # c_{t+1}
 
 
-def schedule_free_adamw(theta, g, s, *, lr, betas, eps, weight_decay, warmup_steps, r, weight_lr_power, maximize):
+def schedule_free_adamw(theta, g, s, *, lr, betas, eps, weight_decay, warmup_steps, r, weight_lr_power, maximize,
+                        optax_warmup=False):
     b1, b2 = betas
     if "z" not in s:
         s["z"] = theta.copy()                                    # z_0 = theta_0
     z, v = s["z"], _buf(s, "exp_avg_sq", theta)
     t = s["step"] + 1
-    lr, c = _sf_weights(s, lr, warmup_steps, r, weight_lr_power)
+    lr, c = _sf_weights(s, lr, warmup_steps, r, weight_lr_power, optax_warmup)
     if maximize:
         g = -g
     s["exp_avg_sq"] = v = b2 * v + (1 - b2) * g * g              # v <- b2 v + (1 - b2) g^2
@@ -404,11 +427,12 @@ def schedule_free_adamw(theta, g, s, *, lr, betas, eps, weight_decay, warmup_ste
     return y
 
 
-def schedule_free_sgd(theta, g, s, *, lr, momentum, weight_decay, warmup_steps, r, weight_lr_power, maximize):
+def schedule_free_sgd(theta, g, s, *, lr, momentum, weight_decay, warmup_steps, r, weight_lr_power, maximize,
+                      optax_warmup=False):
     if "z" not in s:
         s["z"] = theta.copy()                                    # z_0 = theta_0
     z = s["z"]
-    lr, c = _sf_weights(s, lr, warmup_steps, r, weight_lr_power)
+    lr, c = _sf_weights(s, lr, warmup_steps, r, weight_lr_power, optax_warmup)
     if maximize:
         g = -g
     u = g + weight_decay * theta                                 # u <- g + lambda y
@@ -538,32 +562,39 @@ def assert_matches(params, state_of, ref: ReferenceOptimizer, *, rtol, atol, wha
 
 # ------------------------------------------------------------------ Adafactor
 def adafactor(theta, g, s, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
-              maximize=False, keras_form=False):
+              maximize=False, keras_form=False, eps_in_stats=False, min_dim_size_to_factor=None, cap_lr=True,
+              multiply_by_parameter_scale=True, momentum=None):
     """Adafactor (fusedoptim.Adafactor's docstring; torch 2.13 torch.optim.Adafactor, or
-    Keras 3's formulas with ``keras_form``) on a *shaped* ``theta`` (the statistics factor
-    its last two dims, so this rule is not in ``RULES``, which flattens).  float64 math."""
+    Keras 3's formulas with ``keras_form``, or optax's options) on a *shaped* ``theta`` (the
+    statistics factor its last two dims, so this rule is not in ``RULES``, which
+    flattens).  float64 math."""
     t = s["step"] = s["step"] + 1
     eps1, eps2 = eps
     if eps1 is None:
         eps1 = float(np.finfo(theta.dtype).eps)
+    no_floor = keras_form or eps_in_stats
     G = -g if maximize else g
     w = t ** beta2_decay                                           # 1 - beta2_t
-    rho = min(lr, 1.0 / math.sqrt(t))
+    rho = min(lr, 1.0 / math.sqrt(t)) if cap_lr else lr
     rms = lambda x: math.sqrt(float(np.mean(np.square(x)))) if x.size else 0.0  # noqa: E731
     decay = 1.0 - lr * weight_decay
     theta1 = theta * decay                                         # theta'
-    alpha = max(eps2, rms(theta1 if keras_form else theta)) * rho
-    G2 = G * G + (eps1 if keras_form else 0.0)
-    if theta.ndim >= 2:
+    alpha = max(eps2, rms(theta1 if keras_form else theta)) * rho if multiply_by_parameter_scale else rho
+    G2 = G * G + (eps1 if no_floor else 0.0)
+    k = min_dim_size_to_factor
+    if theta.ndim >= 2 and (k is None or sorted(theta.shape)[-2] >= k):
         R = s.setdefault("row_var", np.zeros(theta.shape[:-1] + (1,), theta.dtype))
         C = s.setdefault("col_var", np.zeros(theta.shape[:-2] + (1, theta.shape[-1]), theta.dtype))
         R += w * (G2.mean(axis=-1, keepdims=True) - R)
         C += w * (G2.mean(axis=-2, keepdims=True) - C)
         Rm = R.mean(axis=-2, keepdims=True)
-        V = R * C / (Rm if keras_form else np.maximum(Rm, eps1))
+        V = R * C / (Rm if no_floor else np.maximum(Rm, eps1))
     else:
         V = s.setdefault("variance", np.zeros(theta.shape, theta.dtype))
         V += w * (G2 - V)
         V = V.copy()
-    U = G / np.sqrt(V if keras_form else np.maximum(V, eps1 * eps1))
-    return theta1 - alpha / max(1.0, rms(U) / d) * U
+    U = G / np.sqrt(V if no_floor else np.maximum(V, eps1 * eps1))
+    step = alpha / (1.0 if d is None else max(1.0, rms(U) / d)) * U
+    if momentum is not None:                                       # optax: m <- b1 m + (1 - b1) step
+        step = s["exp_avg"] = momentum * s.get("exp_avg", 0.0) + (1 - momentum) * step
+    return theta1 - step

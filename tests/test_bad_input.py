@@ -475,7 +475,7 @@ RANGE_CASES = [
     ("Muon", "momentum", 1.5, ValueError, r"momentum must be <= 1"),
     ("Muon", "ns_steps", -1, ValueError, r"ns_steps must be >= 0"),
     ("Muon", "ns_coefficients", (1.0, 2.0), ValueError, r"ns_coefficients must be three numbers"),
-    ("Muon", "adjust_lr_fn", "sqrt", ValueError, r"adjust_lr_fn must be None, 'original' or 'match_rms_adamw'"),
+    ("Muon", "adjust_lr_fn", "sqrt", ValueError, r"adjust_lr_fn must be None, 'original', 'match_rms_adamw' or 'width_transfer'"),
     ("LBFGS", "history_size", 0, ValueError, r"history_size must be >= 1"),
     ("LBFGS", "tolerance_grad", -1.0, ValueError, r"tolerance_grad: -1.0"),
     ("LBFGS", "line_search_fn", "wolfe", ValueError, r"line_search_fn must be None or 'strong_wolfe'"),

@@ -158,6 +158,35 @@ OPTAX_CASES = [
     ("adan", dict(learning_rate=0.01, weight_decay=0.01, eps_root=0.0), "Adan",
      dict(lr=0.01, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.01, weight_decouple=True,
           optax_diff_weight=True)),
+    ("adan", dict(learning_rate=0.01, weight_decay=0.01), "Adan",          # optax's default eps_root=1e-8
+     dict(lr=0.01, betas=(0.98, 0.92, 0.99), eps=1e-8, eps_root=1e-8, weight_decay=0.01, weight_decouple=True,
+          optax_diff_weight=True)),
+    ("adan", dict(learning_rate=0.01, b1=0.9, b2=0.8, b3=0.95, eps=1e-6, eps_root=1e-4), "Adan",
+     dict(lr=0.01, betas=(0.9, 0.8, 0.95), eps=1e-6, eps_root=1e-4, weight_decay=0.0, weight_decouple=True,
+          optax_diff_weight=True)),
+    ("rprop", dict(learning_rate=0.01), "Rprop", dict(lr=0.01, delayed=True)),
+    ("rprop", dict(learning_rate=0.01, eta_minus=0.3, eta_plus=1.5, min_step_size=1e-3, max_step_size=0.05),
+     "Rprop", dict(lr=0.01, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05), delayed=True)),
+    # signum / sign_sgd: the sign of the gradient's EMA (or of the gradient) is Lion's with b1 = b2
+    ("signum", dict(learning_rate=0.01), "Lion", dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.0)),
+    ("sign_sgd", dict(learning_rate=0.01), "Lion", dict(lr=0.01, betas=(0.0, 0.0), weight_decay=0.0)),
+    # the aliases above with other hyperparameters than their defaults
+    ("adam", dict(learning_rate=0.01, b1=0.8, b2=0.95, eps=1e-4), "Adam", dict(lr=0.01, betas=(0.8, 0.95), eps=1e-4)),
+    ("adagrad", dict(learning_rate=0.05, initial_accumulator_value=0.5, eps=1e-4), "Adagrad",
+     dict(lr=0.05, initial_accumulator_value=0.5, eps=1e-4, eps_in_sqrt=True)),
+    ("rmsprop", dict(learning_rate=0.001, decay=0.8, eps=1e-6, centered=True), "RMSprop",
+     dict(lr=0.001, alpha=0.8, eps=1e-6, eps_in_sqrt=True, centered=True)),
+    ("rmsprop", dict(learning_rate=0.001, momentum=0.9), "RMSprop",
+     dict(lr=0.001, alpha=0.9, eps=1e-8, eps_in_sqrt=True, momentum=0.9, lr_in_momentum=True)),
+    ("adamax", dict(learning_rate=0.01, b1=0.8, b2=0.95, eps=1e-4), "Adamax",
+     dict(lr=0.01, betas=(0.8, 0.95), eps=1e-4)),
+    ("adadelta", dict(learning_rate=0.5, rho=0.95, eps=1e-5, weight_decay=0.01), "Adadelta",
+     dict(lr=0.5, rho=0.95, eps=1e-5, weight_decay=0.01)),
+    ("lion", dict(learning_rate=0.001, b1=0.95, b2=0.98, weight_decay=0.1), "Lion",
+     dict(lr=0.001, betas=(0.95, 0.98), weight_decay=0.1)),
+    ("amsgrad", dict(learning_rate=0.01, b1=0.8, b2=0.95, eps_root=1e-6), "Adam",
+     dict(lr=0.01, betas=(0.8, 0.95), eps_root=1e-6, amsgrad=True, amsgrad_bias_corrected=True)),
+    ("novograd", dict(learning_rate=0.01, b1=0.8, b2=0.5), "NovoGrad", dict(lr=0.01, betas=(0.8, 0.5), eps=1e-6)),
     ("adamaxw", dict(learning_rate=0.01), "Adamax",
      dict(lr=0.01, eps=1e-8, weight_decay=1e-4, decoupled_weight_decay=True)),
 ]
@@ -253,3 +282,142 @@ def test_optax_schedule_free_parity(alias):
     opt.eval()
     np.testing.assert_allclose(ours, np.asarray(contrib.schedule_free_eval_params(state, params)),
                                rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- optax.adafactor
+# (optax kwargs, Adafactor kwargs): optax's defaults are eps=1e-30, decay_rate=0.8,
+# clipping_threshold=1, multiply_by_parameter_scale, min_dim_size_to_factor=128, no lr cap
+_AF_OPTAX = dict(eps=(1e-30, 1e-3), eps_in_stats=True, cap_lr=False, min_dim_size_to_factor=128)
+ADAFACTOR_CASES = [
+    (dict(learning_rate=0.01), dict(lr=0.01, **_AF_OPTAX)),
+    (dict(learning_rate=0.01, min_dim_size_to_factor=3, decay_rate=0.7, clipping_threshold=None,
+          multiply_by_parameter_scale=False, momentum=0.9, weight_decay_rate=1e-3, eps=1e-20),
+     dict(_AF_OPTAX, lr=0.01, beta2_decay=-0.7, d=None, multiply_by_parameter_scale=False, momentum=0.9,
+          weight_decay=1e-3 / 0.01, eps=(1e-20, 1e-3), min_dim_size_to_factor=3)),
+    (dict(learning_rate=0.01, clipping_threshold=0.5, momentum=0.8), dict(_AF_OPTAX, lr=0.01, d=0.5, momentum=0.8)),
+]
+# (3, 37): kept whole under min_dim_size_to_factor=128 (factored with 3); (130, 129): factored,
+# and larger than one work unit (split); a vector
+AF_SHAPES = [(3, 37), (130, 129), (50,)]
+
+
+@pytest.mark.parametrize("case", ADAFACTOR_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c[0].items()))
+def test_optax_adafactor_parity(case):
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    okw, fkw = case
+    _adafactor_run(okw, fkw, 400 + ADAFACTOR_CASES.index(case), STEPS)
+
+
+def test_optax_adafactor_without_lr_parity():
+    """optax's default learning_rate=None (no lr factor: each step moves by about RMS(θ))
+    is lr=1.0, cap_lr=False.  On random gradients that run grows the parameters about 1.3x
+    per step (1e3 after 20 steps, overflow before 200), so it is compared over 12 steps,
+    with atol 1e-5 RMS(θ): every move is ~RMS(θ) (~50 here), so an element that ends near
+    0 carries the float32 rounding of moves 1000x its size."""
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    _adafactor_run(dict(learning_rate=None), dict(lr=1.0, **_AF_OPTAX), 401, 12, rms_atol=True)
+
+
+def _adafactor_run(okw, fkw, seed, steps, rms_atol=False):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    rng = np.random.default_rng(seed)
+    start = [rng.standard_normal(s).astype(np.float32) for s in AF_SHAPES]
+    ours = [p.copy() for p in start]
+    opt = fo.Adafactor(ours, **fkw)
+    tx = optax.adafactor(**okw)
+    params = [jnp.asarray(p) for p in start]
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(steps):
+        gs = [rng.standard_normal(s).astype(np.float32) for s in AF_SHAPES]
+        updates, state = update([jnp.asarray(g) for g in gs], state, params)
+        params = optax.apply_updates(params, updates)
+        opt.step(gs)
+    for p, ref in zip(ours, params):
+        ref = np.asarray(ref)
+        atol = 1e-5 * float(np.sqrt(np.mean(np.square(ref)))) if rms_atol else 1e-5
+        np.testing.assert_allclose(p, ref, rtol=1e-5, atol=atol)
+
+
+# ---------------------------------------------------------------- optax.contrib.muon
+@pytest.mark.parametrize("okw", [dict(), dict(nesterov=False, weight_decay=0.01), dict(consistent_rms=0.2, beta=0.9)],
+                         ids=str)
+def test_optax_muon_parity(okw):
+    """optax's parameters are (fan_in, fan_out): adjust_lr_fn="width_transfer"; both
+    shapes orientations (Newton-Schulz transposes a tall matrix)."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    optax = pytest.importorskip("optax")
+    from optax import contrib
+    rng = np.random.default_rng(500)
+    shapes = [(3, 37), (37, 3), (16, 16)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ours = [p.copy() for p in start]
+    opt = fo.Muon(ours, lr=0.01, weight_decay=okw.get("weight_decay", 0.0), momentum=okw.get("beta", 0.95),
+                  nesterov=okw.get("nesterov", True), eps=1e-8, bias_correction=True, adjust_lr_fn="width_transfer",
+                  consistent_rms=okw.get("consistent_rms"))
+    tx = contrib.muon(learning_rate=0.01, **okw)
+    params = [jnp.asarray(p) for p in start]
+    state = tx.init(params)
+    update = jax.jit(tx.update)        # eager optax.contrib.muon takes seconds per step
+    for _ in range(STEPS):
+        gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        updates, state = update([jnp.asarray(g) for g in gs], state, params)
+        params = optax.apply_updates(params, updates)
+        opt.step(gs)
+    for p, ref in zip(ours, params):
+        np.testing.assert_allclose(p, np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alias", ["schedule_free_adamw", "schedule_free_sgd"])
+def test_optax_schedule_free_warmup_parity(alias):
+    """optax's warmup_steps (a warmup_constant_schedule read at t for the averaging weight,
+    at t - 1 for the z step): optax_warmup=True."""
+    jnp = pytest.importorskip("jax.numpy")
+    optax = pytest.importorskip("optax")
+    from optax import contrib
+    grads, start = _grads(302), _start(302)
+    if alias == "schedule_free_adamw":
+        tx = contrib.schedule_free_adamw(0.01, warmup_steps=20, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+        opt_cls, kw = fo.ScheduleFreeAdamW, dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    else:
+        tx = contrib.schedule_free_sgd(0.1, warmup_steps=20, b1=0.9, weight_decay=0.01)
+        opt_cls, kw = fo.ScheduleFreeSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)
+    params = jnp.asarray(start)
+    state = tx.init(params)
+    ours = start.copy()
+    opt = opt_cls([ours], warmup_steps=20, optax_warmup=True, **kw)
+    for g in grads:
+        updates, state = tx.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        opt.step([g])
+    np.testing.assert_allclose(ours, np.asarray(params), rtol=1e-5, atol=1e-5)
+    opt.eval()
+    np.testing.assert_allclose(ours, np.asarray(contrib.schedule_free_eval_params(state, params)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", ["AdamWScheduleFree", "SGDScheduleFree"])
+def test_schedulefree_package_warmup_parity(cls):
+    """The schedulefree package's warmup_steps is the default form (one warmup value per
+    step for both the z step and the averaging weight)."""
+    torch = pytest.importorskip("torch")
+    sf = pytest.importorskip("schedulefree")
+    grads, start = _grads(303), _start(303)
+    t = torch.tensor(start.copy())
+    if cls == "AdamWScheduleFree":
+        ref = sf.AdamWScheduleFree([t], lr=0.01, warmup_steps=20, weight_decay=0.01, foreach=False)
+        opt = fo.ScheduleFreeAdamW([ours := start.copy()], lr=0.01, warmup_steps=20, weight_decay=0.01)
+    else:
+        ref = sf.SGDScheduleFree([t], lr=0.1, warmup_steps=20, weight_decay=0.01, foreach=False)
+        opt = fo.ScheduleFreeSGD([ours := start.copy()], lr=0.1, warmup_steps=20, weight_decay=0.01)
+    ref.train()
+    for g in grads:
+        t.grad = torch.from_numpy(g.copy())
+        ref.step()
+        opt.step([g])
+    np.testing.assert_allclose(ours, t.numpy(), rtol=1e-5, atol=1e-5)

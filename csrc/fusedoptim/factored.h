@@ -17,7 +17,8 @@
  * sum p^2 (and sum u^2 for a vector); (2) per tensor: the split tensors' column sums and
  * the row factors r_i / max(mean_i r_i, clamp_r); (3) factored: sum u^2 with
  * u = g / sqrt(max(r_i c_j / mean r, clamp_v)); (4) per tensor: the step
- * -max(eps2, RMS(p)) rho / max(1, RMS(u) / d); (5) p <- p decay + step u, then the EMA.
+ * -max(eps2, RMS(p)) rho / max(1, RMS(u) / d); (5) p <- p decay + step u (with optax's
+ * momentum: m <- beta1 m - (1 - beta1) step u, p <- p decay - m), then the EMA.
  * Traffic per element: factored reads p, g; g; p, g and writes p (torch: g^2 twice, the
  * full V and U materialised); vector reads p, g, v and writes v; then p, g, v, writes p.
  */
@@ -41,12 +42,16 @@ struct fo_af_scalars {
     double rho;        /* relative step size min(lr, 1/sqrt(t)) */
     double eps2;       /* floor of RMS(p) */
     double inv_d;      /* 1 / d (clip threshold) */
-    double rms_scale;  /* RMS(p) factor: |decay| when the RMS is taken after the decay (Keras), else 1 */
+    double rms_scale;  /* RMS(p) factor: |decay| when the RMS is taken after the decay (Keras), else 1;
+                          0: no parameter scale (alpha = rho; optax's multiply_by_parameter_scale=False) */
+    double beta1;      /* momentum of the scaled update (optax's momentum), used when a tensor has m */
+    double one_minus_beta1;
 };
 
 struct fo_af_tensor {
     char *p, *g, *e;       /* parameter, gradient, EMA (or NULL) */
     char *v;               /* variance (vector) or NULL */
+    char *m;               /* exp_avg: momentum of the scaled update (optax), or NULL */
     char *r, *c;           /* row_var (B R), col_var (B C) (factored) or NULL */
     ptrdiff_t n, B, R, C;  /* vector: B = R = 1, C = n */
     ptrdiff_t u0, nu;      /* first unit, number of units */
@@ -249,18 +254,25 @@ template <typename T>
 static void fo_af_apply_unit(const double *hc, const fo_af_scalars *s, const fo_af_tensor *t, ptrdiff_t k) {
     const fo_common<T> c = fo_af_common<T>(hc, t->gs);
     const bool plain = c.plain();
-    const T clv = (T)s->clamp_v, decay = (T)s->decay, st = (T)t->step;
+    const T clv = (T)s->clamp_v, decay = (T)s->decay, st = (T)t->step, ast = (T)-t->step;
+    const T b1 = (T)s->beta1, omb1 = (T)s->one_minus_beta1;
     if (t->v != NULL) {
         const ptrdiff_t i0 = k * t->per, i1 = i0 + t->per < t->n ? i0 + t->per : t->n;
         T *FO_RESTRICT p = (T *)t->p;
         const T *FO_RESTRICT g = (const T *)t->g;
         const T *FO_RESTRICT v = (const T *)t->v;
         T *FO_RESTRICT e = (T *)t->e;
+        T *FO_RESTRICT m = (T *)t->m;
         for (ptrdiff_t i = i0; i < i1; i++) {
             const T gi = plain ? fo_grad<FO_PLAIN>(g[i], p[i], c) : fo_grad<0>(g[i], p[i], c);
             const T u = gi / (T)sqrt(v[i] < clv ? clv : v[i]);
             const T pi = p[i] * decay;
-            p[i] = pi + st * u;
+            if (m) {
+                m[i] = b1 * m[i] + omb1 * (ast * u);
+                p[i] = pi - m[i];
+            } else {
+                p[i] = pi + st * u;
+            }
             if (e) fo_ema_rule(e[i], p[i], c);
         }
         return;
@@ -269,12 +281,24 @@ static void fo_af_apply_unit(const double *hc, const fo_af_scalars *s, const fo_
         T *FO_RESTRICT p = (T *)t->p + off;
         const T *FO_RESTRICT g = (const T *)t->g + off;
         T *FO_RESTRICT e = t->e ? (T *)t->e + off : NULL;
-        for (ptrdiff_t j = 0; j < t->C; j++) {
-            const T gi = plain ? fo_grad<FO_PLAIN>(g[j], p[j], c) : fo_grad<0>(g[j], p[j], c);
-            const T x = fr * cv[j];
-            const T u = gi / (T)sqrt(x < clv ? clv : x);
-            const T pj = p[j] * decay;
-            p[j] = pj + st * u;
+        T *FO_RESTRICT m = t->m ? (T *)t->m + off : NULL;
+        if (m) {
+            for (ptrdiff_t j = 0; j < t->C; j++) {
+                const T gi = plain ? fo_grad<FO_PLAIN>(g[j], p[j], c) : fo_grad<0>(g[j], p[j], c);
+                const T x = fr * cv[j];
+                const T u = gi / (T)sqrt(x < clv ? clv : x);
+                const T pj = p[j] * decay;
+                m[j] = b1 * m[j] + omb1 * (ast * u);
+                p[j] = pj - m[j];
+            }
+        } else {
+            for (ptrdiff_t j = 0; j < t->C; j++) {
+                const T gi = plain ? fo_grad<FO_PLAIN>(g[j], p[j], c) : fo_grad<0>(g[j], p[j], c);
+                const T x = fr * cv[j];
+                const T u = gi / (T)sqrt(x < clv ? clv : x);
+                const T pj = p[j] * decay;
+                p[j] = pj + st * u;
+            }
         }
         if (e)
             for (ptrdiff_t j = 0; j < t->C; j++) fo_ema_rule(e[j], p[j], c);
@@ -342,6 +366,7 @@ static int fo_af_run(const double *hc, const fo_af_scalars *s, fo_af_tensor *ts,
         double rms_p = sqrt(pp / nn) * s->rms_scale;
         double alpha = (rms_p > s->eps2 ? rms_p : s->eps2) * s->rho;
         if (rms_p != rms_p) alpha = rms_p;                 /* NaN parameters stay NaN */
+        if (s->rms_scale == 0.0) alpha = s->rho;           /* no parameter scale */
         double q = sqrt(uu / nn) * s->inv_d;
         double denom = q > 1.0 ? q : 1.0;
         if (q != q) denom = q;

@@ -490,12 +490,16 @@ struct fo_adadelta : fo_algo_base<fo_adadelta_scalars, fo_adadelta_hp> {
 };
 
 /* ---- Rprop ----------------------------------------------------------------------------------- */
-#define FO_RPROP_SCALARS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max)
+/* delayed: 1 for optax.rprop's order (move by the step size and sign of the step before,
+ * keep the step size where there is no sign), 0 for torch's                                  */
+#define FO_RPROP_SCALARS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max) X(delayed)
 #define FO_RPROP_FLAGS(X)
 #define FO_RPROP_BUFFERS(X) X(prev, true, FO_SIGNED) X(step_size, true, FO_NONNEG)
 FO_SCALAR_STRUCT(fo_rprop_scalars, FO_RPROP_SCALARS)
 template <typename T> struct fo_rprop_hp : fo_hp_base<fo_rprop_hp<T> > {
     FO_HP_FIELDS(FO_RPROP)
+    bool optax;
+    template <class S> FO_HD void derive(const S &a) { optax = a.delayed != 0.0; }
 };
 /* torch's _single_tensor_rprop, element by element: the sign of g * prev (the product, as
  * torch computes it, so an underflow to 0 counts as "no sign") picks the factor of the
@@ -504,19 +508,25 @@ template <typename T> struct fo_rprop_hp : fo_hp_base<fo_rprop_hp<T> > {
  * the bits equal torch's.  NaN: torch.sign(NaN) is 0, so torch skips a NaN gradient
  * element (step size and parameter unchanged, prev = NaN); here a NaN g * prev is itself
  * the factor and fo_signum keeps NaN, so the step size, the parameter and prev turn NaN,
- * as a NaN gradient does to every other optimizer (see Rprop's docstring).                 */
+ * as a NaN gradient does to every other optimizer (see Rprop's docstring).
+ * optax (h.optax): prev holds g_{t-1} (0 after a sign change), so optax's prev_updates is
+ * step_size * sign(prev); the parameter moves by that (0 where the sign flipped) before the
+ * step size changes, and a step size with no sign (s == 0) is kept unclamped, as optax.    */
 template <typename T, int MODE = 0>
 FO_HD void fo_rprop_rule(T &p, T g, T &prev, T &step_size, const fo_common<T> &c,
                          const fo_rprop_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     const T s = g * prev;
     const T eta = s > T(0) ? h.etaplus : (s < T(0) ? h.etaminus : (s == T(0) ? T(1) : s));
-    T st = step_size * eta;
+    const T old = step_size;
+    T st = old * eta;
     st = st < h.step_size_min ? h.step_size_min : st;
     st = st > h.step_size_max ? h.step_size_max : st;
+    if (h.optax && s == T(0)) st = old;
     step_size = st;
+    const T moved = h.optax ? (s < T(0) ? T(0) : fo_signum(prev) * old) : T(0);
     if (s < T(0)) g = T(0);
-    p = p - fo_signum(g) * st;
+    p = p - (h.optax ? moved : fo_signum(g) * st);
     prev = g;
 }
 struct fo_rprop : fo_algo_base<fo_rprop_scalars, fo_rprop_hp> {
@@ -662,10 +672,11 @@ struct fo_yogi : fo_algo_base<fo_yogi_scalars, fo_yogi_hp> {
  * decay: 1 - lr*wd when decoupled, else 1; post: 1 + lr*wd when not decoupled (the
  * parameter is divided by it after the step), else 1; bc3_sqrt: sqrt(1 - beta3^t);
  * neg_step: -lr / (1 - beta1^t); neg_diff_step: -lr beta2 / (1 - beta2^t); first: 1 on
- * the step that creates previous_grad (the difference is 0 then)                            */
+ * the step that creates previous_grad (the difference is 0 then); eps_root: added under the
+ * root (optax's eps_root, in units of the raw v: eps_root * (1 - beta3^t)), 0 otherwise     */
 #define FO_ADAN_SCALARS(X) \
     X(decay) X(post) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(beta3) X(one_minus_beta3) X(bc3_sqrt) \
-    X(eps) X(neg_step) X(neg_diff_step) X(first)
+    X(eps) X(neg_step) X(neg_diff_step) X(first) X(eps_root)
 #define FO_ADAN_FLAGS(X)
 #define FO_ADAN_BUFFERS(X) \
     X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG) X(exp_avg_diff, true, FO_SIGNED) X(previous_grad, true, FO_SIGNED)
@@ -691,7 +702,7 @@ FO_HD void fo_adan_rule(T &p, T g, T &m, T &v, T &n, T &prev, const fo_common<T>
     n = fo_lerp<MODE>(n, d, h.w2);
     d = d * h.beta2 + g;
     v = v * h.beta3 + h.one_minus_beta3 * d * d;
-    const T denom = fo_sqrt(v) * h.inv_bc3_sqrt + h.eps;
+    const T denom = fo_sqrt(v + h.eps_root) * h.inv_bc3_sqrt + h.eps;
     p = p * h.decay;
     p = p + h.neg_step * m / denom;
     p = p + h.neg_diff_step * n / denom;

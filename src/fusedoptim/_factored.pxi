@@ -16,11 +16,14 @@ cdef extern from "fusedoptim/factored.h" nogil:
         double eps2
         double inv_d
         double rms_scale
+        double beta1
+        double one_minus_beta1
     ctypedef struct fo_af_tensor:
         char *p
         char *g
         char *e
         char *v
+        char *m
         char *r
         char *c
         Py_ssize_t n, B, R, C, u0, nu, per
@@ -33,16 +36,19 @@ cdef extern from "fusedoptim/factored.h" nogil:
     int fo_af_run(const double *hc, const fo_af_scalars *s, fo_af_tensor *ts, Py_ssize_t ntens,
                   const Py_ssize_t *ut, Py_ssize_t nunits, double *part, int dtype, int nthreads)
 
-AF_SCALARS = ("w", "eps_add", "clamp_r", "clamp_v", "decay", "rho", "eps2", "inv_d", "rms_scale")
+AF_SCALARS = ("w", "eps_add", "clamp_r", "clamp_v", "decay", "rho", "eps2", "inv_d", "rms_scale", "beta1",
+              "one_minus_beta1")
 
 
 def adafactor_step(dict common, dict scalars, list params, list grads, list row_vars, list col_vars,
-                   list variances, list emas=None, object tscale=None):
+                   list variances, list emas=None, object tscale=None, list exp_avgs=None):
     """Adafactor's step over every tensor, in one native call (factored.h).
 
-    ``params[i]`` of >= 2 dims uses ``row_vars[i]`` (``B R`` elements: the last dim reduced)
-    and ``col_vars[i]`` (``B C``: the second-to-last reduced), ``variances[i]`` None;
-    any other uses ``variances[i]`` (its size), ``row_vars[i]`` and ``col_vars[i]`` None.
+    ``params[i]`` with ``variances[i]`` None (>= 2 dims) uses ``row_vars[i]`` (``B R``
+    elements: the last dim reduced) and ``col_vars[i]`` (``B C``: the second-to-last
+    reduced); any other uses ``variances[i]`` (its size), ``row_vars[i]`` and
+    ``col_vars[i]`` None.  ``exp_avgs[i]`` (its size, or None): the momentum of the scaled
+    update (optax's ``momentum``, the scalars ``beta1`` / ``one_minus_beta1``).
     ``common``: the common block by name (gscale, clip value, coupled decay, L1, EMA
     weight); ``scalars``: :data:`AF_SCALARS` by name; ``tscale``: per-tensor gradient
     scales.  Returns nothing; updates params, statistics and EMAs in place."""
@@ -63,6 +69,8 @@ def adafactor_step(dict common, dict scalars, list params, list grads, list row_
                       (variances, "variances")):
         if len(lst) != ntens:
             raise ValueError(f"{what}: expected {ntens} entries, got {len(lst)}")
+    if exp_avgs is not None and len(exp_avgs) != ntens:
+        raise ValueError(f"exp_avgs: expected {ntens} entries, got {len(exp_avgs)}")
     if emas is not None and len(emas) != ntens:
         raise ValueError(f"emas: expected {ntens} arrays, got {len(emas)}")
     if tscale is not None and len(tscale) != ntens:
@@ -80,6 +88,8 @@ def adafactor_step(dict common, dict scalars, list params, list grads, list row_
     sc.eps2 = scalars["eps2"]
     sc.inv_d = scalars["inv_d"]
     sc.rms_scale = scalars["rms_scale"]
+    sc.beta1 = scalars["beta1"]
+    sc.one_minus_beta1 = scalars["one_minus_beta1"]
     if not isinstance(params[0], cnp.ndarray):
         raise TypeError(f"expected numpy arrays, got {type(params[0]).__name__}")
     code = _dtype_code(<cnp.ndarray>params[0])
@@ -101,16 +111,16 @@ def adafactor_step(dict common, dict scalars, list params, list grads, list row_
             ts[i].g = _data(grads[i], size, code, "gradient", i)
             if emas is not None:
                 ts[i].e = _data(emas[i], size, code, "EMA buffer", i)
+            if exp_avgs is not None and exp_avgs[i] is not None:
+                ts[i].m = _data(exp_avgs[i], size, code, "exp_avg", i)
             ts[i].n = size
             ts[i].gs = common["gscale"] * (1.0 if tscale is None else float(tscale[i]))
-            if nd >= 2:
+            if nd >= 2 and variances[i] is None:
                 ts[i].R = a.shape[nd - 2]
                 ts[i].C = a.shape[nd - 1]
                 ts[i].B = 1
                 for k in range(nd - 2):
                     ts[i].B *= a.shape[k]
-                if variances[i] is not None:
-                    raise ValueError(f"tensor {i}: a tensor of {nd} dims keeps row_var and col_var, not variance")
                 ts[i].r = _data(row_vars[i], ts[i].B * ts[i].R, code, "row_var", i)
                 ts[i].c = _data(col_vars[i], ts[i].B * ts[i].C, code, "col_var", i)
                 fo_af_layout(&ts[i], 1)
@@ -119,7 +129,7 @@ def adafactor_step(dict common, dict scalars, list params, list grads, list row_
                     ncolp += ts[i].nu * ts[i].C
             else:
                 if row_vars[i] is not None or col_vars[i] is not None:
-                    raise ValueError(f"tensor {i}: a tensor of {nd} dims keeps variance, not row_var/col_var")
+                    raise ValueError(f"tensor {i}: a tensor kept whole has variance, not row_var/col_var")
                 ts[i].v = _data(variances[i], size, code, "variance", i)
                 fo_af_layout(&ts[i], 0)
             ts[i].u0 = nunits

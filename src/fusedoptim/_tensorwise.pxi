@@ -82,16 +82,17 @@ cdef _tw_run(int stage, double *hbuf, list slots, object tscale):
 
 
 def muon_momentum(dict common, double momentum, bint nesterov, list params, list grads, list bufs, list outs,
-                  object tscale=None):
+                  object tscale=None, object nesterov_weight=None):
     """Muon's first stage over every tensor, in one native call (tensorwise.h):
     ``g = fo_grad(g)`` (the common block: clip value, gscale times ``tscale[i]``, coupled
     decay, L1), ``bufs[i] = lerp(bufs[i], g, 1 - momentum)``, ``outs[i] = lerp(g, bufs[i],
-    momentum)`` if ``nesterov`` else ``bufs[i]``.  ``params[i]`` is only read."""
+    w)`` if ``nesterov`` else ``bufs[i]``, with ``w = nesterov_weight`` (default:
+    ``momentum``).  ``params[i]`` is only read."""
     cdef double hbuf[FO_MAXSCALARS]
     memset(hbuf, 0, sizeof(hbuf))
     _pack(common, COMMON_SCALARS, hbuf, -1)
     hbuf[FO_NCOMMON] = 1.0 - momentum
-    hbuf[FO_NCOMMON + 1] = momentum
+    hbuf[FO_NCOMMON + 1] = momentum if nesterov_weight is None else float(nesterov_weight)
     hbuf[FO_NCOMMON + 2] = 1.0 if nesterov else 0.0
     _tw_run(FO_TW_muon_momentum, hbuf, [params, grads, None, bufs, outs], tscale)
 

@@ -10,7 +10,7 @@ __all__ = ["Muon", "newton_schulz", "DEFAULT_NS_COEFFICIENTS"]
 
 #: torch 2.13's defaults (Keller Jordan's quintic coefficients)
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-_ADJUST = (None, "original", "match_rms_adamw")
+_ADJUST = (None, "original", "match_rms_adamw", "width_transfer")
 
 
 def newton_schulz(x: np.ndarray, coefficients=DEFAULT_NS_COEFFICIENTS, steps: int = 5, eps: float = 1e-7,
@@ -62,10 +62,17 @@ def newton_schulz(x: np.ndarray, coefficients=DEFAULT_NS_COEFFICIENTS, steps: in
     return x
 
 
-def adjusted_lr(lr: float, adjust_lr_fn, shape) -> float:
+def adjusted_lr(lr: float, adjust_lr_fn, shape, consistent_rms=None) -> float:
     """torch 2.13's ``_adjust_lr``: ``lr * sqrt(max(1, A / B))`` ("original", the default)
-    or ``lr * 0.2 * sqrt(max(A, B))`` ("match_rms_adamw") for a parameter of shape (A, B)."""
+    or ``lr * 0.2 * sqrt(max(A, B))`` ("match_rms_adamw") for a parameter of shape (A, B);
+    optax.contrib.muon's ``scale_by_shape``: ``lr * sqrt(max(1, B / A))`` ("width_transfer":
+    A = fan_in, B = fan_out, JAX's ``x @ W`` layout), or ``lr * consistent_rms * sqrt(max(A,
+    B))`` when ``consistent_rms`` is given (whatever ``adjust_lr_fn`` says)."""
     rows, cols = shape[:2]
+    if consistent_rms is not None:
+        return lr * float(consistent_rms) * math.sqrt(max(rows, cols))
+    if adjust_lr_fn == "width_transfer":
+        return lr * math.sqrt(max(1, cols / rows)) if rows else lr
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         return lr * math.sqrt(max(1, rows / cols)) if cols else lr
     return lr * 0.2 * math.sqrt(max(rows, cols))
@@ -91,7 +98,25 @@ class Muon(Optimizer):
             \text{ ("match\_rms\_adamw")}
 
     (torch's code uses the lerp form of the momentum shown here; its docstring writes
-    :math:`\mu B + g`.)  The two element-wise stages are one native call each over all
+    :math:`\mu B + g`.)
+
+    optax.contrib.muon's options: ``bias_correction=True`` orthogonalises the
+    bias-corrected momentum,
+
+    .. math::
+
+        \tilde B_t \leftarrow \frac{\mu B_t}{1 - \mu^{t+1}} + \frac{(1 - \mu) g_t}{1 - \mu^t}
+            \text{ if nesterov, else } \frac{B_t}{1 - \mu^t}
+
+    (computed as :math:`\mathrm{lerp}(g_t, B_t, w_t)` times a positive factor, which the
+    normalisation of Newton-Schulz removes); ``adjust_lr_fn="width_transfer"`` is optax's
+    shape scale :math:`r = \sqrt{\max(1, C/A)}` (optax's parameters are ``(fan_in,
+    fan_out)``), ``consistent_rms=ρ`` its :math:`r = \rho\sqrt{\max(A, C)}` (torch's
+    "match_rms_adamw" is ρ = 0.2).  optax normalises by :math:`\lVert X\rVert_F + \varepsilon`
+    where torch and fusedoptim take :math:`\max(\lVert X\rVert_F, \varepsilon)`: the same
+    in float32 unless the momentum's norm is within a few orders of :math:`\varepsilon`.
+
+    The two element-wise stages are one native call each over all
     parameters of a group (the momentum stage also applies the options' gradient
     transforms: clipping, ``grad_scale``, ``l1``; the last stage the EMA); Newton-Schulz
     runs per parameter through ``np.matmul`` **in the parameter's dtype** (torch casts to
@@ -112,10 +137,12 @@ class Muon(Optimizer):
     matrix_only = True             # fusedoptim.optim.registry: 2-D parameters only
 
     def __init__(self, params=None, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
-                 ns_coefficients=DEFAULT_NS_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, **options):
+                 ns_coefficients=DEFAULT_NS_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *,
+                 bias_correction=False, consistent_rms=None, **options):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                                       ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
-                                      adjust_lr_fn=adjust_lr_fn), **options)
+                                      adjust_lr_fn=adjust_lr_fn, bias_correction=bias_correction,
+                                      consistent_rms=consistent_rms), **options)
 
     def check_group(self, g, where):
         super().check_group(g, where)
@@ -134,8 +161,11 @@ class Muon(Optimizer):
         if n >= 100:
             raise ValueError(f"{where}: ns_steps must be < 100 (torch's limit), got {n}")
         if g["adjust_lr_fn"] not in _ADJUST:
-            raise ValueError(f"{where}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', "
-                             f"got {g['adjust_lr_fn']!r}")
+            raise ValueError(f"{where}: adjust_lr_fn must be None, 'original', 'match_rms_adamw' or "
+                             f"'width_transfer', got {g['adjust_lr_fn']!r}")
+        check_bool(g.setdefault("bias_correction", False), f"{where}: bias_correction")
+        if g.setdefault("consistent_rms", None) is not None:
+            check_real(g["consistent_rms"], f"{where}: consistent_rms", lo=0.0, lo_open=True)
         for j, p in enumerate(g.get("params", ())):
             check_cpu_float_param(p, j, where, "Muon", "its Newton-Schulz step is np.matmul",
                                   " (Newton-Schulz in their dtype)")
@@ -152,10 +182,17 @@ class Muon(Optimizer):
         step (one native call)."""
         bufs = [st["momentum_buffer"] for st in states]
         outs = [np.empty_like(p) for p in params]
-        _kernels.muon_momentum(common, float(g["momentum"]), bool(g["nesterov"]), params, grads, bufs, outs, tscale)
+        mu, nesterov, w = float(g["momentum"]), bool(g["nesterov"]), None
+        if nesterov and g.get("bias_correction", False) and mu < 1.0:
+            # optax: mu B / (1 - mu^(t+1)) + (1 - mu) g / (1 - mu^t) = (a + b) lerp(g, B, a / (a + b));
+            # Newton-Schulz's normalisation drops the factor a + b (so does B / (1 - mu^t))
+            t = scal["step"]
+            a, b = mu / (1.0 - mu ** (t + 1)), (1.0 - mu) / (1.0 - mu ** t)
+            w = a / (a + b)
+        _kernels.muon_momentum(common, mu, nesterov, params, grads, bufs, outs, tscale, w)
         co, steps, eps = tuple(float(v) for v in g["ns_coefficients"]), int(g["ns_steps"]), float(g["eps"])
         for o in outs:
             newton_schulz(o, co, steps, eps)
         lr = float(g["lr"])
-        neg = [-adjusted_lr(lr, g["adjust_lr_fn"], p.shape) for p in params]
+        neg = [-adjusted_lr(lr, g["adjust_lr_fn"], p.shape, g.get("consistent_rms")) for p in params]
         _kernels.muon_apply(common["ema_weight"], 1.0 - lr * float(g["weight_decay"]), params, outs, emas, neg)

@@ -3,7 +3,7 @@ import math
 from .._backends import backend_for
 from .._spec import AlgoSpec
 from ..optimizer import Optimizer
-from ..validate import check_pair, check_real
+from ..validate import check_bool, check_pair, check_real
 
 
 class Rprop(Optimizer):
@@ -33,22 +33,37 @@ class Rprop(Optimizer):
     NaN gradient poisons every other optimizer's state; torch's ``sign(NaN)`` is 0, so
     torch instead leaves that element's :math:`\theta` and :math:`s` unchanged.
 
+    ``delayed=True`` gives optax.rprop's order: each step moves by the step size and
+    sign of the step before (the first step does not move), and a step size with no sign
+    is kept as it is (not clamped),
+
+    .. math::
+
+        \theta_t &\leftarrow \theta_{t-1} - s_{t-1} \operatorname{sign}(\hat g_{t-1})
+            \text{ unless } \hat g_{t-1} g_t < 0 \\
+        s_t &\leftarrow \min(\max(f_t s_{t-1}, \Gamma_{min}), \Gamma_{max})
+            \text{ if } \hat g_{t-1} g_t \ne 0, \text{ else } s_{t-1}
+
+    then :math:`\hat g_t` as above (optax keeps :math:`s_t \operatorname{sign}(\hat g_t)`,
+    its ``prev_updates``; ``prev`` holds :math:`\hat g_t`, from which it follows).
+
     State: ``step``, ``prev``, ``step_size``.
 
     References: Riedmiller & Braun, "A Direct Adaptive Method for Faster Backpropagation
     Learning: The RPROP Algorithm", IEEE ICNN 1993.
     """
 
-    spec = AlgoSpec("rprop", scalars=("etaminus", "etaplus", "step_size_min", "step_size_max"),
+    spec = AlgoSpec("rprop", scalars=("etaminus", "etaplus", "step_size_min", "step_size_max", "delayed"),
                     buffers=("prev", "step_size"))
 
     def __init__(self, params=None, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False,
-                 **options):
-        super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize),
-                         **options)
+                 delayed=False, **options):
+        super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize,
+                                      delayed=delayed), **options)
 
     def check_group(self, g, where):
         super().check_group(g, where)
+        check_bool(g.setdefault("delayed", False), f"{where}: delayed")
         etas = check_pair(g["etas"], "etas", "(etaminus, etaplus)", where)
         em, ep = float(etas[0]), float(etas[1])
         if not (0.0 < em < 1.0 < ep and math.isfinite(ep)):
@@ -70,4 +85,5 @@ class Rprop(Optimizer):
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] += 1
         (em, ep), (lo, hi) = g["etas"], g["step_sizes"]
-        return {"etaminus": float(em), "etaplus": float(ep), "step_size_min": float(lo), "step_size_max": float(hi)}
+        return {"etaminus": float(em), "etaplus": float(ep), "step_size_min": float(lo), "step_size_max": float(hi),
+                "delayed": 1.0 if g.get("delayed", False) else 0.0}

@@ -22,6 +22,7 @@ class _ScheduleFree(Optimizer):
         check_real(g["r"], f"{where}: r")
         check_real(g["weight_lr_power"], f"{where}: weight_lr_power", lo=0.0)
         check_bool(g["train_mode"], f"{where}: train_mode")
+        check_bool(g.setdefault("optax_warmup", False), f"{where}: optax_warmup")
 
     def init_scalars(self, g):
         return {"step": 0, "weight_sum": 0.0, "lr_max": -1.0}
@@ -32,7 +33,7 @@ class _ScheduleFree(Optimizer):
         return super().init_buffer(name, p, g)
 
     def _advance(self, g, scal):
-        """Advance the scalar state one step; return (scheduled lr, c_{t+1})."""
+        """Advance the scalar state one step; return (the lr of the z step, c_{t+1})."""
         k = scal["step"]
         scal["step"] = k + 1
         warm = g["warmup_steps"]
@@ -41,6 +42,8 @@ class _ScheduleFree(Optimizer):
         weight = ((k + 1) ** g["r"]) * (lr_max ** g["weight_lr_power"])
         weight_sum = scal["weight_sum"] = scal["weight_sum"] + weight
         ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+        if g.get("optax_warmup", False):     # optax: the z step's schedule is one count behind
+            lr = g["lr"] * (k / warm if k < warm else 1.0)
         return lr, ckp1
 
     def step(self, grads, closure=None, **kw):
@@ -105,6 +108,13 @@ class ScheduleFreeAdamW(_ScheduleFree):
         y_t &\leftarrow y_{t-1} + c_{t+1}(z_{t-1} - y_{t-1}) + \gamma_t(\beta_1(1 - c_{t+1}) - 1) u_t \\
         z_t &\leftarrow z_{t-1} - \gamma_t u_t
 
+    ``optax_warmup=True`` (optax.contrib.schedule_free's warmup): the z step (the
+    :math:`\gamma_t` in :math:`y_t` and :math:`z_t`) uses the warmup value of the step
+    before, :math:`\gamma \min(1, (t - 1) / \text{warmup\_steps})` (so the first step
+    leaves z unchanged), while :math:`\gamma_{\max}` and :math:`c_{t+1}` use
+    :math:`\gamma \min(1, t / \text{warmup\_steps})`, as here by default (and in the
+    schedulefree package, which uses that one value for both).
+
     The evaluation point is :math:`x = (y - (1 - \beta_1) z) / \beta_1`: :meth:`eval` puts
     it in the parameters, :meth:`train` puts :math:`y` back (the package's
     ``p.lerp_(z, 1 - 1/beta1)`` and ``p.lerp_(z, 1 - beta1)``).  The optimizer starts in
@@ -132,10 +142,10 @@ class ScheduleFreeAdamW(_ScheduleFree):
                     buffers=("z", "exp_avg_sq"))
 
     def __init__(self, params=None, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0,
-                 r=0.0, weight_lr_power=2.0, *, maximize=False, **options):
+                 r=0.0, weight_lr_power=2.0, *, maximize=False, optax_warmup=False, **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power,
-                                      train_mode=True, maximize=maximize), **options)
+                                      train_mode=True, maximize=maximize, optax_warmup=optax_warmup), **options)
 
     def check_group(self, g, where):
         super().check_group(g, where)
@@ -168,7 +178,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         y_t &\leftarrow y_{t-1} + c_{t+1}(z_{t-1} - y_{t-1}) + \gamma_t(\beta(1 - c_{t+1}) - 1) u_t \\
         z_t &\leftarrow z_{t-1} - \gamma_t u_t
 
-    with :math:`c_{t+1}` as in :class:`ScheduleFreeAdamW`; ``momentum`` in (0, 1);
+    with :math:`c_{t+1}` (and ``optax_warmup``) as in :class:`ScheduleFreeAdamW`; ``momentum`` in (0, 1);
     :meth:`eval` / :meth:`train` switch between :math:`x` and :math:`y` with :math:`\beta`.
 
     State: ``step``, ``weight_sum``, ``lr_max``, ``z``.
@@ -180,10 +190,10 @@ class ScheduleFreeSGD(_ScheduleFree):
     spec = AlgoSpec("sf_sgd", scalars=("ckp1", "c_y", "neg_lr"), buffers=("z",))
 
     def __init__(self, params=None, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0,
-                 weight_lr_power=2.0, *, maximize=False, **options):
+                 weight_lr_power=2.0, *, maximize=False, optax_warmup=False, **options):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                      r=r, weight_lr_power=weight_lr_power, train_mode=True, maximize=maximize),
-                         **options)
+                                      r=r, weight_lr_power=weight_lr_power, train_mode=True, maximize=maximize,
+                                      optax_warmup=optax_warmup), **options)
 
     def check_group(self, g, where):
         super().check_group(g, where)
