@@ -237,6 +237,9 @@ def summarize(results: Sequence[dict]) -> List[dict]:
 
 
 def _pm(s: dict, digits: int) -> str:
+    """``mean ± std``; a diverged configuration (huge or NaN) in 3 significant digits."""
+    if not (abs(s["mean"]) < 1e3 and abs(s["std"]) < 1e3):
+        return f"{s['mean']:.3g} ± {s['std']:.3g}"
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 

@@ -119,17 +119,22 @@ def format_table(results: List[dict], target_acc: float) -> str:
 def state_storage(opt, params) -> dict:
     """Elements of ``params`` by the storage of their optimizer state, e.g. ``{"int8": 8192,
     "float32": 1418}``: ``"int8"`` (uint8 codes), ``"bfloat16"``, ``"float32"``, ``"float64"``;
-    ``"none"`` for a parameter without element-wise state (SGD without momentum) and
-    ``"unknown"`` where the optimizer has no ``state`` (the demo's Muon/AdamW split)."""
+    ``"none"`` for a parameter without state of its shape (SGD without momentum; Adafactor's
+    factored row and column statistics) and
+    ``"unknown"`` where the optimizer's ``state`` is not ``opt.state[param]`` (the demo's
+    Muon/AdamW split has none, LBFGS keeps one dict of its own)."""
     from ..lowp import ABSMAX_SUFFIX, is_bfloat16
     state = getattr(opt, "state", None)
     out: dict = {}
     for p in params:
         kind = "unknown"
+        try:
+            st = state.get(p) if state is not None else None
+        except (TypeError, AttributeError):      # not keyed by parameter
+            state = None
         if state is not None:
-            st = state.get(p) if hasattr(state, "get") else None
             kinds = sorted({"int8" if v.dtype == np.uint8 else "bfloat16" if is_bfloat16(v.dtype) else str(v.dtype)
-                            for k, v in (st or {}).items()
+                            for k, v in (st.items() if hasattr(st, "items") else ())
                             if isinstance(v, np.ndarray) and v.shape == p.shape and not k.endswith(ABSMAX_SUFFIX)})
             kind = "+".join(kinds) if kinds else "none"
         out[kind] = out.get(kind, 0) + int(p.size)
@@ -235,15 +240,15 @@ def state_style(results: List[dict]):
     """``style(run) -> matplotlib keywords`` for runs that differ in their state dtype:
     the colour follows the optimizer (the label without `` [dtype]``), the dash pattern
     the state dtype (float32 solid, then bfloat16, int8 in ``fusedoptim.lowp.STATE_DTYPES``'s
-    order)."""
+    order); with a single optimizer the colour follows the state dtype too."""
     from ..lowp import STATE_DTYPES
     bases = list(dict.fromkeys(r["label"].rsplit(" [", 1)[0] for r in results))
 
     def style(r):
         dt = r.get("state_dtype", "float32")
         k = STATE_DTYPES.index(dt) if dt in STATE_DTYPES else len(STATE_DTYPES)
-        return dict(color=_COLORS[bases.index(r["label"].rsplit(" [", 1)[0]) % len(_COLORS)],
-                    linestyle=_DASHES[k % len(_DASHES)], lw=1.6)
+        c = k if len(bases) == 1 else bases.index(r["label"].rsplit(" [", 1)[0])
+        return dict(color=_COLORS[c % len(_COLORS)], linestyle=_DASHES[k % len(_DASHES)], lw=1.6)
     return style
 
 
