@@ -138,8 +138,8 @@ def test_demo_state_dtype_refused_combinations_are_left_out(tmp_path, capsys):
                    "m/absmax still above the signed map's), so m/(sqrt(v)+eps) steps ~lr*m/eps and the run "
                    "diverges (digits 128x10 output matrix with min_8bit_size=0: 4 such elements after step 1, a "
                    "weight moves by 5.6 at step 2; regression 128x64 matrix, default min_8bit_size, seed 3: 213 "
-                   "elements, a weight moves by 14).  bitsandbytes 0.50.2's Adam8bit on the CPU trains the digits "
-                   "case (its CPU quantizer never stores a code below 1.56e-5*absmax).  Remove this mark when the "
+                   "elements, a weight moves by 14).  bitsandbytes 0.50.2's Adam8bit on the CPU trains both cases "
+                   "(its CPU quantizer never stores a code below 1.56e-5*absmax).  Remove this mark when the "
                    "8-bit Adam keeps such v nonzero.")
 @pytest.mark.parametrize("task_name,seed,min_8bit_size", [("digits", 0, 0), ("regression", 3, 4096)])
 def test_adam_with_int8_state_does_not_blow_up(task_name, seed, min_8bit_size):
