@@ -124,12 +124,17 @@ def test_demo_single_state_dtype_and_min_8bit_size(tmp_path, capsys):
 
 def test_demo_state_dtype_refused_combinations_are_left_out(tmp_path, capsys):
     _needs("sklearn")
-    assert main(["demo", "--state-dtype", "float32,int8", "--optimizers", "sgd,lamb", "--epochs", "1",
+    # Adafactor keeps float32 state (its momentum stage); LBFGS has no state_dtype option
+    assert main(["demo", "--state-dtype", "float32,int8", "--optimizers", "sgd,adafactor,lbfgs", "--epochs", "1",
                  "--no-progress", "--no-plot", "--out", str(tmp_path)]) == 0
     stdout = capsys.readouterr().out
-    assert "note: Lamb [int8] is left out of this comparison: ValueError: state_dtype='int8' is not supported" in stdout
+    assert ("note: Adafactor [int8] is left out of this comparison: ValueError: state_dtype='int8' is not "
+            "supported by Adafactor") in stdout
+    assert "note: LBFGS [int8] is left out of this comparison: TypeError: " in stdout
     doc = json.load(open(tmp_path / "demo_digits.json", encoding="utf-8"))
-    assert [r["label"] for r in doc["runs"]] == ["SGD [float32]", "SGD [int8]", "Lamb [float32]"]
+    assert [r["label"] for r in doc["runs"]] == ["SGD [float32]", "SGD [int8]", "Adafactor [float32]",
+                                                 "LBFGS [float32]"]
+    assert doc["runs"][3]["state_storage"] == {"unknown": DEMO_ELEMENTS}  # LBFGS: one state dict of its own
     assert doc["runs"][1]["state_storage"] == {"none": DEMO_ELEMENTS}     # plain SGD keeps no state
 
 
@@ -157,8 +162,8 @@ def test_adam_with_int8_state_does_not_blow_up(task_name, seed, min_8bit_size):
     (["--state-dtype", "float16"], "--state-dtype: unknown state dtype 'float16'"),
     (["--state-dtype", ","], "--state-dtype is empty"),
     (["--state-dtype", "int8", "--min-8bit-size", "-1"], "--min-8bit-size must be >= 0"),
-    (["--state-dtype", "int8", "--optimizers", "lamb"], "none of the optimizers can run with these options: "
-                                                        "Lamb [int8]"),
+    (["--state-dtype", "int8", "--optimizers", "muon"], "none of the optimizers can run with these options: "
+                                                        "Muon [int8]"),
 ])
 def test_demo_state_dtype_bad_options(argv, match, tmp_path, capsys):
     assert main(["demo", *argv, "--epochs", "1", "--no-progress", "--out", str(tmp_path)]) == 2
