@@ -664,15 +664,6 @@ def test_bench_state_dtype_table_reports_bytes_and_memory(capsys):
         main(["--state-dtype", "float16"])
 
 
-def test_demo_state_dtype_flag_prints_both_tasks(capsys):
-    pytest.importorskip("sklearn")
-    from fusedoptim.demo.cli import main
-    assert main(["--state-dtype", "bfloat16", "--seeds", "1", "--epochs", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "digits:" in out and "regression:" in out and "bfloat16" in out
-    assert main(["--state-dtype", "float16"]) == 2
-
-
 # ------------------------------------------- the reducing optimizers (per-tensor statistics)
 # Lamb, LARS and NovoGrad keep their element state in bfloat16 like the others; their
 # references are written here from the docstrings' formulas (float64), with the storage

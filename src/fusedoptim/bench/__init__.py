@@ -41,6 +41,11 @@ The modules, one job each:
 * :mod:`.report`           the tables, the summary and the JSON-ready report (:func:`run`)
 * :mod:`.cli`              argparse and :func:`main`
 
+Two more benchmarks have their own entry points: :mod:`.muon` (``python -m
+fusedoptim.bench.muon``: Muon's Newton-Schulz products against torch's) and
+:mod:`.quality` (``python -m fusedoptim.bench.quality``: whether bfloat16 and int8
+optimizer state train as well as float32, over seeds; not timed).
+
 The same helpers (workloads, contenders, ``measure``, ``memory_check``, ``probe_gpu``)
 drive the pytest-benchmark suite in ``bench/``.
 """

@@ -3,6 +3,10 @@
 ``fusedoptim demo [options]``        an MLP on handwritten digits (or ``--mnist DIR``) with
                                      every optimizer from the same start: time, time inside
                                      ``opt.step``, epochs to a target accuracy, curves
+``fusedoptim demo --state-dtype float32,bfloat16,int8 [options]``
+                                     the same, Adam (or ``--optimizers``) once per optimizer-state
+                                     dtype, side by side (``python -m fusedoptim.bench.quality``
+                                     asks the question over seeds)
 ``mpiexec -n N python -m fusedoptim demo --distributed [options]``
                                      the same, data parallel over MPI: each batch split
                                      across the ranks, gradients averaged by

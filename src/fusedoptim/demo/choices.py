@@ -30,7 +30,7 @@ import fusedoptim as fo
 from fusedoptim.optim import registry as _registry
 
 __all__ = ["OptSpec", "DEMO_LR", "VARIANTS", "ALIASES", "FALLBACK", "MatrixSplit", "optimizer_classes",
-           "demo_optimizers", "lookahead", "probe"]
+           "demo_optimizers", "lookahead", "with_state_dtype", "probe"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ class OptSpec:
     step_kind: str = "grads"
     matrix_only: bool = False
     inner: Optional["OptSpec"] = None
+
+    @property
+    def state_dtype(self) -> str:
+        """The ``state_dtype`` this spec builds with (a wrapper: its inner optimizer's)."""
+        return (self.inner or self).kwargs.get("state_dtype", "float32")
 
     @property
     def closure(self) -> bool:
@@ -166,6 +171,22 @@ def lookahead(inner: OptSpec, k: Optional[int] = None, alpha: Optional[float] = 
     kwargs = {n: v for n, v in (("k", k), ("alpha", alpha)) if v is not None}
     return OptSpec(f"{cls.lower()}-{inner.key}", f"{cls}({inner.label})", cls, inner.lr, kwargs, "wrapper",
                    False, inner)
+
+
+def with_state_dtype(spec: OptSpec, state_dtype: str, min_8bit_size: Optional[int] = None) -> OptSpec:
+    """``spec`` building with ``state_dtype`` (and, for ``"int8"``, ``min_8bit_size`` when
+    given): key ``<key>@<state_dtype>``, label ``<label> [<state_dtype>]``; a wrapper
+    passes them to its inner optimizer.  ``"float32"`` adds no keyword (every optimizer's
+    default, so those without the option, LBFGS, still run)."""
+    if spec.inner is not None:
+        inner = with_state_dtype(spec.inner, state_dtype, min_8bit_size)
+        return replace(spec, key=f"{spec.key}@{state_dtype}", label=f"{spec.label} [{state_dtype}]", inner=inner)
+    kwargs = dict(spec.kwargs)
+    if state_dtype != "float32":
+        kwargs["state_dtype"] = state_dtype
+    if state_dtype == "int8" and min_8bit_size is not None:
+        kwargs["min_8bit_size"] = min_8bit_size
+    return replace(spec, key=f"{spec.key}@{state_dtype}", label=f"{spec.label} [{state_dtype}]", kwargs=kwargs)
 
 
 def probe(spec: OptSpec) -> Optional[str]:

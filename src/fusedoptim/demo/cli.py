@@ -16,9 +16,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if argv and argv[0] == "toy2d":
             from . import toy2d
             return toy2d.main(argv[1:])
-        if any(a == "--state-dtype" or a.startswith("--state-dtype=") for a in argv):
-            from . import lowp      # low-precision state vs float32 (its own module and table)
-            return lowp.main(argv)
         from . import train
         return train.main(argv)
     except DemoError as e:

@@ -13,15 +13,16 @@ import fusedoptim as fo
 from ._util import PIP_HINT, finite, pyplot
 
 __all__ = ["table", "ranked", "summary", "format_summary", "format_table", "sync_summary", "document", "write_json",
-           "plot_curves", "curves_figure", "line_style"]
+           "plot_curves", "curves_figure", "line_style", "state_style", "state_storage", "storage_text",
+           "format_state_storage"]
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: first column left-aligned, the others right-aligned."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A plain-text table: the first ``left`` columns left-aligned, the others right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
@@ -115,6 +116,42 @@ def format_table(results: List[dict], target_acc: float) -> str:
     return table(headers, rows) + "\n" + format_summary(results, target_acc) + "\n" + note
 
 
+def state_storage(opt, params) -> dict:
+    """Elements of ``params`` by the storage of their optimizer state, e.g. ``{"int8": 8192,
+    "float32": 1418}``: ``"int8"`` (uint8 codes), ``"bfloat16"``, ``"float32"``, ``"float64"``;
+    ``"none"`` for a parameter without state of its shape (SGD without momentum; Adafactor's
+    factored row and column statistics) and
+    ``"unknown"`` where the optimizer's ``state`` is not ``opt.state[param]`` (the demo's
+    Muon/AdamW split has none, LBFGS keeps one dict of its own)."""
+    from ..lowp import ABSMAX_SUFFIX, is_bfloat16
+    state = getattr(opt, "state", None)
+    out: dict = {}
+    for p in params:
+        kind = "unknown"
+        try:
+            st = state.get(p) if state is not None else None
+        except (TypeError, AttributeError):      # not keyed by parameter
+            state = None
+        if state is not None:
+            kinds = sorted({"int8" if v.dtype == np.uint8 else "bfloat16" if is_bfloat16(v.dtype) else str(v.dtype)
+                            for k, v in (st.items() if hasattr(st, "items") else ())
+                            if isinstance(v, np.ndarray) and v.shape == p.shape and not k.endswith(ABSMAX_SUFFIX)})
+            kind = "+".join(kinds) if kinds else "none"
+        out[kind] = out.get(kind, 0) + int(p.size)
+    return out
+
+
+def storage_text(storage: dict) -> str:
+    """``state_storage``'s counts as text, largest first: ``int8 8192 (85.2%), float32 1418 (14.8%)``."""
+    total = sum(storage.values()) or 1
+    return ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(storage.items(), key=lambda kv: -kv[1]))
+
+
+def format_state_storage(results: List[dict]) -> str:
+    """One line per run that has ``state_storage``: ``  Adam [int8]: int8 8192 (85.2%), ...``."""
+    return "\n".join(f"  {r['label']}: {storage_text(r['state_storage'])}" for r in results if r.get("state_storage"))
+
+
 def _pct(part, whole):
     return 100 * part / whole if part is not None and whole else None
 
@@ -181,29 +218,50 @@ def line_style(i: int) -> dict:
     return dict(color=_COLORS[i % len(_COLORS)], linestyle=_DASHES[i % len(_DASHES)], lw=1.6)
 
 
-def plot_curves(results: List[dict], path: str, title: str = "", target_acc: Optional[float] = None) -> Optional[str]:
+def plot_curves(results: List[dict], path: str, title: str = "", target_acc: Optional[float] = None,
+                by_state_dtype: bool = False) -> Optional[str]:
     """Loss and accuracy per epoch, and test accuracy against training time, one line per
     optimizer (in the table's order), one legend for the four panels, the target accuracy
     as a dotted line.  Accuracy uses a logit axis, so the first epochs (far from the
     target) and the last (close to 1) are both readable.  Returns the path, or None (with
-    a note) when matplotlib is missing."""
+    a note) when matplotlib is missing.  ``by_state_dtype`` (``demo --state-dtype``): one
+    colour per optimizer, one dash pattern per state dtype (``state_style``)."""
     plt = pyplot()
     if plt is None:
         missing_matplotlib(f"plot {path}")
         return None
-    fig = curves_figure(plt, results, title, target_acc)
+    fig = curves_figure(plt, results, title, target_acc, by_state_dtype)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def curves_figure(plt, results: List[dict], title: str = "", target_acc: Optional[float] = None):
+def state_style(results: List[dict]):
+    """``style(run) -> matplotlib keywords`` for runs that differ in their state dtype:
+    the colour follows the optimizer (the label without `` [dtype]``), the dash pattern
+    the state dtype (float32 solid, then bfloat16, int8 in ``fusedoptim.lowp.STATE_DTYPES``'s
+    order); with a single optimizer the colour follows the state dtype too."""
+    from ..lowp import STATE_DTYPES
+    bases = list(dict.fromkeys(r["label"].rsplit(" [", 1)[0] for r in results))
+
+    def style(r):
+        dt = r.get("state_dtype", "float32")
+        k = STATE_DTYPES.index(dt) if dt in STATE_DTYPES else len(STATE_DTYPES)
+        c = k if len(bases) == 1 else bases.index(r["label"].rsplit(" [", 1)[0])
+        return dict(color=_COLORS[c % len(_COLORS)], linestyle=_DASHES[k % len(_DASHES)], lw=1.6)
+    return style
+
+
+def curves_figure(plt, results: List[dict], title: str = "", target_acc: Optional[float] = None,
+                  by_state_dtype: bool = False):
     """The figure of ``plot_curves`` (a matplotlib Figure; the caller closes it)."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    for i, r in enumerate(ranked(results)):
+    order = results if by_state_dtype else ranked(results)     # by optimizer, then state dtype
+    style = state_style(results) if by_state_dtype else (lambda r: line_style(order.index(r)))
+    for r in order:
         h = r["history"]
         ep = h["epoch"]
-        kw = dict(label=r["label"], **line_style(i))
+        kw = dict(label=r["label"], **style(r))
         axes[0, 0].plot(ep, [_pos(v) for v in h["train_loss"]], **kw)
         axes[0, 1].plot(ep, [_pos(v) for v in h["test_loss"]], **kw)
         axes[1, 0].plot(ep, [_acc(v) for v in h["test_acc"]], **kw)
@@ -233,7 +291,8 @@ def curves_figure(plt, results: List[dict], title: str = "", target_acc: Optiona
         if last > 0:
             ax.set_xlim(0, last)
     handles, labels = axes[1, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=9, title="optimizer (table order)",
+    fig.legend(handles, labels, loc="center right", fontsize=9,
+               title="optimizer [state dtype]" if by_state_dtype else "optimizer (table order)",
                handlelength=3.5, frameon=False)
     if title:
         fig.suptitle(title)

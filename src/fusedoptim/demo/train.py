@@ -19,7 +19,9 @@ import numpy as np
 import fusedoptim as fo
 from .. import nn
 from . import data as _data
-from .choices import ALIASES, OptSpec, demo_optimizers, lookahead, probe
+from ..lowp import STATE_DTYPES
+from .choices import ALIASES, OptSpec, demo_optimizers, lookahead, probe, with_state_dtype
+from .report import state_storage
 from ._util import DemoError, SCHEDULES, blas_threads, clip_function, make_schedule, progress
 from . import parallel
 from .parallel import World, slice_weight
@@ -225,11 +227,13 @@ def _train_one(spec, lr, dataset, hidden, epochs, batch_size, schedule, clip_nor
             diverged = True
             break
     bar.close()
+    storage = state_storage(opt, model.params())
     final_train = evaluate(model, x, y)
     final_test = (hist["test_loss"][-1], hist["test_acc"][-1])
     wall_s = time.perf_counter() - t_run
     result = {
         "optimizer": spec.key, "label": spec.label, "class": spec.cls, "lr": lr,
+        "state_dtype": spec.state_dtype, "state_storage": storage,
         "hyperparameters": {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "lr")},
         "wall_s": wall_s, "train_s": train_s, "step_s": step_s, "steps": steps,
         "step_us": 1e6 * step_s / max(steps, 1),
@@ -320,9 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy/loss.  Data: scikit-learn's handwritten digits (default) or MNIST "
                     "from local IDX files.  See also: fusedoptim demo toy2d --help.",
         epilog=f"optimizers: {', '.join(f'{s.key} (lr {s.lr:g})' for s in OPTIMIZERS.values())}")
-    p.add_argument("--optimizers", default="all", metavar="LIST",
+    p.add_argument("--optimizers", default=None, metavar="LIST",
                    help="comma list of optimizer names, each optionally name=lr (default: all, every optimizer "
-                        "fusedoptim exports); lookahead-NAME runs Lookahead around NAME")
+                        "fusedoptim exports; adam with --state-dtype); lookahead-NAME runs Lookahead around NAME")
+    p.add_argument("--state-dtype", default=None, metavar="LIST",
+                   help="run every optimizer once per optimizer-state dtype of this comma list (" + ", ".join(
+                       STATE_DTYPES) + "), from the same start, and draw the runs side by side, e.g. "
+                       "float32,bfloat16,int8; also prints how many elements had each state storage")
+    p.add_argument("--min-8bit-size", type=int, default=None, metavar="N",
+                   help="min_8bit_size of the int8 runs: smaller tensors keep float32 state (default: the "
+                        "library's, 4096; 0: every tensor 8-bit)")
     p.add_argument("--lookahead", type=_lookahead, metavar="K,ALPHA",
                    help="wrap every optimizer in fusedoptim.Lookahead(opt, k=K, alpha=ALPHA) (ALPHA default 0.5)")
     p.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs per run (default 20; 8 with --quick)")
@@ -356,6 +367,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _state_dtypes(text: Optional[str]) -> List[str]:
+    """``--state-dtype``'s comma list, checked ([] when not given)."""
+    if text is None:
+        return []
+    items = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not items:
+        raise DemoError("--state-dtype is empty; give a comma list of " + ", ".join(STATE_DTYPES))
+    for d in items:
+        if d not in STATE_DTYPES:
+            raise DemoError(f"--state-dtype: unknown state dtype {d!r}; choose from {', '.join(STATE_DTYPES)}")
+    return items
+
+
+def _per_state_dtype(runs: List[tuple], state_dtypes: Sequence[str], min_8bit_size: Optional[int],
+                     skipped: List[tuple]) -> List[tuple]:
+    """Each (spec, lr) once per state dtype, in that order; a combination the optimizer
+    refuses (checked with ``choices.probe``: Muon, Adafactor and LBFGS keep float32 state, the
+    reducing optimizers refuse int8) is left out with a note."""
+    out = []
+    for spec, lr in runs:
+        for d in state_dtypes:
+            s = with_state_dtype(spec, d, min_8bit_size)
+            why = probe(s)
+            if why is None:
+                out.append((s, lr))
+            else:
+                skipped.append((s.label, why))
+    return out
+
+
 def _load(args) -> _data.Dataset:
     if args.mnist:
         ds = _data.load_mnist(args.mnist)
@@ -376,8 +417,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise DemoError(f"started by an MPI launcher as one of {launched} processes, but without "
                         "--distributed every process would run the whole demo and write the same files; "
                         "add --distributed (or run a single process)")
+    state_dtypes = _state_dtypes(args.state_dtype)
+    if args.min_8bit_size is not None and args.min_8bit_size < 0:
+        raise DemoError(f"--min-8bit-size must be >= 0, got {args.min_8bit_size}")
     skipped: List[tuple] = []
-    runs = parse_optimizers(args.optimizers, args.lr, skipped)
+    runs = parse_optimizers(args.optimizers or ("adam" if state_dtypes else "all"), args.lr, skipped)
     if args.lookahead:
         wrapped = []
         for spec, lr in runs:
@@ -389,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = wrapped
         if not runs:
             raise DemoError("--lookahead: none of the optimizers can be wrapped")
+    if state_dtypes:
+        runs = _per_state_dtype(runs, state_dtypes, args.min_8bit_size, skipped)
     kept = []
     for spec, lr in runs:
         why = unsupported(spec, args.schedule, args.clip_norm, args.distributed)
@@ -471,6 +517,8 @@ def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World], ski
         return 0 if synced else 1
     print()
     print(report.format_table(results, args.target_acc))
+    if args.state_dtype:
+        print(_state_dtype_lines(results, args.min_8bit_size))
     if world is not None:
         print(report.sync_summary(results, world.size))
     config = {
@@ -482,6 +530,7 @@ def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World], ski
         "quick": args.quick, "threads": threads or fo.get_num_threads(),
         "blas_threads": args.blas_threads, "blas_note": blas_note,
         "distributed": world is not None, "world_size": world.size if world is not None else 1,
+        "state_dtypes": _state_dtypes(args.state_dtype) or None, "min_8bit_size": args.min_8bit_size,
     }
     if world is not None:
         config.update({"mpi_library": world.library(), "ranks_bit_identical": synced,
@@ -494,13 +543,47 @@ def _run(args, runs, epochs, dataset: _data.Dataset, world: Optional[World], ski
     print(f"\nwrote {stem}.json")
     if not args.no_plot:
         ranks = f", {world.size} ranks" if world is not None else ""
+        dts = f", optimizer state {' / '.join(_state_dtypes(args.state_dtype))}" if args.state_dtype else ""
         png = report.plot_curves(results, stem + ".png",
                                  title=f"{dataset.name}: MLP {'-'.join(map(str, sizes))}, "
-                                       f"batch {args.batch_size}, schedule {args.schedule}{ranks}",
-                                 target_acc=args.target_acc)
+                                       f"batch {args.batch_size}, schedule {args.schedule}{ranks}{dts}",
+                                 target_acc=args.target_acc, by_state_dtype=bool(args.state_dtype))
         if png:
             print(f"wrote {png}")
     return 0 if synced else 1
+
+
+def _state_dtype_lines(results: List[dict], min_8bit_size: Optional[int]) -> str:
+    """After the table of a ``--state-dtype`` run: the elements of each state storage per
+    run, then per optimizer the final test accuracy and loss of each state dtype next to
+    float32's."""
+    import inspect
+    from . import report
+    from ..lowp import check_lowp_options
+    if min_8bit_size is None:
+        min_8bit_size = inspect.signature(check_lowp_options).parameters["min_8bit_size"].default
+    note = (f"; with int8, tensors under min_8bit_size={min_8bit_size} elements keep float32 state"
+            if any(r["state_dtype"] == "int8" for r in results) else "")
+    lines = [f"state storage (parameter elements by the dtype of their optimizer state{note}):",
+             report.format_state_storage(results)]
+    by_opt: Dict[str, Dict[str, dict]] = {}
+    for r in results:
+        by_opt.setdefault(r["label"].rsplit(" [", 1)[0], {})[r["state_dtype"]] = r
+    for label, by in by_opt.items():
+        base = by.get("float32")
+        parts = []
+        for d, r in by.items():
+            f = r["final"]
+            delta = ""
+            if base is not None and d != "float32":
+                b = base["final"]
+                delta = (f" ({f['test_acc'] - b['test_acc']:+.4f}, loss {f['test_loss'] - b['test_loss']:+.4f} "
+                         "vs float32)")
+            parts.append(f"{d} {f['test_acc']:.4f} / {f['test_loss']:.4f}{delta}")
+        lines.append(f"{label}: final test accuracy / loss: " + "; ".join(parts))
+    lines.append("one seed, the same start and batch order for every state dtype; across seeds: "
+                 "python -m fusedoptim.bench.quality")
+    return "\n".join(lines)
 
 
 def _quiet(*args, **kwargs) -> None:
