@@ -136,6 +136,48 @@ static FO_INLINE void fo_af_finish_matrix(const fo_af_tensor *t, const fo_af_sca
     for (ptrdiff_t r = 0; r < t->R; r++) f[r] = (double)rv[r] / (double)m;
 }
 
+/* a vector's run of m <= FO_AF_RUN elements: v <- lerp(v, g^2 + eps_add), u = g / sqrt(max(v,
+ * clamp_v)) into ub (the loop vectorizes; the sums are taken from ub afterwards) */
+#define FO_AF_RUN 256
+#define FO_AF_LANES 16
+template <typename T, int MODE>
+static FO_INLINE void fo_af_vec_run(ptrdiff_t m, const T *FO_RESTRICT p, const T *FO_RESTRICT g, T *FO_RESTRICT v,
+                                    const fo_common<T> c, const T ea, const T cv, const fo_weight<T> w,
+                                    T *FO_RESTRICT ub) {
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const T gi = fo_grad<MODE>(g[i], p[i], c);
+        const T vi = fo_lerp<MODE>(v[i], gi * gi + ea, w);
+        v[i] = vi;
+        ub[i] = gi / fo_sqrt(vi < cv ? cv : vi);
+    }
+}
+/* the loop with its mode fixed: FO_PLAIN or not, the lerp form of w */
+template <typename T>
+static FO_INLINE void fo_af_vec_run_any(bool plain, ptrdiff_t m, const T *p, const T *g, T *v, const fo_common<T> &c,
+                                        const T ea, const T cv, const fo_weight<T> &w, T *ub) {
+    const int mode = (plain ? FO_PLAIN : 0) | (w.small ? FO_LERP_SMALL : FO_LERP_BIG);
+    switch (mode) {
+        case FO_PLAIN | FO_LERP_SMALL: fo_af_vec_run<T, FO_PLAIN | FO_LERP_SMALL>(m, p, g, v, c, ea, cv, w, ub); return;
+        case FO_PLAIN | FO_LERP_BIG: fo_af_vec_run<T, FO_PLAIN | FO_LERP_BIG>(m, p, g, v, c, ea, cv, w, ub); return;
+        case FO_LERP_SMALL: fo_af_vec_run<T, FO_LERP_SMALL>(m, p, g, v, c, ea, cv, w, ub); return;
+        default: fo_af_vec_run<T, FO_LERP_BIG>(m, p, g, v, c, ea, cv, w, ub); return;
+    }
+}
+
+/* a vector's elements [i0, i1): p <- p decay + step g / sqrt(max(v, clamp_v)), then the EMA */
+template <typename T, int MODE, bool EMA>
+static FO_INLINE void fo_af_vec_apply(ptrdiff_t i0, ptrdiff_t i1, T *FO_RESTRICT p, const T *FO_RESTRICT g,
+                                      const T *FO_RESTRICT v, T *FO_RESTRICT e, const fo_common<T> c, const T clv,
+                                      const T decay, const T st) {
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        const T gi = fo_grad<MODE>(g[i], p[i], c);
+        const T u = gi / fo_sqrt(v[i] < clv ? clv : v[i]);
+        const T pi = p[i] * decay;
+        p[i] = pi + st * u;
+        if (EMA) fo_ema_rule(e[i], p[i], c);
+    }
+}
+
 /* pass 1 on unit k of tensor t: out[0] += sum p^2, out[1] += sum u^2 (vectors) */
 template <typename T>
 static void fo_af_stats_unit(const double *hc, const fo_af_scalars *s, const fo_af_tensor *t, ptrdiff_t k,
@@ -150,13 +192,33 @@ static void fo_af_stats_unit(const double *hc, const fo_af_scalars *s, const fo_
         const fo_weight<T> w = fo_weight<T>::of((T)s->w);
         const bool plain = c.plain();
         double pp = 0.0, uu = 0.0;
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            const T gi = plain ? fo_grad<FO_PLAIN>(g[i], p[i], c) : fo_grad<0>(g[i], p[i], c);
-            const T vi = fo_lerp(v[i], gi * gi + ea, w);
-            v[i] = vi;
-            const T u = gi / (T)sqrt(vi < cv ? cv : vi);
-            pp += (double)p[i] * (double)p[i];
-            uu += (double)u * (double)u;
+        /* runs of FO_AF_RUN elements: a vectorized element loop writes u to a small array,
+         * then sum p^2 and sum u^2 accumulate in FO_AF_LANES double lanes, added in lane
+         * order (a shorter last run adds its elements one by one); fixed by the unit */
+        for (ptrdiff_t i = i0; i < i1; i += FO_AF_RUN) {
+            const ptrdiff_t m = i1 - i < FO_AF_RUN ? i1 - i : FO_AF_RUN;
+            T ub[FO_AF_RUN];
+            fo_af_vec_run_any<T>(plain, m, p + i, g + i, v + i, c, ea, cv, w, ub);
+            if (m == FO_AF_RUN) {
+                double ap[FO_AF_LANES], au[FO_AF_LANES];
+                for (int l = 0; l < FO_AF_LANES; l++) ap[l] = au[l] = 0.0;
+                for (int q = 0; q < FO_AF_RUN; q += FO_AF_LANES)
+                    for (int l = 0; l < FO_AF_LANES; l++) {
+                        const double x = (double)p[i + q + l], y = (double)ub[q + l];
+                        ap[l] = ap[l] + x * x;
+                        au[l] = au[l] + y * y;
+                    }
+                for (int l = 0; l < FO_AF_LANES; l++) {
+                    pp = pp + ap[l];
+                    uu = uu + au[l];
+                }
+            } else {
+                for (ptrdiff_t q = 0; q < m; q++) {
+                    const double x = (double)p[i + q], y = (double)ub[q];
+                    pp = pp + x * x;
+                    uu = uu + y * y;
+                }
+            }
         }
         out[0] = pp;
         out[1] = uu;
@@ -263,18 +325,19 @@ static void fo_af_apply_unit(const double *hc, const fo_af_scalars *s, const fo_
         const T *FO_RESTRICT v = (const T *)t->v;
         T *FO_RESTRICT e = (T *)t->e;
         T *FO_RESTRICT m = (T *)t->m;
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            const T gi = plain ? fo_grad<FO_PLAIN>(g[i], p[i], c) : fo_grad<0>(g[i], p[i], c);
-            const T u = gi / (T)sqrt(v[i] < clv ? clv : v[i]);
-            const T pi = p[i] * decay;
-            if (m) {
+        if (m) {   // optax's momentum (rare): the scalar loop
+            for (ptrdiff_t i = i0; i < i1; i++) {
+                const T gi = plain ? fo_grad<FO_PLAIN>(g[i], p[i], c) : fo_grad<0>(g[i], p[i], c);
+                const T u = gi / (T)sqrt(v[i] < clv ? clv : v[i]);
+                const T pi = p[i] * decay;
                 m[i] = b1 * m[i] + omb1 * (ast * u);
                 p[i] = pi - m[i];
-            } else {
-                p[i] = pi + st * u;
+                if (e) fo_ema_rule(e[i], p[i], c);
             }
-            if (e) fo_ema_rule(e[i], p[i], c);
         }
+        else if (e) fo_af_vec_apply<T, 0, true>(i0, i1, p, g, v, e, c, clv, decay, st);
+        else if (plain) fo_af_vec_apply<T, FO_PLAIN, false>(i0, i1, p, g, v, e, c, clv, decay, st);
+        else fo_af_vec_apply<T, 0, false>(i0, i1, p, g, v, e, c, clv, decay, st);
         return;
     }
     FO_AF_FOR_ROWS(t, k, {

@@ -188,6 +188,16 @@ template <typename T> FO_HD T fo_sign(T x) { return (T)((x > T(0)) - (x < T(0)))
  * with every other rule.  (Returning x rather than testing x == x also keeps GCC from
  * threading the zero case into a branch, which stopped Rprop's loop from vectorizing.)  */
 template <typename T> FO_HD T fo_signum(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x); }
+FO_HD float fo_copysign(float x, float y) { return copysignf(x, y); }
+FO_HD double fo_copysign(double x, double y) { return copysign(x, y); }
+/* fo_signum(d) * t for t >= 0, bit for bit (NaN payloads aside): t with d's sign where d is
+ * nonzero (a product with +-1 is exact), d itself where d is +-0 or NaN (+-0 * t is +-0
+ * when t is finite there, as in Yogi: d = v - g^2 is +-0 only for a finite g^2).  One
+ * compare, a sign copy and a select instead of two compares, two selects and a multiply:
+ * Yogi's loop at sizes that fit the cache is bound by these vector operations.          */
+template <typename T> FO_HD T fo_signum_times(T d, T t) {
+    return (d < T(0) || d > T(0)) ? fo_copysign(t, d) : d;
+}
 template <int MODE = 0, typename T> FO_HD T fo_grad(T g, T p, const fo_common<T> &c) {
     if (MODE & FO_PLAIN) return c.gscale * g;
     g = g > c.clip ? c.clip : (g < -c.clip ? -c.clip : g);
@@ -650,14 +660,15 @@ template <typename T> struct fo_yogi_hp : fo_hp_base<fo_yogi_hp<T> > {
     }
 };
 /* v <- v - (1 - beta2) sign(v - g^2) g^2: the bits of pytorch_optimizer's addcmul with value
- * -(1 - beta2) (negating a product is exact); fo_signum keeps a NaN                       */
+ * -(1 - beta2) (negating a product is exact), computed as sign(v - g^2) ((1 - beta2) g^2)
+ * (the same bits: the sign factor is +-1, +-0 or NaN) by fo_signum_times, which keeps a NaN */
 template <typename T, int MODE = 0>
 FO_HD void fo_yogi_rule(T &p, T g, T &m, T &v, const fo_common<T> &c, const fo_yogi_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     p = p * h.decay;
     m = fo_lerp<MODE>(m, g, h.w1);
     const T g2 = g * g;
-    v = v - h.one_minus_beta2 * fo_signum(v - g2) * g2;
+    v = v - fo_signum_times(v - g2, h.one_minus_beta2 * g2);
     T denom = fo_sqrt(v) * h.inv_bc2_sqrt + h.eps;
     p = p + h.neg_step * m / denom;
 }
