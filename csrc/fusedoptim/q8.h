@@ -58,11 +58,57 @@ struct fo_q8_table {
     int near_[FO_Q8_NKEY];    /* bucket -> #{j : mid[j] < bucket start} */
     int floor_[FO_Q8_NKEY];   /* bucket -> max{j : mag[j] <= bucket start} */
     int nmag;                 /* 129 signed (0 .. 1), 256 unsigned */
+    /* nearest rounding without a table per element (fo_q8_quant, fo_q8_near_est): group g
+     * (0: the value 0, 1..7: decade g - 1; the value 1 folds into group 7) holds the
+     * magnitudes with nb[g - 1] < a <= nb[g] (nb: the midpoints between groups); inside
+     * it, u = a * S[g] - O[g] puts the decade's midpoints on the integers 1 .. cap[g],
+     * so the count of midpoints below a is about floor(u), and J[g] is the group's first
+     * magnitude index */
+    float nb[8], S[8], O[8];
+    int J[8], cap[8];
 };
-static fo_q8_table fo_q8_tables[2];  /* [0] unsigned (FO_NONNEG), [1] signed (FO_SIGNED) */
+/* [0] unsigned (FO_NONNEG), [1] signed (FO_SIGNED); one object in the library (an inline
+ * variable), filled by fo_q8_init at import and read by every translation unit */
+inline fo_q8_table fo_q8_tables[2];
+#define FO_Q8_EPS 1e-4f   /* |u - the exact count's position| is below 4e-5 (fo_q8_init checks it) */
 
 static inline float fo_q8_key_start(int b) {  /* smallest magnitude of bucket b */
     return b == 0 ? 0.0f : fo_bits_as_float((unsigned)(b + FO_Q8_BASE) << (23 - FO_Q8_MB));
+}
+
+/* the bucket of a magnitude a in [0, 1] */
+FO_HD int fo_q8_key(float a) {
+    const int key = (int)(fo_float_as_bits(a) >> (23 - FO_Q8_MB)) - FO_Q8_BASE;
+    return key > 0 ? key : 0;
+}
+
+/* the magnitude index of a in [0, 1], nearest rounding: #{j : mid[j] < a} */
+FO_HD int fo_q8_near(float a, const fo_q8_table &t) {
+    const int k = t.near_[fo_q8_key(a)];
+    return k + (a > t.mid[k]);
+}
+
+/* the code of y = v / absmax for magnitude index k */
+template <bool SIGNED> FO_HD int fo_q8_code(float y, int k) {
+    return SIGNED ? (y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k) : (y > 0.0f ? k : 0);
+}
+
+/* The arithmetic estimate of fo_q8_near (the scalar twin of the vector loop in
+ * fo_q8_quant, same operations): k0 + el - top .. k0 + eh - top brackets the index. */
+FO_HD void fo_q8_near_est(float a, const fo_q8_table &t, int *el, int *eh, int *k0, int *top) {
+    int g = 0;
+    for (int i = 0; i < 8; i++) g += a > t.nb[i];
+    const int tp = a > t.nb[7];
+    const int gc = g - tp;
+    const float u = a * t.S[gc] - t.O[gc];
+    float ul = u - FO_Q8_EPS, uh = u + FO_Q8_EPS;
+    ul = ul > 0.0f ? ul : 0.0f;
+    uh = uh > 0.0f ? uh : 0.0f;
+    const int l = (int)ul, h = (int)uh;
+    *el = l < t.cap[gc] ? l : t.cap[gc];
+    *eh = h < t.cap[gc] ? h : t.cap[gc];
+    *k0 = t.J[gc];
+    *top = -tp;
 }
 
 /* Build both tables; 0 on success, else the number of the failed check (called once, at
@@ -117,14 +163,33 @@ static int fo_q8_init(void) {
             t.near_[b] = cnt;
             t.floor_[b] = fl;
         }
+        t.S[0] = t.O[0] = 0.0f;
+        t.J[0] = t.cap[0] = 0;
+        for (int i = 0, j = 1; i < 7; i++) {
+            const int cnt = sg ? 1 << i : 1 << (i + 1);
+            const double step = 0.9 / cnt;
+            t.J[i + 1] = j;
+            t.cap[i + 1] = cnt - 1;
+            t.S[i + 1] = (float)(1.0 / (p10[i] * step));
+            t.O[i + 1] = (float)(0.1 / step);
+            t.nb[i] = t.mid[j - 1];
+            j += cnt;
+        }
+        t.nb[7] = t.mid[n - 2];
+        /* the estimate brackets the exact count c of midpoints below a: el <= c <= eh for
+         * every float a (both sides are monotone in a, so checking them next to each
+         * midpoint covers every a); where el == eh the code needs no table */
+        for (int g = 1; g < 8; g++)
+            for (int m = 1; m <= t.cap[g]; m++) {
+                const float md = t.mid[t.J[g] + m - 1];
+                int el, eh, k0, top;
+                fo_q8_near_est(md, t, &el, &eh, &k0, &top);
+                if (k0 != t.J[g] || top || el > m - 1) return 4;
+                fo_q8_near_est(fo_bits_as_float(fo_float_as_bits(md) + 1u), t, &el, &eh, &k0, &top);
+                if (k0 != t.J[g] || top || eh < m) return 5;
+            }
     }
     return 0;
-}
-
-/* the bucket of a magnitude a in [0, 1] */
-static FO_INLINE int fo_q8_key(float a) {
-    const int key = (int)(fo_float_as_bits(a) >> (23 - FO_Q8_MB)) - FO_Q8_BASE;
-    return key > 0 ? key : 0;
 }
 
 /* codes -> values of one block */
@@ -133,44 +198,67 @@ static FO_INLINE void fo_q8_dequant(const unsigned char *FO_RESTRICT q, float am
     for (ptrdiff_t i = 0; i < m; i++) out[i] = map[q[i]] * amax;
 }
 
-/* max |v| over a block, NaN if any element is NaN.  16 lanes (GCC vector extension, so
- * every clone vectorizes it) with a NaN flag; the max of a set does not depend on the
- * order, so the result is that of the element-by-element loop. */
-#if defined(__GNUC__)
+/* max |v| over a block, NaN if any element is NaN.  On the bits: |v| is v's bits without
+ * the sign, and non-negative floats (Inf, then the NaNs, above every finite value) order
+ * as their bits do, so this is an unsigned integer max, which every clone vectorizes (a
+ * float max with a NaN flag in GCC vector types was scalarized on AVX2: 2 ns/element). */
 static FO_INLINE float fo_q8_absmax(const float *FO_RESTRICT v, ptrdiff_t m) {
-    typedef float V __attribute__((vector_size(64)));
-    typedef int I __attribute__((vector_size(64)));
-    V mx = {};
-    I bad = {};
-    ptrdiff_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-        V x;
-        __builtin_memcpy(&x, v + i, sizeof x);
-        const V a = x < 0 ? -x : x;
-        mx = a > mx ? a : mx;
-        bad |= a != a;
-    }
-    float r = 0.0f;
-    int nan = 0;
-    for (int k = 0; k < 16; k++) {
-        r = mx[k] > r ? mx[k] : r;
-        nan |= bad[k];
-    }
-    for (; i < m; i++) {
-        const float a = fo_abs(v[i]);
-        r = a > r ? a : r;
-        nan |= a != a;
-    }
-    return nan ? fo_bits_as_float(0x7FC00000u) : r;
-}
-#else
-static FO_INLINE float fo_q8_absmax(const float *v, ptrdiff_t m) {
-    float mx = 0.0f;
+    unsigned r = 0;
     for (ptrdiff_t i = 0; i < m; i++) {
-        const float a = fo_abs(v[i]);
-        mx = (a > mx || a != a) ? a : mx;
+        const unsigned a = fo_float_as_bits(v[i]) & 0x7FFFFFFFu;
+        r = a > r ? a : r;
     }
-    return mx;
+    return fo_bits_as_float(r > 0x7F800000u ? 0x7FC00000u : r);
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define FO_Q8_VEC 1
+typedef float fo_q8_v8f __attribute__((vector_size(32)));
+typedef int fo_q8_v8i __attribute__((vector_size(32)));
+/* Nearest codes of 8 elements at a time (GCC vector types; the 8-entry group tables are
+ * one vpermps each): fo_q8_near_est per lane, the code with the low side el, and bit 8
+ * set where el != eh (then fo_q8_near decides: about 2e-4 of the elements).  Returns
+ * nonzero when some lane needs that. */
+template <bool SIGNED>
+static FO_INLINE int fo_q8_near_block(const float *FO_RESTRICT v, ptrdiff_t m8, float inv, const fo_q8_table &t,
+                                      int *FO_RESTRICT kb) {
+    fo_q8_v8f S, O, nb[8];
+    fo_q8_v8i J, cap, any = {};
+    memcpy(&S, t.S, sizeof S);
+    memcpy(&O, t.O, sizeof O);
+    memcpy(&J, t.J, sizeof J);
+    memcpy(&cap, t.cap, sizeof cap);
+    for (int k = 0; k < 8; k++) nb[k] = fo_q8_v8f{} + t.nb[k];
+    for (ptrdiff_t i = 0; i < m8; i += 8) {
+        fo_q8_v8f x;
+        memcpy(&x, v + i, sizeof x);
+        const fo_q8_v8f y = x * inv;
+        fo_q8_v8f a = y < 0.0f ? -y : y;
+        a = a < 1.0f ? a : 1.0f;                       /* NaN -> 1 (the block reads back NaN) */
+        fo_q8_v8i g = {};
+        for (int k = 0; k < 8; k++) g -= a > nb[k];
+        const fo_q8_v8i top = a > nb[7];                /* -1: the value 1 (group 8 -> 7) */
+        const fo_q8_v8i gc = g + top;
+        const fo_q8_v8f u = a * __builtin_shuffle(S, gc) - __builtin_shuffle(O, gc);
+        fo_q8_v8f ul = u - FO_Q8_EPS, uh = u + FO_Q8_EPS;
+        ul = ul > 0.0f ? ul : 0.0f;
+        uh = uh > 0.0f ? uh : 0.0f;
+        const fo_q8_v8i cp = __builtin_shuffle(cap, gc);
+        fo_q8_v8i el = __builtin_convertvector(ul, fo_q8_v8i), eh = __builtin_convertvector(uh, fo_q8_v8i);
+        el = el < cp ? el : cp;
+        eh = eh < cp ? eh : cp;
+        const fo_q8_v8i k = __builtin_shuffle(J, gc) + el - top;
+        fo_q8_v8i code;
+        if (SIGNED) code = y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k;
+        else code = y > 0.0f ? k : 0;
+        const fo_q8_v8i d = (el != eh) & 256;
+        code |= d;
+        any |= d;
+        memcpy(kb + i, &code, sizeof code);
+    }
+    int an = 0;
+    for (int l = 0; l < 8; l++) an |= any[l];
+    return an;
 }
 #endif
 
@@ -182,38 +270,71 @@ static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const
     const float mx = fo_q8_absmax(v, m);
     *amax = mx;
     const float inv = mx > 0.0f && mx < fo_inf<float>() ? 1.0f / mx : 0.0f;
+    if (!STOCH) {
+#if defined(FO_Q8_VEC)
+        /* the vector estimate, the exact search where it is ambiguous, then the bytes */
+        alignas(32) int kb[FO_Q8_MAXBLOCK];
+        const ptrdiff_t m8 = m & ~(ptrdiff_t)7;
+        if (fo_q8_near_block<SIGNED>(v, m8, inv, t, kb))
+            for (ptrdiff_t i = 0; i < m8; i++)
+                if (kb[i] & 256) {
+                    const float y = v[i] * inv;
+                    const float a = fo_abs(y);
+                    kb[i] = fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
+                }
+        for (ptrdiff_t i = m8; i < m; i++) {
+            const float y = v[i] * inv;
+            const float a = fo_abs(y);
+            kb[i] = fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
+        }
+        for (ptrdiff_t i = 0; i < m; i++) q[i] = (unsigned char)kb[i];
+#else
+        for (ptrdiff_t i = 0; i < m; i++) {
+            const float y = v[i] * inv;
+            const float a = fo_abs(y);
+            q[i] = (unsigned char)fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
+        }
+#endif
+        return;
+    }
     const float *FO_RESTRICT mag = t.mag;
-    const float *FO_RESTRICT mid = t.mid;
     const float *FO_RESTRICT gap = t.gap;
-    const int *FO_RESTRICT near_ = t.near_;
     const int *FO_RESTRICT floor_ = t.floor_;
     for (ptrdiff_t i = 0; i < m; i++) {
         const float y = v[i] * inv;
         float a = fo_abs(y);
         a = a < 1.0f ? a : 1.0f;                       /* NaN -> 1 (the block reads back NaN) */
-        const int key = fo_q8_key(a);
-        int k;
-        if (STOCH) {
-            k = floor_[key];
-            k += a >= mag[k + 1];
-            const unsigned r = (fo_hash32((i0 + (unsigned)i) ^ kx) >> shift) & 0xFFFFu;
-            k += (float)r * 0x1p-16f * gap[k] < a - mag[k];
-        } else {
-            k = near_[key];
-            k += a > mid[k];
-        }
-        int code;
-        if (SIGNED) code = y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k;
-        else code = y > 0.0f ? k : 0;
-        q[i] = (unsigned char)code;
+        int k = floor_[fo_q8_key(a)];
+        k += a >= mag[k + 1];
+        const unsigned r = (fo_hash32((i0 + (unsigned)i) ^ kx) >> shift) & 0xFFFFu;
+        k += (float)r * 0x1p-16f * gap[k] < a - mag[k];
+        q[i] = (unsigned char)fo_q8_code<SIGNED>(y, k);
     }
 }
+
+/* One block of either map, either rounding: compiled once per clone (FO_Q8_MISC_DEFINE, its
+ * own translation unit), not inside every algorithm's loop; the loops call it per block. */
+FO_LINKAGE void fo_q8_quant_blk(int sgn, int stochastic, const float *v, ptrdiff_t m, unsigned char *q, float *amax,
+                                unsigned kx, unsigned i0, int shift);
+#define FO_Q8_MISC_DEFINE()                                                                                         \
+    FO_CLONES FO_LINKAGE void fo_q8_quant_blk(int sgn, int stochastic, const float *v, ptrdiff_t m, unsigned char *q, \
+                                              float *amax, unsigned kx, unsigned i0, int shift) {                     \
+        if (stochastic) {                                                                                           \
+            if (sgn) fo_q8_quant<true, true>(v, m, fo_q8_tables[1], q, amax, kx, i0, shift);                         \
+            else fo_q8_quant<false, true>(v, m, fo_q8_tables[0], q, amax, kx, i0, shift);                            \
+        } else {                                                                                                    \
+            if (sgn) fo_q8_quant<true, false>(v, m, fo_q8_tables[1], q, amax, 0u, 0u, 0);                            \
+            else fo_q8_quant<false, false>(v, m, fo_q8_tables[0], q, amax, 0u, 0u, 0);                               \
+        }                                                                                                           \
+    }
+#if !defined(FO_SPLIT)
+FO_Q8_MISC_DEFINE()
+#endif
 
 template <bool STOCH>
 static FO_INLINE void fo_q8_quant_any(bool sgn, const float *v, ptrdiff_t m, unsigned char *q, float *amax, unsigned kx,
                                       unsigned i0, int shift) {
-    if (sgn) fo_q8_quant<true, STOCH>(v, m, fo_q8_tables[1], q, amax, kx, i0, shift);
-    else fo_q8_quant<false, STOCH>(v, m, fo_q8_tables[0], q, amax, kx, i0, shift);
+    fo_q8_quant_blk(sgn, STOCH, v, m, q, amax, kx, i0, shift);
 }
 
 /* One segment of an 8-bit step: n elements of one tensor starting at a block boundary
@@ -268,12 +389,10 @@ static FO_INLINE void fo_q8_flags(const fo_common<float> &c, const typename A::t
         } else {
             fo_loop<A, float, F, 0, SP, SG, fo_same<float>, false>(m, p + j, g + j, e, s[0], s[1], s[2], s[3], c, h, r);
         }
-        for (int k = 0; k < FO_MAXSTATE; k++) {
-            if (!((K >> k) & 1u)) continue;
-            const bool sgn = ((SIGNS >> k) & 1u) != 0;
-            if (st) fo_q8_quant_any<true>(sgn, s[k], m, code[k] + j, am[k] + b, r.k[k >> 1], r.i0, 16 * (k & 1));
-            else fo_q8_quant_any<false>(sgn, s[k], m, code[k] + j, am[k] + b, 0u, 0u, 0);
-        }
+        for (int k = 0; k < FO_MAXSTATE; k++)
+            if ((K >> k) & 1u)
+                fo_q8_quant_blk((SIGNS >> k) & 1u, st, s[k], m, code[k] + j, am[k] + b, st ? r.k[k >> 1] : 0u,
+                                st ? r.i0 : 0u, st ? 16 * (k & 1) : 0);
     }
 }
 
@@ -302,15 +421,22 @@ static FO_INLINE void fo_q8_seg(const double *hd, unsigned flags, char **bufs, f
     fo_q8_dispatch<A, SP, SG>(flags, fo_common<float>::load(cs), A::template hp<float>::load(as), bufs, absmax, n, x);
 }
 
-#define FO_Q8_ONE_(a, code)                                                                                    \
-    FO_CLONES static void fo_##a##_q8_##code(const double *h, unsigned f, char **b, float *const *am, ptrdiff_t n, \
-                                             const fo_q8_ctx *x) {                                             \
-        fo_q8_seg<fo_##a, code>(h, f, b, am, n, x);                                                           \
-    }
-#define FO_Q8_ENTRY_(a, P) FO_Q8_ONE_(a, 0) FO_Q8_ONE_(a, 1) FO_Q8_ONE_(a, 2) FO_Q8_ONE_(a, 3)
-FO_ALGOS(FO_Q8_ENTRY_)
-#undef FO_Q8_ENTRY_
-#undef FO_Q8_ONE_
+/* The entry points fo_<algo>_q8_0 .. _3, one clone set each: declared here, compiled by
+ * FO_Q8_DEFINE (with FO_SPLIT: one generated translation unit per algorithm, fo_split in
+ * CMakeLists.txt, so the Cython translation unit compiles none of them). */
+#define FO_Q8_ARGS_ const double *h, unsigned f, char **b, float *const *am, ptrdiff_t n, const fo_q8_ctx *x
+#define FO_Q8_DECLARE(a, P)                                                                                     \
+    FO_LINKAGE void fo_##a##_q8_0(FO_Q8_ARGS_);                                                                 \
+    FO_LINKAGE void fo_##a##_q8_1(FO_Q8_ARGS_);                                                                 \
+    FO_LINKAGE void fo_##a##_q8_2(FO_Q8_ARGS_);                                                                 \
+    FO_LINKAGE void fo_##a##_q8_3(FO_Q8_ARGS_);
+#define FO_Q8_ONE_(a, code) \
+    FO_CLONES FO_LINKAGE void fo_##a##_q8_##code(FO_Q8_ARGS_) { fo_q8_seg<fo_##a, code>(h, f, b, am, n, x); }
+#define FO_Q8_DEFINE(a, P) FO_Q8_ONE_(a, 0) FO_Q8_ONE_(a, 1) FO_Q8_ONE_(a, 2) FO_Q8_ONE_(a, 3)
+FO_ALGOS(FO_Q8_DECLARE)
+#if !defined(FO_SPLIT)
+FO_ALGOS(FO_Q8_DEFINE)
+#endif
 
 /* the 8-bit loop of algorithm algo for storage code 0..3 (fo_q8_seg) */
 static fo_q8_fn fo_cpu_seg_q8(int algo, int code) {
