@@ -25,6 +25,12 @@
  * bfloat16 parameter writes) are those of q8.h's element-wise loop: (seed, step, tensor,
  * element index), the buffer's subkey.
  *
+ * Bytes per element (LAMB, float32 parameter and gradient): the stats pass reads p, g and
+ * two code arrays (10), the apply pass reads p, g (moments() needs it again), two code
+ * arrays and writes p and the codes (16): 26 plus the absmax arrays (8 bytes per block of
+ * B), vs 40 with float32 state (24 + 16: the float32 stats pass writes m and v, its apply
+ * pass reads no gradient).  LARS and NovoGrad read no state in the stats pass.
+ *
  * Entry points are static functions of the including translation unit (the Cython one),
  * like q8.h's: they read q8.h's code tables, filled at import by fo_q8_init.
  */
