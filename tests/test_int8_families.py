@@ -341,8 +341,8 @@ def test_zero_shards_are_cut_at_8bit_block_boundaries():
 
 def test_zero_int8_checkpoint_reshards_from_two_ranks_to_one(tmp_path):
     """2 ranks save 8-bit shard state (mpi_scripts/zero_int8.py); one rank (COMM_SELF)
-    loads it, consolidate_checkpoint reassembles it for a plain Adam over the flat
-    vector, and a one-process run that never sharded: all continue with the 2-rank run's
+    loads it, consolidate_checkpoint reassembles it (the same arrays as the ranks'
+    consolidated_state_dict) for a plain Adam over the flat vector, and a one-process run that never sharded: all continue with the 2-rank run's
     bits (nearest rounding, whole blocks)."""
     from test_distributed import HAVE_MPI4PY, MPIEXEC, run_mpi
     if not (HAVE_MPI4PY and MPIEXEC):
@@ -380,6 +380,10 @@ def test_zero_int8_checkpoint_reshards_from_two_ranks_to_one(tmp_path):
 
     sd, flat = consolidate_checkpoint(str(tmp_path / "ckpt"))
     assert sd["state"][0]["exp_avg_absmax"].shape == (-(-flat.size // 128),)
+    with np.load(tmp_path / "consolidated.npz") as gathered:      # the MPI gather: the same arrays
+        assert sorted(gathered.files) == ["exp_avg", "exp_avg_absmax", "exp_avg_sq", "exp_avg_sq_absmax"]
+        for k in gathered.files:
+            np.testing.assert_array_equal(gathered[k], sd["state"][0][k], err_msg=k)
     opt = fusedoptim.Adam([flat], **kw)
     opt.load_state_dict(sd)
     for t in range(5, 8):

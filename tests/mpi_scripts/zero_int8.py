@@ -4,7 +4,8 @@ ZeRO-1 with 8-bit state (``state_dtype="int8"``, blocks of 128): the shards are 
 block boundaries, so the pytest side can reshard the checkpoint to one rank (and
 consolidate it) and continue with the same bits.  Every rank steps on the same gradient,
 so the averaged gradient is exactly it (a sum of two equal float32 values halved).
-Saves OUTDIR/ckpt after 5 steps, then continues 3 steps; rank 0 writes OUTDIR/result.json
+Saves OUTDIR/ckpt after 5 steps (and OUTDIR/consolidated.npz, the arrays of
+consolidated_state_dict), then continues 3 steps; rank 0 writes OUTDIR/result.json
 (the shard bounds) and OUTDIR/after.npy (the parameters after the 8 steps)."""
 import json
 import os
@@ -39,6 +40,10 @@ g = a.grad_arena()
 for t in range(8):
     if t == 5:
         z.save_checkpoint(os.path.join(outdir, "ckpt"))
+        full = z.consolidated_state_dict()
+        if comm.rank == 0:
+            np.savez(os.path.join(outdir, "consolidated.npz"),
+                     **{k: v for k, v in full["state"][0].items() if isinstance(v, np.ndarray)})
     g.flat[...] = grad(t, g.flat.size)
     z.step(g)
 if comm.rank == 0:

@@ -290,16 +290,29 @@ class ZeroOptimizer:
         for the whole state."""
         sd = self.optimizer.state_dict()
         st = sd["state"].get(0, {})
-        if self.optimizer.registry.state_dtype == "int8":
-            raise ValueError("consolidated_state_dict: 8-bit state (state_dtype='int8') is not gathered here; "
-                             "save_checkpoint, then fusedoptim.distributed.consolidate_checkpoint (whole blocks, "
-                             "lossless)")
         names = sorted(k for k, v in st.items() if isinstance(v, np.ndarray))
         full: Dict[str, Any] = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+        reg = self.optimizer.registry
+        if reg.state_dtype == "int8":
+            # 8-bit state: whole blocks per shard (_shard_align), so the shards' codes and
+            # absmax arrays concatenate into the flat vector's (a lossless regroup)
+            kinds = self.comm.allgather([(k, st[k].dtype.str) for k in names])
+            if any(k != kinds[0] for k in kinds if k):
+                raise ValueError("consolidated_state_dict: some shards keep float32 state (below min_8bit_size), "
+                                 "others 8-bit state; save_checkpoint and load it with the same world size")
+        MPI = mpi()
         for name in names:
-            buf = np.empty(self.flat.size, dtype=self.flat.dtype) if self.comm.rank == root else None
-            recv = [buf, (self._counts, self._displs), self._mpitype] if buf is not None else None
-            self.comm.Gatherv([np.ascontiguousarray(st[name]), self._mpitype], recv, root=root)
+            counts, displs, dt = self._counts, self._displs, self.flat.dtype
+            if name.endswith(ABSMAX_SUFFIX):
+                counts = [-(-c // reg.block_size) for c in counts]
+                displs = [d // reg.block_size for d in displs]
+                dt = np.dtype(np.float32)
+            elif st[name].dtype == np.uint8:
+                dt = np.dtype(np.uint8)
+            mtype = MPI.BYTE if dt == np.uint8 else mpi_type(dt)
+            buf = np.empty(sum(counts), dtype=dt) if self.comm.rank == root else None
+            recv = [buf, (counts, displs), mtype] if buf is not None else None
+            self.comm.Gatherv([np.ascontiguousarray(st[name]), mtype], recv, root=root)
             full[name] = buf
         if self.comm.rank != root:
             return None
