@@ -342,8 +342,9 @@ def test_zero_shards_are_cut_at_8bit_block_boundaries():
 def test_zero_int8_checkpoint_reshards_from_two_ranks_to_one(tmp_path):
     """2 ranks save 8-bit shard state (mpi_scripts/zero_int8.py); one rank (COMM_SELF)
     loads it, consolidate_checkpoint reassembles it (the same arrays as the ranks'
-    consolidated_state_dict) for a plain Adam over the flat vector, and a one-process run that never sharded: all continue with the 2-rank run's
-    bits (nearest rounding, whole blocks)."""
+    consolidated_state_dict) for a plain Adam over the flat vector, and a one-process run
+    that never sharded: all continue with the 2-rank run's bits (nearest rounding, whole
+    blocks)."""
     from test_distributed import HAVE_MPI4PY, MPIEXEC, run_mpi
     if not (HAVE_MPI4PY and MPIEXEC):
         pytest.skip("mpi4py or mpiexec missing (pip install mpi4py mpich gives both)")
