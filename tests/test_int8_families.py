@@ -217,6 +217,21 @@ def test_reducing_optimizers_int8_resume_is_bit_exact(name, kw, tmp_path):
     _same(([x.copy() for x in a], _arrays(oa, a)), (d, _arrays(od, d)))
 
 
+@pytest.mark.parametrize("name", ["Lamb", "LARS", "NovoGrad"])
+def test_reducing_optimizers_int8_ema_is_the_average_of_the_written_parameters(name):
+    """The EMA epilogue runs in the 8-bit apply pass: the float64 average of the parameters
+    as written after each step (the first average: the parameters after the first step)."""
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal((80, 70)).astype(np.float32)
+    opt = getattr(fusedoptim, name)([p], lr=1e-2, state_dtype="int8", ema_decay=0.9, rounding="stochastic")
+    ema = None
+    for _ in range(5):
+        opt.step([rng.standard_normal(p.shape).astype(np.float32)])
+        ema = p.astype(np.float64) if ema is None else ema + 0.1 * (p - ema)
+    assert opt.state[p][BUFFERS[name][0]].dtype == np.uint8
+    np.testing.assert_allclose(opt.state[p]["ema"], ema, rtol=0, atol=2e-6)
+
+
 def test_novograd_int8_with_bfloat16_params_and_state_conversion():
     """bfloat16 parameters with 8-bit state run (float32 per-tensor state); a float32-state
     state_dict loads into an int8 NovoGrad only with convert_state_dtype=True."""
