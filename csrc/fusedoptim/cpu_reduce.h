@@ -54,6 +54,10 @@ struct fo_rjob {
     unsigned long long seed, step;    /* bfloat16 writes: the key of the rounding bits */
     const unsigned long long *tids;   /* tensor t's index in the optimizer */
     int stochastic;
+    /* 8-bit state (reduce_q8.h; NULL / 0 otherwise): the element buffers hold uint8 codes */
+    float *const *amtab;              /* ntens x (nbuf - FO_STATE): each buffer's block absmax */
+    const ptrdiff_t *qblk;            /* ntens + 1: first 8-bit block of tensor t (the apply pass's unit) */
+    ptrdiff_t qblock;                 /* elements per 8-bit block */
 };
 
 /* the last tensor t with x[t] <= v < x[t + 1] (x nondecreasing, x[0] <= v < x[ntens]) */

@@ -34,6 +34,8 @@ cdef extern from "fusedoptim/q8.h" nogil:
 
 if fo_q8_init() != 0:
     raise ImportError("fusedoptim: the 8-bit code tables failed their self-check (q8.h fo_q8_init)")
+if FO_RBLOCK % FO_Q8_MAXBLOCK:
+    raise ImportError("reduce_q8.h expects the stats block (FO_RBLOCK) to hold whole 8-bit blocks")
 
 #: the accepted block sizes of 8-bit state: powers of two in this range
 Q8_BLOCK_RANGE = (FO_Q8_MINBLOCK, FO_Q8_MAXBLOCK)
@@ -243,8 +245,8 @@ def fused_step_q8(int algo, dict common, dict scalars, unsigned flags, list para
     cdef object am
     if control is not None:
         raise ValueError("the CPU backend takes no device control block")
-    if algo >= STREAM:
-        raise ValueError(f"{s.name.decode()}: 8-bit state is for element-wise algorithms only")
+    if algo == STREAM:
+        raise ValueError(f"{s.name.decode()}: 8-bit state is for optimizers only")
     q8_check_block(block)
     memset(hbuf, 0, sizeof(hbuf))
     _pack(common, COMMON_SCALARS, hbuf, -1)
@@ -254,6 +256,9 @@ def fused_step_q8(int algo, dict common, dict scalars, unsigned flags, list para
         raise ValueError(f"{s.name.decode()} with flags {flags:#x} keeps {nstate} state buffer(s) "
                          f"{kept_buffers(algo, flags)}, got {len(states)} code and {len(absmax)} absmax lists")
     if ntens == 0:
+        return
+    if algo > STREAM:       # a reducing algorithm: 8-bit element buffers, float32 per-tensor state
+        _reduce_q8(algo, hbuf, flags, params, grads, states, absmax, emas, tscale, rounding, block)
         return
     if FO_STATE + nstate > MAXBUF:
         raise ValueError("too many state buffers for the native kernel")
@@ -353,3 +358,102 @@ def fused_step_q8(int algo, dict common, dict scalars, unsigned flags, list para
         free(bstarts)
         free(sizes)
         free(ts)
+
+
+cdef _reduce_q8(int algo, double *hbuf, unsigned flags, list params, list grads, list states, list absmax,
+                list emas, object tscale, object rounding, Py_ssize_t block):
+    """fused_step_q8 of a reducing algorithm (reduce_q8.h): the tensors whose element
+    buffers are 8-bit in one native call, those with float32 state (below min_8bit_size) in
+    another (their statistics are per tensor, so the split changes no result)."""
+    cdef const fo_rspec *rs = fo_cpu_reduce_spec(algo - FO_NALGO - 1)
+    cdef int nelem = _popcount(rs.base.mask(flags) & ((1u << rs.nelem) - 1u))
+    cdef Py_ssize_t ntens = len(params), i
+    for k in range(nelem, len(absmax)):
+        if any(a is not None for a in absmax[k]):
+            raise ValueError(f"state buffer {k}: a per-tensor state is never 8-bit")
+    quant = [i for i in range(ntens) if nelem and (<list>absmax[0])[i] is not None]
+    plain = [i for i in range(ntens) if not (nelem and (<list>absmax[0])[i] is not None)]
+    seed, step, ids, stochastic = (0, 0, None, False) if rounding is None else rounding
+    if ids is None:
+        ids = np.arange(ntens, dtype=np.uint64)
+    ids = np.ascontiguousarray(ids, dtype=np.uint64)
+    if ids.shape[0] != ntens:
+        raise ValueError(f"rounding: expected {ntens} tensor ids, got {ids.shape[0]}")
+    for part, is_q8 in ((plain, False), (quant, True)):
+        if not part:
+            continue
+        _reduce_run(algo, hbuf, flags, _take(params, part), _take(grads, part), [_take(x, part) for x in states],
+                    None if emas is None else _take(emas, part),
+                    None if tscale is None else _take(list(tscale), part),
+                    (seed, step, ids[part], stochastic),
+                    [_take(x, part) for x in absmax[:nelem]] if is_q8 else None, block)
+
+
+cdef list _take(list xs, list idx):
+    return xs if len(idx) == len(xs) else [xs[i] for i in idx]
+
+
+# ---- writing float32 values into low-precision state, with the loops' rounding bits ----------
+cdef extern from "fusedoptim/lowp.h" nogil:
+    unsigned long long fo_rng_key(unsigned long long seed, unsigned long long step, unsigned long long tensor,
+                                  unsigned long long index_hi)
+    unsigned fo_rng_subkey(unsigned long long key, int j)
+    unsigned fo_hash32(unsigned x)
+    unsigned short fo_float_to_bf16(float x, unsigned r, bint stochastic)
+
+
+def store_state(values, out, absmax=None, bint signed=False, Py_ssize_t block=256, object rounding=None,
+                int slot=0):
+    """Write the float32 ``values`` into the low-precision state buffer ``out`` (same size),
+    as the native loops write declared buffer ``slot`` of a tensor: ``out`` bfloat16
+    (``absmax`` None) or uint8 codes with their float32 ``absmax`` (blocks of ``block``,
+    the signed or unsigned code map).  ``rounding`` = ``(seed, step, tensor, stochastic)``
+    (lowp.h: the bits of element i are those of fo_hash32(i ^ subkey[slot / 2]), half
+    slot % 2); None or stochastic False: nearest (bfloat16: ties to even).  For the
+    stages that run in float32 outside the fused loops (Muon's momentum)."""
+    v_obj = np.ascontiguousarray(values, dtype=np.float32)
+    cdef cnp.ndarray v = v_obj
+    cdef Py_ssize_t n = v_obj.size, lo, m
+    cdef bint st = False
+    cdef unsigned long long seed = 0, step = 0, tensor = 0
+    cdef unsigned kx = 0
+    cdef int shift = 16 * (slot & 1)
+    cdef const float *x
+    cdef unsigned short *o
+    cdef Py_ssize_t i
+    if not isinstance(out, cnp.ndarray) or out.size != n or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"store_state: out must be a writeable C-contiguous array of {n} elements")
+    if slot < 0 or slot > 3:
+        raise ValueError(f"store_state: slot must be 0..3, got {slot}")
+    if rounding is not None:
+        seed, step, tensor, st = rounding
+    x = <const float *>cnp.PyArray_DATA(v)
+    if absmax is None:
+        if out.dtype.itemsize != 2 or out.dtype.name != "bfloat16":
+            raise TypeError(f"store_state: out must be bfloat16 without absmax, got {out.dtype}")
+        o = <unsigned short *>cnp.PyArray_DATA(<cnp.ndarray>out)
+        with nogil:
+            lo = 0
+            while lo < n:            # a piece never crosses a multiple of 2^32 (the key takes the high bits)
+                m = min(n - lo, <Py_ssize_t>1 << 32)
+                if st:
+                    kx = fo_rng_subkey(fo_rng_key(seed, step, tensor, <unsigned long long>lo >> 32), slot >> 1)
+                    for i in range(m):
+                        o[lo + i] = fo_float_to_bf16(x[lo + i], fo_hash32(<unsigned>i ^ kx) >> shift, True)
+                else:
+                    for i in range(m):
+                        o[lo + i] = fo_float_to_bf16(x[lo + i], 0, False)
+                lo += m
+        return
+    q8_check_block(block)
+    _q8_data(out, n, cnp.NPY_UINT8, "state codes", 0)
+    cdef float *am = <float *>_q8_data(absmax, _nblocks(n, block), cnp.NPY_FLOAT32, "state absmax", 0)
+    cdef unsigned char *q = <unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        lo = 0
+        while lo < n:
+            m = min(n - lo, <Py_ssize_t>1 << 32)
+            if st:
+                kx = fo_rng_subkey(fo_rng_key(seed, step, tensor, <unsigned long long>lo >> 32), slot >> 1)
+            fo_q8_quantize(signed, x + lo, m, block, q + lo, am + lo // block, st, kx, shift)
+            lo += m

@@ -40,6 +40,9 @@ cdef extern from "fusedoptim/cpu_reduce.h" nogil:
         unsigned long long seed, step
         const unsigned long long *tids
         int stochastic
+        float **amtab
+        const Py_ssize_t *qblk
+        Py_ssize_t qblock
     ctypedef void (*fo_rrange_fn)(const fo_rjob *j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
     ctypedef struct fo_rkernels:
         fo_rrange_fn stats, finish, apply
@@ -55,6 +58,9 @@ cdef extern from "fusedoptim/cpu_reduce.h" nogil:
     enum:
         FO_NREDUCE
         FO_RBLOCK
+
+cdef extern from "fusedoptim/reduce_q8.h" nogil:
+    const fo_rkernels *fo_cpu_reduce_q8(int k, int code)
 
 DEF MAXSTATS = 16        # per-tensor sums a reducing descriptor may declare (finish's local array)
 
@@ -114,8 +120,8 @@ cdef inline Py_ssize_t _part(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t c, Py_ssiz
 cdef void _reduce_drive(const fo_rkernels *kr, fo_rjob *j, const Py_ssize_t *qt, Py_ssize_t nq,
                         int nthreads) noexcept nogil:
     # IN: batches q = tensors [qt[q], qt[q + 1]); per batch the stats pass (its blocks), finish
-    # (its tensors), the apply pass (its elements), each split evenly among the threads; the
-    # implicit barrier of each prange orders them
+    # (its tensors), the apply pass (its elements; with 8-bit state its 8-bit blocks, j.qblk),
+    # each split evenly among the threads; the implicit barrier of each prange orders them
     global _pool_started
     cdef Py_ssize_t total = j.starts[j.ntens], q, c, t0, t1, e0, per
     if nthreads <= 1 or total < _grain:
@@ -124,7 +130,10 @@ cdef void _reduce_drive(const fo_rkernels *kr, fo_rjob *j, const Py_ssize_t *qt,
             t1 = qt[q + 1]
             kr.stats(j, j.blk[t0], j.blk[t1])
             kr.finish(j, t0, t1)
-            kr.apply(j, j.starts[t0], j.starts[t1])
+            if j.qblk != NULL:
+                kr.apply(j, j.qblk[t0], j.qblk[t1])
+            else:
+                kr.apply(j, j.starts[t0], j.starts[t1])
         return
     _pool_started = True
     with parallel(num_threads=nthreads):
@@ -138,15 +147,23 @@ cdef void _reduce_drive(const fo_rkernels *kr, fo_rjob *j, const Py_ssize_t *qt,
                 kr.stats(j, _part(j.blk[t0], j.blk[t1], c, nthreads), _part(j.blk[t0], j.blk[t1], c + 1, nthreads))
             for c in prange(nthreads, schedule='static'):
                 kr.finish(j, _part(t0, t1, c, nthreads), _part(t0, t1, c + 1, nthreads))
-            for c in prange(nthreads, schedule='static'):
-                kr.apply(j, min(e0 + c * per, j.starts[t1]), min(e0 + (c + 1) * per, j.starts[t1]))
+            if j.qblk != NULL:       # 8-bit state: whole blocks per thread
+                for c in prange(nthreads, schedule='static'):
+                    kr.apply(j, _part(j.qblk[t0], j.qblk[t1], c, nthreads),
+                             _part(j.qblk[t0], j.qblk[t1], c + 1, nthreads))
+            else:
+                for c in prange(nthreads, schedule='static'):
+                    kr.apply(j, min(e0 + c * per, j.starts[t1]), min(e0 + (c + 1) * per, j.starts[t1]))
 
 
 cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads, list states, list emas,
-                 object tscale, object rounding):
+                 object tscale, object rounding, list absmax=None, Py_ssize_t block=0):
     """fused_step of a reducing algorithm: ``states`` holds the kept element buffers, then
     the per-tensor state (one-element arrays of the state's dtype); ``rounding`` as for
-    fused_step (bfloat16 writes)."""
+    fused_step (bfloat16 writes).  With ``absmax`` (one list per element buffer) every
+    tensor's element buffers are 8-bit (reduce_q8.h): uint8 codes and float32 absmax in
+    blocks of ``block``, the per-tensor state float32, parameters and gradients float32 or
+    bfloat16; ``rounding`` then keys the stochastic code rounding."""
     cdef Py_ssize_t ntens = len(params), i, k, size, nq = 0, cur = 0, per_el
     cdef const fo_rspec *rs = fo_cpu_reduce_spec(algo - FO_NALGO - 1)
     cdef int nelem = _popcount(rs.base.mask(flags) & ((1u << rs.nelem) - 1u))
@@ -161,6 +178,9 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
     cdef Py_ssize_t *starts = NULL
     cdef Py_ssize_t *blk = NULL
     cdef Py_ssize_t *qt = NULL
+    cdef Py_ssize_t *qblk = NULL
+    cdef float **amtab = NULL
+    cdef bint q8 = absmax is not None
     cdef int *ndims = NULL
     cdef double *ts = NULL
     cdef double *tsd = NULL
@@ -178,7 +198,16 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
     code = _dtype_code(<cnp.ndarray>params[0])
     gcode = _dtype_code(<cnp.ndarray>grads[0]) if isinstance(grads[0], cnp.ndarray) else code
     scode = code
-    if nelem + ntst and isinstance(states[0][0], cnp.ndarray):
+    if q8:
+        if len(absmax) != nelem or nelem == 0:
+            raise ValueError(f"8-bit state: expected {nelem} absmax lists, got {len(absmax)}")
+        if code not in (0, BF16) or gcode not in (0, BF16):
+            raise TypeError(f"8-bit state goes with float32 or bfloat16 parameters and gradients, got parameter "
+                            f"{params[0].dtype}, gradient {getattr(grads[0], 'dtype', type(grads[0]).__name__)}")
+        lpcode = (code == BF16) | ((gcode == BF16) << 1)
+        scode = 0            # the per-tensor state
+        kr = fo_cpu_reduce_q8(algo - FO_NALGO - 1, lpcode)
+    elif nelem + ntst and isinstance(states[0][0], cnp.ndarray):
         scode = _dtype_code(<cnp.ndarray>states[0][0])
     if code == BF16 or gcode == BF16 or scode == BF16:
         if not (code in (0, BF16) and gcode in (0, BF16) and scode in (0, BF16)):
@@ -187,13 +216,13 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
         lpcode = (code == BF16) | ((gcode == BF16) << 1) | ((scode == BF16) << 2)
     else:
         gcode = scode = code
-    # kernel table: 0 float32, 1 float64, 1 + storage code for bfloat16 storage
-    kr = fo_cpu_reduce(algo - FO_NALGO - 1, 1 + lpcode if lpcode else code)
+    if not q8:    # kernel table: 0 float32, 1 float64, 1 + storage code for bfloat16 storage
+        kr = fo_cpu_reduce(algo - FO_NALGO - 1, 1 + lpcode if lpcode else code)
     if kr == NULL:
         raise ValueError(f"no native kernel for algorithm {algo} and dtype {params[0].dtype}")
     memset(&job, 0, sizeof(job))
-    if lpcode:
-        seed, step, ids, stochastic = (0, 0, None, True) if rounding is None else rounding
+    if lpcode or q8:
+        seed, step, ids, stochastic = (0, 0, None, not q8) if rounding is None else rounding
         job.seed = <unsigned long long>seed
         job.step = <unsigned long long>step
         job.stochastic = 1 if stochastic else 0
@@ -204,7 +233,8 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
             raise ValueError(f"rounding: expected {ntens} tensor ids, got {tids.shape[0]}")
         job.tids = &tids[0]
     # bytes of one element over the arrays a batch touches
-    per_el = (_ITEMSIZE[code] * (2 if emas is not None else 1) + _ITEMSIZE[gcode] + _ITEMSIZE[scode] * nelem)
+    per_el = (_ITEMSIZE[code] * (2 if emas is not None else 1) + _ITEMSIZE[gcode]
+              + (1 if q8 else _ITEMSIZE[scode]) * nelem)
     try:
         table = <char **>malloc(ntens * nbuf * sizeof(char *))
         tst = <char **>malloc((ntens * ntst + 1) * sizeof(char *))
@@ -213,6 +243,12 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
         qt = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
         ndims = <int *>malloc(ntens * sizeof(int))
         tsd = <double *>malloc((ntens * kr.ntscal + 1) * sizeof(double))
+        if q8:
+            qblk = <Py_ssize_t *>malloc((ntens + 1) * sizeof(Py_ssize_t))
+            amtab = <float **>malloc((ntens * nelem + 1) * sizeof(float *))
+            if qblk == NULL or amtab == NULL:
+                raise MemoryError()
+            qblk[0] = 0
         if tscale is not None:
             ts = <double *>malloc(ntens * sizeof(double))
         if (table == NULL or tst == NULL or starts == NULL or blk == NULL or qt == NULL or ndims == NULL
@@ -235,8 +271,18 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
             table[i * nbuf + 2] = NULL
             if emas is not None:
                 table[i * nbuf + 2] = _data(emas[i], size, code, "EMA buffer", i)
-            for k in range(nelem):
-                table[i * nbuf + FO_STATE + k] = _data((<list>states[k])[i], size, scode, "state buffer", i)
+            if q8:
+                for k in range(nelem):
+                    if (<list>absmax[k])[i] is None:
+                        raise ValueError(f"tensor {i}: some state buffers are 8-bit, others float32")
+                    table[i * nbuf + FO_STATE + k] = _q8_data((<list>states[k])[i], size, cnp.NPY_UINT8,
+                                                              "state codes", i)
+                    amtab[i * nelem + k] = <float *>_q8_data((<list>absmax[k])[i], (size + block - 1) // block,
+                                                             cnp.NPY_FLOAT32, "state absmax", i)
+                qblk[i + 1] = qblk[i] + (size + block - 1) // block
+            else:
+                for k in range(nelem):
+                    table[i * nbuf + FO_STATE + k] = _data((<list>states[k])[i], size, scode, "state buffer", i)
             for k in range(ntst):
                 tst[i * ntst + k] = _data((<list>states[nelem + k])[i], 1, scode, "per-tensor state", i)
             starts[i + 1] = starts[i] + size
@@ -263,6 +309,10 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
         job.tstate = tst
         job.part = part
         job.tsd = tsd
+        if q8:
+            job.amtab = amtab
+            job.qblk = qblk
+            job.qblock = block
         nthreads = get_num_threads()
         with nogil:
             _reduce_drive(kr, &job, qt, nq, nthreads)
@@ -272,6 +322,8 @@ cdef _reduce_run(int algo, double *hbuf, unsigned flags, list params, list grads
         free(starts)
         free(blk)
         free(qt)
+        free(qblk)
+        free(amtab)
         free(ndims)
         free(ts)
         free(tsd)

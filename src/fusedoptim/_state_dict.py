@@ -214,7 +214,8 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
     reg = opt.registry
     if not isinstance(saved_state, dict):
         raise ValueError("state_dict['state'] must be a dict")
-    absmax_keys = {absmax_key(b): b for b in opt.buffers} if opt.spec is not None else {}
+    native = opt.spec is not None or getattr(opt, "lowp_state", False)    # built-in state buffers
+    absmax_keys = {absmax_key(b): b for b in opt.buffers} if native else {}
     allowed = set(opt.scalar_state) | set(opt.buffers) | set(absmax_keys) | {"ema", "grad_accum"}
     saved_block = _saved_block(storage)
     signed = set(signed_buffers(opt))
@@ -243,7 +244,7 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
                     raise ValueError(f"{where}: an 8-bit absmax without its codes {absmax_keys[k]!r}")
                 continue                        # staged with its codes
             a = reg.to_host(v) if is_array(v) else np.asarray(v)
-            if k in opt.buffers and opt.spec is not None and state_shape(k, p.shape) == tuple(p.shape):
+            if k in opt.buffers and native and state_shape(k, p.shape) == tuple(p.shape):
                 ns.update((kk, reg.place(v, p))
                           for kk, v in _stage_buffer(opt, p, k, a, st, where, me, convert, signed, saved_block).items())
                 continue
@@ -253,7 +254,9 @@ def _stage_state(opt, saved_state, old_to_param, me: str, convert: bool = False,
                                     state_shape(k, p.shape) == () else ""))
             if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
                 raise TypeError(f"{where}: dtype {a.dtype} is not a real number type")
-            if k in opt.buffers:
+            if k in opt.buffers and reg.quantized(p):     # a per-tensor state of 8-bit state: float32
+                sdt = np.dtype(np.float32)
+            elif k in opt.buffers:
                 sdt = reg.buffer_dtype(p)
             elif k == "grad_accum" and is_bfloat16(p.dtype):   # bfloat16 gradients add up in float32
                 sdt = np.dtype(np.float32)

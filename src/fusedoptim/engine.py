@@ -142,6 +142,7 @@ class Engine:
         buffer_dtype, to_storage = reg.buffer_dtype, reg.backend.to_storage
         q8_on = reg.state_dtype == "int8"
         signed = set(signed_buffers(opt)) if q8_on else set()
+        per_tensor = set(getattr(opt.spec, "tensor_state", ())) if q8_on else set()   # never 8-bit
         buckets: Dict[tuple, list] = {}
         for j, (p, gr) in enumerate(zip(params, grads)):
             if gr is None:
@@ -157,7 +158,9 @@ class Engine:
                 q8 = made and q8_on and reg.quantized(p)
                 for name in made:
                     b = opt.init_buffer(name, p, g)
-                    if q8:          # 8-bit: the nearest codes of the initial values
+                    if q8 and name in per_tensor:       # float32 (bfloat16 parameters too)
+                        dict.__setitem__(st, name, b.astype(np.float32))
+                    elif q8:        # 8-bit: the nearest codes of the initial values
                         codes, amax = quantize(b.astype(np.float32), name in signed, reg.block_size)
                         dict.__setitem__(st, name, codes)
                         dict.__setitem__(st, absmax_key(name), amax)

@@ -90,7 +90,9 @@ def signed_buffers(optimizer) -> tuple:
     ``FO_SIGNED`` next to the buffer names in ``csrc/fusedoptim/rules.h``)."""
     from . import _kernels
     spec = getattr(optimizer, "spec", None)
-    return () if spec is None else _kernels.q8_signed_buffers(spec.id)
+    if spec is None:        # a built-in stage without a spec (Muon) declares them itself
+        return tuple(getattr(optimizer, "q8_signed", ()))
+    return _kernels.q8_signed_buffers(spec.id)
 
 
 def check_lowp_options(*, state_dtype, rounding, seed, block_size=256, min_8bit_size=4096) -> dict:

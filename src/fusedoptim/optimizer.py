@@ -73,15 +73,14 @@ class Optimizer(ExtensionAPI):
         defaults.setdefault("l1", l1)
         storage = check_lowp_options(state_dtype=state_dtype, rounding=rounding, seed=seed, block_size=block_size,
                                      min_8bit_size=min_8bit_size)
-        if storage["state_dtype"] != "float32" and self.spec is None and self.update_group is not None:
-            raise ValueError(f"state_dtype={storage['state_dtype']!r} is not supported by {type(self).__name__} "
-                             f"yet (its momentum stage keeps float32 state); use state_dtype='float32'")
-        if storage["state_dtype"] != "float32" and self.spec is None:
+        if storage["state_dtype"] != "float32" and self.spec is None and self.update_group is not None \
+                and not getattr(self, "lowp_state", False):
+            raise ValueError(f"state_dtype={storage['state_dtype']!r} is not supported by {type(self).__name__}: "
+                             + getattr(self, "lowp_refusal", "its state is kept in float32") + "; use "
+                             "state_dtype='float32'")
+        if storage["state_dtype"] != "float32" and self.spec is None and not getattr(self, "lowp_state", False):
             raise ValueError(f"state_dtype={storage['state_dtype']!r} needs a built-in optimizer (a spec); "
                              f"{type(self).__name__} updates its state in NumPy")
-        if storage["state_dtype"] == "int8" and getattr(self.spec, "stats", None):
-            raise ValueError(f"state_dtype='int8' is not supported by {type(self).__name__} yet (its reduction "
-                             f"stage has no 8-bit storage); use state_dtype='float32' or 'bfloat16'")
         self.options = types.MappingProxyType(dict(check_options(
             global_clipnorm=global_clipnorm, clipnorm=clipnorm, clipvalue=clipvalue, ema_decay=ema_decay,
             skip_nonfinite=skip_nonfinite, gradient_accumulation_steps=gradient_accumulation_steps,

@@ -12,6 +12,16 @@ parallelism with the same optimizer over ``[arena.flat]``, with 1/world of the s
 memory per rank.  Checkpoints are one ``.npz`` per rank plus a JSON manifest (no pickle);
 ``consolidate_checkpoint`` reassembles them in one process, ``load_checkpoint``
 reshards them for any world size.
+
+8-bit state (``state_dtype="int8"``, blocks of ``block_size`` elements with one absmax
+each) is sharded at block boundaries: every shard but the last starts and ends at a
+multiple of ``block_size``, so a shard's blocks are blocks of the whole flat vector, never
+a piece of one.  Resharding such a checkpoint to another world size (or consolidating it)
+regroups whole blocks (codes and absmax copied, nothing decoded or re-encoded): lossless,
+and with nearest rounding (int8's default) the run continues with the same bits as one
+that never changed its world size.  Stochastic rounding draws its bits from the element's
+index in its shard, so a resharded stochastic run continues with other (equally valid)
+random bits.
 """
 from __future__ import annotations
 
@@ -51,6 +61,23 @@ def shard_bounds(numel: int, world: int, align: int = 1) -> List[Tuple[int, int]
     per = -(-numel // world)
     per = -(-per // align) * align
     return [(min(r * per, numel), min((r + 1) * per, numel)) for r in range(world)]
+
+
+def _shard_align(itemsize: int, hyper: dict) -> int:
+    """The alignment of the shard bounds: 64 bytes, and whole 8-bit blocks for
+    ``state_dtype="int8"`` (a block never spans two shards)."""
+    align = max(1, 64 // itemsize)
+    sdt = hyper.get("state_dtype", "float32")
+    if (sdt if isinstance(sdt, str) else getattr(sdt, "name", getattr(sdt, "__name__", None))) == "int8":
+        from .._kernels import q8_check_block
+        align = math.lcm(align, q8_check_block(hyper.get("block_size", 256)))
+    return align
+
+
+def _block_of(sd: dict) -> Optional[int]:
+    """The 8-bit block size of a shard's state_dict (None: not 8-bit state)."""
+    storage = sd.get("storage")
+    return storage.get("block_size") if isinstance(storage, dict) else None
 
 
 def _shard_file(rank: int, world: int) -> str:
@@ -119,7 +146,7 @@ class ZeroOptimizer:
         self.last_step_skipped = False
         self._mpitype = mpi_type(flat.dtype)
         world, rank = comm.size, comm.rank
-        self.bounds = shard_bounds(flat.size, world, align=max(1, 64 // flat.itemsize))
+        self.bounds = shard_bounds(flat.size, world, align=_shard_align(flat.itemsize, hyper))
         self.shard = self.bounds[rank]
         self._counts = [hi - lo for lo, hi in self.bounds]
         self._displs = [lo for lo, _ in self.bounds]
@@ -263,15 +290,29 @@ class ZeroOptimizer:
         for the whole state."""
         sd = self.optimizer.state_dict()
         st = sd["state"].get(0, {})
-        if self.optimizer.registry.state_dtype == "int8":
-            raise ValueError("consolidated_state_dict: 8-bit state (state_dtype='int8') is kept in blocks of each "
-                             "shard and can't be gathered into one tensor's state; use save_checkpoint")
         names = sorted(k for k, v in st.items() if isinstance(v, np.ndarray))
         full: Dict[str, Any] = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+        reg = self.optimizer.registry
+        if reg.state_dtype == "int8":
+            # 8-bit state: whole blocks per shard (_shard_align), so the shards' codes and
+            # absmax arrays concatenate into the flat vector's (a lossless regroup)
+            kinds = self.comm.allgather([(k, st[k].dtype.str) for k in names])
+            if any(k != kinds[0] for k in kinds if k):
+                raise ValueError("consolidated_state_dict: some shards keep float32 state (below min_8bit_size), "
+                                 "others 8-bit state; save_checkpoint and load it with the same world size")
+        MPI = mpi()
         for name in names:
-            buf = np.empty(self.flat.size, dtype=self.flat.dtype) if self.comm.rank == root else None
-            recv = [buf, (self._counts, self._displs), self._mpitype] if buf is not None else None
-            self.comm.Gatherv([np.ascontiguousarray(st[name]), self._mpitype], recv, root=root)
+            counts, displs, dt = self._counts, self._displs, self.flat.dtype
+            if name.endswith(ABSMAX_SUFFIX):
+                counts = [-(-c // reg.block_size) for c in counts]
+                displs = [d // reg.block_size for d in displs]
+                dt = np.dtype(np.float32)
+            elif st[name].dtype == np.uint8:
+                dt = np.dtype(np.uint8)
+            mtype = MPI.BYTE if dt == np.uint8 else mpi_type(dt)
+            buf = np.empty(sum(counts), dtype=dt) if self.comm.rank == root else None
+            recv = [buf, (counts, displs), mtype] if buf is not None else None
+            self.comm.Gatherv([np.ascontiguousarray(st[name]), mtype], recv, root=root)
             full[name] = buf
         if self.comm.rank != root:
             return None
@@ -417,6 +458,7 @@ def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtyp
     first: Optional[dict] = None
     scalars: Dict[str, Any] = {}
     params = np.zeros(n, dtype=dtype) if want_params else None
+    kinds: Dict[str, Any] = {}
     for r, (fname, (olo, ohi)) in enumerate(zip(manifest["files"], manifest["bounds"])):
         overlap = max(lo, olo) < min(hi, ohi)
         if not overlap and first is not None:
@@ -424,25 +466,38 @@ def _read_range(directory: str, manifest: dict, lo: int, hi: int, dtype: np.dtyp
         path = os.path.join(directory, fname)
         sd, param = _read_shard(path, manifest, r, olo, ohi)
         st = sd["state"].get(0, {})
-        if any(k.endswith(ABSMAX_SUFFIX) for k in st) and overlap and (olo, ohi) != (lo, hi):
-            # 8-bit state: a shard's blocks are its own (codes + one absmax per block)
-            raise CheckpointError(f"{path}: 8-bit state (state_dtype='int8') is stored in blocks of each shard; "
-                                  f"load it with the world size it was saved with ({manifest['world']} ranks), "
-                                  "or save it from an optimizer with state_dtype='float32' to reshard")
+        block = _block_of(sd)
+        q8 = any(k.endswith(ABSMAX_SUFFIX) for k in st)
+        if q8 and not isinstance(block, int):
+            raise CheckpointError(f"{path}: 8-bit state without its storage tag (block_size)")
+        if q8 and overlap and (olo, ohi) != (lo, hi) and (
+                not isinstance(block, int) or olo % block or lo % block
+                or (ohi % block and ohi != manifest["numel"]) or (hi % block and hi != manifest["numel"])):
+            # 8-bit state: whole blocks regroup losslessly; a block cut by a shard bound does not
+            raise CheckpointError(f"{path}: 8-bit state (state_dtype='int8') saved with shard bounds that cut its "
+                                  f"blocks (a checkpoint of an older fusedoptim, or another block_size): load it "
+                                  f"with the world size it was saved with ({manifest['world']} ranks) and the "
+                                  f"same block_size, or save it from an optimizer with state_dtype='float32' to "
+                                  f"reshard")
         sc = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+        arrays = {k: (v.dtype, _block_of(sd)) for k, v in st.items() if isinstance(v, np.ndarray)}
         if first is None:
-            first, scalars = sd, sc
+            first, scalars, kinds = sd, sc, arrays
             for k, v in st.items():  # every buffer name, even for an empty range
                 if isinstance(v, np.ndarray):   # in its stored dtype (bfloat16 state stays bfloat16)
-                    state[k] = np.zeros(v.shape if k.endswith(ABSMAX_SUFFIX) else n, dtype=v.dtype)
+                    state[k] = np.zeros(-(-n // block) if k.endswith(ABSMAX_SUFFIX) else n, dtype=v.dtype)
         elif sc != scalars or bool(sd["state"]) != bool(first["state"]):
             raise CheckpointError(f"{path}: scalar state {sc} differs from another shard's {scalars}")
+        elif arrays != kinds and overlap and st:
+            raise CheckpointError(f"{path}: state arrays {sorted(arrays)} stored unlike another shard's "
+                                  f"{sorted(kinds)} (a shard below min_8bit_size keeps float32 state): load it "
+                                  "with the world size it was saved with")
         if not overlap:
             continue
         a, b = max(lo, olo), min(hi, ohi)
         for k, v in st.items():
-            if isinstance(v, np.ndarray) and k.endswith(ABSMAX_SUFFIX):
-                state[k] = v.copy()             # the whole shard (checked above)
+            if isinstance(v, np.ndarray) and k.endswith(ABSMAX_SUFFIX):   # whole blocks (bounds checked above)
+                state[k][(a - lo) // block:-(-(b - lo) // block)] = v[(a - olo) // block:-(-(b - olo) // block)]
             elif isinstance(v, np.ndarray):
                 state.setdefault(k, np.zeros(n, dtype=v.dtype))[a - lo:b - lo] = v[a - olo:b - olo]
         if want_params:

@@ -78,6 +78,13 @@ class Adafactor(Optimizer):
     ignored.  State: ``step``, ``row_var`` and ``col_var`` or ``variance``; ``exp_avg``
     with ``momentum``.
 
+    ``state_dtype`` other than ``"float32"`` is refused at construction: the factored
+    statistics of an :math:`n \times m` matrix are :math:`n + m` values, and the only
+    element-wise buffer, ``variance``, belongs to tensors of fewer than 2 dims (biases,
+    norms: below ``min_8bit_size`` in practice); torch's Adafactor keeps no first moment.
+    Storing these in bfloat16 or 8 bits would save well under 1% of a model's state
+    (bitsandbytes and torchao ship no low-precision Adafactor either).
+
     References: N. Shazeer and M. Stern, "Adafactor: Adaptive Learning Rates with
     Sublinear Memory Cost", ICML 2018 (arXiv:1804.04235); torch 2.13
     ``torch.optim.Adafactor``.
@@ -93,6 +100,11 @@ class Adafactor(Optimizer):
     """
 
     buffers = ("row_var", "col_var", "variance", "exp_avg")
+    # state_dtype="bfloat16"/"int8" is refused (optimizer.py prints this reason)
+    lowp_refusal = ("its state is already sublinear (row and column statistics of each matrix, plus a full "
+                    "variance only for tensors of fewer than 2 dims, the size of a bias) and it keeps no first "
+                    "moment unless optax's momentum option is on, so no large element-wise buffer is left to "
+                    "store in low precision")
 
     def __init__(self, params=None, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
                  foreach=None, maximize=False, keras_form=False, eps_in_stats=False, min_dim_size_to_factor=None,

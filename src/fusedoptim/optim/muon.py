@@ -3,6 +3,7 @@ import math
 import numpy as np
 
 from .. import _kernels
+from ..lowp import dequantize
 from ..optimizer import Optimizer
 from ..validate import check_bool, check_cpu_float_param, check_int, check_real, is_real
 
@@ -123,6 +124,14 @@ class Muon(Optimizer):
     bfloat16 on every device, so float32 results differ from torch's at bfloat16
     precision; ``tests/test_muon.py`` compares with torch's code minus that cast).
 
+    ``state_dtype="bfloat16"`` or ``"int8"`` stores ``momentum_buffer`` in low precision
+    (the signed 8-bit code map; ``min_8bit_size``, ``block_size``, ``rounding`` and
+    ``seed`` as for every optimizer, :mod:`fusedoptim.lowp`): the momentum stage decodes the
+    buffers to float32, runs the same native loop and writes them back with the rounding
+    bits the fused loops use (``_kernels.store_state``), one pass per buffer more than the
+    fused loops (the Newton-Schulz matmuls, :math:`O(\min(A, C))` flops per element, cost
+    far more).
+
     Only 2-D NumPy parameters are accepted (as torch: a clear ``ValueError`` at
     construction otherwise); optimize biases, norms and embeddings with another optimizer,
     e.g. ``AdamW``.  Weight decay is decoupled (torch's).  State: ``momentum_buffer``,
@@ -134,6 +143,8 @@ class Muon(Optimizer):
     """
 
     buffers = ("momentum_buffer",)
+    q8_signed = ("momentum_buffer",)   # the 8-bit code map of each buffer (fusedoptim.lowp.signed_buffers)
+    lowp_state = True                  # low-precision state_dtype: handled in update_group
     matrix_only = True             # fusedoptim.optim.registry: 2-D parameters only
 
     def __init__(self, params=None, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
@@ -177,10 +188,20 @@ class Muon(Optimizer):
     def common_scalars(self, g):
         return dict(super().common_scalars(g), weight_decay=0.0)   # decoupled: the decay factor below
 
+    def _momentum_f32(self, p, st):
+        """The momentum buffer of ``p`` as float32 values: the buffer itself when stored in
+        the parameter's dtype, else a decoded copy (bfloat16 or 8-bit state)."""
+        b = st["momentum_buffer"]
+        if b.dtype == p.dtype:
+            return b
+        if b.dtype == np.uint8:
+            return dequantize(b, st["momentum_buffer_absmax"], True, self.registry.block_size)
+        return b.astype(np.float32)
+
     def update_group(self, g, common, scal, params, grads, states, tscale, emas):
         """Momentum (one native call), Newton-Schulz per parameter (np.matmul), decay and
         step (one native call)."""
-        bufs = [st["momentum_buffer"] for st in states]
+        bufs = [self._momentum_f32(p, st) for p, st in zip(params, states)]
         outs = [np.empty_like(p) for p in params]
         mu, nesterov, w = float(g["momentum"]), bool(g["nesterov"]), None
         if nesterov and g.get("bias_correction", False) and mu < 1.0:
@@ -190,6 +211,14 @@ class Muon(Optimizer):
             a, b = mu / (1.0 - mu ** (t + 1)), (1.0 - mu) / (1.0 - mu ** t)
             w = a / (a + b)
         _kernels.muon_momentum(common, mu, nesterov, params, grads, bufs, outs, tscale, w)
+        if self.registry.state_dtype != "float32":
+            o = self.options
+            for p, st, b in zip(params, states, bufs):
+                if b is st["momentum_buffer"]:
+                    continue                    # float32 state (a parameter below min_8bit_size)
+                key = (o["seed"], scal["step"], self.registry.index(p), o["rounding"] == "stochastic")
+                _kernels.store_state(b, st["momentum_buffer"], st.get("momentum_buffer_absmax"), True,
+                                     o["block_size"], key, 0)
         co, steps, eps = tuple(float(v) for v in g["ns_coefficients"]), int(g["ns_steps"]), float(g["eps"])
         for o in outs:
             newton_schulz(o, co, steps, eps)
