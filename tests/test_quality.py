@@ -162,8 +162,8 @@ def test_adam_with_int8_state_does_not_blow_up(task_name, seed, min_8bit_size):
     (["--state-dtype", "float16"], "--state-dtype: unknown state dtype 'float16'"),
     (["--state-dtype", ","], "--state-dtype is empty"),
     (["--state-dtype", "int8", "--min-8bit-size", "-1"], "--min-8bit-size must be >= 0"),
-    (["--state-dtype", "int8", "--optimizers", "muon"], "none of the optimizers can run with these options: "
-                                                        "Muon [int8]"),
+    (["--state-dtype", "int8", "--optimizers", "adafactor"], "none of the optimizers can run with these options: "
+                                                        "Adafactor [int8]"),
 ])
 def test_demo_state_dtype_bad_options(argv, match, tmp_path, capsys):
     assert main(["demo", *argv, "--epochs", "1", "--no-progress", "--out", str(tmp_path)]) == 2
