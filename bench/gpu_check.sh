@@ -24,7 +24,7 @@ rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit $rc; fi
 
 t0=$(date +%s)
-tests=("$@"); [ ${#tests[@]} -eq 0 ] && tests=(tests/test_cuda.py tests/test_bench_report.py -k "test_gpu_ or nvrtc or real_cupy")
+tests=("$@"); [ ${#tests[@]} -eq 0 ] && tests=(tests/test_cuda.py tests/test_bench_report.py tests/test_examples.py -k "test_gpu_ or nvrtc or real_cupy or cuda_bf16")
 timeout ${TEST_TIMEOUT:-240} $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short --maxfail=30 \
     "${tests[@]}" 2>&1 | tee "$OUT/pytest.log" | grep -vE '^(tests/|\.)' | tail -80
 echo "tests rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
@@ -35,3 +35,5 @@ timeout ${BENCH_TIMEOUT:-100} $PY -m fusedoptim.bench --optimizers ${BENCH_OPTIM
     --workloads ${BENCH_WORKLOADS:-resnet18,1x16M,100x10K} --contenders fusedoptim,gpu,gpu_stream,torch_cuda_fused \
     --repeat 5 --roofline-sizes none --gpu-roofline-sizes 16M,64M 2>&1 | tee "$OUT/bench.txt" | tail -40
 echo "bench rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
+
+timeout 60 $PY bench/gpu_step_profile.py 2>&1 | tee "$OUT/profile.txt" | head -30
