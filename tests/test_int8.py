@@ -103,7 +103,7 @@ def q_ref(v, signed: bool, block: int, bits=None):
         if signed:
             c = np.where(y < 0, 127 - np.minimum(k, 127), 127 + k)
         else:
-            c = np.where(y > 0, k, 0)
+            c = np.where(y > 0, np.maximum(k, 1), 0)     # a positive value never reads back as 0
         codes[b * block:(b + 1) * block] = c
     return codes, amax
 
@@ -128,11 +128,14 @@ def test_quantize_matches_the_numpy_definition():
             np.testing.assert_array_equal(codes, wc)
             back = dequantize(codes, amax, signed, block)
             np.testing.assert_array_equal(back, dq_ref(codes, amax, signed, block))
-            # the nearest code: no other code is closer (float64 distances), up to the
+            # the nearest code (unsigned, for v > 0: of the nonzero codes): no other is closer (float64 distances), up to the
             # float32 rounding of v / absmax and of the midpoints
             scale = np.repeat(amax, block)[:v.size].astype(np.float64)
             allv = code_map(signed).astype(np.float64)[None, :] * scale[:, None]
-            best = np.min(np.abs(allv - v[:, None]), axis=1)
+            dist = np.abs(allv - v[:, None])
+            if not signed:                     # a positive value never takes code 0
+                dist[v > 0, 0] = np.inf
+            best = np.min(dist, axis=1)
             err = np.abs(back.astype(np.float64) - v)
             assert np.all(err <= best + 2 ** -22 * scale)
 

@@ -138,18 +138,12 @@ def test_demo_state_dtype_refused_combinations_are_left_out(tmp_path, capsys):
     assert doc["runs"][1]["state_storage"] == {"none": DEMO_ELEMENTS}     # plain SGD keeps no state
 
 
-@pytest.mark.xfail(strict=True, reason="known: Adam's 8-bit exp_avg_sq rounds to 0 where exp_avg does not (a "
-                   "gradient ~1e-3.5 of its block's largest: v/absmax below the unsigned map's smallest code, "
-                   "m/absmax still above the signed map's), so m/(sqrt(v)+eps) steps ~lr*m/eps and the run "
-                   "diverges (digits 128x10 output matrix with min_8bit_size=0: 4 such elements after step 1, a "
-                   "weight moves by 5.6 at step 2; regression 128x64 matrix, default min_8bit_size, seed 3: 213 "
-                   "elements, a weight moves by 14).  bitsandbytes 0.50.2's Adam8bit on the CPU trains both cases "
-                   "(its CPU quantizer never stores a code below 1.56e-5*absmax).  Remove this mark when the "
-                   "8-bit Adam keeps such v nonzero.")
 @pytest.mark.parametrize("task_name,seed,min_8bit_size", [("digits", 0, 0), ("regression", 3, 4096)])
 def test_adam_with_int8_state_does_not_blow_up(task_name, seed, min_8bit_size):
     """digits with every tensor 8-bit; the regression with the default min_8bit_size (its
-    128x64 matrix 8-bit), seed 3: 2 epochs take the test loss from ~2 to ~7."""
+    128x64 matrix 8-bit), seed 3: with a second moment allowed to read back as 0, 2 epochs
+    took the test loss from ~2 to ~7 (Adam's m / (sqrt(v) + eps) with v = 0; q8.h now keeps
+    a positive v at least the unsigned map's smallest code)."""
     if task_name == "digits":
         _needs("sklearn")
     task = quality.make_task(task_name)

@@ -28,8 +28,13 @@
  *                u = r / 2^16 (r: 16 random bits, the same counter hash as bfloat16,
  *                lowp.h: buffer k takes bits 16 (k % 2) .. of fo_hash32(index ^ key[k / 2])),
  *                gap[j] = mag[j + 1] - mag[j]: up with probability (a - mag[kf]) / gap.
- * Signed: code = 127 + k for v >= 0, 127 - min(k, 127) for v < 0; unsigned: k for v > 0,
- * else 0.  Both searches are one lookup in a table indexed by the top 16 bits of a's
+ * Signed: code = 127 + k for v >= 0, 127 - min(k, 127) for v < 0; unsigned: max(k, 1) for
+ * v > 0, else 0: a positive second moment never reads back as 0 (its smallest code is
+ * 3.25e-7 * absmax), or Adam's m / (sqrt(v) + eps) of an element whose gradient is ~1e-3.5
+ * of its block's largest -- v below half that code, m still above the signed map's
+ * smallest -- steps by ~lr * m / eps and training diverges (the quality benchmark,
+ * python -m fusedoptim.bench.quality, showed it; bitsandbytes' CPU quantizer has a floor
+ * too).  Both searches are one lookup in a table indexed by the top 16 bits of a's
  * float32 bits (exponent and 7 mantissa bits; below 2^-24 one bucket) plus one compare:
  * fo_q8_init checks that no bucket holds two midpoints or two code values.
  * The absmax of a block with a NaN is NaN (its values read back as NaN); a block of zeros
@@ -90,7 +95,7 @@ FO_HD int fo_q8_near(float a, const fo_q8_table &t) {
 
 /* the code of y = v / absmax for magnitude index k */
 template <bool SIGNED> FO_HD int fo_q8_code(float y, int k) {
-    return SIGNED ? (y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k) : (y > 0.0f ? k : 0);
+    return SIGNED ? (y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k) : (y > 0.0f ? (k > 1 ? k : 1) : 0);
 }
 
 /* The arithmetic estimate of fo_q8_near (the scalar twin of the vector loop in
@@ -250,7 +255,7 @@ static FO_INLINE int fo_q8_near_block(const float *FO_RESTRICT v, ptrdiff_t m8, 
         const fo_q8_v8i k = __builtin_shuffle(J, gc) + el - top;
         fo_q8_v8i code;
         if (SIGNED) code = y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k;
-        else code = y > 0.0f ? k : 0;
+        else code = y > 0.0f ? (k > 1 ? k : 1) : 0;
         const fo_q8_v8i d = (el != eh) & 256;
         code |= d;
         any |= d;
