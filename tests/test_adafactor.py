@@ -15,10 +15,10 @@ from fusedoptim import checkpoint as C
 from fusedoptim import schedules as S
 from reference import TOL, adafactor as ref_rule
 
-# 0-D, 1-D (size 0 and odd; one larger than a unit: 16384 elements, its sums taken in runs
-# of 256 and a shorter last run), 2-D, 3-D, 4-D (a conv kernel: 3x3 matrices), one matrix
-# larger than a unit (rows split across units)
-SHAPES = [(), (7,), (0,), (40003,), (5, 3), (4, 6, 9), (3, 2, 3, 3), (150, 130), (2, 3, 9000)]
+# 0-D, 1-D (size 0 and odd), 2-D, 3-D, 4-D (a conv kernel: 3x3 matrices), one matrix
+# larger than a unit (16384 elements: rows split across units), last a vector larger than a
+# unit (its sums taken in runs of 256, then a shorter run; tests index the others by position)
+SHAPES = [(), (7,), (0,), (5, 3), (4, 6, 9), (3, 2, 3, 3), (150, 130), (2, 3, 9000), (40003,)]
 # torch.optim.Adafactor divides by numel: it raises ZeroDivisionError on empty tensors
 TORCH_SHAPES = [s for s in SHAPES if np.prod(s, dtype=int) > 0]
 STEPS = 200
