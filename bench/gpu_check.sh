@@ -25,7 +25,7 @@ if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit $rc; fi
 
 t0=$(date +%s)
 tests=("$@"); [ ${#tests[@]} -eq 0 ] && tests=(tests/test_cuda.py tests/test_bench_report.py tests/test_examples.py -k "test_gpu_ or nvrtc or real_cupy or cuda_bf16")
-timeout ${TEST_TIMEOUT:-240} $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short --maxfail=30 \
+timeout ${TEST_TIMEOUT:-400} $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short --maxfail=30 \
     "${tests[@]}" 2>&1 | tee "$OUT/pytest.log" | grep -vE '^(tests/|\.)' | tail -80
 echo "tests rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 grep -E "passed|failed" "$OUT/pytest.log" | tail -2
