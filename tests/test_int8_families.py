@@ -23,21 +23,11 @@ import pytest
 
 from cases import grad_stream, make_params, seed_for
 from test_int8 import _bits, dq_ref, q_ref
-from test_lowprec import BF16, random_bits, round_bf16
+from test_lowprec import BF16, REDUCE_CASES, REDUCE_IDS, random_bits, round_bf16   # the same cases
 
 import fusedoptim
 from fusedoptim import _kernels
 
-REDUCE_CASES = [
-    ("Lamb", dict(lr=1e-2, weight_decay=0.1)),
-    ("Lamb", dict(lr=1e-2, weight_decay=0.1, weight_decouple=False, betas=(0.8, 0.99), maximize=True)),
-    ("LARS", dict(lr=0.1, weight_decay=1e-2)),
-    ("LARS", dict(lr=0.1, weight_decay=1e-2, nesterov=True, dampening=0.0, trust_coefficient=2e-2)),
-    ("LARS", dict(lr=0.1, momentum=0.0)),
-    ("NovoGrad", dict(lr=1e-2, weight_decay=0.1)),
-    ("NovoGrad", dict(lr=1e-2, weight_decay=0.1, weight_decouple=True, grad_averaging=True, maximize=True)),
-]
-REDUCE_IDS = [f"{n}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for n, kw in REDUCE_CASES]
 # a matrix (66 blocks of 64, a short last one), two float32-state tensors (below
 # min_8bit_size), and a vector of two stats blocks (16384 elements each)
 SHAPES = [(70, 60), (7,), (3, 5), (20000,)]

@@ -256,20 +256,12 @@ def test_optax_lookahead_parity():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("alias", ["schedule_free_adamw", "schedule_free_sgd"])
-def test_optax_schedule_free_parity(alias):
-    """optax's params are y (fusedoptim's train mode); schedule_free_eval_params gives x
-    (fusedoptim's eval())."""
-    jnp = pytest.importorskip("jax.numpy")
-    optax = pytest.importorskip("optax")
+def _schedule_free_against_optax(tx, opt_cls, kw, grads, start):
+    """200 steps of optax's schedule-free ``tx`` and ``opt_cls(**kw)``: optax's params are
+    y (fusedoptim's train mode); schedule_free_eval_params gives x (fusedoptim's eval())."""
+    import jax.numpy as jnp
+    import optax
     from optax import contrib
-    grads, start = _grads(301), _start(301)
-    if alias == "schedule_free_adamw":
-        tx = contrib.schedule_free_adamw(0.0025, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
-        opt_cls, kw = fo.ScheduleFreeAdamW, dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-    else:
-        tx = contrib.schedule_free_sgd(0.1, b1=0.9, weight_decay=0.01)
-        opt_cls, kw = fo.ScheduleFreeSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)
     params = jnp.asarray(start)
     state = tx.init(params)
     ours = start.copy()
@@ -282,6 +274,23 @@ def test_optax_schedule_free_parity(alias):
     opt.eval()
     np.testing.assert_allclose(ours, np.asarray(contrib.schedule_free_eval_params(state, params)),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alias", ["schedule_free_adamw", "schedule_free_sgd"])
+def test_optax_schedule_free_parity(alias):
+    """optax's params are y (fusedoptim's train mode); schedule_free_eval_params gives x
+    (fusedoptim's eval())."""
+    pytest.importorskip("jax.numpy")
+    pytest.importorskip("optax")
+    from optax import contrib
+    grads, start = _grads(301), _start(301)
+    if alias == "schedule_free_adamw":
+        tx = contrib.schedule_free_adamw(0.0025, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+        opt_cls, kw = fo.ScheduleFreeAdamW, dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    else:
+        tx = contrib.schedule_free_sgd(0.1, b1=0.9, weight_decay=0.01)
+        opt_cls, kw = fo.ScheduleFreeSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)
+    _schedule_free_against_optax(tx, opt_cls, kw, grads, start)
 
 
 # ---------------------------------------------------------------- optax.adafactor
@@ -377,8 +386,8 @@ def test_optax_muon_parity(okw):
 def test_optax_schedule_free_warmup_parity(alias):
     """optax's warmup_steps (a warmup_constant_schedule read at t for the averaging weight,
     at t - 1 for the z step): optax_warmup=True."""
-    jnp = pytest.importorskip("jax.numpy")
-    optax = pytest.importorskip("optax")
+    pytest.importorskip("jax.numpy")
+    pytest.importorskip("optax")
     from optax import contrib
     grads, start = _grads(302), _start(302)
     if alias == "schedule_free_adamw":
@@ -387,18 +396,7 @@ def test_optax_schedule_free_warmup_parity(alias):
     else:
         tx = contrib.schedule_free_sgd(0.1, warmup_steps=20, b1=0.9, weight_decay=0.01)
         opt_cls, kw = fo.ScheduleFreeSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)
-    params = jnp.asarray(start)
-    state = tx.init(params)
-    ours = start.copy()
-    opt = opt_cls([ours], warmup_steps=20, optax_warmup=True, **kw)
-    for g in grads:
-        updates, state = tx.update(jnp.asarray(g), state, params)
-        params = optax.apply_updates(params, updates)
-        opt.step([g])
-    np.testing.assert_allclose(ours, np.asarray(params), rtol=1e-5, atol=1e-5)
-    opt.eval()
-    np.testing.assert_allclose(ours, np.asarray(contrib.schedule_free_eval_params(state, params)),
-                               rtol=1e-5, atol=1e-5)
+    _schedule_free_against_optax(tx, opt_cls, dict(kw, warmup_steps=20, optax_warmup=True), grads, start)
 
 
 @pytest.mark.parametrize("cls", ["AdamWScheduleFree", "SGDScheduleFree"])
