@@ -51,6 +51,7 @@ TEST_COMMAND = "pip install '.[test,demo,mpi,lowp,parity]' torch==2.13.0"
 _INSTALLED_BY = {
     "torch": "torch==2.13.0", "keras": "the parity extra", "jax": "the parity extra",
     "optax": "the parity extra", "pytorch_optimizer": "the parity extra", "schedulefree": "the parity extra",
+    "bitsandbytes": "the parity extra",
     "ml_dtypes": "the lowp extra", "mpi4py": "the mpi extra", "sklearn": "the demo extra",
     "matplotlib": "the demo extra", "autograd": "the demo extra", "tqdm": "the demo extra",
     "threadpoolctl": "the test extra", "hypothesis": "the test extra", "pytest_benchmark": "the test extra",
