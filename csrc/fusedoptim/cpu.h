@@ -416,11 +416,19 @@ static fo_lp_fn fo_cpu_seg_lp(int algo, int code) {
  * the thread count or the SIMD clone.  NaN and Inf propagate into the sum, which is
  * how the caller detects non-finite gradients.                                          */
 #if defined(__GNUC__)
+/* max |x| runs on the bits: |x| is x's bits without the sign, and non-negative floats
+ * order as their bits do as signed integers (Inf and the NaNs above every finite value),
+ * so it is an integer max, which every clone vectorizes; a float max with ?: on these
+ * 16-lane vector types was scalarized on AVX2 (1.1 ns/element against 0.09 for the sum
+ * alone).  A NaN makes the sum NaN, and the sum is what the caller reports then. */
 template <typename T>
 static FO_INLINE void fo_stats(const T *x, ptrdiff_t n, double *sumsq, double *maxabs) {
     typedef T V __attribute__((vector_size(16 * sizeof(T))));
+    typedef typename fo_if<sizeof(T) == 4, int, long long>::type I;
+    typedef I VI __attribute__((vector_size(16 * sizeof(T))));
+    const I absmask = (I)(~(I)0 & ~((I)1 << (8 * sizeof(T) - 1)));
     const V zero = {};
-    V m = zero;
+    VI mb = {};
     double s = 0.0;
     ptrdiff_t i = 0;
     for (; i + 256 <= n; i += 256) {
@@ -430,20 +438,26 @@ static FO_INLINE void fo_stats(const T *x, ptrdiff_t n, double *sumsq, double *m
             __builtin_memcpy(&v, x + j, sizeof(V));
             acc = acc + v * v;
             if (maxabs) {
-                V a = v < 0 ? -v : v;
-                m = m > a ? m : a;
+                VI b;
+                __builtin_memcpy(&b, &v, sizeof(VI));
+                b &= absmask;
+                mb = mb > b ? mb : b;
             }
         }
         for (int k = 0; k < 16; k++) s = s + (double)acc[k];
     }
-    T mm = T(0);
-    for (int k = 0; k < 16; k++) mm = mm > m[k] ? mm : m[k];
+    I mi = 0;
+    for (int k = 0; k < 16; k++) mi = mi > mb[k] ? mi : mb[k];
     for (; i < n; i++) {
         s = s + (double)x[i] * (double)x[i];
-        T a = x[i] < 0 ? -x[i] : x[i];
-        mm = mm > a ? mm : a;
+        I b;
+        __builtin_memcpy(&b, x + i, sizeof(I));
+        b &= absmask;
+        mi = mi > b ? mi : b;
     }
     *sumsq = s;
+    T mm;
+    __builtin_memcpy(&mm, &mi, sizeof(T));
     if (maxabs) *maxabs = (s != s) ? s : (double)mm;   /* a NaN anywhere makes max NaN too */
 }
 #else
