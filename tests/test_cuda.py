@@ -423,6 +423,26 @@ template <class F> static void emu_threads(int grid, int block, F f) {
     }
 }
 
+// the threads of a block as a pool that walks the grid block after block (the kernels with
+// a barrier and shared memory, which the emulation keeps in static storage: one block at a time)
+template <class F> static void emu_pool(int grid, int block, F f) {
+    gridDim = {(unsigned)grid, 1, 1};
+    blockDim = {(unsigned)block, 1, 1};
+    std::barrier<> bar(block);
+    fo_emu_barrier = &bar;
+    std::vector<std::thread> ts;
+    for (int t = 0; t < block; t++)
+        ts.emplace_back([=, &bar] {
+            for (int b = 0; b < grid; b++) {
+                blockIdx = {(unsigned)b, 0, 0};
+                threadIdx = {(unsigned)t, 0, 0};
+                f();
+                bar.arrive_and_wait();   // nobody starts block b + 1 while another is in block b
+            }
+        });
+    for (auto &th : ts) th.join();
+}
+
 typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
                               const double *);
 typedef void (*fo_emu_update_lp)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
@@ -431,6 +451,32 @@ typedef void (*fo_emu_update_lp)(const fo_hparams, const fo_i64 *, int, int, int
 static const struct { const char *name; fo_emu_update fn; } fo_emu_table[] = {FO_ALGOS(FO_EMU)};
 #define FO_EMU_LP(a, P) {"fo_" #a "_kernel_lp4", fo_##a##_kernel_lp4},
 static const struct { const char *name; fo_emu_update_lp fn; } fo_emu_lp_table[] = {FO_ALGOS(FO_EMU_LP)};
+typedef void (*fo_emu_update_q8)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
+                                 const double *, unsigned long long, unsigned long long, int, fo_i64,
+                                 const fo_q8_table *);
+#define FO_EMU_Q8(a, P) {"fo_" #a "_kernel_q8", fo_##a##_kernel_q8},
+static const struct { const char *name; fo_emu_update_q8 fn; } fo_emu_q8_table[] = {FO_ALGOS(FO_EMU_Q8)};
+
+extern "C" int emu_update_q8(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
+                             int ntens, int nbuf, int ema, unsigned flags, const double *tscale, const double *ctrl,
+                             unsigned long long seed, unsigned long long step, int stochastic, fo_i64 qblock,
+                             const fo_q8_table *tables) {
+    fo_hparams hp;
+    std::memcpy(hp.h, h, sizeof hp.h);
+    for (const auto &e : fo_emu_q8_table)
+        if (!std::strcmp(e.name, name)) {
+            emu_pool(grid, block, [&] {
+                e.fn(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, seed, step, stochastic, qblock, tables);
+            });
+            return 0;
+        }
+    return -1;
+}
+extern "C" void emu_q8_quantize(int grid, int block, const float *x, unsigned char *codes, float *amax, fo_i64 n,
+                                fo_i64 qblock, int sgn, const fo_q8_table *tables) {
+    emu_pool(grid, block, [&] { fo_q8_quantize_kernel(x, codes, amax, n, qblock, sgn, tables); });
+}
+extern "C" long long emu_q8_table_size(void) { return (long long)sizeof(fo_q8_table); }
 
 extern "C" int emu_update_lp(const char *name, int grid, int block, const double *h, const fo_i64 *meta,
                              int ntens, int nbuf, int ema, unsigned flags, const double *tscale, const double *ctrl,
@@ -503,6 +549,11 @@ def emu(build_dir):
                                ctypes.c_int, P, P, P]
     so.emu_bf16_round.argtypes = [ctypes.c_int, ctypes.c_int, P, P, ctypes.c_longlong, ctypes.c_ulonglong,
                                   ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int, ctypes.c_int]
+    so.emu_update_q8.argtypes = so.emu_update_lp.argtypes + [ctypes.c_longlong, P]
+    so.emu_update_q8.restype = ctypes.c_int
+    so.emu_q8_quantize.argtypes = [ctypes.c_int, ctypes.c_int, P, P, P, ctypes.c_longlong, ctypes.c_longlong,
+                                   ctypes.c_int, P]
+    so.emu_q8_table_size.restype = ctypes.c_longlong
     return so
 
 
