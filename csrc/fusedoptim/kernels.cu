@@ -228,6 +228,22 @@ __device__ __forceinline__ void fo_segment(const Op &op, void *const *b, fo_i64 
     for (fo_i64 i = vhi + threadIdx.x; i < hi; i += blockDim.x) fo_elem<T, EMA, St>(op, b, i, r);
 }
 
+/* The device control block (fo_grad_control_kernel): false when it asks to skip the step,
+ * else its global clip coefficient ctrl[2] joins gscale in double, as the CPU path folds
+ * it in on the host.  And tensor t's common block: gscale times its tscale[t].          */
+__device__ __forceinline__ bool fo_apply_ctrl(fo_common_scalars &cs, const double *ctrl) {
+    if (!ctrl) return true;
+    if (ctrl[3] != 0.0) return false;
+    cs.gscale = cs.gscale * ctrl[2];
+    return true;
+}
+__device__ __forceinline__ fo_common_scalars fo_tensor_common(const fo_common_scalars &cs, const double *tscale,
+                                                               int t) {
+    fo_common_scalars ct = cs;
+    if (tscale) ct.gscale = cs.gscale * tscale[t];
+    return ct;
+}
+
 /* The key of the random bits (low-precision launches): seed, step and, per tensor, its
  * index in the optimizer (tids, after the pointer rows of meta). */
 struct fo_lowp_key {
@@ -255,9 +271,7 @@ __device__ __forceinline__ void fo_chunks(const fo_common_scalars &cs, const typ
 #pragma unroll
             for (int k = 0; k < Op::NS; k++) /* a dropped buffer aliases the parameter, never touched */
                 b[FO_STATE + k] = (void *)row[((Op::K >> k) & 1u) ? FO_STATE + fo_rank(Op::K, k) : 0];
-            fo_common_scalars ct = cs;
-            if (tscale) ct.gscale = cs.gscale * tscale[t];
-            const Op op(ct, as);
+            const Op op(fo_tensor_common(cs, tscale, t), as);
             /* the hash takes the low 32 bits of the index in the tensor, the high ones go
              * into the key (lowp.h): a piece never crosses a multiple of 2^32            */
             for (fo_i64 i = a - starts[t], end = z - starts[t]; i < end;) {
@@ -300,10 +314,7 @@ __device__ void fo_update(const fo_hparams &hp, const fo_i64 *meta, int ntens, i
     typename A::scalars as;
     memcpy(&cs, hp.h, sizeof cs);
     memcpy(&as, hp.h + FO_NCOMMON, sizeof as);
-    if (ctrl) {
-        if (ctrl[3] != 0.0) return;
-        cs.gscale = cs.gscale * ctrl[2];
-    }
+    if (!fo_apply_ctrl(cs, ctrl)) return;
     fo_dispatch<A, T, St>(flags, cs, as, meta, ntens, nbuf, ema, tscale, key);
 }
 
@@ -409,9 +420,7 @@ __device__ void fo_q8_blocks(const fo_common_scalars &cs, const typename A::scal
                     fs[k] = (float *)row[FO_STATE + c] + j0;
                 }
             }
-        fo_common_scalars ct = cs;
-        if (tscale) ct.gscale = cs.gscale * tscale[t];
-        const Op op(ct, as);
+        const Op op(fo_tensor_common(cs, tscale, t), as);
         float v[NR][FO_Q8_PER];
         unsigned mx[NR] = {};
         for (int l = 0; l < FO_Q8_PER; l++) {
@@ -503,10 +512,7 @@ __device__ void fo_update_q8(const fo_hparams &hp, const fo_i64 *meta, int ntens
     typename A::scalars as;
     memcpy(&cs, hp.h, sizeof cs);
     memcpy(&as, hp.h + FO_NCOMMON, sizeof as);
-    if (ctrl) {
-        if (ctrl[3] != 0.0) return;
-        cs.gscale = cs.gscale * ctrl[2];
-    }
+    if (!fo_apply_ctrl(cs, ctrl)) return;
     if (stochastic) fo_q8_dispatch<A, true>(flags, cs, as, meta, ntens, nbuf, ema, tscale, seed, step, B, tabs);
     else fo_q8_dispatch<A, false>(flags, cs, as, meta, ntens, nbuf, ema, tscale, seed, step, B, tabs);
 }
