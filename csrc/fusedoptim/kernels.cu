@@ -423,6 +423,7 @@ __device__ void fo_q8_blocks(const fo_common_scalars &cs, const typename A::scal
         const Op op(fo_tensor_common(cs, tscale, t), as);
         float v[NR][FO_Q8_PER];
         unsigned mx[NR] = {};
+#pragma unroll 1 /* one rule body per instantiation (the values wait in v[][]) */
         for (int l = 0; l < FO_Q8_PER; l++) {
             const int i = (int)threadIdx.x + l * (int)blockDim.x;
             if (i >= m) break;
@@ -467,6 +468,7 @@ __device__ void fo_q8_blocks(const fo_common_scalars &cs, const typename A::scal
             kx[0] = fo_rng_subkey(key, 0);
             kx[1] = fo_rng_subkey(key, 1);
         }
+#pragma unroll 1
         for (int l = 0; l < FO_Q8_PER; l++) {
             const int i = (int)threadIdx.x + l * (int)blockDim.x;
             if (i >= m) break;

@@ -258,18 +258,27 @@ def _prepare_q8(algo, common, scalars, flags, params, grads, states, absmax, ema
             _column("gradient", grads, sizes, _F32, ptr)]
     cols.append([0] * ntens if emas is None else _column("EMA buffer", emas, sizes, _F32, ptr))
     amcols = []
+    dts = [_U8 if q else _F32 for q in quant]
+    qnblk = [b if q else 0 for b, q in zip(nblk, quant)]
+    fast = ptr is _ptr
     for k in range(nst):
         col, acol = states[k], absmax[k]
-        for i, (a, am) in enumerate(zip(col, acol)):
-            dt = _U8 if quant[i] else _F32
-            if a is None or a.size != sizes[i] or a.dtype != dt:
-                raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter "
-                                 f"(expected {dt} of {sizes[i]} elements)")
-            if quant[i] and (am.dtype != _F32 or am.size != nblk[i]):
-                raise ValueError(f"state absmax {k} of tensor {i}: expected float32 of {nblk[i]} blocks, got "
-                                 f"{am.dtype} of {am.size}")
-        cols.append([ptr(a) for a in col])
-        amcols.append([ptr(am) if q else 0 for am, q in zip(acol, quant)])
+        try:       # the usual case in list comparisons, as _column does
+            ok = [a.size for a in col] == sizes and [a.dtype for a in col] == dts and \
+                [0 if am is None else am.size for am in acol] == qnblk and \
+                all(am is None or am.dtype == _F32 for am in acol)
+        except AttributeError:       # a None
+            ok = False
+        if not ok:
+            for i, (a, am) in enumerate(zip(col, acol)):
+                if a is None or a.size != sizes[i] or a.dtype != dts[i]:
+                    raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter "
+                                     f"(expected {dts[i]} of {sizes[i]} elements)")
+                if quant[i] and (am.dtype != _F32 or am.size != nblk[i]):
+                    raise ValueError(f"state absmax {k} of tensor {i}: expected float32 of {nblk[i]} blocks, got "
+                                     f"{am.dtype} of {am.size}")
+        cols.append([a.data.ptr for a in col] if fast else [ptr(a) for a in col])
+        amcols.append([0 if am is None else (am.data.ptr if fast else ptr(am)) for am in acol])
     seed, step, tids, stochastic = (0, 0, None, False) if rounding is None else rounding
     tids = np.arange(ntens, dtype=np.uint64) if tids is None else np.asarray(tids, dtype=np.uint64)
     if tids.shape != (ntens,):
