@@ -47,6 +47,10 @@
 #ifndef FUSEDOPTIM_LOWP_H
 #include "lowp.h"
 #endif
+#ifndef FUSEDOPTIM_Q8_H
+#define FO_Q8_DEVICE 1 /* q8.h's table layout and per-element functions only */
+#include "q8.h"
+#endif
 
 #define FO_THREADS 256      /* threads per block of the update kernels (any size works) */
 #define FO_CHUNK 8192       /* elements per block iteration of the update kernels */
@@ -54,6 +58,8 @@
 #define FO_RED_CHUNK 4096   /* elements per partial sum of the reduction */
 #define FO_CTRL 4           /* doubles in a control block */
 #define FO_CLIP_EPS 1e-6    /* torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6) */
+#define FO_Q8_THREADS 256   /* most threads per block of the 8-bit kernels */
+#define FO_Q8_PER 16        /* elements per thread of an 8-bit block, at most */
 
 #ifndef FO_STATE
 #define FO_STATE 3 /* same segment layout as cpu.h: param, grad, EMA|NULL, state... */
@@ -222,6 +228,22 @@ __device__ __forceinline__ void fo_segment(const Op &op, void *const *b, fo_i64 
     for (fo_i64 i = vhi + threadIdx.x; i < hi; i += blockDim.x) fo_elem<T, EMA, St>(op, b, i, r);
 }
 
+/* The device control block (fo_grad_control_kernel): false when it asks to skip the step,
+ * else its global clip coefficient ctrl[2] joins gscale in double, as the CPU path folds
+ * it in on the host.  And tensor t's common block: gscale times its tscale[t].          */
+__device__ __forceinline__ bool fo_apply_ctrl(fo_common_scalars &cs, const double *ctrl) {
+    if (!ctrl) return true;
+    if (ctrl[3] != 0.0) return false;
+    cs.gscale = cs.gscale * ctrl[2];
+    return true;
+}
+__device__ __forceinline__ fo_common_scalars fo_tensor_common(const fo_common_scalars &cs, const double *tscale,
+                                                               int t) {
+    fo_common_scalars ct = cs;
+    if (tscale) ct.gscale = cs.gscale * tscale[t];
+    return ct;
+}
+
 /* The key of the random bits (low-precision launches): seed, step and, per tensor, its
  * index in the optimizer (tids, after the pointer rows of meta). */
 struct fo_lowp_key {
@@ -249,9 +271,7 @@ __device__ __forceinline__ void fo_chunks(const fo_common_scalars &cs, const typ
 #pragma unroll
             for (int k = 0; k < Op::NS; k++) /* a dropped buffer aliases the parameter, never touched */
                 b[FO_STATE + k] = (void *)row[((Op::K >> k) & 1u) ? FO_STATE + fo_rank(Op::K, k) : 0];
-            fo_common_scalars ct = cs;
-            if (tscale) ct.gscale = cs.gscale * tscale[t];
-            const Op op(ct, as);
+            const Op op(fo_tensor_common(cs, tscale, t), as);
             /* the hash takes the low 32 bits of the index in the tensor, the high ones go
              * into the key (lowp.h): a piece never crosses a multiple of 2^32            */
             for (fo_i64 i = a - starts[t], end = z - starts[t]; i < end;) {
@@ -294,10 +314,7 @@ __device__ void fo_update(const fo_hparams &hp, const fo_i64 *meta, int ntens, i
     typename A::scalars as;
     memcpy(&cs, hp.h, sizeof cs);
     memcpy(&as, hp.h + FO_NCOMMON, sizeof as);
-    if (ctrl) {
-        if (ctrl[3] != 0.0) return;
-        cs.gscale = cs.gscale * ctrl[2];
-    }
+    if (!fo_apply_ctrl(cs, ctrl)) return;
     fo_dispatch<A, T, St>(flags, cs, as, meta, ntens, nbuf, ema, tscale, key);
 }
 
@@ -318,12 +335,199 @@ __device__ void fo_update_lp(const fo_hparams &hp, const fo_i64 *meta, int ntens
     else fo_update<A, float, fo_lp_st<CODE, false> >(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, key);
 }
 
+/* ---- 8-bit block-wise state on the device (q8.h) ----------------------------------
+ * One CUDA block per quantization block of B elements (grid-stride over the blocks of all
+ * tensors of the launch), as the CPU loop of q8.h does one block at a time: thread k takes
+ * elements k, k + blockDim.x, ... (at most FO_Q8_PER of them: the launch gives blockDim.x
+ * <= FO_Q8_THREADS threads with blockDim.x * FO_Q8_PER >= B); it dequantizes them
+ * (fo_q8_value), runs the rule and the EMA epilogue (fo_op, as fo_elem) and keeps the new
+ * state values in registers; the block's new absmax of each kept buffer is a max over
+ * the bits |v| (a shared-memory tree: max is order-independent, NaN above everything,
+ * as fo_q8_absmax); then every thread writes its codes with q8.h's fo_q8_near_code or
+ * fo_q8_stoch_code and the random bits of the CPU loop (lowp.h's key of (seed, step,
+ * tensor id, index >> 32); state buffer k takes the 16 bits 16 (k % 2) .. of
+ * fo_hash32(index ^ subkey[k / 2])).  A tensor whose state is float32 (below
+ * min_8bit_size) runs in the same launch, block by block, without codes.
+ *
+ * qmeta (int64): bstarts[0..ntens] (prefix sum of the blocks per tensor), ntens rows of
+ * nbuf pointers (param, grad, EMA or 0, the kept state buffers: uint8 codes or float32),
+ * ntens rows of nbuf - FO_STATE absmax pointers (0: float32 state), the ntens element
+ * counts, the ntens tensor ids.  tables: the host's two fo_q8_table (q8.h: [0] unsigned,
+ * [1] signed), copied byte for byte.                                                    */
+
+/* max over the block of the NS values mine[k] (unsigned bits) into sred[k * FO_Q8_THREADS]:
+ * a fixed tree for any blockDim.x <= FO_Q8_THREADS. */
+template <int NS>
+__device__ __forceinline__ void fo_q8_block_max(unsigned *sred, const unsigned *mine) {
+    const int k = threadIdx.x, n = blockDim.x;
+    __syncthreads(); /* every thread is done reading the previous result */
+#pragma unroll
+    for (int j = 0; j < NS; j++) sred[j * FO_Q8_THREADS + k] = mine[j];
+    __syncthreads();
+    int w = 1;
+    while (w < n) w <<= 1;
+    for (w >>= 1; w > 0; w >>= 1) {
+        if (k < w && k + w < n)
+#pragma unroll
+            for (int j = 0; j < NS; j++) {
+                const unsigned a = sred[j * FO_Q8_THREADS + k], b = sred[j * FO_Q8_THREADS + k + w];
+                sred[j * FO_Q8_THREADS + k] = a > b ? a : b;
+            }
+        __syncthreads();
+    }
+}
+
+/* the absmax of the bits max r of |v| (fo_q8_absmax: a NaN gives the quiet NaN) */
+__device__ __forceinline__ float fo_q8_amax_of(unsigned r) { return fo_bits_as_float(r > 0x7F800000u ? 0x7FC00000u : r); }
+
+template <class A, unsigned F, bool EMA, bool SR>
+__device__ void fo_q8_blocks(const fo_common_scalars &cs, const typename A::scalars &as, const fo_i64 *meta,
+                             int ntens, int nbuf, const double *tscale, unsigned long long seed,
+                             unsigned long long step, fo_i64 B, const fo_q8_table *tabs) {
+    typedef fo_op<A, float, F> Op;
+    enum { NS = Op::NS, K = Op::K, SIGNS = A::signs(), NR = Op::NS > 0 ? Op::NS : 1 };
+    __shared__ unsigned sred[NR * FO_Q8_THREADS];
+    const int nst = nbuf - FO_STATE;
+    const fo_i64 *bst = meta;
+    const fo_i64 *rows = meta + ntens + 1;
+    const fo_i64 *amrows = rows + (fo_i64)ntens * nbuf;
+    const fo_i64 *sizes = amrows + (fo_i64)ntens * nst;
+    const fo_i64 *tids = sizes + ntens;
+    const fo_i64 nblk = bst[ntens];
+    for (fo_i64 b = blockIdx.x; b < nblk; b += gridDim.x) {
+        int t = fo_find_tensor(bst, ntens, b);
+        while (bst[t + 1] <= b) t++; /* skip tensors without blocks */
+        const fo_i64 blk = b - bst[t], j0 = blk * B;
+        const int m = (int)fo_min64(B, sizes[t] - j0);
+        const fo_i64 *row = rows + (fo_i64)t * nbuf;
+        float *p = (float *)row[0] + j0;
+        const float *g = (const float *)row[1] + j0;
+        float *e = EMA ? (float *)row[2] + j0 : (float *)0;
+        const bool quant = nst > 0 && amrows[(fo_i64)t * nst] != 0;
+        unsigned char *code[NR] = {};
+        float *fs[NR] = {};
+        float *am[NR] = {};
+        float amax[NR] = {};
+#pragma unroll
+        for (int k = 0; k < NS; k++)
+            if ((K >> k) & 1u) {
+                const int c = fo_rank(K, k);
+                if (quant) {
+                    code[k] = (unsigned char *)row[FO_STATE + c] + j0;
+                    am[k] = (float *)amrows[(fo_i64)t * nst + c] + blk;
+                    amax[k] = *am[k];
+                } else {
+                    fs[k] = (float *)row[FO_STATE + c] + j0;
+                }
+            }
+        const Op op(fo_tensor_common(cs, tscale, t), as);
+        float v[NR][FO_Q8_PER];
+        unsigned mx[NR] = {};
+#pragma unroll 1 /* one rule body per instantiation (the values wait in v[][]) */
+        for (int l = 0; l < FO_Q8_PER; l++) {
+            const int i = (int)threadIdx.x + l * (int)blockDim.x;
+            if (i >= m) break;
+            float s[NS + 1] = {};
+#pragma unroll
+            for (int k = 0; k < NS; k++)
+                if ((K >> k) & 1u)
+                    s[k] = quant ? fo_q8_value(tabs[(SIGNS >> k) & 1u].map, code[k][i], amax[k]) : fs[k][i];
+            float pv = p[i];
+            op(pv, g[i], s);
+            p[i] = pv;
+            if (EMA) {
+                float ev = e[i];
+                fo_ema_rule(ev, pv, op.c);
+                e[i] = ev;
+            }
+#pragma unroll
+            for (int k = 0; k < NS; k++)
+                if ((K >> k) & 1u) {
+                    if (quant) {
+                        v[k][l] = s[k];
+                        const unsigned a = fo_float_as_bits(s[k]) & 0x7FFFFFFFu;
+                        mx[k] = a > mx[k] ? a : mx[k];
+                    } else {
+                        fs[k][i] = s[k];
+                    }
+                }
+        }
+        if (!quant || NS == 0) continue; /* quant is the same for every thread of the block */
+        fo_q8_block_max<NR>(sred, mx);
+        float inv[NR];
+#pragma unroll
+        for (int k = 0; k < NS; k++)
+            if ((K >> k) & 1u) {
+                const float a = fo_q8_amax_of(sred[k * FO_Q8_THREADS]);
+                inv[k] = fo_q8_inv(a);
+                if (threadIdx.x == 0) *am[k] = a;
+            }
+        unsigned kx[2] = {0u, 0u};
+        if (SR) {
+            const unsigned long long key = fo_rng_key(seed, step, (unsigned long long)tids[t], (unsigned long long)j0 >> 32);
+            kx[0] = fo_rng_subkey(key, 0);
+            kx[1] = fo_rng_subkey(key, 1);
+        }
+#pragma unroll 1
+        for (int l = 0; l < FO_Q8_PER; l++) {
+            const int i = (int)threadIdx.x + l * (int)blockDim.x;
+            if (i >= m) break;
+#pragma unroll
+            for (int k = 0; k < NS; k++)
+                if ((K >> k) & 1u) {
+                    const fo_q8_table &tb = tabs[(SIGNS >> k) & 1u];
+                    int q;
+                    if (SR) {
+                        const unsigned r = (fo_hash32((unsigned)(j0 + i) ^ kx[k >> 1]) >> (16 * (k & 1))) & 0xFFFFu;
+                        q = ((SIGNS >> k) & 1u) ? fo_q8_stoch_code<true>(v[k][l], inv[k], r, tb.mag, tb.gap, tb.floor_)
+                                                : fo_q8_stoch_code<false>(v[k][l], inv[k], r, tb.mag, tb.gap, tb.floor_);
+                    } else {
+                        q = ((SIGNS >> k) & 1u) ? fo_q8_near_code<true>(v[k][l], inv[k], tb)
+                                                : fo_q8_near_code<false>(v[k][l], inv[k], tb);
+                    }
+                    code[k][i] = (unsigned char)q;
+                }
+        }
+    }
+}
+
+template <class A, bool SR, unsigned F = 0>
+__device__ void fo_q8_dispatch(unsigned flags, const fo_common_scalars &cs, const typename A::scalars &as,
+                               const fo_i64 *meta, int ntens, int nbuf, int ema, const double *tscale,
+                               unsigned long long seed, unsigned long long step, fo_i64 B,
+                               const fo_q8_table *tabs) {
+    if constexpr (F + 1 < (1u << A::NFLAGS)) {
+        if (flags != F) {
+            fo_q8_dispatch<A, SR, F + 1>(flags, cs, as, meta, ntens, nbuf, ema, tscale, seed, step, B, tabs);
+            return;
+        }
+    }
+    if (ema) fo_q8_blocks<A, F, true, SR>(cs, as, meta, ntens, nbuf, tscale, seed, step, B, tabs);
+    else fo_q8_blocks<A, F, false, SR>(cs, as, meta, ntens, nbuf, tscale, seed, step, B, tabs);
+}
+
+template <class A>
+__device__ void fo_update_q8(const fo_hparams &hp, const fo_i64 *meta, int ntens, int nbuf, int ema, unsigned flags,
+                             const double *tscale, const double *ctrl, unsigned long long seed,
+                             unsigned long long step, int stochastic, fo_i64 B, const fo_q8_table *tabs) {
+    fo_common_scalars cs;
+    typename A::scalars as;
+    memcpy(&cs, hp.h, sizeof cs);
+    memcpy(&as, hp.h + FO_NCOMMON, sizeof as);
+    if (!fo_apply_ctrl(cs, ctrl)) return;
+    if (stochastic) fo_q8_dispatch<A, true>(flags, cs, as, meta, ntens, nbuf, ema, tscale, seed, step, B, tabs);
+    else fo_q8_dispatch<A, false>(flags, cs, as, meta, ntens, nbuf, ema, tscale, seed, step, B, tabs);
+}
+
 /* ---- the extern "C" entry points, from the one list -----------------------------------
  * fo_<algo>_kernel_f32 / _f64 (hp, meta, ntens, nbuf, ema, flags, tscale, ctrl): tscale
  * (NULL or one double per tensor) and ctrl (NULL or a control block) are device pointers.
  * fo_<algo>_kernel_lp4: float32 parameters and gradients, bfloat16 state (storage code 4
  * of cpu.h), with (seed, step, stochastic) and meta followed by ntens tensor ids (the
- * tensor part of the key): the CPU loop's bits.  The CUDA backend takes no bfloat16
+ * tensor part of the key): the CPU loop's bits.
+ * fo_<algo>_kernel_q8: float32 parameters and gradients, 8-bit block-wise state (q8.h),
+ * with (seed, step, stochastic), the block size and the code tables; meta is the qmeta
+ * above, blocks of blockDim.x <= FO_Q8_THREADS threads, blockDim.x * FO_Q8_PER >= block.  The CUDA backend takes no bfloat16
  * parameters or gradients (CuPy has no bfloat16 dtype), so codes 1-3 and 5-7 are not
  * instantiated; fo_update_lp<A, CODE> compiles any of them.                            */
 #define FO_KERNEL_ARGS_ const fo_hparams hp, const fo_i64 *meta, int ntens, int nbuf, int ema, unsigned flags, \
@@ -340,6 +544,12 @@ __device__ void fo_update_lp(const fo_hparams &hp, const fo_i64 *meta, int ntens
     extern "C" __global__ void fo_##a##_kernel_lp4(FO_KERNEL_ARGS_, unsigned long long seed,        \
                                                    unsigned long long step, int stochastic) {       \
         fo_update_lp<fo_##a, 4>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, seed, step, stochastic); \
+    }                                                                                             \
+    extern "C" __global__ void fo_##a##_kernel_q8(FO_KERNEL_ARGS_, unsigned long long seed,         \
+                                                  unsigned long long step, int stochastic, fo_i64 block, \
+                                                  const fo_q8_table *tables) {                     \
+        fo_update_q8<fo_##a>(hp, meta, ntens, nbuf, ema, flags, tscale, ctrl, seed, step, stochastic, block, \
+                             tables);                                                             \
     }
 FO_ALGOS(FO_KERNEL_)
 #undef FO_KERNEL_
@@ -481,5 +691,33 @@ extern "C" __global__ void fo_bf16_round_kernel(const float *x, fo_bf16_bits *ou
             r = fo_hash32((unsigned)i ^ k) >> (16 * (buffer & 1));
         }
         out[i] = stochastic ? fo_bf16s::store(x[i], r, true) : fo_bf16s::store(x[i], 0u, false);
+    }
+}
+
+
+/* ---- 8-bit state: quantizing a new buffer -------------------------------------------
+ * n float32 values x -> codes and one absmax per block of B (the CPU's q8_quantize:
+ * nearest rounding, the signed map when sgn), one CUDA block per quantization block
+ * (blockDim.x <= FO_Q8_THREADS, blockDim.x * FO_Q8_PER >= B).                          */
+extern "C" __global__ void fo_q8_quantize_kernel(const float *x, unsigned char *codes, float *amax, fo_i64 n,
+                                                 fo_i64 block, int sgn, const fo_q8_table *tables) {
+    __shared__ unsigned sred[FO_Q8_THREADS];
+    const fo_q8_table &tb = tables[sgn ? 1 : 0];
+    const fo_i64 nblk = (n + block - 1) / block;
+    for (fo_i64 b = blockIdx.x; b < nblk; b += gridDim.x) {
+        const fo_i64 j0 = b * block;
+        const int m = (int)fo_min64(block, n - j0);
+        unsigned mx = 0u;
+        for (int i = (int)threadIdx.x; i < m; i += (int)blockDim.x) {
+            const unsigned a = fo_float_as_bits(x[j0 + i]) & 0x7FFFFFFFu;
+            mx = a > mx ? a : mx;
+        }
+        fo_q8_block_max<1>(sred, &mx);
+        const float a = fo_q8_amax_of(sred[0]);
+        const float inv = fo_q8_inv(a);
+        if (threadIdx.x == 0) amax[b] = a;
+        for (int i = (int)threadIdx.x; i < m; i += (int)blockDim.x)
+            codes[j0 + i] = (unsigned char)(sgn ? fo_q8_near_code<true>(x[j0 + i], inv, tb)
+                                                : fo_q8_near_code<false>(x[j0 + i], inv, tb));
     }
 }

@@ -46,7 +46,20 @@
 #ifndef FUSEDOPTIM_Q8_H
 #define FUSEDOPTIM_Q8_H
 
+/* The device build (kernels.cu; NVRTC and nvcc define __CUDACC__, the host emulation of
+ * the tests FO_Q8_DEVICE) takes only the table layout and the FO_HD per-element functions
+ * below; the tables themselves are the host's, copied to the device by _cuda.py.       */
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(FO_Q8_DEVICE)
+#define FO_Q8_ELEMENTS_ONLY 1
+#ifndef FUSEDOPTIM_RULES_H
+#include "rules.h"
+#endif
+#ifndef FUSEDOPTIM_LOWP_H
+#include "lowp.h"
+#endif
+#else
 #include "cpu.h"
+#endif
 
 #define FO_Q8_MAXBLOCK 4096
 #define FO_Q8_MINBLOCK 64
@@ -72,14 +85,16 @@ struct fo_q8_table {
     float nb[8], S[8], O[8];
     int J[8], cap[8];
 };
+#define FO_Q8_EPS 1e-4f   /* |u - the exact count's position| is below 4e-5 (fo_q8_init checks it) */
+#ifndef FO_Q8_ELEMENTS_ONLY
 /* [0] unsigned (FO_NONNEG), [1] signed (FO_SIGNED); one object in the library (an inline
  * variable), filled by fo_q8_init at import and read by every translation unit */
 inline fo_q8_table fo_q8_tables[2];
-#define FO_Q8_EPS 1e-4f   /* |u - the exact count's position| is below 4e-5 (fo_q8_init checks it) */
 
 static inline float fo_q8_key_start(int b) {  /* smallest magnitude of bucket b */
     return b == 0 ? 0.0f : fo_bits_as_float((unsigned)(b + FO_Q8_BASE) << (23 - FO_Q8_MB));
 }
+#endif
 
 /* the bucket of a magnitude a in [0, 1] */
 FO_HD int fo_q8_key(float a) {
@@ -96,6 +111,30 @@ FO_HD int fo_q8_near(float a, const fo_q8_table &t) {
 /* the code of y = v / absmax for magnitude index k */
 template <bool SIGNED> FO_HD int fo_q8_code(float y, int k) {
     return SIGNED ? (y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k) : (y > 0.0f ? (k > 1 ? k : 1) : 0);
+}
+
+/* The per-element steps of a block, shared by the CPU loops and the CUDA kernels
+ * (kernels.cu), so both give the same bits:
+ *   fo_q8_value:      a stored code's value, map[q] * absmax;
+ *   fo_q8_inv:        1 / absmax of a block (0 for a block of zeros, Inf or NaN);
+ *   fo_q8_near_code:  the code of v, nearest rounding (the scalar path of fo_q8_quant);
+ *   fo_q8_stoch_code: the code of v, stochastic rounding with 16 random bits r.        */
+FO_HD float fo_q8_value(const float *map, unsigned q, float amax) { return map[q] * amax; }
+FO_HD float fo_q8_inv(float mx) { return mx > 0.0f && mx < fo_inf<float>() ? 1.0f / mx : 0.0f; }
+template <bool SIGNED> FO_HD int fo_q8_near_code(float v, float inv, const fo_q8_table &t) {
+    const float y = v * inv;
+    const float a = fo_abs(y);
+    return fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
+}
+template <bool SIGNED>
+FO_HD int fo_q8_stoch_code(float v, float inv, unsigned r, const float *mag, const float *gap, const int *floor_) {
+    const float y = v * inv;
+    float a = fo_abs(y);
+    a = a < 1.0f ? a : 1.0f;                       /* NaN -> 1 (the block reads back NaN) */
+    int k = floor_[fo_q8_key(a)];
+    k += a >= mag[k + 1];
+    k += (float)r * 0x1p-16f * gap[k] < a - mag[k];
+    return fo_q8_code<SIGNED>(y, k);
 }
 
 /* The arithmetic estimate of fo_q8_near (the scalar twin of the vector loop in
@@ -116,6 +155,7 @@ FO_HD void fo_q8_near_est(float a, const fo_q8_table &t, int *el, int *eh, int *
     *top = -tp;
 }
 
+#ifndef FO_Q8_ELEMENTS_ONLY
 /* Build both tables; 0 on success, else the number of the failed check (called once, at
  * import, before any thread runs). */
 static int fo_q8_init(void) {
@@ -200,7 +240,7 @@ static int fo_q8_init(void) {
 /* codes -> values of one block */
 static FO_INLINE void fo_q8_dequant(const unsigned char *FO_RESTRICT q, float amax, const float *FO_RESTRICT map,
                                     float *FO_RESTRICT out, ptrdiff_t m) {
-    for (ptrdiff_t i = 0; i < m; i++) out[i] = map[q[i]] * amax;
+    for (ptrdiff_t i = 0; i < m; i++) out[i] = fo_q8_value(map, q[i], amax);
 }
 
 /* max |v| over a block, NaN if any element is NaN.  On the bits: |v| is v's bits without
@@ -274,7 +314,7 @@ static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const
                                   unsigned char *FO_RESTRICT q, float *amax, unsigned kx, unsigned i0, int shift) {
     const float mx = fo_q8_absmax(v, m);
     *amax = mx;
-    const float inv = mx > 0.0f && mx < fo_inf<float>() ? 1.0f / mx : 0.0f;
+    const float inv = fo_q8_inv(mx);
     if (!STOCH) {
 #if defined(FO_Q8_VEC)
         /* the vector estimate, the exact search where it is ambiguous, then the bytes */
@@ -282,23 +322,11 @@ static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const
         const ptrdiff_t m8 = m & ~(ptrdiff_t)7;
         if (fo_q8_near_block<SIGNED>(v, m8, inv, t, kb))
             for (ptrdiff_t i = 0; i < m8; i++)
-                if (kb[i] & 256) {
-                    const float y = v[i] * inv;
-                    const float a = fo_abs(y);
-                    kb[i] = fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
-                }
-        for (ptrdiff_t i = m8; i < m; i++) {
-            const float y = v[i] * inv;
-            const float a = fo_abs(y);
-            kb[i] = fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
-        }
+                if (kb[i] & 256) kb[i] = fo_q8_near_code<SIGNED>(v[i], inv, t);
+        for (ptrdiff_t i = m8; i < m; i++) kb[i] = fo_q8_near_code<SIGNED>(v[i], inv, t);
         for (ptrdiff_t i = 0; i < m; i++) q[i] = (unsigned char)kb[i];
 #else
-        for (ptrdiff_t i = 0; i < m; i++) {
-            const float y = v[i] * inv;
-            const float a = fo_abs(y);
-            q[i] = (unsigned char)fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
-        }
+        for (ptrdiff_t i = 0; i < m; i++) q[i] = (unsigned char)fo_q8_near_code<SIGNED>(v[i], inv, t);
 #endif
         return;
     }
@@ -306,14 +334,8 @@ static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const
     const float *FO_RESTRICT gap = t.gap;
     const int *FO_RESTRICT floor_ = t.floor_;
     for (ptrdiff_t i = 0; i < m; i++) {
-        const float y = v[i] * inv;
-        float a = fo_abs(y);
-        a = a < 1.0f ? a : 1.0f;                       /* NaN -> 1 (the block reads back NaN) */
-        int k = floor_[fo_q8_key(a)];
-        k += a >= mag[k + 1];
         const unsigned r = (fo_hash32((i0 + (unsigned)i) ^ kx) >> shift) & 0xFFFFu;
-        k += (float)r * 0x1p-16f * gap[k] < a - mag[k];
-        q[i] = (unsigned char)fo_q8_code<SIGNED>(y, k);
+        q[i] = (unsigned char)fo_q8_stoch_code<SIGNED>(v[i], inv, r, mag, gap, floor_);
     }
 }
 
@@ -470,5 +492,7 @@ static void fo_q8_dequantize(int sgn, const unsigned char *q, const float *amax,
     }
 }
 static const fo_q8_table *fo_q8_table_of(int sgn) { return &fo_q8_tables[sgn != 0]; }
+static size_t fo_q8_table_size(void) { return sizeof(fo_q8_table); }
 
+#endif /* !FO_Q8_ELEMENTS_ONLY */
 #endif /* FUSEDOPTIM_Q8_H */

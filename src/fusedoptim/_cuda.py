@@ -15,6 +15,7 @@ only, not headers found with ``-I``, so the header text is part of ``code``).  C
 imported on first use: ``import fusedoptim`` never needs it.
 
 Interface (same as the CPU backend): ``check_params``, ``check_grads``, ``fused_step``,
+``fused_step_q8`` (8-bit block-wise state, q8.h), ``quantize``,
 ``zeros_like``, ``full_like``, ``to_host``, ``from_host``, ``grad_norm_sq``,
 ``grad_stats``, ``accumulate``; plus ``grad_control`` and ``is_device_array``.
 """
@@ -34,7 +35,7 @@ from . import _kernels
 from .lowp import bfloat16, is_bfloat16
 from .validate import positive_or_none
 
-__all__ = ["check_params", "check_grads", "fused_step", "zeros_like", "full_like", "to_host", "from_host",
+__all__ = ["check_params", "check_grads", "fused_step", "fused_step_q8", "quantize", "zeros_like", "full_like", "to_host", "from_host",
            "grad_norm_sq", "grad_stats", "grad_control", "accumulate", "is_device_array", "take", "address",
            "kernel_source", "NVRTC_OPTIONS", "storage_dtype", "to_storage"]
 
@@ -75,10 +76,11 @@ def _read(name: str) -> str:
 
 
 def kernel_source() -> str:
-    """The ``code`` given to NVRTC: rules.h, lowp.h, then kernels.cu (whose guarded
-    ``#include``s are then skipped), with ``#line`` marks for error messages."""
+    """The ``code`` given to NVRTC: rules.h, lowp.h, q8.h (its device part: the table
+    layout and the per-element functions), then kernels.cu (whose guarded ``#include``s
+    are then skipped), with ``#line`` marks for error messages."""
     return ('#line 1 "rules.h"\n' + _read("rules.h") + '\n#line 1 "lowp.h"\n' + _read("lowp.h")
-            + '\n#line 1 "kernels.cu"\n' + _read("kernels.cu"))
+            + '\n#line 1 "q8.h"\n' + _read("q8.h") + '\n#line 1 "kernels.cu"\n' + _read("kernels.cu"))
 
 
 def _parse_defines(text: str) -> Dict[str, str]:
@@ -87,12 +89,13 @@ def _parse_defines(text: str) -> Dict[str, str]:
 
 class _Consts:
     """Launch constants, read from kernels.cu (and the block size from rules.h) so the two
-    sides cannot disagree: MAXHP, THREADS, CHUNK, RED_THREADS, RED_CHUNK, CTRL."""
+    sides cannot disagree: MAXHP, THREADS, CHUNK, RED_THREADS, RED_CHUNK, CTRL,
+    Q8_THREADS, Q8_PER."""
 
     def __init__(self, text: str):
         d = _parse_defines(text)
         self.MAXHP = int(_parse_defines(_read("rules.h"))["FO_MAXSCALARS"])
-        for k in ("THREADS", "CHUNK", "RED_THREADS", "RED_CHUNK", "CTRL"):
+        for k in ("THREADS", "CHUNK", "RED_THREADS", "RED_CHUNK", "CTRL", "Q8_THREADS", "Q8_PER"):
             setattr(self, k, int(d["FO_" + k]))
 
 
@@ -137,7 +140,7 @@ def _pack_meta_cols(sizes: Sequence[int], cols: Sequence[Sequence[int]], tids=No
     return meta
 
 
-_F32, _F64, _BF16_BITS = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint16)
+_F32, _F64, _BF16_BITS, _U8 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint16), np.dtype(np.uint8)
 _SUFFIX = {_F32: "f32", _F64: "f64"}
 
 
@@ -206,6 +209,96 @@ def _prepare(algo, common, scalars, flags, params, grads, states, emas, ptr, rou
         extra = (np.uint64(seed), np.uint64(step), np.int32(1 if stochastic else 0))
     return (f"fo_{_ALGOS[algo]}_kernel_{suffix}", _hp_struct(block), _pack_meta_cols(sizes, cols, tids), nbuf,
             0 if emas is None else 1, extra)
+
+
+def _q8_threads(block: int) -> int:
+    """Threads per block of the 8-bit kernels for quantization blocks of ``block``: one
+    element per thread up to FO_Q8_THREADS threads (kernels.cu: at most FO_Q8_PER each)."""
+    k = _consts()
+    t = min(int(block), k.Q8_THREADS)
+    if t * k.Q8_PER < block:
+        raise ValueError(f"block_size {block} is too large for the CUDA kernels ({k.Q8_THREADS * k.Q8_PER} at most)")
+    return t
+
+
+def _prepare_q8(algo, common, scalars, flags, params, grads, states, absmax, emas, ptr, rounding, block):
+    """:func:`_prepare` for 8-bit state (``fo_<algo>_kernel_q8``): ``states[k][i]`` are
+    tensor i's uint8 codes when ``absmax[k][i]`` is its float32 absmax array (one per
+    block), else its float32 state (a tensor below min_8bit_size).
+
+    Returns ``(kernel name, fo_hparams struct, qmeta table, nbuf, has_ema, nblocks,
+    extra)``, ``extra`` = ``(seed, step, stochastic, block)``; ``nblocks`` is the total
+    block count of the launch."""
+    if algo in _REDUCING:
+        raise NotImplementedError(f"{_REDUCING[algo]}: the CUDA backend has no reduction stage yet (per-tensor "
+                                  f"statistics); step this optimizer on NumPy arrays (the CPU backend)")
+    if algo not in _ALGOS:
+        raise ValueError(f"no CUDA kernel for algorithm {algo}")
+    block = _kernels.q8_check_block(block)
+    pblock = _kernels.pack_scalars(algo, common, scalars)
+    ntens = len(params)
+    want = _kernels.kept_buffers(algo, flags)
+    if len(states) != len(want) or len(absmax) != len(want):
+        raise ValueError(f"algorithm {_ALGOS[algo]} with flags {flags:#x} keeps {len(want)} state buffer(s) "
+                         f"{want}, got {len(states)} code and {len(absmax)} absmax lists")
+    if len(grads) != ntens or (emas is not None and len(emas) != ntens):
+        raise ValueError(f"expected {ntens} gradients (and EMA buffers)")
+    if any(len(col) != ntens for col in states) or any(len(col) != ntens for col in absmax):
+        raise ValueError(f"expected {ntens} arrays per state buffer")
+    if {p.dtype for p in params} != {_F32}:
+        raise TypeError(f"8-bit state on CUDA goes with float32 parameters, got {params[0].dtype}")
+    sizes: List[int] = [p.size for p in params]
+    nst = len(states)
+    quant = [a is not None for a in absmax[0]] if nst else [False] * ntens
+    for col in absmax[1:]:
+        if [a is not None for a in col] != quant:
+            raise ValueError("some state buffers of a tensor are 8-bit, others float32")
+    nblk = [-(-n // block) for n in sizes]
+    cols = [[p.data.ptr for p in params] if ptr is _ptr else [ptr(p) for p in params],
+            _column("gradient", grads, sizes, _F32, ptr)]
+    cols.append([0] * ntens if emas is None else _column("EMA buffer", emas, sizes, _F32, ptr))
+    amcols = []
+    dts = [_U8 if q else _F32 for q in quant]
+    qnblk = [b if q else 0 for b, q in zip(nblk, quant)]
+    fast = ptr is _ptr
+    for k in range(nst):
+        col, acol = states[k], absmax[k]
+        try:       # the usual case in list comparisons, as _column does
+            ok = [a.size for a in col] == sizes and [a.dtype for a in col] == dts and \
+                [0 if am is None else am.size for am in acol] == qnblk and \
+                all(am is None or am.dtype == _F32 for am in acol)
+        except AttributeError:       # a None
+            ok = False
+        if not ok:
+            for i, (a, am) in enumerate(zip(col, acol)):
+                if a is None or a.size != sizes[i] or a.dtype != dts[i]:
+                    raise ValueError(f"state buffer {k} of tensor {i} does not match its parameter "
+                                     f"(expected {dts[i]} of {sizes[i]} elements)")
+                if quant[i] and (am.dtype != _F32 or am.size != nblk[i]):
+                    raise ValueError(f"state absmax {k} of tensor {i}: expected float32 of {nblk[i]} blocks, got "
+                                     f"{am.dtype} of {am.size}")
+        cols.append([a.data.ptr for a in col] if fast else [ptr(a) for a in col])
+        amcols.append([0 if am is None else (am.data.ptr if fast else ptr(am)) for am in acol])
+    seed, step, tids, stochastic = (0, 0, None, False) if rounding is None else rounding
+    tids = np.arange(ntens, dtype=np.uint64) if tids is None else np.asarray(tids, dtype=np.uint64)
+    if tids.shape != (ntens,):
+        raise ValueError(f"rounding: expected {ntens} tensor ids, got {tids.size}")
+    nbuf = _FO_STATE + nst
+    meta = np.empty(ntens + 1 + ntens * (nbuf + nst) + 2 * ntens, dtype=np.int64)
+    meta[0] = 0
+    np.cumsum(np.asarray(nblk, dtype=np.int64), out=meta[1:ntens + 1])
+    o = ntens + 1
+    for width, columns in ((nbuf, cols), (nst, amcols)):   # the pointer rows, then the absmax rows
+        if ntens and width:
+            table = meta[o:o + ntens * width].reshape(ntens, width).view(np.uint64)
+            for k, col in enumerate(columns):
+                table[:, k] = np.fromiter(col, dtype=np.uint64, count=ntens)
+        o += ntens * width
+    meta[o:o + ntens] = sizes
+    meta[o + ntens:] = tids.view(np.int64)
+    extra = (np.uint64(seed), np.uint64(step), np.int32(1 if stochastic else 0), np.int64(block))
+    return (f"fo_{_ALGOS[algo]}_kernel_q8", _hp_struct(pblock), meta, nbuf, 0 if emas is None else 1,
+            int(meta[ntens]), extra)
 
 
 def _grid(nwork: int, per_block: int, nsm: int) -> int:
@@ -481,6 +574,74 @@ def fused_step(algo: int, common: dict, scalars: dict, flags: int, params: list,
             _null() if ts is None else ts, _null() if control is None else control) + extra)
 
 
+def fused_step_q8(algo: int, common: dict, scalars: dict, flags: int, params: list, grads: list, states: list,
+                  absmax: list, emas: Optional[list] = None, tscale=None, control=None, rounding=None,
+                  block: int = 256) -> None:
+    """:func:`fused_step` with 8-bit block-wise state: the CPU backend's ``fused_step_q8``
+    on the device, one launch of ``fo_<algo>_kernel_q8`` (kernels.cu) for every tensor of
+    the call, bit for bit the CPU loop's codes and absmax (up to -ftz).
+
+    ``states[k][i]``: tensor i's uint8 codes when ``absmax[k][i]`` is its float32 absmax
+    (one per block of ``block`` elements), else its float32 state (below min_8bit_size).
+    Parameters and gradients are float32.  ``rounding`` = ``(seed, step, tensor_ids,
+    stochastic)`` as for the CPU backend.  Asynchronous, as :func:`fused_step`."""
+    if len(params) == 0:
+        return
+    cp = _cp()
+    name, hps, meta, nbuf, ema, nblk, extra = _prepare_q8(algo, common, scalars, flags, params, grads, states,
+                                                          absmax, emas, _ptr, rounding, block)
+    if nblk == 0:
+        return
+    ntens = len(params)
+    dev = params[0].data.device_id
+    if control is not None:
+        _check_device_vector(control, _consts().CTRL, dev, "control")
+    with cp.cuda.Device(dev):
+        ts = _tscale_arg(tscale, ntens, dev)
+        fn = _function(dev, name)
+        meta_d = _upload(meta, dev)
+        fn((_grid(nblk, 1, _nsm(dev)),), (_q8_threads(block),),
+           (hps, meta_d, np.int32(ntens), np.int32(nbuf), np.int32(ema), np.uint32(flags),
+            _null() if ts is None else ts, _null() if control is None else control) + extra + (_q8_tables(dev),))
+
+
+_q8_tables_dev: Dict[int, object] = {}
+
+
+def _q8_tables(dev: int):
+    """The device copy (per device, made once) of the host's two code tables (q8.h's
+    ``fo_q8_table``, unsigned then signed: ``_kernels.q8_table_bytes``)."""
+    t = _q8_tables_dev.get(dev)
+    if t is None:
+        cp = _cp()
+        with cp.cuda.Device(dev):
+            t = cp.asarray(np.frombuffer(_kernels.q8_table_bytes(), dtype=np.uint8))
+        with _lock:
+            t = _q8_tables_dev.setdefault(dev, t)
+    return t
+
+
+def quantize(x, signed: bool, block: int = 256):
+    """``(codes, absmax)`` of a float32 device array ``x`` on its device: uint8 codes of
+    x's shape and one float32 absmax per block of ``block`` elements, nearest rounding
+    (``fo_q8_quantize_kernel``: the CPU's ``fusedoptim.lowp.quantize``, bit for bit)."""
+    cp = _cp()
+    block = _kernels.q8_check_block(block)
+    if x.dtype != _F32 or not x.flags.c_contiguous:
+        raise TypeError(f"8-bit state is quantized from a C-contiguous float32 array, got {x.dtype}")
+    dev = x.device.id
+    n = x.size
+    nblk = -(-n // block)
+    with cp.cuda.Device(dev):
+        codes = cp.empty(x.shape, dtype=_U8)
+        amax = cp.empty(nblk, dtype=_F32)
+        if n:
+            _function(dev, "fo_q8_quantize_kernel")(
+                (_grid(nblk, 1, _nsm(dev)),), (_q8_threads(block),),
+                (x, codes, amax, np.int64(n), np.int64(block), np.int32(1 if signed else 0), _q8_tables(dev)))
+    return codes, amax
+
+
 def accumulate(accs: list, grads: list, scale: float = 1.0) -> None:
     """accs[i] += scale * grads[i] for every pair, in one launch: the SGD rule with lr = -1,
     gradient scale ``scale`` and no decay (as the CPU backend does; arrays checked by the
@@ -630,11 +791,14 @@ def to_host(a) -> np.ndarray:
 
 def from_host(a, like):
     """A C-contiguous device copy of ``a`` (NumPy or CuPy) with ``like``'s dtype, on
-    ``like``'s device; a host ``bfloat16`` array becomes uint16 bfloat16 bits (state)."""
+    ``like``'s device; a host ``bfloat16`` array becomes uint16 bfloat16 bits (state) and
+    uint8 8-bit codes stay uint8."""
     cp = _cp()
     dtype = like.dtype
     if isinstance(a, np.ndarray) and is_bfloat16(a.dtype):
         a, dtype = np.ascontiguousarray(a).view(np.uint16), _BF16_BITS
+    elif a.dtype == _U8:
+        dtype = _U8
     with like.device:
         return cp.array(a, dtype=dtype, order="C", copy=True)
 

@@ -24,6 +24,7 @@ cdef extern from "fusedoptim/q8.h" nogil:
     fo_q8_fn fo_cpu_seg_q8(int algo, int code)
     int fo_q8_init()
     const fo_q8_table *fo_q8_table_of(int sgn)
+    size_t fo_q8_table_size()
     void fo_q8_quantize(int sgn, const float *v, Py_ssize_t n, Py_ssize_t block, unsigned char *q, float *amax,
                         int stochastic, unsigned kx, int shift)
     void fo_q8_dequantize(int sgn, const unsigned char *q, const float *amax, Py_ssize_t n, Py_ssize_t block,
@@ -64,6 +65,14 @@ def q8_tables(bint signed):
     return {"mag": np.array([t.mag[k] for k in range(n)], dtype=np.float32),
             "mid": np.array([t.mid[k] for k in range(n - 1)], dtype=np.float32),
             "gap": np.array([t.gap[k] for k in range(n - 1)], dtype=np.float32)}
+
+
+def q8_table_bytes():
+    """The bytes of both code tables as the native code holds them (q8.h's two
+    ``fo_q8_table``, unsigned then signed): the CUDA backend copies them to the device, so
+    its kernels search the very tables of the CPU loops."""
+    cdef size_t n = fo_q8_table_size()
+    return (<const char *>fo_q8_table_of(0))[:n] + (<const char *>fo_q8_table_of(1))[:n]
 
 
 cdef Py_ssize_t _nblocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:

@@ -24,7 +24,7 @@ from typing import Dict
 import numpy as np
 
 from ._kernels import update_dicts
-from .lowp import absmax_key, quantize, signed_buffers
+from .lowp import absmax_key, signed_buffers
 
 __all__ = ["Engine"]
 
@@ -139,7 +139,7 @@ class Engine:
         scalar_state = tuple(opt.scalar_state)
         init = None
         reg = opt.registry
-        buffer_dtype, to_storage = reg.buffer_dtype, reg.backend.to_storage
+        buffer_dtype, to_storage, quantize_new = reg.buffer_dtype, reg.backend.to_storage, reg.backend.quantize
         q8_on = reg.state_dtype == "int8"
         signed = set(signed_buffers(opt)) if q8_on else set()
         per_tensor = set(getattr(opt.spec, "tensor_state", ())) if q8_on else set()   # never 8-bit
@@ -161,7 +161,7 @@ class Engine:
                     if q8 and name in per_tensor:       # float32 (bfloat16 parameters too)
                         dict.__setitem__(st, name, b.astype(np.float32))
                     elif q8:        # 8-bit: the nearest codes of the initial values
-                        codes, amax = quantize(b.astype(np.float32), name in signed, reg.block_size)
+                        codes, amax = quantize_new(b.astype(np.float32), name in signed, reg.block_size)
                         dict.__setitem__(st, name, codes)
                         dict.__setitem__(st, absmax_key(name), amax)
                     else:

@@ -369,9 +369,6 @@ class ParamRegistry:
                 raise TypeError(f"{labels[0]}: state_dtype={self.state_dtype!r} needs float32 (or bfloat16) "
                                 f"parameters, got {new[0].dtype}; {new[0].dtype} parameters keep "
                                 f"{new[0].dtype} state (state_dtype='float32')")
-            if backend_for(new).name != "cpu" and self.state_dtype == "int8":
-                raise NotImplementedError(f"{labels[0]}: state_dtype='int8' runs on the CPU backend only (NumPy "
-                                          "arrays); CuPy arrays take state_dtype='float32' or 'bfloat16'")
         check_no_overlap(earlier, new, labels)
 
     def add(self, g: dict) -> None:

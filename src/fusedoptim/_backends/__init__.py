@@ -13,7 +13,9 @@ A backend object (:class:`~fusedoptim._backends.cpu.CpuBackend` for NumPy arrays
 ``accumulate(accs, grads, scale)`` (``accs[i] += scale * grads[i]``), ``zeros_like``,
 ``full_like``, ``to_host``, ``from_host``, ``address``, ``take``;
 ``storage_dtype(dtype)``, ``to_storage(a, dtype)``
-    how a state dtype is held (CUDA: bfloat16 as uint16 bits) and a fresh buffer in it.
+    how a state dtype is held (CUDA: bfloat16 as uint16 bits) and a fresh buffer in it;
+``fused_step_q8(..., states, absmax, ..., rounding, block)``, ``quantize(x, signed, block)``
+    8-bit block-wise state (q8.h): the step, and the codes and absmax of a fresh buffer.
 
 The optimizer never branches on the backend's identity: it asks :func:`backend_for`.
 """

@@ -50,6 +50,11 @@ class CpuBackend:
         return dtype
 
     @staticmethod
+    def quantize(x, signed: bool, block: int = 256):
+        """``(codes, absmax)`` of float32 values: a fresh 8-bit state buffer (nearest code)."""
+        return _kernels.q8_quantize(x, bool(signed), block)
+
+    @staticmethod
     def to_storage(a, dtype):
         """A fresh state buffer in ``dtype`` (bfloat16: nearest-even, ml_dtypes' cast)."""
         return a.astype(dtype)

@@ -35,8 +35,8 @@ class CudaBackend:
 
 
 # the rest of the protocol is _cuda's functions of the same names
-for _name in ("check_params", "grad_stats", "grad_control", "accumulate", "fused_step", "zeros_like", "full_like",
-              "to_host", "from_host", "address", "take", "storage_dtype", "to_storage"):
+for _name in ("check_params", "grad_stats", "grad_control", "accumulate", "fused_step", "fused_step_q8", "quantize",
+              "zeros_like", "full_like", "to_host", "from_host", "address", "take", "storage_dtype", "to_storage"):
     setattr(CudaBackend, _name, staticmethod(getattr(_cuda, _name)))
 del _name
 
