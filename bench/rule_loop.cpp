@@ -1,8 +1,8 @@
 /* bench/rule_loop.cpp -- the compute cost of the float32 element loops, without the Python layer.
  *
  * Thread CPU time (CLOCK_THREAD_CPUTIME_ID) per element of one segment (cpu.h fo_seg, the
- * extension's run-time dispatch, FO_PLAIN with the small-lerp form, no EMA) of each
- * element-wise rule named on the command line, against the STREAM loop with the same
+ * extension's run-time dispatch, FO_PLAIN with the small-lerp form, no EMA) of Adam, Yogi,
+ * AdaBelief, Ftrl (power -0.5), ScheduleFreeAdamW, ASGD and Adan, against the STREAM loop with the same
  * number of buffers (fo_stream_seg), at n elements (default 4096: every buffer in L1/L2,
  * so what is left is the loop's own cost), best of 25 trials.  A rule that costs more per
  * element in cache than STREAM does can't reach the STREAM figure at sizes where the data
