@@ -74,6 +74,8 @@ def _check_report(d, optimizers, workloads, torch_expected):
     assert d["config"]["threads"] == m["fusedoptim_threads"] >= 1
     assert {r["k"] for r in d["roofline"]} == {2, 3, 4, 5, 6}
     assert all(_finite_pos(r["gb_s"]) for r in d["roofline"])
+    for r in d["roofline"]:     # GB/s of the fastest sample, the median's beside it
+        assert r["gb_s"] == pytest.approx(r["bytes"] / r["min_s"] / 1e9) and r["gb_s"] >= r["median_gb_s"]
     assert [(r["optimizer"], r["workload"]) for r in d["results"]] == \
         [(o, w) for w in workloads for o in optimizers]
     for r in d["results"]:
@@ -86,6 +88,12 @@ def _check_report(d, optimizers, workloads, torch_expected):
             c = r["contenders"][name]
             assert len(c["samples_s"]) == d["config"]["repeat"]
             assert c["min_s"] <= c["median_s"] <= c["max_s"]
+        # the CPU roofline from the fastest samples (report.ROOF_NOTE), the medians beside it
+        cs, cf = r["contenders"]["stream"], r["contenders"]["fusedoptim"]
+        assert r["roofline_gb_s"] == pytest.approx(r["bytes_per_step"] / cs["min_s"] / 1e9)
+        assert r["pct_roofline"] == pytest.approx(100 * cs["min_s"] / cf["min_s"])
+        assert r["roofline_median_gb_s"] == pytest.approx(r["bytes_per_step"] / cs["median_s"] / 1e9)
+        assert r["pct_roofline_median"] == pytest.approx(100 * cs["median_s"] / cf["median_s"])
         fused = fb.OPTIMIZERS[r["optimizer"]].torch_fused
         assert ("torch_foreach" in r["contenders"]) == torch_expected
         assert ("torch_fused" in r["contenders"]) == (torch_expected and fused)

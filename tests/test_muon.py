@@ -309,6 +309,8 @@ def test_bench_muon_runs(capsys):
     out = capsys.readouterr().out
     assert "8x4" in out and "4x8" in out and "whole step over 2 tensors" in out
     assert "Newton-Schulz over all 2 tensors" in out and "so Newton-Schulz is" in out
+    # the thread counts each library was given (default: fusedoptim's own)
+    assert f"threads {fo.get_num_threads()}: torch " in out and "NumPy's BLAS" in out
 
 
 def test_bench_muon_workload_shapes():

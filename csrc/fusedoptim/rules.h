@@ -684,11 +684,13 @@ struct fo_yogi : fo_algo_base<fo_yogi_scalars, fo_yogi_hp> {
  * parameter is divided by it after the step), else 1; bc3_sqrt: sqrt(1 - beta3^t);
  * neg_step: -lr / (1 - beta1^t); neg_diff_step: -lr beta2 / (1 - beta2^t); first: 1 on
  * the step that creates previous_grad (the difference is 0 then); eps_root: added under the
- * root (optax's eps_root, in units of the raw v: eps_root * (1 - beta3^t)), 0 otherwise     */
+ * root (optax's eps_root, in units of the raw v: eps_root * (1 - beta3^t)), 0 otherwise.
+ * Flag proximal: the division by post happens (coupled decay); without it post is 1 and
+ * the loop skips the divide, which is 1 of its 4 sqrt/div per element (bench/README.md) */
 #define FO_ADAN_SCALARS(X) \
     X(decay) X(post) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(beta3) X(one_minus_beta3) X(bc3_sqrt) \
     X(eps) X(neg_step) X(neg_diff_step) X(first) X(eps_root)
-#define FO_ADAN_FLAGS(X)
+#define FO_ADAN_FLAGS(X) X(proximal)
 #define FO_ADAN_BUFFERS(X) \
     X(exp_avg, true, FO_SIGNED) X(exp_avg_sq, true, FO_NONNEG) X(exp_avg_diff, true, FO_SIGNED) X(previous_grad, true, FO_SIGNED)
 FO_SCALAR_STRUCT(fo_adan_scalars, FO_ADAN_SCALARS)
@@ -705,7 +707,7 @@ template <typename T> struct fo_adan_hp : fo_hp_base<fo_adan_hp<T> > {
     }
 };
 /* previous_grad holds -g_{t-1}, as pytorch_optimizer keeps it, so d = previous_grad + g */
-template <typename T, int MODE = 0>
+template <typename T, bool PROXIMAL, int MODE = 0>
 FO_HD void fo_adan_rule(T &p, T g, T &m, T &v, T &n, T &prev, const fo_common<T> &c, const fo_adan_hp<T> &h) {
     g = fo_grad<MODE>(g, p, c);
     T d = h.first_step ? T(0) : prev + g;
@@ -717,7 +719,7 @@ FO_HD void fo_adan_rule(T &p, T g, T &m, T &v, T &n, T &prev, const fo_common<T>
     p = p * h.decay;
     p = p + h.neg_step * m / denom;
     p = p + h.neg_diff_step * n / denom;
-    p = p / h.post;
+    if (PROXIMAL) p = p / h.post;
     prev = -g;
 }
 struct fo_adan : fo_algo_base<fo_adan_scalars, fo_adan_hp> {
@@ -727,7 +729,7 @@ struct fo_adan : fo_algo_base<fo_adan_scalars, fo_adan_hp> {
     template <typename T> FO_HD static int lerp(unsigned, const hp<T> &h) {
         return h.w1.small == h.w2.small ? FO_LERP(h.w1.small) : 0;
     }
-    FO_RULE(fo_adan_rule<T, M>(p, g, s[0], s[1], s[2], s[3], c, h))
+    FO_RULE(fo_adan_rule<T, FO_FLAG(fo_adan, F, proximal), M>(p, g, s[0], s[1], s[2], s[3], c, h))
 };
 
 /* ---- FTRL-Proximal (keras.optimizers.Ftrl) -----------------------------------------------

@@ -8,7 +8,9 @@ column.  For each optimizer configuration and workload the report gives
 * ``%roof``: the STREAM kernel of ``_kernels`` (a plain streaming loop with the same bytes
   per element as the optimizer: k = 2 + number of state buffers read, k - 1 written) run
   over the *same* arrays, in the same process, with the same threads, interleaved with the
-  other contenders; 100 % means the step runs as fast as memory traffic allows;
+  other contenders; 100 % means the step runs as fast as memory traffic allows (the
+  fastest sample of each against the other's: see ``bench/README.md``, "Why the fastest
+  samples");
 * the speedup over a straightforward NumPy implementation of the same update (one loop
   over the tensors, expressions with temporaries, as a user would write it);
 * the speedup over ``torch.optim`` with ``foreach=True`` and, where torch has one,

@@ -30,11 +30,11 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .. import set_num_threads
+from .. import get_num_threads, set_num_threads
 from ..optim.muon import DEFAULT_NS_COEFFICIENTS, Muon, newton_schulz
 from .workloads import MODEL_WORKLOADS
 
-__all__ = ["main", "set_blas_threads"]
+__all__ = ["main", "set_blas_threads", "blas_threads"]
 
 DEFAULT_SHAPES = "256x256,1024x256,768x768,768x3072,3072x768,2048x2048"
 
@@ -48,6 +48,22 @@ def set_blas_threads(n: int) -> bool:
         return True
     except ImportError:
         pass
+    return _set_openblas_symbol(n)
+
+
+def blas_threads() -> Optional[int]:
+    """The thread count of the BLAS NumPy loaded (threadpoolctl; the one under NumPy's
+    directories when several are loaded), None if unknown."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    mine = [i for i in blas if "numpy" in str(i.get("filepath", ""))] or blas
+    return mine[0].get("num_threads") if mine else None
+
+
+def _set_openblas_symbol(n: int) -> bool:
     with open("/proc/self/maps") as f:
         libs = {line.split()[-1] for line in f if "openblas" in line.lower() and line.split()[-1].startswith("/")}
     for path in libs:
@@ -101,7 +117,9 @@ def workload_matrices(name: str) -> List[tuple]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusedoptim.bench.muon", description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1, help="threads for both libraries (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both libraries (default: fusedoptim.get_num_threads(), OMP_NUM_THREADS or "
+                        "the CPU count)")
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"comma list of RxC (default {DEFAULT_SHAPES})")
     p.add_argument("--workload", help=f"the 2-D shapes of a model workload ({', '.join(MODEL_WORKLOADS)}) "
                                       "instead of --shapes")
@@ -112,15 +130,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
     from torch.optim._muon import _zeropower_via_newtonschulz as torch_ns
 
-    n = args.threads
+    n = args.threads if args.threads is not None else get_num_threads()
+    if n < 1:
+        p.error("--threads must be >= 1")
     torch.set_num_threads(n)
     set_num_threads(n)
     blas = set_blas_threads(n)
+    nb = blas_threads()
     shapes = workload_matrices(args.workload) if args.workload else _shapes(args.shapes)
     co, eps = DEFAULT_NS_COEFFICIENTS, 1e-7
     rng = np.random.default_rng(0)
-    print(f"threads {n} (torch {torch.get_num_threads()}, OpenBLAS set: {blas}); NS steps {args.steps}; "
-          f"median of {args.repeat}, samples interleaved; times in ms")
+    print(f"threads {n}: torch {torch.get_num_threads()}, NumPy's BLAS "
+          f"{nb if nb is not None else ('set' if blas else 'NOT set')}, fusedoptim {get_num_threads()}; "
+          f"NS steps {args.steps}; median of {args.repeat}, samples interleaved; times in ms")
     print(f"{'shape':>12} {'count':>5} {'fusedoptim f32':>15} {'torch f32':>10} {'ratio':>6} {'torch bf16':>11}")
     counts: dict = {}
     for shape in shapes:

@@ -16,7 +16,10 @@ __all__ = ["stream_roofline", "gpu_stream_roofline"]
 
 def stream_roofline(sizes: Sequence[int], threads_list: Sequence[int], ks=(2, 3, 4, 5, 6),
                     dtype="float32", repeat: int = 7, min_time: float = 0.005) -> List[dict]:
-    """Extension-level roofline: STREAM over k buffers of n elements, in GB/s."""
+    """Extension-level roofline: STREAM over k buffers of n elements, in GB/s of the
+    fastest sample (``gb_s``; ``median_gb_s`` of the median one): at sizes that fit in the
+    last-level cache the samples spread widely on a shared machine (see
+    :data:`.report.ROOF_NOTE`)."""
     out = []
     dt = np.dtype(dtype)
     saved = _kernels.get_num_threads()
@@ -30,8 +33,9 @@ def stream_roofline(sizes: Sequence[int], threads_list: Sequence[int], ks=(2, 3,
                 for k in ks:
                     nbytes = dt.itemsize * (2 * k - 1) * n
                     out.append({"n_elements": n, "dtype": dtype, "threads": th, "k": k,
-                                "bytes": nbytes, "median_s": res[k]["median_s"],
-                                "gb_s": nbytes / res[k]["median_s"] / 1e9})
+                                "bytes": nbytes, "median_s": res[k]["median_s"], "min_s": res[k]["min_s"],
+                                "gb_s": nbytes / res[k]["min_s"] / 1e9,
+                                "median_gb_s": nbytes / res[k]["median_s"] / 1e9})
             del bufs, fns
     finally:
         _kernels.set_num_threads(saved)

@@ -59,7 +59,7 @@ class Adan(Optimizer):
     spec = AlgoSpec("adan", scalars=("decay", "post", "one_minus_beta1", "beta2", "one_minus_beta2", "beta3",
                                      "one_minus_beta3", "bc3_sqrt", "eps", "neg_step", "neg_diff_step", "first",
                                      "eps_root"),
-                    buffers=("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"))
+                    flags=("proximal",), buffers=("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"))
 
     def __init__(self, params=None, lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0, weight_decouple=False,
                  eps=1e-8, *, eps_root=0.0, optax_diff_weight=False, maximize=False, **options):
@@ -79,6 +79,10 @@ class Adan(Optimizer):
 
     def common_scalars(self, g):
         return dict(super().common_scalars(g), weight_decay=0.0)   # decay and post below
+
+    def kernel_flags(self, g):
+        # the loop divides by post only then (post is 1 otherwise: same bits, one divide fewer)
+        return {"proximal": not g["weight_decouple"] and g["weight_decay"] != 0}
 
     def kernel_scalars(self, g, scal, fresh):
         scal["step"] = t = scal["step"] + 1
