@@ -156,6 +156,7 @@ FO_HD void fo_q8_near_est(float a, const fo_q8_table &t, int *el, int *eh, int *
 }
 
 #ifndef FO_Q8_ELEMENTS_ONLY
+static int fo_q8_vec_init(void);
 /* Build both tables; 0 on success, else the number of the failed check (called once, at
  * import, before any thread runs). */
 static int fo_q8_init(void) {
@@ -234,7 +235,7 @@ static int fo_q8_init(void) {
                 if (k0 != t.J[g] || top || eh < m) return 5;
             }
     }
-    return 0;
+    return fo_q8_vec_init();
 }
 
 /* codes -> values of one block */
@@ -260,51 +261,184 @@ static FO_INLINE float fo_q8_absmax(const float *FO_RESTRICT v, ptrdiff_t m) {
 #define FO_Q8_VEC 1
 typedef float fo_q8_v8f __attribute__((vector_size(32)));
 typedef int fo_q8_v8i __attribute__((vector_size(32)));
-/* Nearest codes of 8 elements at a time (GCC vector types; the 8-entry group tables are
- * one vpermps each): fo_q8_near_est per lane, the code with the low side el, and bit 8
- * set where el != eh (then fo_q8_near decides: about 2e-4 of the elements).  Returns
- * nonzero when some lane needs that. */
+typedef short fo_q8_v16s __attribute__((vector_size(32)));
+typedef unsigned char fo_q8_v32b __attribute__((vector_size(32)));
+/* Nearest codes, 8 lanes at a time, in GCC vector types (every clone compiles them; the
+ * 8-entry tables are one vpermps each on AVX2).  The groups g = 1..8 are those of
+ * fo_q8_table (g = #{i : nb[i] < a}; the value 0's group 0 joins group 1; group 8 is
+ * (nb[7], 1], the value 1).  A binade [2^E, 2^(E+1)) holds at most one group boundary, so
+ * the group is g0 = (E * gm + gd) >> 8 from the exponent bits (one integer multiply; E of
+ * max(a, 2^-22)) plus one compare: g = g0 + (a > nb[g0]).  Inside group g, u = a * S - O
+ * puts the midpoints on the integers J + 1 .. J + cap (group 1: mid[0] on 1 and 0 on
+ * [0, 1)), clamped to J + cap + 1/2 (above its last midpoint a group reaches past
+ * J + cap + 1); group 8 has S = 0, u = nmag - 1/2.  The signed tables add 127 to u, so
+ * floor(u) is the code of a positive value.  The index (or code) is floor(u) where
+ * floor(u - eps) == floor(u + eps); a lane where they differ (about 2e-4 of them) takes
+ * fo_q8_near.  fo_q8_vec_init fills the tables and checks all of it: the group on both
+ * ends of every binade, the bracket next to every midpoint and at both ends of a group. */
+struct fo_q8_vtab {
+    float nbg[8];      /* [g0 - 1] = nb[g0], g0 = 1..7 */
+    float S[8], O[8];  /* [g - 1], g = 1..8 */
+    float U[8];        /* [g - 1]: the clamp of u */
+    int gm, gd;        /* g0 - 1 = (E * gm + gd) >> 8, E the biased exponent of max(a, 2^-22) */
+};
+inline fo_q8_vtab fo_q8_vtabs[2];
+#define FO_Q8_GLO 0x1p-22f
+
+/* the scalar twin of fo_q8_vcodes' estimate (same operations): floor(u -/+ eps) */
+static inline void fo_q8_vest(float a, const fo_q8_vtab &w, int *el, int *eh) {
+    const float a2 = a > FO_Q8_GLO ? a : FO_Q8_GLO;
+    const int gi = ((int)(fo_float_as_bits(a2) >> 23) * w.gm + w.gd) >> 8;
+    const int g = gi + (a > w.nbg[gi & 7]);
+    float u = a * w.S[g & 7] - w.O[g & 7];
+    u = u > w.U[g & 7] ? w.U[g & 7] : u;
+    *el = (int)(u - FO_Q8_EPS);
+    *eh = (int)(u + FO_Q8_EPS);
+}
+
+static int fo_q8_vec_init(void) {
+    for (int sg = 0; sg < 2; sg++) {
+        const fo_q8_table &t = fo_q8_tables[sg];
+        fo_q8_vtab &w = fo_q8_vtabs[sg];
+        const int n = t.nmag, off = sg ? 127 : 0;
+        w.gm = 73;
+        w.gd = -7353 - 256;
+        for (int g = 1; g < 8; g++) {
+            w.nbg[g - 1] = t.nb[g];
+            double S = t.S[g], O = (double)t.O[g] - t.J[g];
+            if (g == 1) {   /* mid[0] -> 1, mid[1] -> 2 (or 0 -> 1/2 when mid[0] is the only one) */
+                S = t.cap[1] ? 1.0 / ((double)t.mid[1] - t.mid[0]) : 0.5 / t.mid[0];
+                O = t.mid[0] * S - 1.0;
+            }
+            w.S[g - 1] = (float)S;
+            w.O[g - 1] = (float)(O - off);
+            w.U[g - 1] = (float)(t.J[g] + t.cap[g] + off) + 0.5f;
+        }
+        w.nbg[7] = fo_inf<float>();
+        w.S[7] = 0.0f;
+        w.O[7] = -(float)(n - 1 + off) - 0.5f;
+        w.U[7] = (float)(n - 1 + off) + 0.5f;
+        /* the group: the true group of a (at least 1) on both ends of every binade */
+        for (int e = 0; e <= 22; e++) {
+            const float lo = e == 22 ? 0.0f : fo_bits_as_float((unsigned)(127 - e) << 23);
+            const float hi = e == 0 ? 1.0f : fo_bits_as_float(((unsigned)(128 - e) << 23) - 1u);
+            for (int s = 0; s < 2; s++) {
+                const float a = s ? hi : lo;
+                int g = 0;
+                for (int i = 0; i < 8; i++) g += a > t.nb[i];
+                g = g > 1 ? g : 1;
+                const float a2 = a > FO_Q8_GLO ? a : FO_Q8_GLO;
+                const int gi = ((int)(fo_float_as_bits(a2) >> 23) * w.gm + w.gd) >> 8;
+                if (gi < 0 || gi > 6 || gi + (a > w.nbg[gi]) + 1 != g) return 11;
+            }
+        }
+        /* the bracket el <= off + #{j : mid[j] < a} <= eh (monotone in a inside a group) */
+        int el, eh;
+        for (int g = 1; g <= 8; g++) {
+            const int j0 = g < 8 ? t.J[g] : n - 1, cap = g < 8 ? t.cap[g] : 0;
+            const float lo = g == 1 ? 0.0f : fo_bits_as_float(fo_float_as_bits(t.nb[g - 1]) + 1u);
+            const float hi = g < 8 ? t.nb[g] : 1.0f;
+            const int clo = (g == 1 ? 0 : j0) + off;
+            fo_q8_vest(lo, w, &el, &eh);
+            if (eh < clo || el > clo) return 12;
+            fo_q8_vest(hi, w, &el, &eh);
+            if (el > j0 + cap + off || eh < j0 + cap + off) return 13;
+            for (int m = g == 1 ? 0 : 1; m <= cap; m++) {
+                const float md = t.mid[j0 + m - 1];
+                fo_q8_vest(md, w, &el, &eh);
+                if (el > j0 + m - 1 + off) return 14;
+                fo_q8_vest(fo_bits_as_float(fo_float_as_bits(md) + 1u), w, &el, &eh);
+                if (eh < j0 + m + off) return 15;
+            }
+        }
+    }
+    return 0;
+}
+
+/* codes of 8 values (lanes where floor(u -/+ eps) differ: set in *amb) */
 template <bool SIGNED>
-static FO_INLINE int fo_q8_near_block(const float *FO_RESTRICT v, ptrdiff_t m8, float inv, const fo_q8_table &t,
-                                      int *FO_RESTRICT kb) {
-    fo_q8_v8f S, O, nb[8];
-    fo_q8_v8i J, cap, any = {};
-    memcpy(&S, t.S, sizeof S);
-    memcpy(&O, t.O, sizeof O);
-    memcpy(&J, t.J, sizeof J);
-    memcpy(&cap, t.cap, sizeof cap);
-    for (int k = 0; k < 8; k++) nb[k] = fo_q8_v8f{} + t.nb[k];
-    for (ptrdiff_t i = 0; i < m8; i += 8) {
-        fo_q8_v8f x;
-        memcpy(&x, v + i, sizeof x);
-        const fo_q8_v8f y = x * inv;
-        fo_q8_v8f a = y < 0.0f ? -y : y;
-        a = a < 1.0f ? a : 1.0f;                       /* NaN -> 1 (the block reads back NaN) */
-        fo_q8_v8i g = {};
-        for (int k = 0; k < 8; k++) g -= a > nb[k];
-        const fo_q8_v8i top = a > nb[7];                /* -1: the value 1 (group 8 -> 7) */
-        const fo_q8_v8i gc = g + top;
-        const fo_q8_v8f u = a * __builtin_shuffle(S, gc) - __builtin_shuffle(O, gc);
-        fo_q8_v8f ul = u - FO_Q8_EPS, uh = u + FO_Q8_EPS;
-        ul = ul > 0.0f ? ul : 0.0f;
-        uh = uh > 0.0f ? uh : 0.0f;
-        const fo_q8_v8i cp = __builtin_shuffle(cap, gc);
-        fo_q8_v8i el = __builtin_convertvector(ul, fo_q8_v8i), eh = __builtin_convertvector(uh, fo_q8_v8i);
-        el = el < cp ? el : cp;
-        eh = eh < cp ? eh : cp;
-        const fo_q8_v8i k = __builtin_shuffle(J, gc) + el - top;
-        fo_q8_v8i code;
-        if (SIGNED) code = y < 0.0f ? 127 - (k < 127 ? k : 127) : 127 + k;
-        else code = y > 0.0f ? (k > 1 ? k : 1) : 0;
-        const fo_q8_v8i d = (el != eh) & 256;
-        code |= d;
-        any |= d;
-        memcpy(kb + i, &code, sizeof code);
+static FO_INLINE fo_q8_v8i fo_q8_vcodes(fo_q8_v8f x, float inv, const fo_q8_vtab &w, const fo_q8_v8f &nbg,
+                                        const fo_q8_v8f &S, const fo_q8_v8f &O, const fo_q8_v8f &U, fo_q8_v8i *amb) {
+    const fo_q8_v8f y = x * inv;
+    /* on the bits (non-negative floats order as their bits, NaN above 1.0): |y|, then
+     * min(|y|, 1) with NaN -> 1 (the block reads back NaN), then max(a, 2^-22) */
+    fo_q8_v8i ab;
+    memcpy(&ab, &y, sizeof ab);
+    ab &= 0x7FFFFFFF;
+    ab = ab > 0x3F800000 ? 0x3F800000 : ab;
+    fo_q8_v8f a;
+    memcpy(&a, &ab, sizeof a);
+    const fo_q8_v8i e = ab > 0x34800000 ? ab : 0x34800000;
+    fo_q8_v8i gi = ((e >> 23) * w.gm + w.gd) >> 8;
+    gi -= a > __builtin_shuffle(nbg, gi);
+    fo_q8_v8f u = a * __builtin_shuffle(S, gi) - __builtin_shuffle(O, gi);
+    const fo_q8_v8f ut = __builtin_shuffle(U, gi);
+    u = u > ut ? ut : u;
+    const fo_q8_v8i el = __builtin_convertvector(u - FO_Q8_EPS, fo_q8_v8i);
+    const fo_q8_v8i eh = __builtin_convertvector(u + FO_Q8_EPS, fo_q8_v8i);
+    *amb |= el ^ eh;
+    /* signed: el = 127 + k; unsigned: el = k */
+    if (SIGNED) return y < 0.0f ? 254 - (el > 254 ? 254 : el) : el;
+    return (y > 0.0f) & (el > 1 ? el : 1);
+}
+
+/* nearest codes of a block, m32 = a multiple of 32 elements; returns nonzero when a lane
+ * was ambiguous (its byte is then wrong: fo_q8_quant redoes those lanes) */
+template <bool SIGNED>
+static FO_INLINE int fo_q8_near_block(const float *FO_RESTRICT v, ptrdiff_t m32, float inv, const fo_q8_vtab &w,
+                                      unsigned char *FO_RESTRICT q) {
+    fo_q8_v8f nbg, S, O, U;
+    memcpy(&nbg, w.nbg, sizeof nbg);
+    memcpy(&S, w.S, sizeof S);
+    memcpy(&O, w.O, sizeof O);
+    memcpy(&U, w.U, sizeof U);
+    fo_q8_v8i amb = {};
+    for (ptrdiff_t i = 0; i < m32; i += 32) {
+        fo_q8_v8i c[4];
+        for (int r = 0; r < 4; r++) {
+            fo_q8_v8f x;
+            memcpy(&x, v + i + 8 * r, sizeof x);
+            c[r] = fo_q8_vcodes<SIGNED>(x, inv, w, nbg, S, O, U, &amb);
+        }
+        /* 4 x 8 ints in 0..255 -> 32 bytes (vpackusdw, vpackuswb, vpermq) */
+        const fo_q8_v16s h0 = __builtin_shufflevector((fo_q8_v16s)c[0], (fo_q8_v16s)c[1], 0, 2, 4, 6, 8, 10, 12, 14,
+                                                      16, 18, 20, 22, 24, 26, 28, 30);
+        const fo_q8_v16s h1 = __builtin_shufflevector((fo_q8_v16s)c[2], (fo_q8_v16s)c[3], 0, 2, 4, 6, 8, 10, 12, 14,
+                                                      16, 18, 20, 22, 24, 26, 28, 30);
+        const fo_q8_v32b bq = __builtin_shufflevector((fo_q8_v32b)h0, (fo_q8_v32b)h1, 0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                                      18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48,
+                                                      50, 52, 54, 56, 58, 60, 62);
+        memcpy(q + i, &bq, sizeof bq);
     }
     int an = 0;
-    for (int l = 0; l < 8; l++) an |= any[l];
+    for (int l = 0; l < 8; l++) an |= amb[l];
     return an;
 }
+
+/* the lanes of fo_q8_near_block that were ambiguous, redone with fo_q8_near */
+template <bool SIGNED>
+static void fo_q8_near_fix(const float *FO_RESTRICT v, ptrdiff_t m32, float inv, const fo_q8_vtab &w,
+                           const fo_q8_table &t, unsigned char *FO_RESTRICT q) {
+    fo_q8_v8f nbg, S, O, U;
+    memcpy(&nbg, w.nbg, sizeof nbg);
+    memcpy(&S, w.S, sizeof S);
+    memcpy(&O, w.O, sizeof O);
+    memcpy(&U, w.U, sizeof U);
+    for (ptrdiff_t i = 0; i < m32; i += 8) {
+        fo_q8_v8f x;
+        memcpy(&x, v + i, sizeof x);
+        fo_q8_v8i amb = {};
+        fo_q8_vcodes<SIGNED>(x, inv, w, nbg, S, O, U, &amb);
+        for (int l = 0; l < 8; l++)
+            if (amb[l]) {
+                const float y = v[i + l] * inv;
+                const float a = fo_abs(y);
+                q[i + l] = (unsigned char)fo_q8_code<SIGNED>(y, fo_q8_near(a < 1.0f ? a : 1.0f, t));
+            }
+    }
+}
+#else
+static int fo_q8_vec_init(void) { return 0; }
 #endif
 
 /* values -> absmax and codes of one block (SIGNED: the signed map; STOCH: stochastic, with
@@ -317,14 +451,11 @@ static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const
     const float inv = fo_q8_inv(mx);
     if (!STOCH) {
 #if defined(FO_Q8_VEC)
-        /* the vector estimate, the exact search where it is ambiguous, then the bytes */
-        alignas(32) int kb[FO_Q8_MAXBLOCK];
-        const ptrdiff_t m8 = m & ~(ptrdiff_t)7;
-        if (fo_q8_near_block<SIGNED>(v, m8, inv, t, kb))
-            for (ptrdiff_t i = 0; i < m8; i++)
-                if (kb[i] & 256) kb[i] = fo_q8_near_code<SIGNED>(v[i], inv, t);
-        for (ptrdiff_t i = m8; i < m; i++) kb[i] = fo_q8_near_code<SIGNED>(v[i], inv, t);
-        for (ptrdiff_t i = 0; i < m; i++) q[i] = (unsigned char)kb[i];
+        /* the vector codes, the exact search where they are ambiguous, the tail */
+        const ptrdiff_t m32 = m & ~(ptrdiff_t)31;
+        if (fo_q8_near_block<SIGNED>(v, m32, inv, fo_q8_vtabs[SIGNED], q))
+            fo_q8_near_fix<SIGNED>(v, m32, inv, fo_q8_vtabs[SIGNED], t, q);
+        for (ptrdiff_t i = m32; i < m; i++) q[i] = (unsigned char)fo_q8_near_code<SIGNED>(v[i], inv, t);
 #else
         for (ptrdiff_t i = 0; i < m; i++) q[i] = (unsigned char)fo_q8_near_code<SIGNED>(v[i], inv, t);
 #endif
@@ -397,11 +528,14 @@ static FO_INLINE void fo_q8_flags(const fo_common<float> &c, const typename A::t
         const ptrdiff_t m = n - j < B ? n - j : B;
         for (int k = 0; k < FO_MAXSTATE; k++)
             if ((K >> k) & 1u) fo_q8_dequant(code[k] + j, am[k][b], fo_q8_tables[(SIGNS >> k) & 1u].map, s[k], m);
-        /* blocks are powers of two <= 2^12, so a block never crosses a multiple of 2^32 */
+        /* blocks are powers of two <= 2^12, so a block never crosses a multiple of 2^32;
+         * nearest rounding draws no bits, so it skips the key (a few 64-bit mixes a block) */
         const unsigned long long gi = (unsigned long long)(x->i0 + j);
-        const unsigned long long key = fo_rng_key(x->seed, x->step, x->tensor, gi >> 32);
-        fo_rng r;
-        for (int q = 0; q < 3; q++) r.k[q] = fo_rng_subkey(key, q);
+        fo_rng r = {};
+        if (st) {
+            const unsigned long long key = fo_rng_key(x->seed, x->step, x->tensor, gi >> 32);
+            for (int q = 0; q < 3; q++) r.k[q] = fo_rng_subkey(key, q);
+        }
         r.i0 = (unsigned)gi;
         r.stochastic = st;
         /* stochastic rounding of a bfloat16 parameter is fo_loop's template choice (SR) */
