@@ -24,7 +24,7 @@ rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit $rc; fi
 
 t0=$(date +%s)
-tests=("$@"); [ ${#tests[@]} -eq 0 ] && tests=(tests/test_cuda.py tests/test_bench_report.py tests/test_examples.py -k "test_gpu_ or nvrtc or real_cupy or cuda_bf16 or cuda_int8")
+tests=("$@"); [ ${#tests[@]} -eq 0 ] && tests=(tests/test_cuda.py tests/test_bench_report.py tests/test_examples.py -k "test_gpu_ or nvrtc or real_cupy or cuda_bf16 or cuda_int8 or cuda_lowp")
 timeout ${TEST_TIMEOUT:-400} $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short --maxfail=30 \
     "${tests[@]}" 2>&1 | tee "$OUT/pytest.log" | grep -vE '^(tests/|\.)' | tail -80
 echo "tests rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"

@@ -22,8 +22,7 @@ CASES = {
     "torch_cpu_loop.py": (("torch",), "train accuracy"),
     "lowprec_state.py": (("ml_dtypes",), "bfloat16 params, float32 state"),
     "int8_state.py": ((), "int8    state"),
-    "cuda_bf16_state.py": (("cupy", "ml_dtypes", "cuda-device"), "GPU bfloat16 state: loss"),
-    "cuda_int8_state.py": (("cupy", "cuda-device"), "GPU int8 state: loss"),
+    "cuda_lowp_state.py": (("cupy", "ml_dtypes", "cuda-device"), "GPU int8 state: loss"),
 }
 
 
