@@ -383,8 +383,8 @@ def _state_dtypes(text: Optional[str]) -> List[str]:
 def _per_state_dtype(runs: List[tuple], state_dtypes: Sequence[str], min_8bit_size: Optional[int],
                      skipped: List[tuple]) -> List[tuple]:
     """Each (spec, lr) once per state dtype, in that order; a combination the optimizer
-    refuses (checked with ``choices.probe``: Muon, Adafactor and LBFGS keep float32 state, the
-    reducing optimizers refuse int8) is left out with a note."""
+    refuses (checked with ``choices.probe``: Adafactor and LBFGS keep float32 state) is left
+    out with a note."""
     out = []
     for spec, lr in runs:
         for d in state_dtypes:
