@@ -76,7 +76,8 @@ struct fo_q8_table {
     int near_[FO_Q8_NKEY];    /* bucket -> #{j : mid[j] < bucket start} */
     int floor_[FO_Q8_NKEY];   /* bucket -> max{j : mag[j] <= bucket start} */
     int nmag;                 /* 129 signed (0 .. 1), 256 unsigned */
-    /* nearest rounding without a table per element (fo_q8_quant, fo_q8_near_est): group g
+    /* the decade groups, from which fo_q8_vec_init derives the vector quantizer's tables
+     * (fo_q8_vtabs): group g
      * (0: the value 0, 1..7: decade g - 1; the value 1 folds into group 7) holds the
      * magnitudes with nb[g - 1] < a <= nb[g] (nb: the midpoints between groups); inside
      * it, u = a * S[g] - O[g] puts the decade's midpoints on the integers 1 .. cap[g],
@@ -85,7 +86,7 @@ struct fo_q8_table {
     float nb[8], S[8], O[8];
     int J[8], cap[8];
 };
-#define FO_Q8_EPS 1e-4f   /* |u - the exact count's position| is below 4e-5 (fo_q8_init checks it) */
+#define FO_Q8_EPS 1e-4f   /* |u - the exact count's position| is below 4e-5 (fo_q8_vec_init checks it) */
 #ifndef FO_Q8_ELEMENTS_ONLY
 /* [0] unsigned (FO_NONNEG), [1] signed (FO_SIGNED); one object in the library (an inline
  * variable), filled by fo_q8_init at import and read by every translation unit */
@@ -135,24 +136,6 @@ FO_HD int fo_q8_stoch_code(float v, float inv, unsigned r, const float *mag, con
     k += a >= mag[k + 1];
     k += (float)r * 0x1p-16f * gap[k] < a - mag[k];
     return fo_q8_code<SIGNED>(y, k);
-}
-
-/* The arithmetic estimate of fo_q8_near (the scalar twin of the vector loop in
- * fo_q8_quant, same operations): k0 + el - top .. k0 + eh - top brackets the index. */
-FO_HD void fo_q8_near_est(float a, const fo_q8_table &t, int *el, int *eh, int *k0, int *top) {
-    int g = 0;
-    for (int i = 0; i < 8; i++) g += a > t.nb[i];
-    const int tp = a > t.nb[7];
-    const int gc = g - tp;
-    const float u = a * t.S[gc] - t.O[gc];
-    float ul = u - FO_Q8_EPS, uh = u + FO_Q8_EPS;
-    ul = ul > 0.0f ? ul : 0.0f;
-    uh = uh > 0.0f ? uh : 0.0f;
-    const int l = (int)ul, h = (int)uh;
-    *el = l < t.cap[gc] ? l : t.cap[gc];
-    *eh = h < t.cap[gc] ? h : t.cap[gc];
-    *k0 = t.J[gc];
-    *top = -tp;
 }
 
 #ifndef FO_Q8_ELEMENTS_ONLY
@@ -222,18 +205,6 @@ static int fo_q8_init(void) {
             j += cnt;
         }
         t.nb[7] = t.mid[n - 2];
-        /* the estimate brackets the exact count c of midpoints below a: el <= c <= eh for
-         * every float a (both sides are monotone in a, so checking them next to each
-         * midpoint covers every a); where el == eh the code needs no table */
-        for (int g = 1; g < 8; g++)
-            for (int m = 1; m <= t.cap[g]; m++) {
-                const float md = t.mid[t.J[g] + m - 1];
-                int el, eh, k0, top;
-                fo_q8_near_est(md, t, &el, &eh, &k0, &top);
-                if (k0 != t.J[g] || top || el > m - 1) return 4;
-                fo_q8_near_est(fo_bits_as_float(fo_float_as_bits(md) + 1u), t, &el, &eh, &k0, &top);
-                if (k0 != t.J[g] || top || eh < m) return 5;
-            }
     }
     return fo_q8_vec_init();
 }
