@@ -665,6 +665,30 @@ def test_bench_state_dtype_table_reports_bytes_and_memory(capsys):
         main(["--state-dtype", "float16"])
 
 
+def test_bench_state_dtype_rounding_option(capsys):
+    # --rounding times every low-precision dtype with each rounding in the same run;
+    # float32 state has no rounding and keeps one row
+    from fusedoptim.bench.cli import main
+    from fusedoptim.bench.lowp import run_state_dtypes
+    rows = run_state_dtypes(["float32", "int8"], ["1x8K"], repeat=1, min_time=0.0, use_torch=False,
+                            use_bnb=False, roundings=["nearest", "stochastic"])
+    assert [(r["state_dtype"], r["rounding"]) for r in rows] == [
+        ("float32", None), ("int8", "nearest"), ("int8", "stochastic")]
+    assert all(r["bytes_per_element"] == 12 + 2 * (8192 + 32 * 4) / 8192 for r in rows[1:])
+    assert [r["rounding"] for r in run_state_dtypes(["bfloat16", "int8"], ["1x8K"], repeat=1, min_time=0.0,
+                                                    use_torch=False, use_bnb=False)] == ["stochastic", "nearest"]
+    with pytest.raises(ValueError, match="unknown rounding 'up'"):
+        run_state_dtypes(["int8"], ["1x8K"], roundings=["up"])
+    assert main(["--state-dtype", "int8", "--rounding", "stochastic", "--workloads", "1x8K", "--repeat", "1",
+                 "--no-torch", "--min-time", "0"]) == 0
+    assert "stochastic" in capsys.readouterr().out
+    for argv, msg in ((["--state-dtype", "int8", "--rounding", "up"], "unknown rounding 'up'"),
+                      (["--rounding", "nearest"], "--rounding needs --state-dtype")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert msg in capsys.readouterr().err
+
+
 # ------------------------------------------- the reducing optimizers (per-tensor statistics)
 # Lamb, LARS and NovoGrad keep their element state in bfloat16 like the others; their
 # references are written here from the docstrings' formulas (float64), with the storage

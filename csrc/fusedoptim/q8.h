@@ -267,6 +267,100 @@ static inline void fo_q8_vest(float a, const fo_q8_vtab &w, int *el, int *eh) {
     *eh = (int)(u + FO_Q8_EPS);
 }
 
+/* Stochastic codes, 8 lanes at a time (fo_q8_stoch_block), the same codes as
+ * fo_q8_stoch_code: kf = max{j : mag[j] <= a}, then kf + 1 when u * gap[kf] < a - mag[kf].
+ * The floor groups g = 1..8 split [0, 1] at the last magnitude of every decade: group g is
+ * [mag[J - 1], mag[J + cap]) (J, cap: fo_q8_table's, group 8: J = nmag - 1, cap = 0, with
+ * 1.0), so its first interval [mag[J - 1], mag[J]) crosses from the decade below (group 1's:
+ * from 0) and the others, [mag[J], mag[J + cap]), are the decade's evenly spaced magnitudes.
+ * The group comes from the exponent bits as the nearest groups do (gi = g - 1 =
+ * (E * gm + gd) >> 8, then + (a >= nbg[gi]); a binade holds at most one group start).  In the
+ * first interval (a < MJ[gi] = mag[J], an exact compare) kf is KF[gi] = J - 1 and the rule is
+ * evaluated exactly with its mag M and gap G.  In the others u = a * S - O puts mag[j] on
+ * the integer j (+127 signed, as fo_q8_vcodes), so kf = floor(u) where floor(u -/+ eps)
+ * agree and (a - mag[kf]) / gap[kf] is about f = u - kf; the rule's compare is then
+ * r / 2^16 < f, decided unless |r / 2^16 - f| < eps.  The undecided lanes (about 4e-4 of
+ * those in the evenly spaced intervals) take fo_q8_stoch_code.  a = 1 (and NaN, clamped to
+ * 1) is in group 8's first interval, where the rule always rounds up to nmag - 1, which is
+ * fo_q8_stoch_code's kf there.  fo_q8_svec_init fills the tables and checks the group on both
+ * ends of every binade and |u - (kf + (a - mag[kf]) / gap[kf])| below eps, with the rounding
+ * of u's two operations bounded, at both ends of every evenly spaced interval (the error
+ * without rounding is linear in a inside one).                                             */
+struct fo_q8_stab {
+    float nbg[8];        /* [gi]: the start of group gi + 2 (+Inf for gi = 7) */
+    float S[8], O[8];    /* [gi]: u = a * S - O in the evenly spaced intervals */
+    float MJ[8];         /* [gi]: mag[J], the end of the first interval (+Inf in group 8) */
+    float M[8], G[8];    /* [gi]: mag[J - 1], gap[J - 1] (the first interval's) */
+    int KF[8];           /* [gi]: J - 1 (+127 signed) */
+    int gm, gd;
+};
+inline fo_q8_stab fo_q8_stabs[2];
+
+/* the scalar twin of fo_q8_vstoch's estimate (same operations): group index and u */
+static inline float fo_q8_sest(float a, const fo_q8_stab &w, int *gi) {
+    const float a2 = a > FO_Q8_GLO ? a : FO_Q8_GLO;
+    int g = ((int)(fo_float_as_bits(a2) >> 23) * w.gm + w.gd) >> 8;
+    g += a >= w.nbg[g & 7];
+    *gi = g;
+    return a * w.S[g & 7] - w.O[g & 7];
+}
+
+static int fo_q8_svec_init(int sg) {
+    static const double p10[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+    const fo_q8_table &t = fo_q8_tables[sg];
+    fo_q8_stab &w = fo_q8_stabs[sg];
+    const int n = t.nmag, off = sg ? 127 : 0;
+    int J[9], cap[9];
+    for (int g = 1; g < 8; g++) J[g] = t.J[g], cap[g] = t.cap[g];
+    J[8] = n - 1;
+    cap[8] = 0;
+    w.gm = 73;
+    w.gd = -7609;
+    for (int gi = 0; gi < 8; gi++) {
+        const int g = gi + 1;
+        w.nbg[gi] = g < 8 ? t.mag[J[g + 1] - 1] : fo_inf<float>();
+        w.MJ[gi] = g < 8 ? t.mag[J[g]] : fo_inf<float>();
+        w.M[gi] = t.mag[J[g] - 1];
+        w.G[gi] = t.gap[J[g] - 1];
+        w.KF[gi] = J[g] - 1 + off;
+        w.S[gi] = w.O[gi] = 0.0f;
+        if (g < 8) {   /* mag[J + j] = p10 * (0.1 + (j + 1/2) * step) -> J + j */
+            const double step = 0.9 / (cap[g] + 1), S = 1.0 / (p10[g - 1] * step);
+            w.S[gi] = (float)S;
+            w.O[gi] = (float)(0.1 / step + 0.5 - J[g] - off);
+        }
+    }
+    /* the group: the true group of a on both ends of every binade */
+    for (int e = 0; e <= 22; e++) {
+        const float lo = e == 22 ? 0.0f : fo_bits_as_float((unsigned)(127 - e) << 23);
+        const float hi = e == 0 ? 1.0f : fo_bits_as_float(((unsigned)(128 - e) << 23) - 1u);
+        for (int s = 0; s < 2; s++) {
+            const float a = s ? hi : lo;
+            int g = 0, gi;
+            for (int k = 2; k <= 8; k++) g += a >= t.mag[J[k] - 1];
+            const float a2 = a > FO_Q8_GLO ? a : FO_Q8_GLO;
+            const int g0 = ((int)(fo_float_as_bits(a2) >> 23) * w.gm + w.gd) >> 8;
+            fo_q8_sest(a, w, &gi);
+            if (g0 < 0 || g0 > 7 || gi != g) return 21;
+        }
+    }
+    /* |u - position| at both ends of every evenly spaced interval [mag[k], mag[k + 1]),
+     * plus the rounding of a * S and of the subtraction anywhere inside */
+    for (int g = 1; g < 8; g++)
+        for (int k = J[g]; k < J[g] + cap[g]; k++) {
+            const double rnd = 0x1p-24 * ((double)t.mag[k + 1] * w.S[g - 1] + (k + 1 + off));
+            const float ends[2] = {t.mag[k], fo_bits_as_float(fo_float_as_bits(t.mag[k + 1]) - 1u)};
+            for (int s = 0; s < 2; s++) {
+                int gi;
+                const float u = fo_q8_sest(ends[s], w, &gi);
+                const double pos = k + off + ((double)ends[s] - t.mag[k]) / t.gap[k];
+                if (gi != g - 1 || !(ends[s] >= w.MJ[gi])) return 22;
+                if (!(fabs((double)u - pos) + 2.0 * rnd + 1e-6 < (double)FO_Q8_EPS)) return 23;
+            }
+        }
+    return 0;
+}
+
 static int fo_q8_vec_init(void) {
     for (int sg = 0; sg < 2; sg++) {
         const fo_q8_table &t = fo_q8_tables[sg];
@@ -322,6 +416,8 @@ static int fo_q8_vec_init(void) {
                 if (eh < j0 + m + off) return 15;
             }
         }
+        const int rs = fo_q8_svec_init(sg);
+        if (rs) return rs;
     }
     return 0;
 }
@@ -408,6 +504,113 @@ static void fo_q8_near_fix(const float *FO_RESTRICT v, ptrdiff_t m32, float inv,
             }
     }
 }
+typedef unsigned fo_q8_v8u __attribute__((vector_size(32)));
+/* the tables of fo_q8_stab as vectors */
+struct fo_q8_svt {
+    fo_q8_v8f nbg, S, O, MJ, M, G;
+    fo_q8_v8i KF;
+};
+static FO_INLINE fo_q8_svt fo_q8_svt_load(const fo_q8_stab &w) {
+    fo_q8_svt T;
+    memcpy(&T.nbg, w.nbg, sizeof T.nbg);
+    memcpy(&T.S, w.S, sizeof T.S);
+    memcpy(&T.O, w.O, sizeof T.O);
+    memcpy(&T.MJ, w.MJ, sizeof T.MJ);
+    memcpy(&T.M, w.M, sizeof T.M);
+    memcpy(&T.G, w.G, sizeof T.G);
+    memcpy(&T.KF, w.KF, sizeof T.KF);
+    return T;
+}
+
+/* the random bits of 8 elements at indices idx: 16 bits of fo_hash32(idx ^ kx) >> shift */
+static FO_INLINE fo_q8_v8u fo_q8_vbits(fo_q8_v8u idx, unsigned kx, int shift) {
+    fo_q8_v8u h = idx ^ kx;
+    h ^= h >> 16;
+    h *= 0x7feb352dU;
+    h ^= h >> 15;
+    h *= 0x846ca68bU;
+    h ^= h >> 16;
+    return (h >> shift) & 0xFFFFu;
+}
+
+/* stochastic codes of 8 values with random bits r (lanes the estimate cannot decide: set
+ * in *amb, their codes are then wrong) */
+template <bool SIGNED>
+static FO_INLINE fo_q8_v8i fo_q8_vstoch(fo_q8_v8f x, float inv, fo_q8_v8u r, const fo_q8_stab &w,
+                                        const fo_q8_svt &T, fo_q8_v8i *amb) {
+    const fo_q8_v8f y = x * inv;
+    fo_q8_v8i ab;   /* min(|y|, 1), NaN -> 1, on the bits (as fo_q8_vcodes) */
+    memcpy(&ab, &y, sizeof ab);
+    ab &= 0x7FFFFFFF;
+    ab = ab > 0x3F800000 ? 0x3F800000 : ab;
+    fo_q8_v8f a;
+    memcpy(&a, &ab, sizeof a);
+    const fo_q8_v8i e = ab > 0x34800000 ? ab : 0x34800000;
+    fo_q8_v8i gi = ((e >> 23) * w.gm + w.gd) >> 8;
+    gi -= a >= __builtin_shuffle(T.nbg, gi);
+    const fo_q8_v8f R = __builtin_convertvector((fo_q8_v8i)r, fo_q8_v8f) * 0x1p-16f;
+    /* the evenly spaced intervals: kf = floor(u), up when R < u - kf (d < 0) */
+    const fo_q8_v8f u = a * __builtin_shuffle(T.S, gi) - __builtin_shuffle(T.O, gi);
+    const fo_q8_v8i el = __builtin_convertvector(u - FO_Q8_EPS, fo_q8_v8i);
+    const fo_q8_v8i eh = __builtin_convertvector(u + FO_Q8_EPS, fo_q8_v8i);
+    const fo_q8_v8f d = R - (u - __builtin_convertvector(el, fo_q8_v8f));
+    fo_q8_v8i db;
+    memcpy(&db, &d, sizeof db);
+    db &= 0x7FFFFFFF;
+    fo_q8_v8f ad;
+    memcpy(&ad, &db, sizeof ad);
+    /* the first interval of the group, exactly as fo_q8_stoch_code */
+    const fo_q8_v8i first = a < __builtin_shuffle(T.MJ, gi);
+    const fo_q8_v8i upf = R * __builtin_shuffle(T.G, gi) < a - __builtin_shuffle(T.M, gi);
+    *amb |= ~first & ((el ^ eh) | (ad < FO_Q8_EPS));   /* nonzero: undecided */
+    /* k = kf + up (signed: + 127); the compares are masks, true = -1 */
+    const fo_q8_v8i k = first ? __builtin_shuffle(T.KF, gi) - upf : el - (d < 0.0f);
+    if (SIGNED) return y < 0.0f ? 254 - (k > 254 ? 254 : k) : k;
+    return (y > 0.0f) & (k > 1 ? k : 1);
+}
+
+/* 32 stochastic codes with random bits r[0..3]; the lanes fo_q8_vstoch cannot decide are
+ * redone with fo_q8_stoch_code */
+template <bool SIGNED>
+static FO_INLINE void fo_q8_stoch32(const float *FO_RESTRICT v, float inv, const fo_q8_v8u *r, const fo_q8_stab &w,
+                                    const fo_q8_svt &T, const fo_q8_table &t, unsigned char *FO_RESTRICT q) {
+    fo_q8_v8i c[4], amb[4] = {};
+    for (int j = 0; j < 4; j++) {
+        fo_q8_v8f x;
+        memcpy(&x, v + 8 * j, sizeof x);
+        c[j] = fo_q8_vstoch<SIGNED>(x, inv, r[j], w, T, &amb[j]);
+    }
+    const fo_q8_v16s h0 = __builtin_shufflevector((fo_q8_v16s)c[0], (fo_q8_v16s)c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                                  18, 20, 22, 24, 26, 28, 30);
+    const fo_q8_v16s h1 = __builtin_shufflevector((fo_q8_v16s)c[2], (fo_q8_v16s)c[3], 0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                                  18, 20, 22, 24, 26, 28, 30);
+    const fo_q8_v32b bq = __builtin_shufflevector((fo_q8_v32b)h0, (fo_q8_v32b)h1, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                  20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52,
+                                                  54, 56, 58, 60, 62);
+    memcpy(q, &bq, sizeof bq);
+    const fo_q8_v8i any = amb[0] | amb[1] | amb[2] | amb[3];
+    unsigned long long an[4];
+    memcpy(an, &any, sizeof an);
+    if (__builtin_expect((an[0] | an[1] | an[2] | an[3]) != 0, 0))
+        for (int l = 0; l < 32; l++)
+            if (amb[l >> 3][l & 7])
+                q[l] = (unsigned char)fo_q8_stoch_code<SIGNED>(v[l], inv, r[l >> 3][l & 7], t.mag, t.gap, t.floor_);
+}
+
+/* stochastic codes of a block, m32 = a multiple of 32 elements, with the bits of
+ * fo_hash32((i0 + i) ^ kx) >> shift (fo_q8_quant's) */
+template <bool SIGNED>
+static FO_INLINE void fo_q8_stoch_block(const float *FO_RESTRICT v, ptrdiff_t m32, float inv, unsigned kx,
+                                        unsigned i0, int shift, const fo_q8_stab &w, const fo_q8_table &t,
+                                        unsigned char *FO_RESTRICT q) {
+    const fo_q8_svt T = fo_q8_svt_load(w);
+    const fo_q8_v8u lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (ptrdiff_t i = 0; i < m32; i += 32) {
+        fo_q8_v8u r[4];
+        for (int j = 0; j < 4; j++) r[j] = fo_q8_vbits(lane + (i0 + (unsigned)(i + 8 * j)), kx, shift);
+        fo_q8_stoch32<SIGNED>(v + i, inv, r, w, T, t, q + i);
+    }
+}
 #else
 static int fo_q8_vec_init(void) { return 0; }
 #endif
@@ -435,7 +638,13 @@ static FO_INLINE void fo_q8_quant(const float *FO_RESTRICT v, ptrdiff_t m, const
     const float *FO_RESTRICT mag = t.mag;
     const float *FO_RESTRICT gap = t.gap;
     const int *FO_RESTRICT floor_ = t.floor_;
-    for (ptrdiff_t i = 0; i < m; i++) {
+    ptrdiff_t i = 0;
+#if defined(FO_Q8_VEC)
+    /* the vector codes (the exact rule where they cannot decide), then the tail */
+    i = m & ~(ptrdiff_t)31;
+    fo_q8_stoch_block<SIGNED>(v, i, inv, kx, i0, shift, fo_q8_stabs[SIGNED], t, q);
+#endif
+    for (; i < m; i++) {
         const unsigned r = (fo_hash32((i0 + (unsigned)i) ^ kx) >> shift) & 0xFFFFu;
         q[i] = (unsigned char)fo_q8_stoch_code<SIGNED>(v[i], inv, r, mag, gap, floor_);
     }

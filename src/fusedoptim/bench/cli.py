@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .contenders import ALL_CONTENDERS, OPTIMIZERS
+from ..lowp import ROUNDINGS as LOWP_ROUNDINGS
 from .lowp import STATE_DTYPES as LOWP_STATE_DTYPES, print_state_dtypes, run_state_dtypes
 from .report import run
 from .workloads import KI, MI, MODEL_WORKLOADS, QUICK_WORKLOADS, WORKLOADS, parse_size, parse_workload
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of the report: Adam with these state dtypes (comma list: "
                         + ", ".join(LOWP_STATE_DTYPES) + ") on --workloads (default resnet18,1x16M): bytes per "
                         "element, GB/s, %% of roofline, speedup over torch fused and bitsandbytes Adam8bit")
+    p.add_argument("--rounding", type=_list_arg(list(LOWP_ROUNDINGS), "rounding"), default=None,
+                   help="with --state-dtype: time bfloat16 and int8 state with each of these roundings (comma "
+                        "list: " + ", ".join(LOWP_ROUNDINGS) + "; default: each dtype's own, stochastic for "
+                        "bfloat16, nearest for int8)")
     return p
 
 
@@ -127,10 +132,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     memory = None if args.memory is None else (args.memory if args.memory > 0 else (1000 if q else 10_000))
     if repeat < 1 or warmup < 0 or min_time < 0:
         build_parser().error("--repeat must be >= 1, --warmup and --min-time >= 0")
+    if args.rounding is not None and args.state_dtype is None:
+        build_parser().error("--rounding needs --state-dtype")
     if args.state_dtype is not None:
         rows = run_state_dtypes(args.state_dtype, args.workloads or ["resnet18", "1x16M"],
                                 args.repeat if args.repeat is not None else (3 if q else 7), min_time,
-                                args.threads, args.seed, use_torch=not args.no_torch, use_bnb=not args.no_torch)
+                                args.threads, args.seed, use_torch=not args.no_torch, use_bnb=not args.no_torch,
+                                roundings=args.rounding)
         print_state_dtypes(rows)
         if args.json:
             with open(args.json, "w") as f:

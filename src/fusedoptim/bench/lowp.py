@@ -8,7 +8,9 @@ gradient float32: 4 + 4 read, 4 written; each of the two moments read and writte
 its storage size: for int8 one byte per code plus the float32 absmax of each block, and
 float32 for the tensors below ``min_8bit_size``), GB/s at that byte count, % of the roofline (the STREAM loop's GB/s
 on the same arrays: the machine's bandwidth, whatever the byte count), the speedup over
-torch and bitsandbytes, and the state memory relative to float32.
+torch and bitsandbytes, and the state memory relative to float32.  ``--rounding
+nearest,stochastic`` times each low-precision state dtype with each rounding (default:
+each dtype's default, stochastic for bfloat16, nearest for int8; float32 has one row).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import _kernels
+from ..lowp import ROUNDINGS, check_lowp_options
 from ..optim import Adam
 from .contenders import import_torch, native_stream
 from .timing import measure
@@ -51,11 +54,24 @@ def _bitsandbytes_adam8bit(params: Sequence[np.ndarray], grads: Sequence[np.ndar
 
 def run_state_dtypes(state_dtypes: Sequence[str], workloads: Sequence[str], repeat: int = 5,
                      min_time: float = 0.01, threads: Optional[int] = None, seed: int = 0,
-                     use_torch: bool = True, use_bnb: bool = True) -> List[dict]:
-    """One row per (workload, state dtype), plus the contenders' times in each row."""
+                     use_torch: bool = True, use_bnb: bool = True,
+                     roundings: Optional[Sequence[str]] = None) -> List[dict]:
+    """One row per (workload, state dtype, rounding), plus the contenders' times in each row.
+
+    ``roundings``: the ``rounding`` options to time each bfloat16 / int8 state with (None: the
+    dtype's default only); float32 state is timed once."""
     for sd in state_dtypes:
         if sd not in STATE_DTYPES:
             raise ValueError(f"unknown state dtype {sd!r}; this benchmark knows {STATE_DTYPES}")
+    for r in roundings or ():
+        if r not in ROUNDINGS:
+            raise ValueError(f"unknown rounding {r!r}; choose from {ROUNDINGS}")
+    # (label, state dtype, rounding option, the rounding it means)
+    configs = []
+    for sd in state_dtypes:
+        for r in ([None] if sd == "float32" or not roundings else roundings):
+            eff = None if sd == "float32" else check_lowp_options(state_dtype=sd, rounding=r, seed=0)["rounding"]
+            configs.append((sd if r is None else f"{sd}/{r}", sd, r, eff))
     torch = import_torch() if use_torch else None
     saved = _kernels.get_num_threads()
     rows = []
@@ -70,12 +86,12 @@ def run_state_dtypes(state_dtypes: Sequence[str], workloads: Sequence[str], repe
             params, grads = make_data(wl, seed)
             fns: Dict[str, object] = {}
             opts = {}
-            for sd in state_dtypes:
+            for label, sd, r, _ in configs:
                 ps = [p.copy() for p in params]
-                opt = Adam(ps, lr=1e-3, state_dtype=sd)
+                opt = Adam(ps, lr=1e-3, state_dtype=sd, **({} if r is None else {"rounding": r}))
                 opt.step(grads)
-                opts[sd] = opt
-                fns[f"fusedoptim[{sd}]"] = (lambda o=opt, g=grads: o.step(g))
+                opts[label] = opt
+                fns[f"fusedoptim[{label}]"] = (lambda o=opt, g=grads: o.step(g))
             bufs = [[np.zeros_like(p) for p in params] for _ in range(2)]
             fns["stream"] = native_stream(4, [p.copy() for p in params], grads, bufs)
             notes = {}
@@ -96,15 +112,15 @@ def run_state_dtypes(state_dtypes: Sequence[str], workloads: Sequence[str], repe
             n = wl.n_elements
             stream_gbs = 4 * 7 * n / res["stream"]["median_s"] / 1e9
             f32_state = 8 * n
-            for sd in state_dtypes:
-                t = res[f"fusedoptim[{sd}]"]["median_s"]
-                st = opts[sd].state
-                state_bytes = sum(v.nbytes for p in opts[sd].params for v in st[p].values()
+            for label, sd, _, eff in configs:
+                t = res[f"fusedoptim[{label}]"]["median_s"]
+                st = opts[label].state
+                state_bytes = sum(v.nbytes for p in opts[label].params for v in st[p].values()
                                   if isinstance(v, np.ndarray))
                 bpe = 12 + 2 * state_bytes / n      # p, g read, p written; the state read and written
                 gbs = bpe * n / t / 1e9
                 row = {"workload": name, "n_tensors": wl.n_tensors, "n_elements": n, "threads": nth,
-                       "state_dtype": sd, "median_s": t, "bytes_per_element": bpe, "gb_s": gbs,
+                       "state_dtype": sd, "rounding": eff, "median_s": t, "bytes_per_element": bpe, "gb_s": gbs,
                        "stream_gb_s": stream_gbs, "pct_roofline": 100.0 * gbs / stream_gbs,
                        "state_bytes": state_bytes, "state_vs_float32": state_bytes / f32_state,
                        "torch_fused_s": res["torch_fused"]["median_s"] if "torch_fused" in res else None,
@@ -120,13 +136,13 @@ def run_state_dtypes(state_dtypes: Sequence[str], workloads: Sequence[str], repe
 
 
 def print_state_dtypes(rows: List[dict]) -> None:
-    hdr = (f"{'workload':<10} {'state':<9} {'ms':>8} {'B/elem':>6} {'GB/s':>6} {'%roof':>6} "
+    hdr = (f"{'workload':<10} {'state':<9} {'rounding':<10} {'ms':>8} {'B/elem':>6} {'GB/s':>6} {'%roof':>6} "
            f"{'x torch':>8} {'x bnb8':>8} {'state mem':>9}")
     print("Adam with low-precision state (interleaved medians; roofline: native STREAM, same arrays)")
     print(hdr)
     for r in rows:
         f = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
-        print(f"{r['workload']:<10} {r['state_dtype']:<9} {r['median_s'] * 1e3:8.2f} {r['bytes_per_element']:6.2f} "
+        print(f"{r['workload']:<10} {r['state_dtype']:<9} {r['rounding'] or '-':<10} {r['median_s'] * 1e3:8.2f} {r['bytes_per_element']:6.2f} "
               f"{r['gb_s']:6.1f} {r['pct_roofline']:6.0f} {f(r['vs_torch_fused'], '8.2f')} "
               f"{f(r['vs_bnb_adam8bit'], '8.1f')} {r['state_vs_float32']:8.2f}x")
     for r in rows:
