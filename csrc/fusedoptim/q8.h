@@ -449,6 +449,18 @@ static FO_INLINE fo_q8_v8i fo_q8_vcodes(fo_q8_v8f x, float inv, const fo_q8_vtab
     return (y > 0.0f) & (el > 1 ? el : 1);
 }
 
+/* 4 x 8 ints in 0..255 -> 32 bytes (vpackusdw, vpackuswb, vpermq) */
+static FO_INLINE void fo_q8_pack32(const fo_q8_v8i *c, unsigned char *q) {
+    const fo_q8_v16s h0 = __builtin_shufflevector((fo_q8_v16s)c[0], (fo_q8_v16s)c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                                  18, 20, 22, 24, 26, 28, 30);
+    const fo_q8_v16s h1 = __builtin_shufflevector((fo_q8_v16s)c[2], (fo_q8_v16s)c[3], 0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                                  18, 20, 22, 24, 26, 28, 30);
+    const fo_q8_v32b bq = __builtin_shufflevector((fo_q8_v32b)h0, (fo_q8_v32b)h1, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                  20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52,
+                                                  54, 56, 58, 60, 62);
+    memcpy(q, &bq, sizeof bq);
+}
+
 /* nearest codes of a block, m32 = a multiple of 32 elements; returns nonzero when a lane
  * was ambiguous (its byte is then wrong: fo_q8_quant redoes those lanes) */
 template <bool SIGNED>
@@ -467,15 +479,7 @@ static FO_INLINE int fo_q8_near_block(const float *FO_RESTRICT v, ptrdiff_t m32,
             memcpy(&x, v + i + 8 * r, sizeof x);
             c[r] = fo_q8_vcodes<SIGNED>(x, inv, w, nbg, S, O, U, &amb);
         }
-        /* 4 x 8 ints in 0..255 -> 32 bytes (vpackusdw, vpackuswb, vpermq) */
-        const fo_q8_v16s h0 = __builtin_shufflevector((fo_q8_v16s)c[0], (fo_q8_v16s)c[1], 0, 2, 4, 6, 8, 10, 12, 14,
-                                                      16, 18, 20, 22, 24, 26, 28, 30);
-        const fo_q8_v16s h1 = __builtin_shufflevector((fo_q8_v16s)c[2], (fo_q8_v16s)c[3], 0, 2, 4, 6, 8, 10, 12, 14,
-                                                      16, 18, 20, 22, 24, 26, 28, 30);
-        const fo_q8_v32b bq = __builtin_shufflevector((fo_q8_v32b)h0, (fo_q8_v32b)h1, 0, 2, 4, 6, 8, 10, 12, 14, 16,
-                                                      18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48,
-                                                      50, 52, 54, 56, 58, 60, 62);
-        memcpy(q + i, &bq, sizeof bq);
+        fo_q8_pack32(c, q + i);
     }
     int an = 0;
     for (int l = 0; l < 8; l++) an |= amb[l];
@@ -580,21 +584,25 @@ static FO_INLINE void fo_q8_stoch32(const float *FO_RESTRICT v, float inv, const
         memcpy(&x, v + 8 * j, sizeof x);
         c[j] = fo_q8_vstoch<SIGNED>(x, inv, r[j], w, T, &amb[j]);
     }
-    const fo_q8_v16s h0 = __builtin_shufflevector((fo_q8_v16s)c[0], (fo_q8_v16s)c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16,
-                                                  18, 20, 22, 24, 26, 28, 30);
-    const fo_q8_v16s h1 = __builtin_shufflevector((fo_q8_v16s)c[2], (fo_q8_v16s)c[3], 0, 2, 4, 6, 8, 10, 12, 14, 16,
-                                                  18, 20, 22, 24, 26, 28, 30);
-    const fo_q8_v32b bq = __builtin_shufflevector((fo_q8_v32b)h0, (fo_q8_v32b)h1, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
-                                                  20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52,
-                                                  54, 56, 58, 60, 62);
-    memcpy(q, &bq, sizeof bq);
+    fo_q8_pack32(c, q);
     const fo_q8_v8i any = amb[0] | amb[1] | amb[2] | amb[3];
     unsigned long long an[4];
     memcpy(an, &any, sizeof an);
-    if (__builtin_expect((an[0] | an[1] | an[2] | an[3]) != 0, 0))
-        for (int l = 0; l < 32; l++)
-            if (amb[l >> 3][l & 7])
+    if (__builtin_expect((an[0] | an[1] | an[2] | an[3]) != 0, 0)) {
+        /* one byte per lane, 1 where undecided: visit the set ones only */
+        unsigned char bm[32];
+        for (int j = 0; j < 4; j++) amb[j] = (amb[j] != 0) & 1;
+        fo_q8_pack32(amb, bm);
+        memcpy(an, bm, sizeof an);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        for (int j = 0; j < 4; j++) an[j] = __builtin_bswap64(an[j]);   /* byte k at bits 8k */
+#endif
+        for (int j = 0; j < 4; j++)
+            for (unsigned long long b = an[j]; b; b &= b - 1) {
+                const int l = 8 * j + (__builtin_ctzll(b) >> 3);
                 q[l] = (unsigned char)fo_q8_stoch_code<SIGNED>(v[l], inv, r[l >> 3][l & 7], t.mag, t.gap, t.floor_);
+            }
+    }
 }
 
 /* stochastic codes of a block, m32 = a multiple of 32 elements, with the bits of
