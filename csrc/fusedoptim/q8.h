@@ -36,7 +36,12 @@
  * python -m fusedoptim.bench.quality, showed it; bitsandbytes' CPU quantizer has a floor
  * too).  Both searches are one lookup in a table indexed by the top 16 bits of a's
  * float32 bits (exponent and 7 mantissa bits; below 2^-24 one bucket) plus one compare:
- * fo_q8_init checks that no bucket holds two midpoints or two code values.
+ * fo_q8_init checks that no bucket holds two midpoints or two code values.  These scalar
+ * FO_HD functions define the codes (the CUDA kernels run them); with GCC the CPU computes
+ * both roundings 8 lanes at a time (fo_q8_near_block, fo_q8_stoch_block: the exponent bits,
+ * a linear estimate, the scalar function for the rare lanes the estimate cannot decide),
+ * with the same codes: fo_q8_vec_init checks the estimates' bounds at import, and
+ * bench/q8_vec_check.cpp and bench/q8_stoch_check.cpp compare every float in [0, 1].
  * The absmax of a block with a NaN is NaN (its values read back as NaN); a block of zeros
  * has absmax 0 and reads back zeros.
  *
@@ -280,7 +285,9 @@ static inline void fo_q8_vest(float a, const fo_q8_vtab &w, int *el, int *eh) {
  * the integer j (+127 signed, as fo_q8_vcodes), so kf = floor(u) where floor(u -/+ eps)
  * agree and (a - mag[kf]) / gap[kf] is about f = u - kf; the rule's compare is then
  * r / 2^16 < f, decided unless |r / 2^16 - f| < eps.  The undecided lanes (about 4e-4 of
- * those in the evenly spaced intervals) take fo_q8_stoch_code.  a = 1 (and NaN, clamped to
+ * those in the evenly spaced intervals; more where values sit on a code, as a state that
+ * barely changed since it was decoded: ~10% in bench/q8_loop.cpp's constant gradient) take
+ * fo_q8_stoch_code.  a = 1 (and NaN, clamped to
  * 1) is in group 8's first interval, where the rule always rounds up to nmag - 1, which is
  * fo_q8_stoch_code's kf there.  fo_q8_svec_init fills the tables and checks the group on both
  * ends of every binade and |u - (kf + (a - mag[kf]) / gap[kf])| below eps, with the rounding
