@@ -674,7 +674,8 @@ def test_bench_state_dtype_rounding_option(capsys):
                             use_bnb=False, roundings=["nearest", "stochastic"])
     assert [(r["state_dtype"], r["rounding"]) for r in rows] == [
         ("float32", None), ("int8", "nearest"), ("int8", "stochastic")]
-    assert all(r["bytes_per_element"] == 12 + 2 * (8192 + 32 * 4) / 8192 for r in rows[1:])
+    # p, g read and p written (float32), then two moments read and written: codes + block absmax
+    assert all(r["bytes_per_element"] == 12 + 2 * 2 * (8192 + 32 * 4) / 8192 for r in rows[1:])
     assert [r["rounding"] for r in run_state_dtypes(["bfloat16", "int8"], ["1x8K"], repeat=1, min_time=0.0,
                                                     use_torch=False, use_bnb=False)] == ["stochastic", "nearest"]
     with pytest.raises(ValueError, match="unknown rounding 'up'"):
