@@ -36,13 +36,30 @@ if os.environ.get("FO_REQUIRE_ORACLES"):
     import torch  # noqa: F401,E402
 
 
+def _in_test_cuda(item) -> bool:
+    return item.nodeid.split("::")[0].endswith("test_cuda.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """With FO_REQUIRE_ORACLES set, a torch-oracle test that would skip is an error."""
+    """test_cuda.py's tests run last (their compiles, started once collection ends, then
+    overlap the other modules' tests); with FO_REQUIRE_ORACLES set, a torch-oracle test that
+    would skip is an error."""
+    items.sort(key=_in_test_cuda)   # stable: the order within each part is kept
     if not os.environ.get("FO_REQUIRE_ORACLES"):
         return
     oracle = [it for it in items if "torch_oracle" in it.nodeid]
     if not oracle:
         raise pytest.UsageError("FO_REQUIRE_ORACLES is set but no torch oracle test was collected")
+
+
+def pytest_collection_finish(session):
+    """Start test_cuda.py's compiles (nvcc, the host emulation: minutes of CPU on one core
+    each) in the background for the tests selected there."""
+    if session.config.option.collectonly:
+        return
+    cuda = [it for it in session.items if _in_test_cuda(it)]
+    if cuda:
+        cuda[0].module.start_builds(cuda)
 
 
 # What installs each optional module the suite imports.  The README's test command installs

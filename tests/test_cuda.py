@@ -10,8 +10,9 @@ What runs where:
   algorithm and dtype inlines, and no floating-point instruction of an update kernel
   comes from anywhere but rules.h except the two gradient-scale multiplies (the clip
   coefficients); the same audit on the CPU object code.
-- a C++20 compiler: kernels.cu is compiled for the host with the CUDA qualifiers defined
-  away (threads of a block = std::threads, ``__syncthreads`` = std::barrier) and driven
+- a C++ compiler: kernels.cu is compiled for the host with the CUDA qualifiers defined
+  away (the threads of a block = fibers on one thread, ``__syncthreads`` = a switch back
+  to the block's scheduler, the thread order reversed at every barrier) and driven
   through _cuda.py's own table builder; every optimizer case must then reproduce the CPU
   backend bit for bit (same compiler rounding, no FMA contraction on either side), for
   any grid and block size, with misaligned buffers, EMA, per-tensor and global clipping,
@@ -30,6 +31,7 @@ What runs where:
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import math
 import os
@@ -37,7 +39,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -178,39 +182,116 @@ def _objdump_functions(text: str) -> dict:
 
 
 # ================================================================ fixtures (compiles)
+# The module's compiles (kernels.cu to PTX three ways, the host emulation, the CPU segments
+# for objdump) are minutes of CPU, each on one core.  They run as jobs on a pool of two
+# threads in a temporary directory; conftest.py starts the ones the selected tests need as
+# soon as collection ends (start_builds) and runs this module last, so in a full run they
+# overlap the other modules' tests.  A test waits for the job it needs (started on demand
+# if it was not).
+_BUILD_ROOT: list = []
+_JOBS: dict = {}
+_POOL: list = []
+
+
+def build_root() -> str:
+    if not _BUILD_ROOT:
+        _BUILD_ROOT.append(tempfile.mkdtemp(prefix="fo_cuda_"))
+        atexit.register(shutil.rmtree, _BUILD_ROOT[0], True)
+    return _BUILD_ROOT[0]
+
+
+def _job(key, fn) -> Future:
+    if key not in _JOBS:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="fo-cuda-build"))
+        _JOBS[key] = _POOL[0].submit(fn)
+    return _JOBS[key]
+
+
 @pytest.fixture(scope="session")
-def build_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fo_cuda")
+def build_dir():
+    return build_root()
 
 
-_ptx_cache: dict = {}
+def _nvrtc_code_file() -> str:
+    """The code string _cuda.py gives NVRTC, in a file (written once)."""
+    src = os.path.join(build_root(), "fo_nvrtc_code.cu")
+    if not os.path.exists(src):
+        with open(src + ".tmp", "w") as f:
+            f.write(_cuda.kernel_source())
+        os.replace(src + ".tmp", src)
+    return src
 
 
-def _nvcc_ptx(build_dir, arch: str, extra=(), source=KERNELS_CU, include=True) -> str:
-    key = (arch, tuple(extra), source, include)
-    if key not in _ptx_cache:
-        out = os.path.join(build_dir, f"k_{len(_ptx_cache)}.ptx")
+def _ptx_job(arch: str, extra=(), nvrtc=False) -> Future:
+    """nvcc -ptx of kernels.cu (with the include path), or with nvrtc=True of the NVRTC code
+    string (no include path at all), with NVRTC's options and `extra`."""
+    key = ("ptx", arch, tuple(extra), nvrtc)
+
+    def run():
+        out = os.path.join(build_root(), "k_{}_{}_{}.ptx".format(arch, "nvrtc" if nvrtc else "cu",
+                                                                  "".join(extra).replace("-", "")))
         cmd = [NVCC, "-ptx", f"-arch={arch}", *NVCC_OPTS, *extra]
-        if include:
-            cmd += ["-I", SRC]
-        _run(cmd + [str(source), "-o", out])
+        cmd += [_nvrtc_code_file()] if nvrtc else ["-I", SRC, KERNELS_CU]
+        _run(cmd + ["-o", out])
         with open(out) as f:
-            _ptx_cache[key] = f.read()
-    return _ptx_cache[key]
+            return f.read()
+    return _job(key, run)
 
 
-@pytest.fixture(scope="session")
-def cpu_objdump(build_dir):
+def _nvcc_ptx(arch: str, extra=(), nvrtc=False) -> str:
+    return _ptx_job(arch, extra, nvrtc).result()
+
+
+def _objdump_job() -> Future:
     """objdump -dl of the CPU segments (cpu.h) at -O0 -g: inlined functions keep their names
     and every instruction its source line."""
+    def run():
+        src = os.path.join(build_root(), "cpu_segments.cpp")
+        with open(src, "w") as f:
+            f.write('#include "cpu.h"\nvoid *fo_keep(int a, int d) { return (void *)fo_cpu_seg(a, d); }\n')
+        obj = os.path.join(build_root(), "cpu_segments.o")
+        _run([CXX, "-std=c++17", "-O0", "-g", "-DFO_NO_MULTIVERSION", "-w", "-I", SRC, "-c", src, "-o", obj])
+        return _run([OBJDUMP, "-d", "-l", "--no-show-raw-insn", obj]).stdout
+    return _job("objdump", run)
+
+
+def _emu_job() -> Future:
+    """kernels.cu compiled for the host with the CPU build's floating-point flags (EMU_CPP)."""
+    def run():
+        src = os.path.join(build_root(), "emu.cpp")
+        with open(src, "w") as f:
+            f.write(EMU_CPP)
+        lib = os.path.join(build_root(), "fo_emu.so")
+        _run([CXX, "-std=c++17", "-O2", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+              "-Wno-unknown-pragmas", "-fPIC", "-shared", "-I", SRC, src, "-o", lib])
+        return lib
+    return _job("emu", run)
+
+
+def start_builds(items) -> None:
+    """Start the compiles that the selected tests of this module (``items``) will need."""
+    names = {it.originalname for it in items}
+    fixtures = set().union(*(it.fixturenames for it in items))
+    arches = {it.callspec.params.get("arch") for it in items if it.originalname == "test_kernels_compile_to_ptx"}
+    if NVCC:
+        if "sm_80" in arches or "test_gpu_kernels_and_cpu_segments_inline_the_same_rules" in names:
+            _ptx_job("sm_80", ["-lineinfo"])
+        if "sm_90" in arches or "test_nvrtc_code_string_is_self_contained" in names:
+            _ptx_job("sm_90", ["-lineinfo"], nvrtc=True)
+        if "test_gpu_update_kernels_have_no_arithmetic_of_their_own" in names:
+            _ptx_job("sm_80", ["-G"])
+    if CXX and OBJDUMP and "cpu_objdump" in fixtures:
+        _objdump_job()
+    if CXX and "emu" in fixtures:
+        _emu_job()
+
+
+@pytest.fixture(scope="session")
+def cpu_objdump():
     if CXX is None or OBJDUMP is None:
         pytest.skip("needs a C++ compiler and objdump")
-    src = os.path.join(build_dir, "cpu_segments.cpp")
-    with open(src, "w") as f:
-        f.write('#include "cpu.h"\nvoid *fo_keep(int a, int d) { return (void *)fo_cpu_seg(a, d); }\n')
-    obj = os.path.join(build_dir, "cpu_segments.o")
-    _run([CXX, "-std=c++17", "-O0", "-g", "-DFO_NO_MULTIVERSION", "-w", "-I", SRC, "-c", src, "-o", obj])
-    return _objdump_functions(_run([OBJDUMP, "-d", "-l", "--no-show-raw-insn", obj]).stdout)
+    return _objdump_functions(_objdump_job().result())
 
 
 def _cpu_segment(objfuncs: dict, algo: str, suffix: str):
@@ -223,11 +304,12 @@ def _cpu_segment(objfuncs: dict, algo: str, suffix: str):
 # ===================================================================== (a) compile
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_kernels_compile_to_ptx(build_dir, arch):
+def test_kernels_compile_to_ptx(arch):
     """Every kernel is there; the 16-byte pack path is compiled (v4.f32 / v2.f64 loads);
     --fmad=false leaves no fused multiply-add, so products round like the CPU build's
-    -ffp-contract=off."""
-    ptx = _nvcc_ptx(build_dir, arch, ["-lineinfo"])
+    -ffp-contract=off.  sm_80: kernels.cu with the include path; sm_90 (an H100/H200): the
+    code string NVRTC compiles at run time, as it is."""
+    ptx = _nvcc_ptx(arch, ["-lineinfo"], nvrtc=arch == "sm_90")
     entries = set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, flags=re.M))
     want = {f"fo_{a}_kernel_{s}" for a in ALGOS for s in ("f32", "f64", "lp4", "q8")}
     want |= {"fo_sumsq_kernel_f32", "fo_sumsq_kernel_f64", "fo_grad_control_kernel", "fo_bf16_round_kernel",
@@ -250,23 +332,22 @@ def test_kernels_compile_to_ptx(build_dir, arch):
 
 
 @needs_nvcc
-def test_nvrtc_code_string_is_self_contained(build_dir):
+def test_nvrtc_code_string_is_self_contained():
     """The ``code`` given to NVRTC (rules.h text + kernels.cu text) compiles with no include
     path at all: the guarded #include of rules.h is skipped, nothing else is included."""
     code = _cuda.kernel_source()
     assert code.count("#define FUSEDOPTIM_RULES_H") == 1 and code.count("#define FUSEDOPTIM_LOWP_H") == 1
     assert code.count("#define FUSEDOPTIM_Q8_H") == 1 and "#include \"cpu.h\"" in code  # q8.h's host branch
-    src = os.path.join(build_dir, "fo_nvrtc_code.cu")
-    with open(src, "w") as f:
-        f.write(code)
-    ptx = _nvcc_ptx(build_dir, "sm_80", source=src, include=False)
+    with open(_nvrtc_code_file()) as f:
+        assert f.read() == code
+    ptx = _nvcc_ptx("sm_90", ["-lineinfo"], nvrtc=True)
     assert "fo_adam_kernel_f32" in ptx and "fo_bf16_round_kernel" in ptx and "fo_adam_kernel_q8" in ptx
 
 
 @needs_nvcc
 @needs_cxx
 @needs_objdump
-def test_gpu_kernels_and_cpu_segments_inline_the_same_rules(build_dir, cpu_objdump):
+def test_gpu_kernels_and_cpu_segments_inline_the_same_rules(cpu_objdump):
     """For every algorithm and dtype, the rule instantiations inlined into the CUDA kernel
     and into the CPU segment are the same templates with the same flags and signature
     from the one rules.h, EMA rule included.  The CPU loops also instantiate compile-time
@@ -276,7 +357,7 @@ def test_gpu_kernels_and_cpu_segments_inline_the_same_rules(build_dir, cpu_objdu
     def template(name):   # the rule with its MODE argument (last template int) erased
         return re.sub(r"Li\d+EEv", "LiMODEEEv", name)
 
-    inl = _ptx_inlined_names(_nvcc_ptx(build_dir, "sm_80", ["-lineinfo"]))
+    inl = _ptx_inlined_names(_nvcc_ptx("sm_80", ["-lineinfo"]))
     for algo in ALGOS:
         for suffix in ("f32", "f64"):
             gpu = {n for n in inl[f"fo_{algo}_kernel_{suffix}"] if _RULE.match(n)}
@@ -295,12 +376,12 @@ def _kernels_cu_line(text: str) -> int:
 
 
 @needs_nvcc
-def test_gpu_update_kernels_have_no_arithmetic_of_their_own(build_dir):
+def test_gpu_update_kernels_have_no_arithmetic_of_their_own():
     """Device-debug PTX (-G keeps every instruction on its source line): each floating-point
     instruction of an update kernel comes from rules.h, except the gradient-scale
     multiplies of the named gscale by the device clip coefficients (ctrl[2], tscale[t]) and the CUDA math
     library's sqrt/fabs that rules.h's fo_sqrt/fo_abs call."""
-    ptx = _nvcc_ptx(build_dir, "sm_80", ["-G"])
+    ptx = _nvcc_ptx("sm_80", ["-G"])
     funcs, files = _ptx_functions(ptx), _ptx_files(ptx)
     allowed = {_kernels_cu_line("cs.gscale = cs.gscale * ctrl[2];"),
                _kernels_cu_line("if (tscale) ct.gscale = cs.gscale * tscale[t];")}
@@ -390,21 +471,27 @@ def test_rules_header_is_valid_host_cxx(build_dir):
 
 # ====================================================== host emulation of kernels.cu
 EMU_CPP = r"""
-// kernels.cu on the host: CUDA qualifiers defined away; a block is run by real threads
-// (std::barrier is __syncthreads) or, for kernels without a barrier, thread after thread.
-#include <barrier>
+// kernels.cu on the host: CUDA qualifiers defined away.  The kernels with a barrier run each
+// CUDA block as cooperative fibers (ucontext) on the calling thread: __syncthreads() hands
+// control back to the block's scheduler, which resumes every fiber once all of them have
+// arrived, alternating forward and reverse thread order from one barrier phase to the next,
+// so a missing barrier shows as a different result.  The others run thread after thread.
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <thread>
+#include <functional>
+#include <memory>
+#include <ucontext.h>
 #include <vector>
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
 struct fo_emu_dim { unsigned x, y, z; };
-static thread_local fo_emu_dim threadIdx, blockIdx;
+static fo_emu_dim threadIdx, blockIdx;   // the running fiber's: set before every switch to it
 static fo_emu_dim blockDim, gridDim;
-static std::barrier<> *fo_emu_barrier = nullptr;
-static inline void __syncthreads() { fo_emu_barrier->arrive_and_wait(); }
+static ucontext_t fo_emu_sched, *fo_emu_cur = nullptr;
+static inline void __syncthreads() { swapcontext(fo_emu_cur, &fo_emu_sched); }
 #include "kernels.cu"
 
 template <class F> static void emu_serial(int grid, int block, F f) {
@@ -417,42 +504,59 @@ template <class F> static void emu_serial(int grid, int block, F f) {
             f();
         }
 }
-template <class F> static void emu_threads(int grid, int block, F f) {
-    gridDim = {(unsigned)grid, 1, 1};
-    blockDim = {(unsigned)block, 1, 1};
-    for (int b = 0; b < grid; b++) {
-        std::barrier<> bar(block);
-        fo_emu_barrier = &bar;
-        std::vector<std::thread> ts;
-        for (int t = 0; t < block; t++)
-            ts.emplace_back([=] {
-                blockIdx = {(unsigned)b, 0, 0};
-                threadIdx = {(unsigned)t, 0, 0};
-                f();
-            });
-        for (auto &th : ts) th.join();
+
+static const size_t FO_EMU_STACK = 1 << 17;
+static std::vector<ucontext_t> fo_emu_ctx;
+static std::vector<std::unique_ptr<char[]>> fo_emu_stacks;
+static std::vector<char> fo_emu_done;
+static const std::function<void()> *fo_emu_body = nullptr;
+static void fo_emu_entry(int t) {
+    (*fo_emu_body)();
+    fo_emu_done[t] = 1;          // returning resumes the scheduler (uc_link)
+}
+
+// one block of `block` fibers, phase after phase until every fiber has returned; every
+// thread must pass the same barriers (else CUDA's behaviour is undefined: abort)
+static void emu_block(int b, int block, const std::function<void()> &f) {
+    while ((int)fo_emu_stacks.size() < block) fo_emu_stacks.emplace_back(new char[FO_EMU_STACK]);
+    fo_emu_ctx.resize(block);
+    fo_emu_done.assign(block, 0);
+    fo_emu_body = &f;
+    blockIdx = {(unsigned)b, 0, 0};
+    for (int t = 0; t < block; t++) {
+        ucontext_t &c = fo_emu_ctx[t];
+        getcontext(&c);
+        c.uc_stack.ss_sp = fo_emu_stacks[t].get();
+        c.uc_stack.ss_size = FO_EMU_STACK;
+        c.uc_link = &fo_emu_sched;
+        makecontext(&c, (void (*)())fo_emu_entry, 1, t);
+    }
+    for (int phase = 0;; phase++) {
+        int done = 0;
+        for (int i = 0; i < block; i++) {
+            const int t = phase & 1 ? block - 1 - i : i;
+            threadIdx = {(unsigned)t, 0, 0};
+            fo_emu_cur = &fo_emu_ctx[t];
+            swapcontext(&fo_emu_sched, fo_emu_cur);
+            done += fo_emu_done[t];
+        }
+        if (done == block) return;
+        if (done) {
+            std::fprintf(stderr, "emulation: %d of %d threads of block %d returned while the others wait at a "
+                         "__syncthreads() of phase %d\n", done, block, b, phase);
+            std::abort();
+        }
     }
 }
 
-// the threads of a block as a pool that walks the grid block after block (the kernels with
-// a barrier and shared memory, which the emulation keeps in static storage: one block at a time)
-template <class F> static void emu_pool(int grid, int block, F f) {
+template <class F> static void emu_threads(int grid, int block, F f) {
     gridDim = {(unsigned)grid, 1, 1};
     blockDim = {(unsigned)block, 1, 1};
-    std::barrier<> bar(block);
-    fo_emu_barrier = &bar;
-    std::vector<std::thread> ts;
-    for (int t = 0; t < block; t++)
-        ts.emplace_back([=, &bar] {
-            for (int b = 0; b < grid; b++) {
-                blockIdx = {(unsigned)b, 0, 0};
-                threadIdx = {(unsigned)t, 0, 0};
-                f();
-                bar.arrive_and_wait();   // nobody starts block b + 1 while another is in block b
-            }
-        });
-    for (auto &th : ts) th.join();
+    const std::function<void()> body = f;
+    for (int b = 0; b < grid; b++) emu_block(b, block, body);
 }
+// the kernels with a barrier and shared memory (static storage here): one block at a time
+template <class F> static void emu_pool(int grid, int block, F f) { emu_threads(grid, block, f); }
 
 typedef void (*fo_emu_update)(const fo_hparams, const fo_i64 *, int, int, int, unsigned, const double *,
                               const double *);
@@ -534,20 +638,11 @@ extern "C" void emu_bf16_round(int grid, int block, const float *x, unsigned sho
 
 
 @pytest.fixture(scope="session")
-def emu(build_dir):
+def emu():
     """kernels.cu compiled for the host with the CPU build's floating-point flags."""
     if CXX is None:
         pytest.skip("no C++ compiler on PATH")
-    src = os.path.join(build_dir, "emu.cpp")
-    with open(src, "w") as f:
-        f.write(EMU_CPP)
-    lib = os.path.join(build_dir, "fo_emu.so")
-    r = subprocess.run([CXX, "-std=c++20", "-O2", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
-                        "-Wno-unknown-pragmas", "-fPIC", "-shared", "-pthread", "-I", SRC, src, "-o", lib],
-                       capture_output=True, text=True)
-    if r.returncode != 0 and "barrier" in r.stderr:
-        pytest.skip("the C++ compiler has no C++20 <barrier>")
-    assert r.returncode == 0, r.stderr
+    lib = _emu_job().result()
     so = ctypes.CDLL(lib)
     P = ctypes.c_void_p
     so.emu_update.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, P, P, ctypes.c_int, ctypes.c_int,
