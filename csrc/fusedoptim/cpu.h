@@ -129,59 +129,6 @@ static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, con
     }
 }
 
-template <class Q> static FO_INLINE Q *fo_at(Q *q, ptrdiff_t i) { return q ? q + i : q; }
-
-/* The memory side of a segment (bench/overlap_loop.cpp measured it, two threads, 4K, 1M
- * and 16M elements).  A segment of FO_ALIGN_MIN elements or more runs the elements before
- * the parameter's first 64-byte boundary alone, then the rest from there: a large NumPy
- * array starts 16 bytes into a page (glibc's mmap), so without that head half of the
- * 32-byte AVX2 accesses (all of the 64-byte ones) straddle two cache lines, and after it
- * every buffer that shares the parameter's offset is aligned.  A segment of
- * FO_PREFETCH_MIN elements or more (its buffers outgrow L2) goes one cache line at a time,
- * each line after a prefetch of every buffer it streams FO_PREFETCH bytes ahead (the
- * written ones for writing): L3 and DRAM transfers keep going while the core works through
- * the rule's square roots and divisions.  Element-wise work cut into pieces: the same
- * bits.  fo_stream_loop (the roofline) has the same structure.                           */
-#define FO_ALIGN_MIN 1024
-#define FO_PREFETCH_MIN 32768
-#define FO_PREFETCH 1024
-template <class Q> static FO_INLINE void fo_prefetch(Q *q, bool write) {
-#if defined(__GNUC__)
-    if (write) __builtin_prefetch((const char *)q + FO_PREFETCH, 1, 3);
-    else __builtin_prefetch((const char *)q + FO_PREFETCH, 0, 3);
-#else
-    (void)q;
-    (void)write;
-#endif
-}
-/* the head: elements before p's first 64-byte boundary in a segment of n >= FO_ALIGN_MIN, else 0 */
-template <typename T> static FO_INLINE ptrdiff_t fo_head(const void *p, ptrdiff_t n) {
-    return n < FO_ALIGN_MIN ? 0 : (ptrdiff_t)((-(size_t)p & 63u) / sizeof(T));
-}
-template <class A, typename T, unsigned F, int M>
-static FO_INLINE void fo_loop_mem(ptrdiff_t n, T *p, const T *g, T *e, T *b0, T *b1, T *b2, T *b3,
-                                  const fo_common<T> &c, const typename A::template hp<T> &h) {
-    constexpr unsigned K = A::mask(F);
-    constexpr ptrdiff_t L = 64 / (ptrdiff_t)sizeof(T);     /* elements per cache line */
-    ptrdiff_t i = fo_head<T>(p, n);
-    fo_loop<A, T, F, M>(i, p, g, e, b0, b1, b2, b3, c, h);
-    if (n >= FO_PREFETCH_MIN) {
-        for (; i + L <= n; i += L) {
-            fo_prefetch(p + i, true);
-            fo_prefetch(g + i, false);
-            if (M & FO_EMA) fo_prefetch(e + i, true);
-            if (K & 1u) fo_prefetch(b0 + i, true);
-            if (K & 2u) fo_prefetch(b1 + i, true);
-            if (K & 4u) fo_prefetch(b2 + i, true);
-            if (K & 8u) fo_prefetch(b3 + i, true);
-            fo_loop<A, T, F, M>(L, p + i, g + i, fo_at(e, i), fo_at(b0, i), fo_at(b1, i), fo_at(b2, i),
-                                fo_at(b3, i), c, h);
-        }
-    }
-    fo_loop<A, T, F, M>(n - i, p + i, g + i, fo_at(e, i), fo_at(b0, i), fo_at(b1, i), fo_at(b2, i), fo_at(b3, i), c,
-                        h);
-}
-
 /* Flags fixed: map the kept buffers to their declared slots, pick the loop mode. */
 template <class A, typename T, unsigned F>
 static FO_INLINE void fo_seg_flags(const fo_common<T> &c, const typename A::template hp<T> &h, char **bufs,
@@ -193,7 +140,7 @@ static FO_INLINE void fo_seg_flags(const fo_common<T> &c, const typename A::temp
         if ((K >> k) & 1u) slot[k] = FO_BUF(T, FO_STATE + kept++);
     T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
     const int mode = e ? FO_EMA : ((c.plain() ? FO_PLAIN : 0) | A::lerp(F, h));
-#define FO_RUN_(m) fo_loop_mem<A, T, F, (m)>(n, p, g, e, slot[0], slot[1], slot[2], slot[3], c, h)
+#define FO_RUN_(m) fo_loop<A, T, F, (m)>(n, p, g, e, slot[0], slot[1], slot[2], slot[3], c, h)
     switch (mode) {
         case FO_EMA: FO_RUN_(FO_EMA); return;
         case 0: FO_RUN_(0); return;
@@ -260,6 +207,7 @@ typedef void (*fo_lp_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_t
 
 template <bool B, class X, class Y> struct fo_if { typedef X type; };
 template <class X, class Y> struct fo_if<false, X, Y> { typedef Y type; };
+template <class Q> static FO_INLINE Q *fo_at(Q *q, ptrdiff_t i) { return q ? q + i : q; }
 
 /* the EMA of n parameters as stored: ema = lerp(ema, p), rounded with the high 16 bits
  * of the parameter's hash (fo_loop's epilogue, as a loop of its own) */
@@ -387,27 +335,11 @@ static FO_INLINE void fo_stream_body(T c, ptrdiff_t n, T *FO_RESTRICT b0, const 
         if (K > 5) b5[i] = b5[i] + c * s;
     }
 }
-/* with the optimizers' memory side (fo_loop_mem: the head to the parameter's first 64-byte
- * boundary, line by line after prefetches in large segments), so that the roofline is the
- * same loop structure around a rule that costs nothing */
 template <typename T, int K>
 static FO_INLINE void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
-    T *b0 = (T *)bufs[0], *b2 = K > 2 ? (T *)bufs[FO_STATE] : NULL, *b3 = K > 3 ? (T *)bufs[FO_STATE + 1] : NULL;
-    T *b4 = K > 4 ? (T *)bufs[FO_STATE + 2] : NULL, *b5 = K > 5 ? (T *)bufs[FO_STATE + 3] : NULL;
-    const T *b1 = (const T *)bufs[1];
-    constexpr ptrdiff_t L = 64 / (ptrdiff_t)sizeof(T);
-    ptrdiff_t i = fo_head<T>(b0, n);
-    fo_stream_body<T, K>(c, i, b0, b1, b2, b3, b4, b5);
-    for (; n >= FO_PREFETCH_MIN && i + L <= n; i += L) {
-        fo_prefetch(b0 + i, true);
-        fo_prefetch(b1 + i, false);
-        if (K > 2) fo_prefetch(b2 + i, true);
-        if (K > 3) fo_prefetch(b3 + i, true);
-        if (K > 4) fo_prefetch(b4 + i, true);
-        if (K > 5) fo_prefetch(b5 + i, true);
-        fo_stream_body<T, K>(c, L, b0 + i, b1 + i, fo_at(b2, i), fo_at(b3, i), fo_at(b4, i), fo_at(b5, i));
-    }
-    fo_stream_body<T, K>(c, n - i, b0 + i, b1 + i, fo_at(b2, i), fo_at(b3, i), fo_at(b4, i), fo_at(b5, i));
+    fo_stream_body<T, K>(c, n, (T *)bufs[0], (const T *)bufs[1], K > 2 ? (T *)bufs[FO_STATE] : NULL,
+                         K > 3 ? (T *)bufs[FO_STATE + 1] : NULL, K > 4 ? (T *)bufs[FO_STATE + 2] : NULL,
+                         K > 5 ? (T *)bufs[FO_STATE + 3] : NULL);
 }
 template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, unsigned k, char **bufs, ptrdiff_t n) {
     const T c = (T)hd[0];
