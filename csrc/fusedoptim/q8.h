@@ -429,21 +429,27 @@ static int fo_q8_vec_init(void) {
     return 0;
 }
 
+/* min(|x * inv|, 1) with NaN -> 1 (on the bits: non-negative floats order as their bits,
+ * NaN above 1.0), and its group estimate before the boundary test: (E * gm + gd) >> 8, E the
+ * biased exponent of max(a, 2^-22) -- shared by the nearest and the stochastic codes */
+static FO_INLINE fo_q8_v8i fo_q8_vgroup(fo_q8_v8f x, float inv, int gm, int gd, fo_q8_v8f *a) {
+    const fo_q8_v8f y = x * inv;
+    fo_q8_v8i ab;
+    memcpy(&ab, &y, sizeof ab);
+    ab &= 0x7FFFFFFF;
+    ab = ab > 0x3F800000 ? 0x3F800000 : ab;
+    memcpy(a, &ab, sizeof *a);
+    const fo_q8_v8i e = ab > 0x34800000 ? ab : 0x34800000;
+    return ((e >> 23) * gm + gd) >> 8;
+}
+
 /* codes of 8 values (lanes where floor(u -/+ eps) differ: set in *amb) */
 template <bool SIGNED>
 static FO_INLINE fo_q8_v8i fo_q8_vcodes(fo_q8_v8f x, float inv, const fo_q8_vtab &w, const fo_q8_v8f &nbg,
                                         const fo_q8_v8f &S, const fo_q8_v8f &O, const fo_q8_v8f &U, fo_q8_v8i *amb) {
     const fo_q8_v8f y = x * inv;
-    /* on the bits (non-negative floats order as their bits, NaN above 1.0): |y|, then
-     * min(|y|, 1) with NaN -> 1 (the block reads back NaN), then max(a, 2^-22) */
-    fo_q8_v8i ab;
-    memcpy(&ab, &y, sizeof ab);
-    ab &= 0x7FFFFFFF;
-    ab = ab > 0x3F800000 ? 0x3F800000 : ab;
-    fo_q8_v8f a;
-    memcpy(&a, &ab, sizeof a);
-    const fo_q8_v8i e = ab > 0x34800000 ? ab : 0x34800000;
-    fo_q8_v8i gi = ((e >> 23) * w.gm + w.gd) >> 8;
+    fo_q8_v8f a;   /* a NaN reads back NaN from the block's absmax */
+    fo_q8_v8i gi = fo_q8_vgroup(x, inv, w.gm, w.gd, &a);
     gi -= a > __builtin_shuffle(nbg, gi);
     fo_q8_v8f u = a * __builtin_shuffle(S, gi) - __builtin_shuffle(O, gi);
     const fo_q8_v8f ut = __builtin_shuffle(U, gi);
@@ -550,14 +556,8 @@ template <bool SIGNED>
 static FO_INLINE fo_q8_v8i fo_q8_vstoch(fo_q8_v8f x, float inv, fo_q8_v8u r, const fo_q8_stab &w,
                                         const fo_q8_svt &T, fo_q8_v8i *amb) {
     const fo_q8_v8f y = x * inv;
-    fo_q8_v8i ab;   /* min(|y|, 1), NaN -> 1, on the bits (as fo_q8_vcodes) */
-    memcpy(&ab, &y, sizeof ab);
-    ab &= 0x7FFFFFFF;
-    ab = ab > 0x3F800000 ? 0x3F800000 : ab;
     fo_q8_v8f a;
-    memcpy(&a, &ab, sizeof a);
-    const fo_q8_v8i e = ab > 0x34800000 ? ab : 0x34800000;
-    fo_q8_v8i gi = ((e >> 23) * w.gm + w.gd) >> 8;
+    fo_q8_v8i gi = fo_q8_vgroup(x, inv, w.gm, w.gd, &a);
     gi -= a >= __builtin_shuffle(T.nbg, gi);
     const fo_q8_v8f R = __builtin_convertvector((fo_q8_v8i)r, fo_q8_v8f) * 0x1p-16f;
     /* the evenly spaced intervals: kf = floor(u), up when R < u - kf (d < 0) */
