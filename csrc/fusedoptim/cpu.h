@@ -129,6 +129,25 @@ static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, con
     }
 }
 
+/* A large NumPy array starts 16 bytes into a page (glibc's mmap), so half of the 32-byte
+ * AVX2 accesses would straddle two cache lines: a segment of FO_ALIGN_MIN elements or more
+ * runs the elements before the parameter's first 64-byte boundary alone, then the rest
+ * from there (every buffer that shares the parameter's offset is then aligned).
+ * Element-wise work cut in two: the same bits.  fo_stream_loop (the roofline) does the same. */
+#define FO_ALIGN_MIN 1024
+template <typename T> static FO_INLINE ptrdiff_t fo_head(const void *p, ptrdiff_t n) {
+    return n < FO_ALIGN_MIN ? 0 : (ptrdiff_t)((-(size_t)p & 63u) / sizeof(T));
+}
+template <class Q> static FO_INLINE Q *fo_off(Q *q, ptrdiff_t i) { return q ? q + i : q; }
+template <class A, typename T, unsigned F, int M>
+static FO_INLINE void fo_loop_aligned(ptrdiff_t n, T *p, const T *g, T *e, T *b0, T *b1, T *b2, T *b3,
+                                      const fo_common<T> &c, const typename A::template hp<T> &h) {
+    const ptrdiff_t i = fo_head<T>(p, n);
+    if (i) fo_loop<A, T, F, M>(i, p, g, e, b0, b1, b2, b3, c, h);
+    fo_loop<A, T, F, M>(n - i, p + i, g + i, fo_off(e, i), fo_off(b0, i), fo_off(b1, i), fo_off(b2, i),
+                        fo_off(b3, i), c, h);
+}
+
 /* Flags fixed: map the kept buffers to their declared slots, pick the loop mode. */
 template <class A, typename T, unsigned F>
 static FO_INLINE void fo_seg_flags(const fo_common<T> &c, const typename A::template hp<T> &h, char **bufs,
@@ -140,7 +159,7 @@ static FO_INLINE void fo_seg_flags(const fo_common<T> &c, const typename A::temp
         if ((K >> k) & 1u) slot[k] = FO_BUF(T, FO_STATE + kept++);
     T *p = FO_BUF(T, 0), *g = FO_BUF(T, 1), *e = FO_BUF(T, 2);
     const int mode = e ? FO_EMA : ((c.plain() ? FO_PLAIN : 0) | A::lerp(F, h));
-#define FO_RUN_(m) fo_loop<A, T, F, (m)>(n, p, g, e, slot[0], slot[1], slot[2], slot[3], c, h)
+#define FO_RUN_(m) fo_loop_aligned<A, T, F, (m)>(n, p, g, e, slot[0], slot[1], slot[2], slot[3], c, h)
     switch (mode) {
         case FO_EMA: FO_RUN_(FO_EMA); return;
         case 0: FO_RUN_(0); return;
@@ -337,9 +356,12 @@ static FO_INLINE void fo_stream_body(T c, ptrdiff_t n, T *FO_RESTRICT b0, const 
 }
 template <typename T, int K>
 static FO_INLINE void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
-    fo_stream_body<T, K>(c, n, (T *)bufs[0], (const T *)bufs[1], K > 2 ? (T *)bufs[FO_STATE] : NULL,
-                         K > 3 ? (T *)bufs[FO_STATE + 1] : NULL, K > 4 ? (T *)bufs[FO_STATE + 2] : NULL,
-                         K > 5 ? (T *)bufs[FO_STATE + 3] : NULL);
+    T *b0 = (T *)bufs[0], *b2 = K > 2 ? (T *)bufs[FO_STATE] : NULL, *b3 = K > 3 ? (T *)bufs[FO_STATE + 1] : NULL;
+    T *b4 = K > 4 ? (T *)bufs[FO_STATE + 2] : NULL, *b5 = K > 5 ? (T *)bufs[FO_STATE + 3] : NULL;
+    const T *b1 = (const T *)bufs[1];
+    const ptrdiff_t i = fo_head<T>(b0, n);   /* as fo_loop_aligned */
+    if (i) fo_stream_body<T, K>(c, i, b0, b1, b2, b3, b4, b5);
+    fo_stream_body<T, K>(c, n - i, b0 + i, b1 + i, fo_off(b2, i), fo_off(b3, i), fo_off(b4, i), fo_off(b5, i));
 }
 template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, unsigned k, char **bufs, ptrdiff_t n) {
     const T c = (T)hd[0];
