@@ -138,14 +138,14 @@ static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, con
 template <typename T> static FO_INLINE ptrdiff_t fo_head(const void *p, ptrdiff_t n) {
     return n < FO_ALIGN_MIN ? 0 : (ptrdiff_t)((-(size_t)p & 63u) / sizeof(T));
 }
-template <class Q> static FO_INLINE Q *fo_off(Q *q, ptrdiff_t i) { return q ? q + i : q; }
+template <class Q> static FO_INLINE Q *fo_at(Q *q, ptrdiff_t i) { return q ? q + i : q; }
 template <class A, typename T, unsigned F, int M>
 static FO_INLINE void fo_loop_aligned(ptrdiff_t n, T *p, const T *g, T *e, T *b0, T *b1, T *b2, T *b3,
                                       const fo_common<T> &c, const typename A::template hp<T> &h) {
     const ptrdiff_t i = fo_head<T>(p, n);
     if (i) fo_loop<A, T, F, M>(i, p, g, e, b0, b1, b2, b3, c, h);
-    fo_loop<A, T, F, M>(n - i, p + i, g + i, fo_off(e, i), fo_off(b0, i), fo_off(b1, i), fo_off(b2, i),
-                        fo_off(b3, i), c, h);
+    fo_loop<A, T, F, M>(n - i, p + i, g + i, fo_at(e, i), fo_at(b0, i), fo_at(b1, i), fo_at(b2, i),
+                        fo_at(b3, i), c, h);
 }
 
 /* Flags fixed: map the kept buffers to their declared slots, pick the loop mode. */
@@ -226,7 +226,6 @@ typedef void (*fo_lp_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_t
 
 template <bool B, class X, class Y> struct fo_if { typedef X type; };
 template <class X, class Y> struct fo_if<false, X, Y> { typedef Y type; };
-template <class Q> static FO_INLINE Q *fo_at(Q *q, ptrdiff_t i) { return q ? q + i : q; }
 
 /* the EMA of n parameters as stored: ema = lerp(ema, p), rounded with the high 16 bits
  * of the parameter's hash (fo_loop's epilogue, as a loop of its own) */
@@ -361,7 +360,7 @@ static FO_INLINE void fo_stream_loop(T c, char **bufs, ptrdiff_t n) {
     const T *b1 = (const T *)bufs[1];
     const ptrdiff_t i = fo_head<T>(b0, n);   /* as fo_loop_aligned */
     if (i) fo_stream_body<T, K>(c, i, b0, b1, b2, b3, b4, b5);
-    fo_stream_body<T, K>(c, n - i, b0 + i, b1 + i, fo_off(b2, i), fo_off(b3, i), fo_off(b4, i), fo_off(b5, i));
+    fo_stream_body<T, K>(c, n - i, b0 + i, b1 + i, fo_at(b2, i), fo_at(b3, i), fo_at(b4, i), fo_at(b5, i));
 }
 template <typename T> static FO_INLINE void fo_stream_seg(const double *hd, unsigned k, char **bufs, ptrdiff_t n) {
     const T c = (T)hd[0];
