@@ -94,6 +94,19 @@ typedef void (*fo_seg_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_
  * the state buffers are stored; each is widened to T on load and rounded on store, the
  * rule itself always runs in T.  The default (fo_same<T>) is plain T memory, and then no
  * random bits are drawn: the float32/float64 loops are exactly what they were.         */
+/* A segment's scalars h: the common block, then algorithm A's named block (spec.h's order),
+ * copied out of the double array the driver packs; every CPU segment starts with this. */
+template <class A> struct fo_blocks {
+    fo_common_scalars cs;
+    typename A::scalars as;
+};
+template <class A> static FO_INLINE fo_blocks<A> fo_load_blocks(const double *h) {
+    fo_blocks<A> b;
+    memcpy(&b.cs, h, sizeof b.cs);
+    memcpy(&b.as, h + FO_NCOMMON, sizeof b.as);
+    return b;
+}
+
 template <class A, typename T, unsigned F, int M, class SP = fo_same<T>, class SG = fo_same<T>,
           class SS = fo_same<T>, bool SR = false>
 static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, const typename SG::type *FO_RESTRICT g,
@@ -192,10 +205,7 @@ static FO_INLINE void fo_seg_dispatch(unsigned flags, const fo_common<T> &c, con
 /* The segment of algorithm A: load the named block, dispatch on the flags. */
 template <class A, typename T>
 static FO_INLINE void fo_seg(const double *hd, unsigned flags, char **bufs, ptrdiff_t n) {
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, hd, sizeof cs);
-    memcpy(&as, hd + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(hd);
     fo_seg_dispatch<A, T>(flags, fo_common<T>::load(cs), A::template hp<T>::load(as), bufs, n);
 }
 
@@ -317,10 +327,7 @@ static FO_INLINE void fo_lp_dispatch(unsigned flags, const fo_common<float> &c, 
 
 template <class A, int CODE>
 static FO_INLINE void fo_lp_seg(const double *hd, unsigned flags, char **bufs, ptrdiff_t n, const fo_lp_ctx *x) {
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, hd, sizeof cs);
-    memcpy(&as, hd + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(hd);
     typedef typename fo_if<(CODE & 1) != 0, fo_bf16s, fo_same<float> >::type SP;
     typedef typename fo_if<(CODE & 2) != 0, fo_bf16s, fo_same<float> >::type SG;
     typedef typename fo_if<(CODE & 4) != 0, fo_bf16s, fo_same<float> >::type SS;

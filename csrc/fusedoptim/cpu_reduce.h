@@ -210,10 +210,7 @@ static FO_INLINE void fo_rstats_dispatch(unsigned flags, const fo_common<T> &c, 
 template <class A, typename T, class SP, class SG, class SS>
 static FO_INLINE void fo_rstats_range(const fo_rjob *j, ptrdiff_t b0, ptrdiff_t b1) {
     if (b0 >= b1) return;
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, j->h, sizeof cs);
-    memcpy(&as, j->h + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(j->h);
     const typename A::template hp<T> h = A::template hp<T>::load(as);
     ptrdiff_t t = fo_rfind(j->blk, j->ntens, b0);
     fo_common<T> c = fo_rcommon<T>(j, cs, t);
@@ -235,8 +232,7 @@ static FO_INLINE void fo_rstats_range(const fo_rjob *j, ptrdiff_t b0, ptrdiff_t 
 /* ---- finish: one tensor's sums -> its scalars (and per-tensor state) ------------------ */
 template <class A, typename T, class SS>
 static FO_INLINE void fo_rfinish_range(const fo_rjob *j, ptrdiff_t t0, ptrdiff_t t1) {
-    typename A::scalars as;
-    memcpy(&as, j->h + FO_NCOMMON, sizeof as);
+    const typename A::scalars as = fo_load_blocks<A>(j->h).as;
     constexpr int NS = A::NSTATS, NT = A::NTSTATE;
     for (ptrdiff_t t = t0; t < t1; t++) {
         double st[NS > 0 ? NS : 1];
@@ -324,10 +320,7 @@ static FO_INLINE void fo_rapply_dispatch(unsigned flags, const fo_common<T> &c, 
 template <class A, typename T, class SP, class SG, class SS>
 static FO_INLINE void fo_rapply_range(const fo_rjob *j, ptrdiff_t lo, ptrdiff_t hi) {
     if (lo >= hi) return;
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, j->h, sizeof cs);
-    memcpy(&as, j->h + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(j->h);
     fo_rapply_hp<A, T> x;
     x.h = A::template hp<T>::load(as);
     char *bufs[FO_STATE + FO_MAXSTATE + 1];

@@ -768,10 +768,7 @@ static FO_INLINE void fo_q8_dispatch(unsigned flags, const fo_common<float> &c, 
 template <class A, int CODE>
 static FO_INLINE void fo_q8_seg(const double *hd, unsigned flags, char **bufs, float *const *absmax, ptrdiff_t n,
                                 const fo_q8_ctx *x) {
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, hd, sizeof cs);
-    memcpy(&as, hd + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(hd);
     typedef typename fo_if<(CODE & 1) != 0, fo_bf16s, fo_same<float> >::type SP;
     typedef typename fo_if<(CODE & 2) != 0, fo_bf16s, fo_same<float> >::type SG;
     fo_q8_dispatch<A, SP, SG>(flags, fo_common<float>::load(cs), A::template hp<float>::load(as), bufs, absmax, n, x);

@@ -97,10 +97,7 @@ static FO_INLINE void fo_rq8_stats_dispatch(unsigned flags, const fo_common<floa
 template <class A, class SP, class SG>
 static FO_INLINE void fo_rq8_stats_range(const fo_rjob *j, ptrdiff_t b0, ptrdiff_t b1) {
     if (b0 >= b1) return;
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, j->h, sizeof cs);
-    memcpy(&as, j->h + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(j->h);
     const typename A::template hp<float> h = A::template hp<float>::load(as);
     const int ne = j->nbuf - FO_STATE;
     ptrdiff_t t = fo_rfind(j->blk, j->ntens, b0);
@@ -135,10 +132,7 @@ template <class A> struct fo_rq8_rule : fo_rapply_rule<A> {
 template <class A, class SP, class SG>
 static FO_INLINE void fo_rq8_apply_range(const fo_rjob *j, ptrdiff_t lo, ptrdiff_t hi) {
     if (lo >= hi) return;
-    fo_common_scalars cs;
-    typename A::scalars as;
-    memcpy(&cs, j->h, sizeof cs);
-    memcpy(&as, j->h + FO_NCOMMON, sizeof as);
+    const auto [cs, as] = fo_load_blocks<A>(j->h);
     fo_rapply_hp<A, float> x;
     x.h = A::template hp<float>::load(as);
     const ptrdiff_t B = j->qblock;
