@@ -6,7 +6,8 @@
  * number of buffers (fo_stream_seg), at n elements (default 4096: every buffer in L1/L2,
  * so what is left is the loop's own cost), best of 25 trials.  A rule that costs more per
  * element in cache than STREAM does can't reach the STREAM figure at sizes where the data
- * comes from L3 (1M elements) unless the core overlaps it with the transfers.
+ * comes from L3 (1M elements) unless the core overlaps it with the transfers.  The last line
+ * is the floor of the 1 sqrt + 1 div rules: a loop of x / sqrt(z) and nothing else.
  * Asserts nothing; compile it with the package's flags for the AVX2 clone and run:
  *
  *   g++ -O3 -fno-math-errno -fno-trapping-math -ffp-contract=off -DFO_NO_MULTIVERSION \
@@ -32,6 +33,12 @@ FO_ENTRY_(ftrl)
 FO_ENTRY_(sf_adamw)
 FO_ENTRY_(asgd)
 FO_ENTRY_(adan)
+/* the floor of every rule with one square root and one division per element: those two
+ * IEEE operations (one vsqrtps and one vdivps per 8 elements) and nothing else */
+extern "C" __attribute__((noinline)) void sqrt_div_f32(float *FO_RESTRICT y, const float *FO_RESTRICT x,
+                                                       const float *FO_RESTRICT z, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] / sqrtf(z[i]);
+}
 extern "C" __attribute__((noinline)) void stream_f32(const double *h, unsigned k, char **b, ptrdiff_t n) {
     fo_stream_seg<float>(h, k, b, n);
 }
@@ -102,5 +109,13 @@ int main(int argc, char **argv) {
         }
         printf("%-10s k=%d  rule %.3f  stream %.3f  ratio %.2f\n", cs.name, cs.k, best[0], best[1], best[0] / best[1]);
     }
+    double floor_ns = 1e30;
+    for (int trial = 0; trial < 25; trial++) {
+        const double t0 = cpu_ns();
+        for (long r = 0; r < reps; r++) sqrt_div_f32(buf[4].data(), buf[r & 1 ? 0 : 5].data(), buf[3].data(), n);
+        const double dt = (cpu_ns() - t0) / ((double)reps * (double)n);
+        floor_ns = dt < floor_ns ? dt : floor_ns;
+    }
+    printf("%-10s      x / sqrt(z) alone %.3f: the floor of a rule with 1 sqrt + 1 div per element\n", "sqrt+div", floor_ns);
     return 0;
 }
