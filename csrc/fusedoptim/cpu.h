@@ -250,6 +250,79 @@ static FO_INLINE void fo_lp_ema(ptrdiff_t n, const typename SP::type *FO_RESTRIC
     }
 }
 
+/* fo_loop with bfloat16 storage, FO_LP_VW elements at a time (GCC): the bfloat16 buffers
+ * are widened 8 lanes at a time (lowp.h) into float32 arrays on the stack, fo_loop runs the
+ * rule on those as plain float memory (the float32 instantiation, unrolled), and the
+ * results are rounded back 8 lanes at a time with the same random bits, lane by lane, as
+ * fo_loop's own epilogue (state pair (0, 1) and (2, 3) the halves of one hash, the
+ * parameter its own): the same bits.  The last n % FO_LP_VW elements take fo_loop.     */
+#ifdef FO_LP_VEC
+#define FO_LP_VW 16
+template <class S> static FO_INLINE float *fo_lp_vin(typename S::type *q, float *t) {
+    if constexpr (S::LOWP) {
+        for (int v = 0; v < FO_LP_VW; v += 8) {
+            const fo_lp_v8f x = fo_bf16_load_v8(q + v);
+            memcpy(t + v, &x, sizeof x);
+        }
+        return t;
+    } else {
+        return (float *)q;
+    }
+}
+template <class A, unsigned F, int M, class SP, class SG, class SS, bool SR>
+static FO_INLINE void fo_lp_vloop(ptrdiff_t n, typename SP::type *p, const typename SG::type *g,
+                                  typename SS::type *const *slot, ptrdiff_t j0, const fo_common<float> &c,
+                                  const typename A::template hp<float> &h, const fo_rng &r) {
+    constexpr unsigned K = A::mask(F);
+    constexpr bool R0 = SR && SS::LOWP && (K & 3u), R1 = SR && SS::LOWP && (K & 12u), R2 = SR && SP::LOWP;
+    typename SS::type *b[FO_MAXSTATE];
+    for (int k = 0; k < FO_MAXSTATE; k++) b[k] = fo_at(slot[k], j0);
+    const fo_lp_v8u lane = {0u, 1u, 2u, 3u, 4u, 5u, 6u, 7u};
+    ptrdiff_t i = 0;
+    for (; i + FO_LP_VW <= n; i += FO_LP_VW) {
+        alignas(32) float tp[FO_LP_VW], tg[FO_LP_VW], ts[FO_MAXSTATE][FO_LP_VW];
+        float *P = fo_lp_vin<SP>(p + i, tp);
+        const float *G = fo_lp_vin<SG>((typename SG::type *)(g + i), tg);
+        float *S[FO_MAXSTATE] = {};
+#define FO_LP_VIN_(k) \
+    if constexpr (((K >> k) & 1u) != 0) S[k] = fo_lp_vin<SS>(b[k] + i, ts[k]);
+        FO_LP_VIN_(0) FO_LP_VIN_(1) FO_LP_VIN_(2) FO_LP_VIN_(3)
+#undef FO_LP_VIN_
+        fo_loop<A, float, F, M>(FO_LP_VW, P, G, NULL, S[0], S[1], S[2], S[3], c, h);
+        fo_lp_v8u w[2][FO_MAXSTATE + 1];   /* rounded bits: state k, then the parameter */
+        for (int v = 0; v < 2; v++) {
+            const fo_lp_v8u idx = (r.i0 + (unsigned)(i + 8 * v)) + lane;
+            const fo_lp_v8u r0 = R0 ? fo_hash32_v8(idx ^ r.k[0]) : fo_lp_v8u{};
+            const fo_lp_v8u r1 = R1 ? fo_hash32_v8(idx ^ r.k[1]) : fo_lp_v8u{};
+            const fo_lp_v8u r2 = R2 ? fo_hash32_v8(idx ^ r.k[2]) : fo_lp_v8u{};
+            fo_lp_v8f x;
+#define FO_LP_VROUND_(k, rk)                                  \
+    if constexpr (SS::LOWP && ((K >> k) & 1u) != 0) {         \
+        memcpy(&x, ts[k] + 8 * v, sizeof x);                  \
+        w[v][k] = fo_bf16_round_v8<SR>(x, rk);                \
+    }
+            FO_LP_VROUND_(0, r0) FO_LP_VROUND_(1, r0 >> 16) FO_LP_VROUND_(2, r1) FO_LP_VROUND_(3, r1 >> 16)
+#undef FO_LP_VROUND_
+            if constexpr (SP::LOWP) {
+                memcpy(&x, tp + 8 * v, sizeof x);
+                w[v][FO_MAXSTATE] = fo_bf16_round_v8<SR>(x, r2);
+            }
+        }
+#define FO_LP_VOUT_(k) \
+    if constexpr (SS::LOWP && ((K >> k) & 1u) != 0) fo_bf16_store_v16(b[k] + i, w[0][k], w[1][k]);
+        FO_LP_VOUT_(0) FO_LP_VOUT_(1) FO_LP_VOUT_(2) FO_LP_VOUT_(3)
+#undef FO_LP_VOUT_
+        if constexpr (SP::LOWP) fo_bf16_store_v16(p + i, w[0][FO_MAXSTATE], w[1][FO_MAXSTATE]);
+    }
+    if (i < n) {
+        fo_rng rt = r;
+        rt.i0 = r.i0 + (unsigned)i;
+        fo_loop<A, float, F, M, SP, SG, SS, SR>(n - i, p + i, g + i, NULL, fo_at(b[0], i), fo_at(b[1], i),
+                                                fo_at(b[2], i), fo_at(b[3], i), c, h, rt);
+    }
+}
+#endif
+
 /* the fixed mode of the fast loop for these scalars, or -1 (then the run-time mode 0) */
 template <class A>
 static FO_INLINE int fo_lp_fast(const fo_common<float> &c, unsigned F, const typename A::template hp<float> &h) {
@@ -269,12 +342,19 @@ static FO_INLINE void fo_lp_run(const fo_common<float> &c, const typename A::tem
         const ptrdiff_t b = m - j < blk ? m - j : blk;
         fo_rng rb = r;
         rb.i0 = r.i0 + (unsigned)j;
+#ifdef FO_LP_VEC
+        if (FAST && fast)
+            fo_lp_vloop<A, F, FM, SP, SG, SS, SR>(b, p + j, g + j, slot, j, c, h, rb);
+        else
+            fo_lp_vloop<A, F, 0, SP, SG, SS, SR>(b, p + j, g + j, slot, j, c, h, rb);
+#else
         if (FAST && fast)
             fo_loop<A, float, F, FM, SP, SG, SS, SR>(b, p + j, g + j, NULL, fo_at(slot[0], j), fo_at(slot[1], j),
                                                      fo_at(slot[2], j), fo_at(slot[3], j), c, h, rb);
         else
             fo_loop<A, float, F, 0, SP, SG, SS, SR>(b, p + j, g + j, NULL, fo_at(slot[0], j), fo_at(slot[1], j),
                                                     fo_at(slot[2], j), fo_at(slot[3], j), c, h, rb);
+#endif
         if (e) fo_lp_ema<SP, SR>(b, p + j, e + j, c, rb);
     }
 }

@@ -89,6 +89,49 @@ FO_HD unsigned fo_rng_subkey(unsigned long long key, int j) {
     return (unsigned)fo_mix64(key + 0x9e3779b97f4a7c15ULL * (unsigned long long)(j + 1));
 }
 
+/* ---- 8 lanes at a time, in GCC vector types (cpu.h's fo_lp_vloop; every clone compiles
+ * them): the same bits as fo_bf16_to_float, fo_float_to_bf16 and fo_hash32, lane by lane.
+ * GCC's own vectorization of the per-element forms inside the rule's loop cost about twice
+ * the instructions (an extract per widening, a mask per narrowing, spills), and a bfloat16
+ * loop ran at twice the float32 loop's time in cache (bench/lowp_loop.cpp).               */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+#define FO_LP_VEC 1
+typedef float fo_lp_v8f __attribute__((vector_size(32)));
+typedef unsigned fo_lp_v8u __attribute__((vector_size(32)));
+typedef unsigned short fo_lp_v8h __attribute__((vector_size(16)));
+typedef unsigned short fo_lp_v16h __attribute__((vector_size(32)));
+static inline fo_lp_v8u fo_hash32_v8(fo_lp_v8u x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+/* 8 bfloat16 -> float, each 16-bit word shifted to the top of its 32-bit lane.  Written as
+ * a loop over the lanes, which GCC turns into one vpmovzxwd from memory and a shift on
+ * AVX2 (its __builtin_convertvector took two half-width widenings and an insert, and a
+ * shuffle with zeros three shuffles: 0.70-0.79 ns/element for the whole Adam loop in
+ * bench/lowp_loop.cpp against 0.63 with this form) */
+static inline fo_lp_v8f fo_bf16_load_v8(const fo_bf16_bits *q) {
+    fo_lp_v8u r;
+    for (int l = 0; l < 8; l++) r[l] = (unsigned)q[l] << 16;
+    return (fo_lp_v8f)r;
+}
+/* the rounded bits of 8 floats, bfloat16 in the top half of each lane (fo_float_to_bf16) */
+template <bool SR> static inline fo_lp_v8u fo_bf16_round_v8(fo_lp_v8f x, fo_lp_v8u r) {
+    const fo_lp_v8u u = (fo_lp_v8u)x;
+    const fo_lp_v8u add = SR ? (r & 0xFFFFu) : 0x7FFFu + ((u >> 16) & 1u);
+    return x != x ? (u | 0x400000u) : u + add;
+}
+/* 16 results (two rounded vectors) -> 16 bfloat16: the top halves, in order */
+static inline void fo_bf16_store_v16(fo_bf16_bits *q, fo_lp_v8u a, fo_lp_v8u b) {
+    const fo_lp_v16h r = __builtin_shufflevector((fo_lp_v16h)a, (fo_lp_v16h)b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19,
+                                                 21, 23, 25, 27, 29, 31);
+    memcpy(q, &r, sizeof r);
+}
+#endif
+
 /* ---- storage policies: how the loop loads and stores one buffer ------------------
  * fo_same<T>: the arithmetic type itself (float32/float64 buffers, the default);
  * fo_bf16s:   bfloat16 bits, widened to float on load, rounded on store.            */
