@@ -342,19 +342,16 @@ static FO_INLINE void fo_lp_run(const fo_common<float> &c, const typename A::tem
         const ptrdiff_t b = m - j < blk ? m - j : blk;
         fo_rng rb = r;
         rb.i0 = r.i0 + (unsigned)j;
+        if (FAST && fast)
 #ifdef FO_LP_VEC
-        if (FAST && fast)
             fo_lp_vloop<A, F, FM, SP, SG, SS, SR>(b, p + j, g + j, slot, j, c, h, rb);
-        else
-            fo_lp_vloop<A, F, 0, SP, SG, SS, SR>(b, p + j, g + j, slot, j, c, h, rb);
 #else
-        if (FAST && fast)
             fo_loop<A, float, F, FM, SP, SG, SS, SR>(b, p + j, g + j, NULL, fo_at(slot[0], j), fo_at(slot[1], j),
                                                      fo_at(slot[2], j), fo_at(slot[3], j), c, h, rb);
+#endif
         else
             fo_loop<A, float, F, 0, SP, SG, SS, SR>(b, p + j, g + j, NULL, fo_at(slot[0], j), fo_at(slot[1], j),
                                                     fo_at(slot[2], j), fo_at(slot[3], j), c, h, rb);
-#endif
         if (e) fo_lp_ema<SP, SR>(b, p + j, e + j, c, rb);
     }
 }
