@@ -62,8 +62,9 @@ FO_HD fo_bf16_bits fo_float_to_bf16(float x, unsigned r, bool stochastic) {
 }
 
 /* lowbias32 (C. Wellons' hash-prospector): a bijective 32-bit mixer with two multiplies,
- * which vectorize on every SIMD level (64-bit multiplies don't before AVX-512). */
-FO_HD unsigned fo_hash32(unsigned x) {
+ * which vectorize on every SIMD level (64-bit multiplies don't before AVX-512).  U: unsigned,
+ * or a GCC vector of them (fo_hash32_v8 below: the same hash lane by lane). */
+template <class U> FO_HD U fo_hash32_of(U x) {
     x ^= x >> 16;
     x *= 0x7feb352dU;
     x ^= x >> 15;
@@ -71,6 +72,7 @@ FO_HD unsigned fo_hash32(unsigned x) {
     x ^= x >> 16;
     return x;
 }
+FO_HD unsigned fo_hash32(unsigned x) { return fo_hash32_of(x); }
 /* splitmix64's finalizer: mixes the per-segment key (seed, step, tensor, high index bits) */
 FO_HD unsigned long long fo_mix64(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -100,14 +102,7 @@ typedef float fo_lp_v8f __attribute__((vector_size(32)));
 typedef unsigned fo_lp_v8u __attribute__((vector_size(32)));
 typedef unsigned short fo_lp_v8h __attribute__((vector_size(16)));
 typedef unsigned short fo_lp_v16h __attribute__((vector_size(32)));
-static inline fo_lp_v8u fo_hash32_v8(fo_lp_v8u x) {
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
-}
+static inline fo_lp_v8u fo_hash32_v8(fo_lp_v8u x) { return fo_hash32_of(x); }
 /* 8 bfloat16 -> float, each 16-bit word shifted to the top of its 32-bit lane.  Written as
  * a loop over the lanes, which GCC turns into one vpmovzxwd from memory and a shift on
  * AVX2 (its __builtin_convertvector took two half-width widenings and an insert, and a
