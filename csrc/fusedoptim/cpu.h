@@ -85,15 +85,6 @@ typedef void (*fo_seg_fn)(const double *h, unsigned flags, char **bufs, ptrdiff_
  * bit-identical results.                                                               */
 #define FO_EMA 8
 
-/* The one CPU loop: declared buffer k lives in s[k] (a register after inlining); the
- * buffers the flags drop stay scratch and are never loaded or stored.  Every buffer is a
- * restrict-qualified parameter and the scalar blocks come by value, so the compiler
- * knows nothing aliases and hoists every scalar: the body is the rule, then the EMA
- * epilogue when the optimizer keeps one.
- * Storage (lowp.h): SP, SG and SS say how the parameter (and its EMA), the gradient and
- * the state buffers are stored; each is widened to T on load and rounded on store, the
- * rule itself always runs in T.  The default (fo_same<T>) is plain T memory, and then no
- * random bits are drawn: the float32/float64 loops are exactly what they were.         */
 /* A segment's scalars h: the common block, then algorithm A's named block (spec.h's order),
  * copied out of the double array the driver packs; every CPU segment starts with this. */
 template <class A> struct fo_blocks {
@@ -107,6 +98,23 @@ template <class A> static FO_INLINE fo_blocks<A> fo_load_blocks(const double *h)
     return b;
 }
 
+/* Which random words a loop draws (stochastic rounding SR only, and only for buffers
+ * stored in low precision): word 0 rounds state buffers 0 and 1 (its low and high 16
+ * bits), word 1 buffers 2 and 3, word 2 the parameter (and, high bits, its EMA).  fo_loop
+ * and fo_lp_vloop both read it, so their bits agree by construction.                  */
+template <unsigned K, class SP, class SS, bool SR> struct fo_rwords {
+    static constexpr bool R0 = SR && SS::LOWP && (K & 3u), R1 = SR && SS::LOWP && (K & 12u), R2 = SR && SP::LOWP;
+};
+
+/* The one CPU loop: declared buffer k lives in s[k] (a register after inlining); the
+ * buffers the flags drop stay scratch and are never loaded or stored.  Every buffer is a
+ * restrict-qualified parameter and the scalar blocks come by value, so the compiler
+ * knows nothing aliases and hoists every scalar: the body is the rule, then the EMA
+ * epilogue when the optimizer keeps one.
+ * Storage (lowp.h): SP, SG and SS say how the parameter (and its EMA), the gradient and
+ * the state buffers are stored; each is widened to T on load and rounded on store, the
+ * rule itself always runs in T.  The default (fo_same<T>) is plain T memory, and then no
+ * random bits are drawn: the float32/float64 loops are exactly what they were.         */
 template <class A, typename T, unsigned F, int M, class SP = fo_same<T>, class SG = fo_same<T>,
           class SS = fo_same<T>, bool SR = false>
 static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, const typename SG::type *FO_RESTRICT g,
@@ -116,7 +124,8 @@ static FO_INLINE void fo_loop(ptrdiff_t n, typename SP::type *FO_RESTRICT p, con
                               const typename A::template hp<T> h, const fo_rng rng = fo_rng()) {
     constexpr unsigned K = A::mask(F);
     /* random bits only for stochastic rounding (SR), and only for the words that get them */
-    constexpr bool R0 = SR && SS::LOWP && (K & 3u), R1 = SR && SS::LOWP && (K & 12u), R2 = SR && SP::LOWP;
+    typedef fo_rwords<K, SP, SS, SR> RW;
+    constexpr bool R0 = RW::R0, R1 = RW::R1, R2 = RW::R2;
     unsigned idx = rng.i0;              /* a 32-bit counter of its own: the loop vectorizes it in 32-bit lanes */
     for (ptrdiff_t i = 0; i < n; i++, idx++) {
         T s[FO_MAXSTATE] = {};
@@ -274,7 +283,8 @@ static FO_INLINE void fo_lp_vloop(ptrdiff_t n, typename SP::type *p, const typen
                                   typename SS::type *const *slot, ptrdiff_t j0, const fo_common<float> &c,
                                   const typename A::template hp<float> &h, const fo_rng &r) {
     constexpr unsigned K = A::mask(F);
-    constexpr bool R0 = SR && SS::LOWP && (K & 3u), R1 = SR && SS::LOWP && (K & 12u), R2 = SR && SP::LOWP;
+    typedef fo_rwords<K, SP, SS, SR> RW;
+    constexpr bool R0 = RW::R0, R1 = RW::R1, R2 = RW::R2;
     typename SS::type *b[FO_MAXSTATE];
     for (int k = 0; k < FO_MAXSTATE; k++) b[k] = fo_at(slot[k], j0);
     const fo_lp_v8u lane = {0u, 1u, 2u, 3u, 4u, 5u, 6u, 7u};
